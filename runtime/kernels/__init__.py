@@ -1,0 +1,67 @@
+"""Kernel registry: one class per ONNX op type, looked up by ``op_type``.
+
+A kernel is built once per graph node at load time (``__init__`` receives the
+node and the values of its constant inputs, and precomputes what depends only
+on them — requantisation multipliers, say) and is then called with the node's
+runtime inputs. Weights are read at call time, so training can change them.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+KERNELS: dict[str, type["Kernel"]] = {}
+
+
+@dataclass
+class Node:
+    """A graph node as the runtime sees it: ONNX fields, attributes decoded."""
+    name: str
+    op_type: str
+    inputs: list[str]
+    outputs: list[str]
+    attrs: dict[str, Any] = field(default_factory=dict)
+    domain: str = ""
+
+
+class Kernel:
+    """Base class: keeps the node; subclasses implement ``run``."""
+
+    #: input positions whose values must be initializers (quantisation params, say)
+    const_inputs: tuple[int, ...] = ()
+
+    def __init__(self, node: Node, consts: list[np.ndarray | None], *,
+                 exact_float: bool = True, opset: int = 17):
+        self.node = node
+        self.exact_float = exact_float  # int GEMMs through exact float BLAS (see quant.int_matmul)
+        self.opset = opset  # of the node's domain; a few ops changed meaning across opsets
+        for i in self.const_inputs:
+            if i < len(consts) and node.inputs[i] and consts[i] is None:
+                raise ValueError(f"node {node.name!r} ({node.op_type}): input {i} "
+                                 f"({node.inputs[i]!r}) must be an initializer")
+
+    def run(self, *inputs: np.ndarray | None) -> np.ndarray:
+        raise NotImplementedError
+
+    def attr(self, name: str, default: Any = None) -> Any:
+        return self.node.attrs.get(name, default)
+
+
+def register(*op_types: str):
+    """Class decorator: map the given op types to this kernel."""
+    def wrap(cls):
+        for op in op_types:
+            KERNELS[op] = cls
+        return cls
+    return wrap
+
+
+def supported_ops() -> list[str]:
+    """The op types the runtime can execute, derived from the registry."""
+    return sorted(KERNELS)
+
+
+from . import (activation, add, batchnorm, conv, matmul, pool,  # noqa: E402,F401  (registration)
+               quantize, shape, softmax)

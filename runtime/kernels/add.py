@@ -1,0 +1,33 @@
+"""Add and QLinearAdd (com.microsoft), the latter in TFLite's integer form."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import quant
+from . import Kernel, register
+
+@register("Add")
+class Add(Kernel):
+    def run(self, a, b):
+        return a + b
+
+
+@register("QLinearAdd")
+class QLinearAdd(Kernel):
+    """c = (s_a(a − za) + s_b(b − zb)) / s_c + zc, in integers with one rounding:
+    ``s_a/s_c`` and ``s_b/s_c`` become Q31 mantissas over a shared exponent."""
+    const_inputs = (1, 2, 4, 5, 6, 7)
+
+    def __init__(self, node, consts, **opts):
+        super().__init__(node, consts, **opts)
+        self.aq = quant.QParams.from_consts(consts[1], consts[2], f"{node.name} A")
+        self.bq = quant.QParams.from_consts(consts[4], consts[5], f"{node.name} B")
+        self.cq = quant.QParams.from_consts(consts[6], consts[7], f"{node.name} C")
+        c = float(self.cq.scale)
+        (self.ma, self.mb), self.shift = quant.quantize_multipliers_shared(
+            [float(self.aq.scale) / c, float(self.bq.scale) / c])
+
+    def run(self, a, a_scale, a_zp, b, b_scale, b_zp, c_scale, c_zp):
+        total = (self.ma * (a.astype(np.int64) - self.aq.zp)
+                 + self.mb * (b.astype(np.int64) - self.bq.zp))
+        return quant.saturate(quant.rounding_shift_right(total, 31 - self.shift) + self.cq.zp, self.cq)

@@ -1,0 +1,24 @@
+"""BatchNormalization (inference form). The loader folds it into a preceding
+Conv when it can; this kernel runs the ones it cannot fold."""
+from __future__ import annotations
+
+import numpy as np
+
+from . import Kernel, register
+
+
+def batchnorm_affine(scale, bias, mean, var, epsilon):
+    """Per-channel ``(a, b)`` with ``BN(x) = a·x + b``."""
+    a = scale / np.sqrt(var + np.float32(epsilon))
+    return a.astype(np.float32), (bias - mean * a).astype(np.float32)
+
+
+@register("BatchNormalization")
+class BatchNormalization(Kernel):
+    def run(self, x, scale, bias, mean, var):
+        if self.attr("training_mode", 0):
+            raise ValueError(f"node {self.node.name!r}: training_mode=1 BatchNormalization "
+                             "is not supported")
+        a, b = batchnorm_affine(scale, bias, mean, var, self.attr("epsilon", 1e-5))
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        return x * a.reshape(shape) + b.reshape(shape)

@@ -1,0 +1,59 @@
+"""Conv (fp32) and QLinearConv (int8 in, int32 accumulate, fixed-point requant)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import quant
+from . import Kernel, register
+from ._window import im2col, window_geometry
+
+
+def _conv(x, w, attrs, where, matmul, pad_value=0):
+    """Grouped 2-D convolution via im2col; returns (N, OH, OW, M) — channels last."""
+    if x.ndim != 4:
+        raise ValueError(f"{where}: expected a 4-D NCHW input, got shape {x.shape}")
+    m, cg, kh, kw = w.shape
+    group = attrs.get("group", 1)
+    if x.shape[1] != cg * group:
+        raise ValueError(f"{where}: input has {x.shape[1]} channels, weight expects {cg * group}")
+    strides, dilations, pads, (oh, ow) = window_geometry((kh, kw), attrs, x.shape[2:], where)
+    mg = m // group
+    outs = []
+    for g in range(group):
+        cols = im2col(x[:, g * cg:(g + 1) * cg], (kh, kw), strides, dilations, pads, pad_value)
+        outs.append(matmul(cols, w[g * mg:(g + 1) * mg].reshape(mg, -1).T))
+    out = outs[0] if group == 1 else np.concatenate(outs, axis=1)
+    return out.reshape(x.shape[0], oh, ow, m)
+
+
+@register("Conv")
+class Conv(Kernel):
+    def run(self, x, w, b=None):
+        y = _conv(x, w, self.node.attrs, self.node.name, np.matmul)
+        if b is not None:
+            y = y + b
+        return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+
+
+@register("QLinearConv")
+class QLinearConv(Kernel):
+    """y = requant(Σ (x − zx)(w − zw) + b) with ``M_c = s_x·s_w[c]/s_y`` in Q31 form."""
+    const_inputs = (1, 2, 4, 5, 6, 7)
+
+    def __init__(self, node, consts, **opts):
+        super().__init__(node, consts, **opts)
+        self.xq = quant.QParams.from_consts(consts[1], consts[2], f"{node.name} x")
+        self.wq = quant.QParams.from_consts(consts[4], consts[5], f"{node.name} w")
+        self.yq = quant.QParams.from_consts(consts[6], consts[7], f"{node.name} y")
+        real = self.xq.scale.astype(np.float64) * self.wq.scale.astype(np.float64) / float(self.yq.scale)
+        self.mult, self.shift = quant.quantize_multipliers(np.atleast_1d(real))
+
+    def run(self, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None):
+        xs = x.astype(np.int16) - np.int16(self.xq.zp)
+        ws = w.astype(np.int16) - self.wq.zero_point.reshape(-1, 1, 1, 1).astype(np.int16)
+        acc = _conv(xs, ws, self.node.attrs, self.node.name,
+                    lambda a, b_: quant.int_matmul(a, b_, self.exact_float))
+        if b is not None:
+            acc = acc + b.astype(np.int64)
+        y = quant.requantize(acc, self.mult, self.shift, self.yq)
+        return np.ascontiguousarray(y.transpose(0, 3, 1, 2))

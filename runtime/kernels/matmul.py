@@ -1,0 +1,83 @@
+"""Gemm, MatMul and their integer forms QLinearMatMul and QGemm (com.microsoft)."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import quant
+from . import Kernel, register
+
+
+@register("MatMul")
+class MatMul(Kernel):
+    def run(self, a, b):
+        return np.matmul(a, b)
+
+
+@register("Gemm")
+class Gemm(Kernel):
+    """y = alpha · A' · B' + beta · C, with A', B' optionally transposed."""
+
+    def run(self, a, b, c=None):
+        a = a.T if self.attr("transA", 0) else a
+        b = b.T if self.attr("transB", 0) else b
+        y = np.matmul(a, b)
+        alpha, beta = self.attr("alpha", 1.0), self.attr("beta", 1.0)
+        if alpha != 1.0:
+            y = y * np.float32(alpha)
+        if c is not None:
+            y = y + (c if beta == 1.0 else np.float32(beta) * c)
+        return y
+
+
+class _IntegerMatMul(Kernel):
+    """Shared integer path: acc = Σ (a − za)(b − zb) [+ bias], then requantise.
+
+    The output channel is the last axis of B (after any transpose), so
+    per-channel weight scales broadcast along the result's last axis.
+    """
+    a_pos = b_pos = y_pos = 0  # input positions of (x, scale, zp) triples
+
+    def __init__(self, node, consts, **opts):
+        super().__init__(node, consts, **opts)
+        self.aq = quant.QParams.from_consts(consts[self.a_pos + 1], consts[self.a_pos + 2], f"{node.name} A")
+        self.bq = quant.QParams.from_consts(consts[self.b_pos + 1], consts[self.b_pos + 2], f"{node.name} B")
+        if consts[self.y_pos] is None:
+            raise ValueError(f"node {node.name!r} ({node.op_type}): float output (no y_scale) "
+                             "is not supported; the runtime keeps integer ops integer")
+        self.yq = quant.QParams.from_consts(consts[self.y_pos], consts[self.y_pos + 1], f"{node.name} Y")
+        real = (self.aq.scale.astype(np.float64) * self.bq.scale.astype(np.float64)
+                / float(self.yq.scale) * self.attr("alpha", 1.0))
+        self.mult, self.shift = quant.quantize_multipliers(np.atleast_1d(real))
+
+    def accumulate(self, a, b, bias=None):
+        a = a.astype(np.int16) - np.int16(self.aq.zp)
+        b = b.astype(np.int16) - self.bq.zero_point.astype(np.int16)  # per-column zp broadcasts
+        acc = quant.int_matmul(a, b, self.exact_float)
+        return acc if bias is None else acc + bias.astype(np.int64)
+
+
+@register("QLinearMatMul")
+class QLinearMatMul(_IntegerMatMul):
+    # a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp
+    const_inputs = (1, 2, 4, 5, 6, 7)
+    a_pos, b_pos, y_pos = 0, 3, 6
+
+    def run(self, a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp):
+        return quant.requantize(self.accumulate(a, b), self.mult, self.shift, self.yq)
+
+
+@register("QGemm")
+class QGemm(_IntegerMatMul):
+    # A, a_scale, a_zp, B, b_scale, b_zp, C (int32 bias), y_scale, y_zp
+    const_inputs = (1, 2, 4, 5, 7, 8)
+    a_pos, b_pos, y_pos = 0, 3, 7
+
+    def __init__(self, node, consts, **opts):
+        if node.attrs.get("transA", 0):
+            raise ValueError(f"node {node.name!r} (QGemm): transA=1 is not supported")
+        super().__init__(node, consts, **opts)
+
+    def run(self, a, a_scale, a_zp, b, b_scale, b_zp, c=None, y_scale=None, y_zp=None):
+        if self.attr("transB", 0):
+            b = b.T
+        return quant.requantize(self.accumulate(a, b, c), self.mult, self.shift, self.yq)

@@ -1,0 +1,106 @@
+"""MaxPool, AveragePool, GlobalAveragePool and the integer average pools."""
+from __future__ import annotations
+
+import numpy as np
+
+from .. import quant
+from . import Kernel, register
+from ._window import window_geometry, windows
+
+
+def _lowest(dtype):
+    return np.iinfo(dtype).min if np.issubdtype(dtype, np.integer) else -np.inf
+
+
+def _check_2d(kernel: Kernel, x):
+    if x.ndim != 4:
+        raise ValueError(f"node {kernel.node.name!r} ({kernel.node.op_type}): expected a "
+                         f"4-D NCHW input, got shape {x.shape}")
+    if kernel.attr("channels_last", 0):
+        raise ValueError(f"node {kernel.node.name!r}: channels_last=1 is not supported")
+
+
+@register("MaxPool")
+class MaxPool(Kernel):
+    """Max over each window; padding never wins (it is the dtype's lowest value)."""
+
+    def run(self, x):
+        _check_2d(self, x)
+        kernel = self.attr("kernel_shape")
+        strides, dil, pads, _ = window_geometry(kernel, self.node.attrs, x.shape[2:], self.node.name)
+        return windows(x, kernel, strides, dil, pads, _lowest(x.dtype)).max(axis=(4, 5))
+
+
+def _window_sums_and_counts(k: Kernel, x):
+    """Window sums of ``x`` and, per output position, how many values the mean divides by.
+
+    The count covers the real input, plus the explicit pads when
+    ``count_include_pad`` — never the extra bottom/right rows of ``ceil_mode``.
+    """
+    kernel = k.attr("kernel_shape")
+    strides, dil, pads, _ = window_geometry(kernel, k.node.attrs, x.shape[2:], k.node.name)
+    explicit = window_geometry(kernel, {**k.node.attrs, "ceil_mode": 0}, x.shape[2:], k.node.name)[2]
+    sums = windows(x, kernel, strides, dil, pads, 0).sum(axis=(4, 5))
+    ones = np.pad(np.ones(x.shape[2:], dtype=np.int64),
+                  ((explicit[0], explicit[2]), (explicit[1], explicit[3])),
+                  constant_values=1 if k.attr("count_include_pad", 0) else 0)[None, None]
+    extra = [0, 0, pads[2] - explicit[2], pads[3] - explicit[3]]
+    counts = windows(ones, kernel, strides, dil, extra, 0).sum(axis=(4, 5))[0, 0]
+    return sums, counts
+
+
+@register("AveragePool")
+class AveragePool(Kernel):
+    def run(self, x):
+        _check_2d(self, x)
+        sums, counts = _window_sums_and_counts(self, x)
+        return (sums / counts).astype(x.dtype)
+
+
+@register("GlobalAveragePool")
+class GlobalAveragePool(Kernel):
+    def run(self, x):
+        return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=np.float32).astype(x.dtype)
+
+
+class _IntegerMean(Kernel):
+    """Integer mean: Σ(x − zx) times ``s_x / (s_y · count)`` as a Q31 multiplier.
+
+    Multipliers depend on the window count, known only from the input shape,
+    so they are derived once per distinct count and cached.
+    """
+    const_inputs = (1, 2, 3, 4)
+
+    def __init__(self, node, consts, **opts):
+        super().__init__(node, consts, **opts)
+        self.xq = quant.QParams.from_consts(consts[1], consts[2], f"{node.name} x")
+        self.yq = quant.QParams.from_consts(consts[3], consts[4], f"{node.name} y")
+        self._mults: dict[int, tuple[int, int]] = {}
+
+    def multipliers(self, counts: np.ndarray):
+        for c in np.unique(counts):
+            if int(c) not in self._mults:
+                self._mults[int(c)] = quant.quantize_multiplier(
+                    float(self.xq.scale) / (float(self.yq.scale) * int(c)))
+        pairs = [self._mults[int(c)] for c in np.ravel(counts)]
+        shape = np.shape(counts)
+        return (np.array([p[0] for p in pairs], np.int64).reshape(shape),
+                np.array([p[1] for p in pairs], np.int64).reshape(shape))
+
+
+@register("QLinearGlobalAveragePool")
+class QLinearGlobalAveragePool(_IntegerMean):
+    def run(self, x, x_scale, x_zp, y_scale, y_zp):
+        _check_2d(self, x)
+        sums = (x.astype(np.int64) - self.xq.zp).sum(axis=(2, 3), keepdims=True)
+        mult, shift = self.multipliers(np.array(x.shape[2] * x.shape[3]))
+        return quant.requantize(sums, mult, shift, self.yq)
+
+
+@register("QLinearAveragePool")
+class QLinearAveragePool(_IntegerMean):
+    def run(self, x, x_scale, x_zp, y_scale, y_zp):
+        _check_2d(self, x)
+        sums, counts = _window_sums_and_counts(self, x.astype(np.int64) - self.xq.zp)
+        mult, shift = self.multipliers(counts)
+        return quant.requantize(sums, mult, shift, self.yq)

@@ -1,0 +1,195 @@
+"""Load an ONNX file into a runnable graph of kernels.
+
+Loading validates everything it can once (ops, initializers, quantisation
+parameters), rewrites the graph into the form the kernels run (constants
+inlined, BatchNormalization folded into Conv, QDQ patterns folded into integer
+ops), and binds one kernel per node. Running then only checks the input.
+"""
+from __future__ import annotations
+
+import os
+from collections import Counter
+
+import numpy as np
+import onnx
+from onnx import helper, numpy_helper
+
+from .graph_rewrite import fold_batchnorm, fold_qdq, prune_dead
+from .kernels import KERNELS, Node, supported_ops
+
+_ONNX_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT8: np.int8,
+                onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT64: np.int64,
+                onnx.TensorProto.INT32: np.int32, onnx.TensorProto.DOUBLE: np.float64}
+_DOMAINS = ("", "ai.onnx", "com.microsoft")
+
+
+class ModelFormatError(ValueError):
+    """The file is not a model this runtime can run; the message says why."""
+
+
+class Model:
+    """A loaded ONNX graph. ``run(x)`` returns the first graph output."""
+
+    def __init__(self, proto: onnx.ModelProto, *, exact_float: bool = True, source: str = "<model>"):
+        self.source = source
+        graph = proto.graph
+        self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
+        self.params: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        nodes = []
+        for i, n in enumerate(graph.node):
+            name = n.name or f"{n.op_type}_{i}"
+            if n.op_type == "Constant" and n.domain in ("", "ai.onnx"):
+                self.params[n.output[0]] = _constant_value(n, name)
+                continue
+            attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
+            nodes.append(Node(name, n.op_type, list(n.input), list(n.output), attrs, n.domain))
+        _check_ops(nodes, source)
+        self.inputs = [(v.name, _shape(v), _dtype(v)) for v in graph.input if v.name not in self.params]
+        self.output_names = [v.name for v in graph.output]
+        if not self.inputs or not self.output_names:
+            raise ModelFormatError(f"{source}: the graph needs at least one input and one output")
+        _check_wiring(nodes, {n for n, _, _ in self.inputs} | set(self.params), self.output_names, source)
+
+        nodes = fold_batchnorm(nodes, self.params, self.output_names)
+        nodes = fold_qdq(nodes, self.params, self.output_names)
+        nodes = prune_dead(nodes, self.output_names)
+        self.nodes = nodes
+        self.kernels = []
+        for node in nodes:
+            consts = [self.params.get(name) if name else None for name in node.inputs]
+            try:
+                self.kernels.append(KERNELS[node.op_type](node, consts, exact_float=exact_float,
+                                                          opset=self.opset))
+            except ValueError as e:
+                raise ModelFormatError(f"{source}: {e}") from None
+        self._last_use = _last_uses(nodes, self.output_names)
+
+    # -- introspection -----------------------------------------------------
+    def op_counts(self) -> Counter:
+        """How many nodes of each op type run after load-time rewrites."""
+        return Counter(n.op_type for n in self.nodes)
+
+    @property
+    def integer_only(self) -> bool:
+        """True when floats exist only at the graph's edges (input quantise, output dequantise)."""
+        float_ops = {"Conv", "Gemm", "MatMul", "Add", "AveragePool", "GlobalAveragePool",
+                     "BatchNormalization", "Softmax"}
+        return (any(n.op_type == "QuantizeLinear" for n in self.nodes)
+                and not any(n.op_type in float_ops for n in self.nodes))
+
+    # -- execution ---------------------------------------------------------
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """Run the graph on ``x`` and return its first output."""
+        return self.run_all(x, keep=False)[self.output_names[0]]
+
+    def run_all(self, x: np.ndarray, keep: bool = True) -> dict[str, np.ndarray]:
+        """Run and return tensors by name: every tensor if ``keep``, else just the outputs."""
+        name, shape, dtype = self.inputs[0]
+        env = dict(self.params)
+        env[name] = self._check_input(x, name, shape, dtype)
+        for kernel, node in zip(self.kernels, self.nodes):
+            args = [env[i] if i else None for i in node.inputs]
+            try:
+                env[node.outputs[0]] = kernel.run(*args)
+            except ValueError as e:
+                raise ValueError(f"{self.source}: node {node.name!r} ({node.op_type}): {e}") from None
+            if not keep:
+                for i in node.inputs:
+                    if self._last_use.get(i) is node:
+                        del env[i]
+        return env if keep else {o: env[o] for o in self.output_names}
+
+    def _check_input(self, x, name, shape, dtype):
+        if not isinstance(x, np.ndarray):
+            raise TypeError(f"input {name!r}: expected a numpy array, got {type(x).__name__}")
+        if x.dtype != dtype:
+            if not (np.issubdtype(x.dtype, np.floating) and np.issubdtype(dtype, np.floating)):
+                raise TypeError(f"input {name!r}: expected dtype {np.dtype(dtype).name}, got {x.dtype}")
+            x = x.astype(dtype)
+        if len(shape) != x.ndim or any(d is not None and d != s for d, s in zip(shape, x.shape)):
+            want = tuple("?" if d is None else d for d in shape)
+            raise ValueError(f"input {name!r}: expected shape {want}, got {x.shape}")
+        if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+            bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
+            raise ValueError(f"input {name!r}: {bad} NaN or infinite value(s)")
+        return x
+
+
+def load(path: str | os.PathLike, *, exact_float: bool = True) -> Model:
+    """Load an ONNX model (fp32, or int8 in QOperator or QDQ form) from ``path``.
+
+    ``exact_float=False`` makes integer GEMMs use numpy's pure-integer matmul
+    instead of the (bit-identical, faster) exact float32-BLAS path.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"model file {path!r} does not exist")
+    try:
+        proto = onnx.load(path)
+    except Exception as e:  # protobuf raises several types for bad bytes
+        raise ModelFormatError(f"{path}: not a readable ONNX model (truncated or another "
+                               f"format?): {type(e).__name__}: {e}") from None
+    if not proto.graph.node:
+        raise ModelFormatError(f"{path}: not an ONNX model with a graph (no nodes found)")
+    return Model(proto, exact_float=exact_float, source=path)
+
+
+def _constant_value(node, name):
+    for a in node.attribute:
+        if a.name == "value":
+            return numpy_helper.to_array(a.t)
+        if a.name in ("value_float", "value_int", "value_floats", "value_ints"):
+            return np.array(helper.get_attribute_value(a),
+                            dtype=np.float32 if "float" in a.name else np.int64)
+    raise ModelFormatError(f"Constant node {name!r} has no supported value attribute")
+
+
+def _check_ops(nodes, source):
+    bad = [f"{n.op_type} (node {n.name!r})" for n in nodes
+           if n.op_type not in KERNELS or n.domain not in _DOMAINS]
+    if bad:
+        raise ModelFormatError(f"{source}: unsupported op(s): {', '.join(bad)}. "
+                               f"Supported: {', '.join(supported_ops())}")
+
+
+def _check_wiring(nodes, available, outputs, source):
+    available = set(available)
+    for n in nodes:
+        for i in n.inputs:
+            if i and i not in available:
+                raise ModelFormatError(
+                    f"{source}: node {n.name!r} ({n.op_type}) input {i!r} is missing: not a graph "
+                    "input, an initializer, or the output of an earlier node")
+        if n.outputs[1:] and any(n.outputs[1:]):
+            used = [o for o in n.outputs[1:] if o]
+            raise ModelFormatError(f"{source}: node {n.name!r} ({n.op_type}) has extra outputs "
+                                   f"{used}; only single-output nodes are supported")
+        available.update(n.outputs)
+    missing = [o for o in outputs if o not in available]
+    if missing:
+        raise ModelFormatError(f"{source}: graph output(s) {missing} are produced by no node")
+
+
+def _shape(value_info):
+    dims = value_info.type.tensor_type.shape.dim
+    return tuple(d.dim_value if d.HasField("dim_value") else None for d in dims)
+
+
+def _dtype(value_info):
+    elem = value_info.type.tensor_type.elem_type
+    if elem not in _ONNX_DTYPES:
+        raise ModelFormatError(f"input {value_info.name!r}: unsupported element type "
+                               f"{onnx.TensorProto.DataType.Name(elem)}")
+    return _ONNX_DTYPES[elem]
+
+
+def _last_uses(nodes, outputs):
+    """The node after which each tensor is no longer needed (graph outputs are kept)."""
+    last = {}
+    for n in nodes:
+        for i in n.inputs:
+            if i:
+                last[i] = n
+    for o in outputs:
+        last.pop(o, None)
+    return last

@@ -1,0 +1,175 @@
+"""Integer quantisation arithmetic: the one place that owns rounding.
+
+Follows the TFLite/gemmlowp int8 scheme: a real multiplier ``M`` is turned once,
+at load time, into a Q31 mantissa and a power-of-two exponent
+(``M ≈ multiplier_q31 · 2^(shift − 31)``); at run time it is applied with one
+64-bit integer product and one rounding right shift. Every kernel calls these
+helpers and never re-derives them.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+def quantize_multiplier(real: float) -> tuple[int, int]:
+    """Return ``(multiplier_q31, shift)`` with ``real ≈ multiplier_q31 · 2^(shift − 31)``.
+
+    ``multiplier_q31`` lies in ``[2^30, 2^31)`` (or is 0 for ``real == 0``);
+    the mantissa is rounded half away from zero, as TFLite's
+    ``QuantizeMultiplier``. ``real`` must be finite, ≥ 0 and < 2^31.
+    """
+    if not math.isfinite(real) or not 0 <= real < 2.0 ** 31:
+        raise ValueError(f"multiplier must be finite and in [0, 2^31), got {real!r}")
+    if real == 0.0:
+        return 0, 0
+    q, shift = math.frexp(real)  # real = q * 2^shift, q in [0.5, 1)
+    q_fixed = int(math.floor(q * (1 << 31) + 0.5))  # q > 0: half away from zero
+    if q_fixed == 1 << 31:
+        q_fixed //= 2
+        shift += 1
+    if shift < -31:  # too small to represent: flushes to zero
+        return 0, 0
+    return q_fixed, shift
+
+
+def quantize_multipliers(reals: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Vector form of :func:`quantize_multiplier`: int64 mantissas and shifts."""
+    pairs = [quantize_multiplier(float(r)) for r in np.ravel(reals)]
+    mult = np.array([p[0] for p in pairs], dtype=np.int64).reshape(np.shape(reals))
+    shift = np.array([p[1] for p in pairs], dtype=np.int64).reshape(np.shape(reals))
+    return mult, shift
+
+
+def quantize_multipliers_shared(reals: list[float]) -> tuple[list[int], int]:
+    """Mantissas for several multipliers over one shared exponent: ``real_i ≈ m_i · 2^(shift − 31)``.
+
+    The largest gets a full Q31 mantissa; a weighted sum ``Σ m_i·x_i`` can then
+    be rescaled with a single rounding (see :func:`rounding_shift_right`).
+    """
+    _, shift = quantize_multiplier(max(reals))
+    mults = [int(math.floor(r * 2.0 ** (31 - shift) + 0.5)) for r in reals]
+    return mults, shift
+
+
+def rounding_shift_right(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    """``x / 2^bits`` rounded to nearest, ties away from zero (int64 in, int64 out)."""
+    x = np.asarray(x, dtype=np.int64)
+    bits = np.asarray(bits, dtype=np.int64)
+    half = (np.int64(1) << bits) >> 1  # 0 when bits == 0
+    return np.where(x >= 0, (x + half) >> bits, -((-x + half) >> bits))
+
+
+def multiply_by_quantized_multiplier(x: np.ndarray, multiplier_q31: np.ndarray,
+                                     shift: np.ndarray) -> np.ndarray:
+    """``round(x · multiplier_q31 · 2^(shift − 31))`` for int32 ``x``, in int64 arithmetic.
+
+    One 64-bit product (|x|, m < 2^31, so it cannot overflow) and one rounding
+    shift. TFLite's gemmlowp form rounds twice (after a high multiply, then
+    after the shift); rounding once is simpler and exact to the Q31 multiplier,
+    which keeps us within 1 LSB of onnxruntime's float32 requantisation on
+    far fewer values.
+    """
+    prod = np.asarray(x, dtype=np.int64) * np.asarray(multiplier_q31, dtype=np.int64)
+    return rounding_shift_right(prod, 31 - np.asarray(shift, dtype=np.int64))
+
+
+def requantize(acc: np.ndarray, multiplier_q31: np.ndarray, shift: np.ndarray,
+               out: "QParams") -> np.ndarray:
+    """int32 accumulator → 8-bit output: scale by ``M``, add the zero-point, clamp."""
+    return saturate(multiply_by_quantized_multiplier(acc, multiplier_q31, shift) + out.zp, out)
+
+
+def saturate(x: np.ndarray, out: "QParams") -> np.ndarray:
+    """Clamp integers to the output's range and store them in its dtype."""
+    return np.clip(x, out.qmin, out.qmax).astype(out.dtype)
+
+
+def quantize_float(x: np.ndarray, out: "QParams", axis: int = 1) -> np.ndarray:
+    """ONNX QuantizeLinear: ``clip(rint(x / scale) + zp)``, divide in float32, ties to even.
+
+    This runs where float data enters an integer graph (the input); it
+    matches onnxruntime bit for bit.
+    """
+    scale, zp = _per_axis(out.scale, x.ndim, axis), _per_axis(out.zero_point, x.ndim, axis)
+    q = np.rint(np.asarray(x, dtype=np.float32) / scale)
+    return np.clip(q + zp, out.qmin, out.qmax).astype(out.dtype)
+
+
+def dequantize(q: np.ndarray, qp: "QParams", axis: int = 1) -> np.ndarray:
+    """ONNX DequantizeLinear: ``(q − zp) · scale`` in float32 (where results leave the graph)."""
+    scale, zp = _per_axis(qp.scale, q.ndim, axis), _per_axis(qp.zero_point, q.ndim, axis)
+    return (q.astype(np.int64) - zp).astype(np.float32) * scale
+
+
+def _per_axis(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
+    """Shape a per-channel vector to broadcast along ``axis`` (scalars pass through)."""
+    if v.ndim == 0 or v.size == 1:
+        return v.reshape(())
+    shape = [1] * ndim
+    shape[axis] = v.size
+    return v.reshape(shape)
+
+
+def int_matmul(a: np.ndarray, b: np.ndarray, exact_float: bool = True) -> np.ndarray:
+    """Exact ``a @ b`` as int64 for operands that are int8 values or int8 minus
+    an 8-bit zero-point (so ``|a_ik|, |b_kj| ≤ 256``).
+
+    numpy's integer matmul does not use BLAS, so by default the product runs
+    through float32 BLAS over inner-dimension chunks of at most
+    ``FLOAT32_EXACT_K`` terms: every partial sum then stays below 2^24 and is
+    exact in float32, whatever order BLAS adds in. Operands may already be
+    float32 arrays holding those integers (kernels keep weights that way).
+    ``exact_float=False`` runs the pure-integer path; a test shows both give
+    identical bits.
+    """
+    if not exact_float:
+        return np.matmul(a.astype(np.int64), b.astype(np.int64))
+    af = a.astype(np.float32, copy=False)
+    bf = b.astype(np.float32, copy=False)
+    k = a.shape[-1]
+    out = np.matmul(af[..., :FLOAT32_EXACT_K], bf[..., :FLOAT32_EXACT_K, :]).astype(np.int64)
+    for start in range(FLOAT32_EXACT_K, k, FLOAT32_EXACT_K):
+        out += np.matmul(af[..., start:start + FLOAT32_EXACT_K],
+                         bf[..., start:start + FLOAT32_EXACT_K, :]).astype(np.int64)
+    return out
+
+
+# 2^24 / 2^16: the most terms of magnitude ≤ 256·256 a float32 sum holds exactly.
+FLOAT32_EXACT_K = 256
+
+
+@dataclass(frozen=True)
+class QParams:
+    """Quantisation parameters of one tensor: ``real = scale · (q − zero_point)``.
+
+    ``scale`` and ``zero_point`` are scalars or per-channel vectors; the integer
+    range comes from the zero-point's dtype (int8 or uint8), as in ONNX.
+    """
+    scale: np.ndarray
+    zero_point: np.ndarray
+    qmin: int
+    qmax: int
+    dtype: np.dtype
+
+    @classmethod
+    def from_consts(cls, scale: np.ndarray, zero_point: np.ndarray | None,
+                    where: str) -> "QParams":
+        scale = np.asarray(scale, dtype=np.float32)
+        if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
+            raise ValueError(f"{where}: scales must be finite and > 0, got {scale.ravel()[:8]}")
+        if zero_point is None:  # ONNX default: uint8 zero-point 0
+            zero_point = np.zeros((), dtype=np.uint8)
+        zero_point = np.asarray(zero_point)
+        if zero_point.dtype not in (np.int8, np.uint8, np.int32):
+            raise ValueError(f"{where}: zero-point dtype must be int8, uint8 or int32, "
+                             f"got {zero_point.dtype}")
+        info = np.iinfo(zero_point.dtype)
+        return cls(scale, zero_point.astype(np.int64), int(info.min), int(info.max),
+                   zero_point.dtype)
+
+    @property
+    def zp(self) -> int:
+        """The zero-point as a Python int (per-tensor parameters only)."""
+        return int(self.zero_point.reshape(-1)[0])
