@@ -1,0 +1,70 @@
+"""The command line: --json puts one JSON object on the last stdout line; errors exit 2."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from edgetrain.cli import main
+
+
+def run_json(capsys, *argv):
+    code = main([*argv, "--json"])
+    captured = capsys.readouterr()
+    result = json.loads(captured.out.strip().splitlines()[-1])
+    if code != 0:  # the error goes to stderr too, naming the command
+        assert f"edgetrain {argv[0]}: error:" in captured.err
+    return code, result
+
+
+def test_export_quantize_info_run_chain(capsys, tmp_path, mnist):
+    fp32, int8 = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
+    code, r = run_json(capsys, "export", "mlp", "-o", str(fp32), "--check-mnist")
+    assert code == 0 and r["ok"] and r["max_rel_err"] <= 1e-4
+    np.savez(tmp_path / "calib.npz", x=mnist.x_train[:64])
+    code, r = run_json(capsys, "quantize", str(fp32), "-o", str(int8), "--calib", str(tmp_path / "calib.npz"),
+                       "--method", "percentile")
+    assert code == 0 and r["n_samples"] == 64 and r["method"] == "percentile" and "QGemm" in r["ops"]
+    code, r = run_json(capsys, "info", str(int8))
+    assert code == 0 and r["integer_only"] and r["inputs"][0]["shape"][1:] == [1, 28, 28]
+    np.savez(tmp_path / "test.npz", x=mnist.x_test[:100], y=mnist.y_test[:100])
+    code, r = run_json(capsys, "run", str(int8), "--data", str(tmp_path / "test.npz"))
+    # an untrained model: accuracy is a number in [0, 1] over exactly the 100 samples given
+    assert code == 0 and r["samples"] == 100 and 0.0 <= r["accuracy"] <= 1.0
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["info", "missing.onnx"], "missing.onnx"),
+    (["export", "no_such_model", "-o", "x.onnx"], "no_such_model"),
+    (["run", "missing.onnx", "--data", "nowhere.npz"], "missing.onnx"),
+    (["train"], "issue #3"),
+    (["prove"], "issue #4"),
+])
+def test_errors_exit_2_with_a_json_error(capsys, argv, match):
+    code, r = run_json(capsys, *argv)
+    assert code == 2 and not r["ok"] and match in r["error"]
+
+
+def test_console_script_entry_point(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "edgetrain.cli", "export", "mlp", "-o", str(tmp_path / "m.onnx"),
+                          "--json"], capture_output=True, text=True, check=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1])["ops"]["Gemm"] == 2
+
+
+def test_device_side_runs_without_torch_or_onnxruntime(tmp_path):
+    """The runtime imports and runs int8 with torch and onnxruntime made unimportable."""
+    from edgetrain.export import export_onnx, quantize
+    fp32, int8 = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
+    export_onnx("lenet5", fp32)
+    quantize(fp32, int8, np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32))
+    code = (
+        "import sys\n"
+        "for m in ('torch', 'onnxruntime', 'sklearn', 'mlxtend'): sys.modules[m] = None\n"
+        "import numpy as np, edgetrain\n"
+        f"y = edgetrain.load({str(int8)!r}).run(np.zeros((2, 1, 28, 28), np.float32))\n"
+        "assert y.shape == (2, 10)\n"
+        "assert not any(m.startswith(('torch', 'onnxruntime')) for m in sys.modules if sys.modules[m])\n"
+        "print('ok')\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip() == "ok", out.stderr
