@@ -54,11 +54,21 @@ def quantize_multipliers_shared(reals: list[float]) -> tuple[list[int], int]:
 
 
 def rounding_shift_right(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
-    """``x / 2^bits`` rounded to nearest, ties away from zero (int64 in, int64 out)."""
-    x = np.asarray(x, dtype=np.int64)
-    bits = np.asarray(bits, dtype=np.int64)
-    half = (np.int64(1) << bits) >> 1  # 0 when bits == 0
-    return np.where(x >= 0, (x + half) >> bits, -((-x + half) >> bits))
+    """``x / 2^bits`` rounded to nearest, ties away from zero (int64 in, int64 out).
+
+    Computed as ``(x + 2^(bits−1) − [x < 0]) >> bits`` (an arithmetic, flooring
+    shift), which equals ``−((−x + 2^(bits−1)) >> bits)`` for negative ``x``.
+    """
+    out = np.array(x, dtype=np.int64)  # a fresh array, updated in place below
+    return _round_shift_inplace(out, np.asarray(bits, dtype=np.int64))
+
+
+def _round_shift_inplace(v: np.ndarray, bits: np.ndarray) -> np.ndarray:
+    negative = v < 0
+    v += (np.int64(1) << bits) >> 1  # half; 0 when bits == 0
+    v -= negative
+    v >>= bits
+    return v
 
 
 def multiply_by_quantized_multiplier(x: np.ndarray, multiplier_q31: np.ndarray,
@@ -71,14 +81,16 @@ def multiply_by_quantized_multiplier(x: np.ndarray, multiplier_q31: np.ndarray,
     which keeps us within 1 LSB of onnxruntime's float32 requantisation on
     far fewer values.
     """
-    prod = np.asarray(x, dtype=np.int64) * np.asarray(multiplier_q31, dtype=np.int64)
-    return rounding_shift_right(prod, 31 - np.asarray(shift, dtype=np.int64))
+    prod = np.multiply(x, multiplier_q31, dtype=np.int64)
+    return _round_shift_inplace(prod, 31 - np.asarray(shift, dtype=np.int64))
 
 
 def requantize(acc: np.ndarray, multiplier_q31: np.ndarray, shift: np.ndarray,
                out: "QParams") -> np.ndarray:
     """int32 accumulator → 8-bit output: scale by ``M``, add the zero-point, clamp."""
-    return saturate(multiply_by_quantized_multiplier(acc, multiplier_q31, shift) + out.zp, out)
+    scaled = multiply_by_quantized_multiplier(acc, multiplier_q31, shift)  # a fresh int64 array
+    scaled += out.zp
+    return np.clip(scaled, out.qmin, out.qmax, out=scaled).astype(out.dtype)
 
 
 def saturate(x: np.ndarray, out: "QParams") -> np.ndarray:

@@ -1,10 +1,15 @@
-"""Sliding-window geometry shared by Conv and the pools (2-D, NCHW)."""
+"""Sliding-window geometry and primitives shared by Conv and the pools (2-D, NCHW).
+
+Windows are walked one kernel offset at a time: for offset (i, j) the input
+values every output position sees form one strided slice of the padded input.
+A pool is a running max/sum over those KH·KW slices and im2col stacks them;
+both touch memory in large contiguous blocks, which numpy does fast.
+"""
 from __future__ import annotations
 
 import math
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 
 
 def window_geometry(kernel, attrs, in_hw, where: str):
@@ -38,7 +43,7 @@ def window_geometry(kernel, attrs, in_hw, where: str):
     for i in range(2):
         room = in_hw[i] + pads[i] + pads[i + 2] - span[i]
         if room < 0:
-            raise ValueError(f"{where}: window {kernel} larger than padded input {list(in_hw)}")
+            raise ValueError(f"{where}: window {list(kernel)} larger than padded input {list(in_hw)}")
         out = (math.ceil if ceil_mode else math.floor)(room / strides[i]) + 1
         if ceil_mode and (out - 1) * strides[i] >= in_hw[i] + pads[i]:
             out -= 1  # the last window must start inside the input or the left pad
@@ -47,19 +52,37 @@ def window_geometry(kernel, attrs, in_hw, where: str):
     return strides, dilations, pads, out_hw
 
 
-def windows(x: np.ndarray, kernel, strides, dilations, pads, pad_value) -> np.ndarray:
-    """View of ``x`` (N, C, H, W) as windows (N, C, OH, OW, KH, KW) after padding."""
+def window_slices(x: np.ndarray, kernel, strides, dilations, pads, out_hw, pad_value):
+    """Yield, for each kernel offset (row-major), the (…, OH, OW) slice of padded ``x``
+    that the output positions see at that offset. Works on any leading axes."""
     if any(pads):
-        x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])),
-                   constant_values=pad_value)
-    span = [(k - 1) * d + 1 for k, d in zip(kernel, dilations)]
-    view = sliding_window_view(x, span, axis=(2, 3))
-    return view[:, :, ::strides[0], ::strides[1], ::dilations[0], ::dilations[1]]
+        widths = [(0, 0)] * (x.ndim - 2) + [(pads[0], pads[2]), (pads[1], pads[3])]
+        x = np.pad(x, widths, constant_values=pad_value)
+    (oh, ow), (sh, sw), (dh, dw) = out_hw, strides, dilations
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            yield x[..., i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
 
 
-def im2col(x: np.ndarray, kernel, strides, dilations, pads, pad_value=0) -> np.ndarray:
-    """Patches of ``x`` as rows: (N·OH·OW, C·KH·KW), in the weight's (C, KH, KW) order."""
+def window_reduce(x, kernel, strides, dilations, pads, out_hw, pad_value, ufunc, dtype=None):
+    """Running ``ufunc`` (np.maximum, np.add) over the windows: (N, C, OH, OW)."""
+    out = None
+    for s in window_slices(x, kernel, strides, dilations, pads, out_hw, pad_value):
+        if out is None:
+            out = s.astype(dtype or s.dtype, copy=True)
+        else:
+            ufunc(out, s, out=out)
+    return out
+
+
+def im2col_t(x: np.ndarray, kernel, strides, dilations, pads, out_hw, dtype) -> np.ndarray:
+    """Patches as columns: (KH·KW·C, N·OH·OW), rows ordered (kh, kw, c).
+
+    Pair it with the weight reordered to (M, KH, KW, C); zero padding.
+    """
     n, c = x.shape[:2]
-    win = windows(x, kernel, strides, dilations, pads, pad_value)
-    oh, ow = win.shape[2:4]
-    return win.transpose(0, 2, 3, 1, 4, 5).reshape(n * oh * ow, c * kernel[0] * kernel[1])
+    xc = np.ascontiguousarray(x.transpose(1, 0, 2, 3))  # (C, N, H, W): slices become blocks
+    cols = np.empty((kernel[0] * kernel[1], c, n) + tuple(out_hw), dtype=dtype)
+    for k, s in enumerate(window_slices(xc, kernel, strides, dilations, pads, out_hw, 0)):
+        cols[k] = s
+    return cols.reshape(kernel[0] * kernel[1] * c, -1)

@@ -5,34 +5,39 @@ import numpy as np
 
 from .. import quant
 from . import Kernel, register
-from ._window import im2col, window_geometry
+from ._window import im2col_t, window_geometry
 
 
-def _conv(x, w, attrs, where, matmul, pad_value=0):
-    """Grouped 2-D convolution via im2col; returns (N, OH, OW, M) — channels last."""
+def _conv(x, w, attrs, where, matmul, cols_dtype):
+    """Grouped 2-D convolution via im2col: returns (M, N, OH, OW) — channels first.
+
+    ``matmul(w2d, cols)`` multiplies the (Mg, KH·KW·Cg) weight of a group with
+    its (KH·KW·Cg, N·OH·OW) patch columns.
+    """
     if x.ndim != 4:
         raise ValueError(f"{where}: expected a 4-D NCHW input, got shape {x.shape}")
     m, cg, kh, kw = w.shape
     group = attrs.get("group", 1)
     if x.shape[1] != cg * group:
         raise ValueError(f"{where}: input has {x.shape[1]} channels, weight expects {cg * group}")
-    strides, dilations, pads, (oh, ow) = window_geometry((kh, kw), attrs, x.shape[2:], where)
+    strides, dilations, pads, out_hw = window_geometry((kh, kw), attrs, x.shape[2:], where)
     mg = m // group
     outs = []
     for g in range(group):
-        cols = im2col(x[:, g * cg:(g + 1) * cg], (kh, kw), strides, dilations, pads, pad_value)
-        outs.append(matmul(cols, w[g * mg:(g + 1) * mg].reshape(mg, -1).T))
-    out = outs[0] if group == 1 else np.concatenate(outs, axis=1)
-    return out.reshape(x.shape[0], oh, ow, m)
+        cols = im2col_t(x[:, g * cg:(g + 1) * cg], (kh, kw), strides, dilations, pads, out_hw, cols_dtype)
+        w2d = w[g * mg:(g + 1) * mg].transpose(0, 2, 3, 1).reshape(mg, -1)
+        outs.append(matmul(w2d, cols))
+    out = outs[0] if group == 1 else np.concatenate(outs, axis=0)
+    return out.reshape(m, x.shape[0], *out_hw)
 
 
 @register("Conv")
 class Conv(Kernel):
     def run(self, x, w, b=None):
-        y = _conv(x, w, self.node.attrs, self.node.name, np.matmul)
+        y = _conv(x, w, self.node.attrs, self.node.name, np.matmul, x.dtype)
         if b is not None:
-            y = y + b
-        return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+            y += b.reshape(-1, 1, 1, 1)
+        return np.ascontiguousarray(y.transpose(1, 0, 2, 3))
 
 
 @register("QLinearConv")
@@ -46,14 +51,17 @@ class QLinearConv(Kernel):
         self.wq = quant.QParams.from_consts(consts[4], consts[5], f"{node.name} w")
         self.yq = quant.QParams.from_consts(consts[6], consts[7], f"{node.name} y")
         real = self.xq.scale.astype(np.float64) * self.wq.scale.astype(np.float64) / float(self.yq.scale)
-        self.mult, self.shift = quant.quantize_multipliers(np.atleast_1d(real))
+        mult, shift = quant.quantize_multipliers(np.atleast_1d(real))
+        self.mult, self.shift = mult.reshape(-1, 1, 1, 1), shift.reshape(-1, 1, 1, 1)  # per output channel
 
     def run(self, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None):
+        # the shifted operands are small integers; the float32 patch columns hold them exactly
         xs = x.astype(np.int16) - np.int16(self.xq.zp)
         ws = w.astype(np.int16) - self.wq.zero_point.reshape(-1, 1, 1, 1).astype(np.int16)
+        cols_dtype = np.float32 if self.exact_float else np.int64
         acc = _conv(xs, ws, self.node.attrs, self.node.name,
-                    lambda a, b_: quant.int_matmul(a, b_, self.exact_float))
+                    lambda a, b_: quant.int_matmul(a, b_, self.exact_float), cols_dtype)
         if b is not None:
-            acc = acc + b.astype(np.int64)
+            acc += b.astype(np.int64).reshape(-1, 1, 1, 1)
         y = quant.requantize(acc, self.mult, self.shift, self.yq)
-        return np.ascontiguousarray(y.transpose(0, 3, 1, 2))
+        return np.ascontiguousarray(y.transpose(1, 0, 2, 3))

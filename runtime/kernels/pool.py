@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import quant
 from . import Kernel, register
-from ._window import window_geometry, windows
+from ._window import window_geometry, window_reduce
 
 
 def _lowest(dtype):
@@ -27,8 +27,8 @@ class MaxPool(Kernel):
     def run(self, x):
         _check_2d(self, x)
         kernel = self.attr("kernel_shape")
-        strides, dil, pads, _ = window_geometry(kernel, self.node.attrs, x.shape[2:], self.node.name)
-        return windows(x, kernel, strides, dil, pads, _lowest(x.dtype)).max(axis=(4, 5))
+        geometry = window_geometry(kernel, self.node.attrs, x.shape[2:], self.node.name)
+        return window_reduce(x, kernel, *geometry, _lowest(x.dtype), np.maximum)
 
 
 def _window_sums_and_counts(k: Kernel, x):
@@ -38,14 +38,14 @@ def _window_sums_and_counts(k: Kernel, x):
     ``count_include_pad`` — never the extra bottom/right rows of ``ceil_mode``.
     """
     kernel = k.attr("kernel_shape")
-    strides, dil, pads, _ = window_geometry(kernel, k.node.attrs, x.shape[2:], k.node.name)
+    strides, dil, pads, out_hw = window_geometry(kernel, k.node.attrs, x.shape[2:], k.node.name)
     explicit = window_geometry(kernel, {**k.node.attrs, "ceil_mode": 0}, x.shape[2:], k.node.name)[2]
-    sums = windows(x, kernel, strides, dil, pads, 0).sum(axis=(4, 5))
+    sums = window_reduce(x, kernel, strides, dil, pads, out_hw, 0, np.add)
     ones = np.pad(np.ones(x.shape[2:], dtype=np.int64),
                   ((explicit[0], explicit[2]), (explicit[1], explicit[3])),
-                  constant_values=1 if k.attr("count_include_pad", 0) else 0)[None, None]
+                  constant_values=1 if k.attr("count_include_pad", 0) else 0)
     extra = [0, 0, pads[2] - explicit[2], pads[3] - explicit[3]]
-    counts = windows(ones, kernel, strides, dil, extra, 0).sum(axis=(4, 5))[0, 0]
+    counts = window_reduce(ones, kernel, strides, dil, extra, out_hw, 0, np.add)
     return sums, counts
 
 
