@@ -34,7 +34,8 @@ class Model:
         self.source = source
         graph = proto.graph
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
-        self.params: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t) for t in graph.initializer}
+        # writable copies: training updates parameters in place
+        self.params: dict[str, np.ndarray] = {t.name: numpy_helper.to_array(t).copy() for t in graph.initializer}
         nodes = []
         for i, n in enumerate(graph.node):
             name = n.name or f"{n.op_type}_{i}"
@@ -44,7 +45,10 @@ class Model:
             attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
             nodes.append(Node(name, n.op_type, list(n.input), list(n.output), attrs, n.domain))
         _check_ops(nodes, source)
-        self.inputs = [(v.name, _shape(v), _dtype(v)) for v in graph.input if v.name not in self.params]
+        self._input_infos = [v for v in graph.input if v.name not in self.params]
+        self._output_infos = list(graph.output)
+        self._opsets = list(proto.opset_import)
+        self.inputs = [(v.name, _shape(v), _dtype(v)) for v in self._input_infos]
         self.output_names = [v.name for v in graph.output]
         if not self.inputs or not self.output_names:
             raise ModelFormatError(f"{source}: the graph needs at least one input and one output")
@@ -53,6 +57,8 @@ class Model:
         nodes = fold_batchnorm(nodes, self.params, self.output_names)
         nodes = fold_qdq(nodes, self.params, self.output_names)
         nodes = prune_dead(nodes, self.output_names)
+        used = {i for n in nodes for i in n.inputs}
+        self.params = {k: v for k, v in self.params.items() if k in used}  # e.g. pre-fold BN tensors
         self.nodes = nodes
         self.kernels = []
         for node in nodes:
@@ -63,6 +69,23 @@ class Model:
             except ValueError as e:
                 raise ModelFormatError(f"{source}: {e}") from None
         self._last_use = _last_uses(nodes, self.output_names)
+
+    def set_exact_float(self, exact_float: bool) -> None:
+        """Choose the GEMM path of integer kernels: exact float32 BLAS (True) or pure integer."""
+        for k in self.kernels:
+            k.exact_float = exact_float
+
+    def to_proto(self) -> onnx.ModelProto:
+        """The graph as it runs (after load-time rewrites) with the current parameters."""
+        used = {i for n in self.nodes for i in n.inputs if i}
+        inits = [numpy_helper.from_array(np.asarray(v), name) for name, v in self.params.items() if name in used]
+        nodes = [helper.make_node(n.op_type, n.inputs, n.outputs, name=n.name, domain=n.domain, **n.attrs)
+                 for n in self.nodes]
+        graph = helper.make_graph(nodes, "edgetrain", self._input_infos, self._output_infos, inits)
+        opsets = {o.domain: o.version for o in self._opsets}
+        if any(n.domain == "com.microsoft" for n in self.nodes):
+            opsets.setdefault("com.microsoft", 1)
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
 
     # -- introspection -----------------------------------------------------
     def op_counts(self) -> Counter:
@@ -82,22 +105,34 @@ class Model:
         """Run the graph on ``x`` and return its first output."""
         return self.run_all(x, keep=False)[self.output_names[0]]
 
-    def run_all(self, x: np.ndarray, keep: bool = True) -> dict[str, np.ndarray]:
-        """Run and return tensors by name: every tensor if ``keep``, else just the outputs."""
+    def run_all(self, x: np.ndarray, keep: bool | set[str] = True) -> dict[str, np.ndarray]:
+        """Run and return tensors by name: every tensor if ``keep`` is True, the graph
+        outputs if False, the outputs plus the named tensors if it is a set."""
         name, shape, dtype = self.inputs[0]
-        env = dict(self.params)
-        env[name] = self._check_input(x, name, shape, dtype)
-        for kernel, node in zip(self.kernels, self.nodes):
-            args = [env[i] if i else None for i in node.inputs]
+        env = {name: self._check_input(x, name, shape, dtype)}
+        return self.execute(env, keep=keep)
+
+    def execute(self, env: dict, start: int = 0, stop: int | None = None,
+                keep: bool | set[str] = True) -> dict[str, np.ndarray]:
+        """Run nodes ``start:stop`` on the tensors in ``env`` (parameters are read from
+        ``self.params``). Unless ``keep`` is True, a tensor is dropped after its last
+        reader, so memory stays that of inference; the graph outputs, the tensors in
+        ``keep`` (a set) and those produced by node ``stop − 1`` are always kept."""
+        stop = len(self.nodes) if stop is None else stop
+        retain = set(self.output_names) | (keep if isinstance(keep, set) else set())
+        if stop > start:
+            retain.update(self.nodes[stop - 1].outputs)
+        for kernel, node in zip(self.kernels[start:stop], self.nodes[start:stop]):
+            args = [(env[i] if i in env else self.params[i]) if i else None for i in node.inputs]
             try:
                 env[node.outputs[0]] = kernel.run(*args)
             except ValueError as e:
                 raise ValueError(f"{self.source}: node {node.name!r} ({node.op_type}): {e}") from None
-            if not keep:
+            if keep is not True:
                 for i in node.inputs:
-                    if self._last_use.get(i) is node:
+                    if i in env and i not in retain and self._last_use.get(i) is node:
                         del env[i]
-        return env if keep else {o: env[o] for o in self.output_names}
+        return env
 
     def _check_input(self, x, name, shape, dtype):
         if not isinstance(x, np.ndarray):

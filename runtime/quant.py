@@ -185,3 +185,17 @@ class QParams:
     def zp(self) -> int:
         """The zero-point as a Python int (per-tensor parameters only)."""
         return int(self.zero_point.reshape(-1)[0])
+
+
+def stochastic_shift_right(x: np.ndarray, bits: int, noise: np.ndarray) -> np.ndarray:
+    """``x / 2^bits`` with stochastic rounding: ``(x + r) >> bits`` for ``r`` uniform in
+    ``[0, 2^bits)`` (``noise``, from :mod:`edgetrain.prng`). Unbiased: E[result] = x / 2^bits."""
+    if bits <= 0:
+        return np.asarray(x, dtype=np.int64) << -bits
+    return (np.asarray(x, dtype=np.int64) + noise) >> bits
+
+
+def bit_length(x: np.ndarray) -> int:
+    """Bits needed for ``max |x|`` (0 for all zeros), by integer comparisons only."""
+    m = int(np.abs(np.asarray(x, dtype=np.int64)).max(initial=0))
+    return m.bit_length()

@@ -45,8 +45,32 @@ class Kernel:
     def run(self, *inputs: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError
 
+    def grad(self, gy: np.ndarray, inputs: list[np.ndarray | None], y: np.ndarray,
+             needs: list[bool]) -> list[np.ndarray | None]:
+        """Reverse mode: the loss gradient for each input, given ``gy`` for the output.
+
+        ``gy`` is the gradient of the loss w.r.t. this node's single output ``y``
+        (same shape), ``inputs`` the values ``run`` was called with (None for an
+        absent optional input) and ``needs[i]`` says whether input i's gradient
+        is wanted. Returns one entry per input, shaped like that input: an array,
+        or None where it is not needed, the input is absent, or it is not
+        differentiable (shapes, clip bounds, running statistics). Never writes
+        into ``inputs`` or ``gy``, but may return views of ``gy`` (callers must not
+        accumulate in place); works in the inputs' float dtype.
+        """
+        raise NotImplementedError(f"node {self.node.name!r}: op {self.node.op_type} has no "
+                                  "gradient (backprop runs on fp32 ops only)")
+
     def attr(self, name: str, default: Any = None) -> Any:
         return self.node.attrs.get(name, default)
+
+
+def sum_to_shape(g: np.ndarray, shape) -> np.ndarray:
+    """Undo numpy broadcasting: sum ``g`` down to ``shape`` (the adjoint of broadcast_to)."""
+    shape = tuple(shape)
+    g = g.sum(axis=tuple(range(g.ndim - len(shape)))) if g.ndim > len(shape) else g
+    ones = tuple(i for i, (d, s) in enumerate(zip(shape, g.shape)) if d == 1 and s != 1)
+    return (g.sum(axis=ones, keepdims=True) if ones else g).reshape(shape)
 
 
 def register(*op_types: str):

@@ -52,16 +52,34 @@ def window_geometry(kernel, attrs, in_hw, where: str):
     return strides, dilations, pads, out_hw
 
 
+def _offset_slices(kernel, strides, dilations, out_hw):
+    """For each kernel offset (row-major), the (rows, cols) slices of the padded
+    input that the output positions see at that offset."""
+    (oh, ow), (sh, sw), (dh, dw) = out_hw, strides, dilations
+    for i in range(kernel[0]):
+        for j in range(kernel[1]):
+            yield (slice(i * dh, i * dh + (oh - 1) * sh + 1, sh),
+                   slice(j * dw, j * dw + (ow - 1) * sw + 1, sw))
+
+
 def window_slices(x: np.ndarray, kernel, strides, dilations, pads, out_hw, pad_value):
     """Yield, for each kernel offset (row-major), the (…, OH, OW) slice of padded ``x``
     that the output positions see at that offset. Works on any leading axes."""
     if any(pads):
         widths = [(0, 0)] * (x.ndim - 2) + [(pads[0], pads[2]), (pads[1], pads[3])]
         x = np.pad(x, widths, constant_values=pad_value)
-    (oh, ow), (sh, sw), (dh, dw) = out_hw, strides, dilations
-    for i in range(kernel[0]):
-        for j in range(kernel[1]):
-            yield x[..., i * dh:i * dh + (oh - 1) * sh + 1:sh, j * dw:j * dw + (ow - 1) * sw + 1:sw]
+    for rows, cols in _offset_slices(kernel, strides, dilations, out_hw):
+        yield x[..., rows, cols]
+
+
+def window_scatter(parts, x_shape, kernel, strides, dilations, pads, out_hw, dtype) -> np.ndarray:
+    """Adjoint of :func:`window_slices`: add each offset's (…, OH, OW) part back where
+    that slice came from, into zeros of ``x_shape``; what lands on padding is dropped."""
+    h, w = x_shape[-2:]
+    out = np.zeros(tuple(x_shape[:-2]) + (pads[0] + h + pads[2], pads[1] + w + pads[3]), dtype=dtype)
+    for part, (rows, cols) in zip(parts, _offset_slices(kernel, strides, dilations, out_hw)):
+        out[..., rows, cols] += part  # one offset's slice never repeats a position
+    return out[..., pads[0]:pads[0] + h, pads[1]:pads[1] + w]
 
 
 def window_reduce(x, kernel, strides, dilations, pads, out_hw, pad_value, ufunc, dtype=None):
@@ -86,3 +104,13 @@ def im2col_t(x: np.ndarray, kernel, strides, dilations, pads, out_hw, dtype) -> 
     for k, s in enumerate(window_slices(xc, kernel, strides, dilations, pads, out_hw, 0)):
         cols[k] = s
     return cols.reshape(kernel[0] * kernel[1] * c, -1)
+
+
+def col2im_t(cols: np.ndarray, x_shape, kernel, strides, dilations, pads, out_hw) -> np.ndarray:
+    """Adjoint of :func:`im2col_t`: (KH·KW·C, N·OH·OW) columns, rows ordered
+    (kh, kw, c), summed back into an (N, C, H, W) array (overlaps add up)."""
+    n, c = x_shape[:2]
+    parts = cols.reshape((kernel[0] * kernel[1], c, n) + tuple(out_hw))
+    xc = window_scatter(parts, (c, n) + tuple(x_shape[2:]), kernel, strides, dilations, pads,
+                        out_hw, cols.dtype)
+    return np.ascontiguousarray(xc.transpose(1, 0, 2, 3))

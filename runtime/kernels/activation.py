@@ -11,6 +11,9 @@ class Relu(Kernel):
     def run(self, x):
         return np.maximum(x, np.zeros((), dtype=x.dtype))
 
+    def grad(self, gy, inputs, y, needs):
+        return [gy * (inputs[0] > 0)]  # 0 at x = 0, as torch
+
 
 @register("Clip")
 class Clip(Kernel):
@@ -24,3 +27,16 @@ class Clip(Kernel):
         if hi is not None:
             x = np.minimum(x, np.asarray(hi, dtype=x.dtype))
         return x
+
+    def grad(self, gy, inputs, y, needs):
+        """Passes strictly inside ``lo < x < hi`` (0 on a bound, as torch.clamp and Relu); the
+        bounds get none."""
+        x, lo, hi = (list(inputs) + [None, None])[:3]
+        lo = self.attr("min") if lo is None else lo
+        hi = self.attr("max") if hi is None else hi
+        inside = np.ones(x.shape, dtype=bool)
+        if lo is not None:
+            inside &= x > lo
+        if hi is not None:
+            inside &= x < hi
+        return [gy * inside] + [None] * (len(inputs) - 1)

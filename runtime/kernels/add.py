@@ -4,12 +4,16 @@ from __future__ import annotations
 import numpy as np
 
 from .. import quant
-from . import Kernel, register
+from . import Kernel, register, sum_to_shape
+
 
 @register("Add")
 class Add(Kernel):
     def run(self, a, b):
         return a + b
+
+    def grad(self, gy, inputs, y, needs):
+        return [sum_to_shape(gy, v.shape) if need else None for v, need in zip(inputs, needs)]
 
 
 @register("QLinearAdd")

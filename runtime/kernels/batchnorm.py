@@ -22,3 +22,14 @@ class BatchNormalization(Kernel):
         a, b = batchnorm_affine(scale, bias, mean, var, self.attr("epsilon", 1e-5))
         shape = (1, -1) + (1,) * (x.ndim - 2)
         return x * a.reshape(shape) + b.reshape(shape)
+
+    def grad(self, gy, inputs, y, needs):
+        """y = scale·(x − mean)/√(var + ε) + bias; the running statistics get no gradient."""
+        x, scale, bias, mean, var = inputs
+        shape = (1, -1) + (1,) * (x.ndim - 2)
+        inv_std = 1 / np.sqrt(var + var.dtype.type(self.attr("epsilon", 1e-5)))
+        over = (0,) + tuple(range(2, x.ndim))  # every axis but the channel
+        return [gy * (scale * inv_std).reshape(shape) if needs[0] else None,
+                (gy * (x - mean.reshape(shape))).sum(axis=over) * inv_std if needs[1] else None,
+                gy.sum(axis=over) if needs[2] else None,
+                None, None]

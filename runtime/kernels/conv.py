@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import quant
 from . import Kernel, register
-from ._window import im2col_t, window_geometry
+from ._window import col2im_t, im2col_t, window_geometry
 
 
 def _conv(x, w, attrs, where, matmul, cols_dtype):
@@ -38,6 +38,30 @@ class Conv(Kernel):
         if b is not None:
             y += b.reshape(-1, 1, 1, 1)
         return np.ascontiguousarray(y.transpose(1, 0, 2, 3))
+
+    def grad(self, gy, inputs, y, needs):
+        """Per group, with the im2col product Y = W·cols: dW = gY·colsᵀ, dx = col2im(Wᵀ·gY);
+        db = gy summed over (N, OH, OW)."""
+        x, w, b = (list(inputs) + [None])[:3]
+        m, cg, kh, kw = w.shape
+        group = self.attr("group", 1)
+        mg = m // group
+        window = ((kh, kw),) + tuple(window_geometry((kh, kw), self.node.attrs, x.shape[2:], self.node.name))
+        g_all = gy.transpose(1, 0, 2, 3).reshape(m, -1)  # (M, N·OH·OW), as the forward product
+        dx = np.empty_like(x) if needs[0] else None
+        dw = np.empty_like(w) if needs[1] else None
+        for g in range(group):
+            gy_g, x_g = g_all[g * mg:(g + 1) * mg], x[:, g * cg:(g + 1) * cg]
+            if needs[1]:
+                cols = im2col_t(x_g, *window, x.dtype)
+                dw[g * mg:(g + 1) * mg] = (gy_g @ cols.T).reshape(mg, kh, kw, cg).transpose(0, 3, 1, 2)
+            if needs[0]:
+                w2d = w[g * mg:(g + 1) * mg].transpose(0, 2, 3, 1).reshape(mg, -1)
+                dx[:, g * cg:(g + 1) * cg] = col2im_t(w2d.T @ gy_g, x_g.shape, *window)
+        grads = [dx, dw]
+        if len(inputs) > 2:
+            grads.append(gy.sum(axis=(0, 2, 3)) if b is not None and needs[2] else None)
+        return grads
 
 
 @register("QLinearConv")

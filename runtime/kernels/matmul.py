@@ -4,13 +4,24 @@ from __future__ import annotations
 import numpy as np
 
 from .. import quant
-from . import Kernel, register
+from . import Kernel, register, sum_to_shape
 
 
 @register("MatMul")
 class MatMul(Kernel):
     def run(self, a, b):
         return np.matmul(a, b)
+
+    def grad(self, gy, inputs, y, needs):
+        """numpy matmul semantics: 1-D operands get a unit axis, batch axes broadcast."""
+        a, b = inputs
+        a2 = a[None, :] if a.ndim == 1 else a
+        b2 = b[:, None] if b.ndim == 1 else b
+        g = gy[..., None] if b.ndim == 1 else gy
+        g = g[..., None, :] if a.ndim == 1 else g
+        da = sum_to_shape(g @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape) if needs[0] else None
+        db = sum_to_shape(np.swapaxes(a2, -1, -2) @ g, b2.shape).reshape(b.shape) if needs[1] else None
+        return [da, db]
 
 
 @register("Gemm")
@@ -27,6 +38,23 @@ class Gemm(Kernel):
         if c is not None:
             y = y + (c if beta == 1.0 else np.float32(beta) * c)
         return y
+
+    def grad(self, gy, inputs, y, needs):
+        """dA' = alpha·gy·B'ᵀ and dB' = alpha·A'ᵀ·gy (transposed back when A, B were);
+        dC = beta·gy summed down to C's shape."""
+        a, b, c = (list(inputs) + [None])[:3]
+        ta, tb = self.attr("transA", 0), self.attr("transB", 0)
+        alpha, beta = float(self.attr("alpha", 1.0)), float(self.attr("beta", 1.0))
+        g = gy * alpha if alpha != 1.0 else gy  # a Python float keeps gy's dtype
+        a_, b_ = (a.T if ta else a), (b.T if tb else b)
+        grads = [None] * len(inputs)
+        if needs[0]:
+            grads[0] = (g @ b_.T).T if ta else g @ b_.T
+        if needs[1]:
+            grads[1] = (a_.T @ g).T if tb else a_.T @ g
+        if c is not None and needs[2]:
+            grads[2] = sum_to_shape(gy * beta if beta != 1.0 else gy, c.shape)
+        return grads
 
 
 class _IntegerMatMul(Kernel):

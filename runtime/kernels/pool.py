@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import quant
 from . import Kernel, register
-from ._window import window_geometry, window_reduce
+from ._window import window_geometry, window_reduce, window_scatter, window_slices
 
 
 def _lowest(dtype):
@@ -30,23 +30,44 @@ class MaxPool(Kernel):
         geometry = window_geometry(kernel, self.node.attrs, x.shape[2:], self.node.name)
         return window_reduce(x, kernel, *geometry, _lowest(x.dtype), np.maximum)
 
+    def grad(self, gy, inputs, y, needs):
+        """All of a window's gradient goes to its first maximum in row-major
+        offset order (torch's choice on ties)."""
+        x = inputs[0]
+        kernel = self.attr("kernel_shape")
+        geometry = window_geometry(kernel, self.node.attrs, x.shape[2:], self.node.name)
 
-def _window_sums_and_counts(k: Kernel, x):
-    """Window sums of ``x`` and, per output position, how many values the mean divides by.
+        def parts():  # one offset at a time, so memory stays that of one slice
+            taken = np.zeros(y.shape, dtype=bool)
+            for s in window_slices(x, kernel, *geometry, _lowest(x.dtype)):
+                first = (s == y) & ~taken
+                taken |= first
+                yield np.where(first, gy, 0)
+        return [window_scatter(parts(), x.shape, kernel, *geometry, gy.dtype)]
+
+
+def _window_counts(k: Kernel, in_hw):
+    """The pool's window ``(kernel, strides, dilations, pads, out_hw)`` and, per
+    output position, how many values the mean divides by.
 
     The count covers the real input, plus the explicit pads when
     ``count_include_pad`` — never the extra bottom/right rows of ``ceil_mode``.
     """
     kernel = k.attr("kernel_shape")
-    strides, dil, pads, out_hw = window_geometry(kernel, k.node.attrs, x.shape[2:], k.node.name)
-    explicit = window_geometry(kernel, {**k.node.attrs, "ceil_mode": 0}, x.shape[2:], k.node.name)[2]
-    sums = window_reduce(x, kernel, strides, dil, pads, out_hw, 0, np.add)
-    ones = np.pad(np.ones(x.shape[2:], dtype=np.int64),
+    strides, dil, pads, out_hw = window_geometry(kernel, k.node.attrs, in_hw, k.node.name)
+    explicit = window_geometry(kernel, {**k.node.attrs, "ceil_mode": 0}, in_hw, k.node.name)[2]
+    ones = np.pad(np.ones(in_hw, dtype=np.int64),
                   ((explicit[0], explicit[2]), (explicit[1], explicit[3])),
                   constant_values=1 if k.attr("count_include_pad", 0) else 0)
     extra = [0, 0, pads[2] - explicit[2], pads[3] - explicit[3]]
     counts = window_reduce(ones, kernel, strides, dil, extra, out_hw, 0, np.add)
-    return sums, counts
+    return (kernel, strides, dil, pads, out_hw), counts
+
+
+def _window_sums_and_counts(k: Kernel, x):
+    """Window sums of ``x`` and the counts of :func:`_window_counts`."""
+    window, counts = _window_counts(k, x.shape[2:])
+    return window_reduce(x, *window, 0, np.add), counts
 
 
 @register("AveragePool")
@@ -56,11 +77,23 @@ class AveragePool(Kernel):
         sums, counts = _window_sums_and_counts(self, x)
         return (sums / counts).astype(x.dtype)
 
+    def grad(self, gy, inputs, y, needs):
+        """Each window spreads gy/count evenly over the values it averaged."""
+        x = inputs[0]
+        window, counts = _window_counts(self, x.shape[2:])
+        share = (gy / counts).astype(gy.dtype)
+        kernel = window[0]
+        return [window_scatter([share] * (kernel[0] * kernel[1]), x.shape, *window, gy.dtype)]
+
 
 @register("GlobalAveragePool")
 class GlobalAveragePool(Kernel):
     def run(self, x):
         return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=np.float32).astype(x.dtype)
+
+    def grad(self, gy, inputs, y, needs):
+        x = inputs[0]
+        return [np.broadcast_to(gy / int(np.prod(x.shape[2:])), x.shape).copy()]
 
 
 class _IntegerMean(Kernel):

@@ -13,6 +13,9 @@ class Flatten(Kernel):
         axis = axis + x.ndim if axis < 0 else axis
         return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
 
+    def grad(self, gy, inputs, y, needs):
+        return [gy.reshape(inputs[0].shape)]
+
 
 @register("Reshape")
 class Reshape(Kernel):
@@ -27,3 +30,6 @@ class Reshape(Kernel):
         except ValueError:
             raise ValueError(f"node {self.node.name!r} (Reshape): cannot reshape {x.shape} "
                              f"to {shape}") from None
+
+    def grad(self, gy, inputs, y, needs):
+        return [gy.reshape(inputs[0].shape), None]

@@ -28,6 +28,12 @@ class Softmax(Kernel):
         e = np.exp(v - v.max(axis=-1, keepdims=True))
         return restore(e / e.sum(axis=-1, keepdims=True))
 
+    def grad(self, gy, inputs, y, needs):
+        """dx = y ⊙ (gy − Σ gy ⊙ y) along the softmax axis."""
+        g, restore = _softmax_axes(self, gy)
+        p, _ = _softmax_axes(self, y)
+        return [restore(p * (g - (g * p).sum(axis=-1, keepdims=True)))]
+
 
 @register("QLinearSoftmax")
 class QLinearSoftmax(Kernel):
