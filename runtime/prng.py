@@ -30,19 +30,17 @@ def random_bits(seed: int, stream: int, n: int, start: int = 0) -> np.ndarray:
         return _mix(base + (np.arange(start + 1, start + n + 1, dtype=np.uint64) * _GOLDEN))
 
 
-def rademacher(seed: int, stream: int, shape) -> np.ndarray:
-    """±1 as int8, one per element of ``shape``."""
-    n = int(np.prod(shape, dtype=np.int64))
-    bit = (random_bits(seed, stream, n) >> np.uint64(63)).astype(np.int8)
-    return (1 - 2 * bit).reshape(shape)
+def rademacher(seed: int, stream: int, n: int, start: int = 0) -> np.ndarray:
+    """±1 as int8: elements ``start … start + n − 1`` of the flat sequence for ``(seed, stream)``."""
+    bit = (random_bits(seed, stream, n, start) >> np.uint64(63)).astype(np.int8)
+    return 1 - 2 * bit
 
 
-def uniform_below_pow2(seed: int, stream: int, shape, bits: int) -> np.ndarray:
-    """Integers uniform in ``[0, 2^bits)`` as int64 (``0 ≤ bits ≤ 62``)."""
-    n = int(np.prod(shape, dtype=np.int64))
+def uniform_below_pow2(seed: int, stream: int, n: int, bits: int, start: int = 0) -> np.ndarray:
+    """Integers uniform in ``[0, 2^bits)`` as int64 (``0 ≤ bits ≤ 62``), flat, from ``start``."""
     if bits == 0:
-        return np.zeros(shape, dtype=np.int64)
-    return (random_bits(seed, stream, n) >> np.uint64(64 - bits)).astype(np.int64).reshape(shape)
+        return np.zeros(n, dtype=np.int64)
+    return (random_bits(seed, stream, n, start) >> np.uint64(64 - bits)).astype(np.int64)
 
 
 def step_seed(seed: int, step: int, salt: int = 0) -> int:

@@ -86,11 +86,32 @@ def multiply_by_quantized_multiplier(x: np.ndarray, multiplier_q31: np.ndarray,
 
 
 def requantize(acc: np.ndarray, multiplier_q31: np.ndarray, shift: np.ndarray,
-               out: "QParams") -> np.ndarray:
-    """int32 accumulator → 8-bit output: scale by ``M``, add the zero-point, clamp."""
-    scaled = multiply_by_quantized_multiplier(acc, multiplier_q31, shift)  # a fresh int64 array
+               out: "QParams", block: int = 1 << 13) -> np.ndarray:
+    """int32 accumulator → 8-bit output: scale by ``M``, add the zero-point, clamp.
+
+    Works through ``acc`` in slabs along its first axis of about ``block``
+    values, so the 64-bit temporaries stay small whatever the tensor size.
+    ``multiplier_q31``/``shift`` broadcast against ``acc``; when their first
+    axis matches ``acc``'s (per-channel, channels first), they are sliced too.
+    """
+    y = np.empty(acc.shape, dtype=out.dtype)
+    if acc.ndim == 0 or acc.size == 0:
+        y[...] = _requantize_block(acc, multiplier_q31, shift, out)
+        return y
+    mult, shift = np.asarray(multiplier_q31), np.asarray(shift)
+    per_row = mult.ndim == acc.ndim and mult.shape[0] == acc.shape[0] > 1
+    rows = max(1, block // max(1, acc[0].size))
+    for r in range(0, acc.shape[0], rows):
+        part = slice(r, r + rows)
+        y[part] = _requantize_block(acc[part], mult[part] if per_row else mult,
+                                    shift[part] if per_row else shift, out)
+    return y
+
+
+def _requantize_block(acc, mult, shift, out):
+    scaled = multiply_by_quantized_multiplier(acc, mult, shift)  # a fresh int64 array
     scaled += out.zp
-    return np.clip(scaled, out.qmin, out.qmax, out=scaled).astype(out.dtype)
+    return np.clip(scaled, out.qmin, out.qmax, out=scaled)
 
 
 def saturate(x: np.ndarray, out: "QParams") -> np.ndarray:
@@ -125,26 +146,27 @@ def _per_axis(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
 
 
 def int_matmul(a: np.ndarray, b: np.ndarray, exact_float: bool = True) -> np.ndarray:
-    """Exact ``a @ b`` as int64 for operands that are int8 values or int8 minus
-    an 8-bit zero-point (so ``|a_ik|, |b_kj| ≤ 256``).
+    """Exact ``a @ b`` as int32 for operands that are int8 values or int8 minus
+    an 8-bit zero-point (so ``|a_ik|, |b_kj| ≤ 256``) and an inner dimension
+    below 2^15 (so no sum of products reaches 2^31).
 
     numpy's integer matmul does not use BLAS, so by default the product runs
     through float32 BLAS over inner-dimension chunks of at most
     ``FLOAT32_EXACT_K`` terms: every partial sum then stays below 2^24 and is
-    exact in float32, whatever order BLAS adds in. Operands may already be
-    float32 arrays holding those integers (kernels keep weights that way).
-    ``exact_float=False`` runs the pure-integer path; a test shows both give
-    identical bits.
+    exact in float32, whatever order BLAS adds in. ``exact_float=False`` runs
+    numpy's integer matmul; a test shows both give identical bits.
     """
+    k = a.shape[-1]
+    if k >= 1 << 15:
+        raise ValueError(f"int_matmul: inner dimension {k} ≥ 2^15 could overflow int32 sums")
     if not exact_float:
-        return np.matmul(a.astype(np.int64), b.astype(np.int64))
+        return np.matmul(a.astype(np.int32, copy=False), b.astype(np.int32, copy=False))
     af = a.astype(np.float32, copy=False)
     bf = b.astype(np.float32, copy=False)
-    k = a.shape[-1]
-    out = np.matmul(af[..., :FLOAT32_EXACT_K], bf[..., :FLOAT32_EXACT_K, :]).astype(np.int64)
+    out = np.matmul(af[..., :FLOAT32_EXACT_K], bf[..., :FLOAT32_EXACT_K, :]).astype(np.int32)
     for start in range(FLOAT32_EXACT_K, k, FLOAT32_EXACT_K):
         out += np.matmul(af[..., start:start + FLOAT32_EXACT_K],
-                         bf[..., start:start + FLOAT32_EXACT_K, :]).astype(np.int64)
+                         bf[..., start:start + FLOAT32_EXACT_K, :]).astype(np.int32)
     return out
 
 

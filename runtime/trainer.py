@@ -61,12 +61,15 @@ class Trainer:
     the rest stay frozen. ``lr`` is the BP step, ``zo_lr`` the ZO step, ``eps`` the
     perturbation (for ``elasticzo-int8``: ``lr`` is the tail's update bit-width,
     ``zo_lr`` a power of two scaling the int32 ``ΔL·z``, ``eps`` in weight LSBs).
-    ``q``: ZO directions per step.
+    ``q``: ZO directions per step. ``float_gemm`` (``elasticzo-int8`` only): run the
+    integer GEMMs through exact float32 BLAS (bit-identical, faster, see
+    :func:`edgetrain.quant.int_matmul`) instead of numpy's integer matmul; off by
+    default so that a step creates no float array at all.
     """
 
     def __init__(self, model: Model, method: str = "elasticzo", cut: int | str = 1, lr: float | None = None,
                  zo_lr: float | None = None, eps: float | None = None, batch_size: int = 32, seed: int = 0,
-                 trainable=None, q: int = 1):
+                 trainable=None, q: int = 1, float_gemm: bool = False):
         if not isinstance(model, Model):
             raise TrainingError(f"model must be an edgetrain Model (from edgetrain.load), got {type(model).__name__}")
         if method not in METHODS:
@@ -82,6 +85,7 @@ class Trainer:
         self.eps = d_eps if eps is None else eps
         self.step_count = 0
         self.int8 = method == "elasticzo-int8"
+        self.float_gemm = bool(float_gemm)
         self._find_boundaries()
         self.layers = self._find_layers(trainable)
         self.cut = self._resolve_cut(cut)
@@ -92,7 +96,7 @@ class Trainer:
             self._prepare_int8()
         self.n_classes = self._probe_classes()
         self.config = {"method": method, "cut": self.cut, "lr": self.lr, "zo_lr": self.zo_lr, "eps": self.eps,
-                       "batch_size": batch_size, "seed": self.seed, "q": q,
+                       "batch_size": batch_size, "seed": self.seed, "q": q, "float_gemm": self.float_gemm,
                        "trainable": [l.name for l in self.layers]}
 
     # -- structure ----------------------------------------------------------------
@@ -273,7 +277,7 @@ class Trainer:
                 raise TrainingError(f"elasticzo-int8: QGemm {node.name!r} without transB is not supported")
         dq = nodes[-1]
         self.loss_fn = IntCrossEntropy(float(params[dq.inputs[1]]), int(params[dq.inputs[2]].reshape(-1)[0]))
-        self.model.set_exact_float(False)  # integer GEMMs: no float arrays inside a step
+        self.model.set_exact_float(self.float_gemm)
         limit = 127 - int(self.eps)
         for l in self.layers:  # keep |w| ≤ 127 − ε so that w ± ε·z never saturates
             np.clip(params[l.weight], -limit, limit, out=params[l.weight])
@@ -301,21 +305,15 @@ class Trainer:
             metrics.update(loss_q16=loss, correct=correct)
         if self.zo_layers:
             names, eps = [l.weight for l in self.zo_layers], int(self.eps)
-            for k, name in enumerate(names):
-                params[name] += (eps * prng.rademacher(seed, k, params[name].shape)).astype(np.int8)
+            _int_perturb(params, names, seed, +eps)
             lp, _, cp = self.loss_fn(self._int_forward(xq)[1], y)
-            for k, name in enumerate(names):
-                params[name] -= (2 * eps * prng.rademacher(seed, k, params[name].shape)).astype(np.int8)
+            _int_perturb(params, names, seed, -2 * eps)
             lm, _, cm = self.loss_fn(self._int_forward(xq)[1], y)
-            for k, name in enumerate(names):
-                params[name] += (eps * prng.rademacher(seed, k, params[name].shape)).astype(np.int8)
+            _int_perturb(params, names, seed, +eps)
             delta = lp - lm
             shift = int(round(-math.log2(self.zo_lr)))
-            for k, name in enumerate(names):
-                z = prng.rademacher(seed, k, params[name].shape).astype(np.int64)
-                noise = prng.uniform_below_pow2(seed, 1000 + k, z.shape, shift)
-                u = quant.stochastic_shift_right(delta * z, shift, noise)
-                updates[name] = np.clip(params[name] - u, -self.int_limit, self.int_limit).astype(np.int8)
+            for k, name in enumerate(names):  # applied at once, in place: integers cannot overflow here
+                _int_zo_update(params[name], seed, k, delta, shift, self.int_limit)
             metrics.setdefault("loss_q16", (lp + lm) // 2)
             metrics.setdefault("correct", (cp + cm) // 2)
             metrics["zo_delta_loss_q16"] = delta
@@ -346,16 +344,33 @@ class Trainer:
             a = x.astype(np.int64) - kernel.aq.zp
             grad_w = g.T @ a  # int64 accumulators, (N, K)
             shift = max(0, quant.bit_length(grad_w) - bits)
-            noise = prng.uniform_below_pow2(seed, 2000 + idx, grad_w.shape, shift)
+            noise = prng.uniform_below_pow2(seed, 2000 + idx, grad_w.size, shift).reshape(grad_w.shape)
             step = quant.stochastic_shift_right(grad_w, shift, noise)
             new_w = np.clip(w_t - step, -self.int_limit, self.int_limit).astype(np.int8)
             updates[node.inputs[3]] = new_w if node.op_type == "QGemm" else new_w.T
             if idx > self.tail_start:
                 ga = g @ w_t.astype(np.int64)  # error w.r.t. the input, before renormalising to int8
                 shift = max(0, quant.bit_length(ga) - 7)
-                noise = prng.uniform_below_pow2(seed, 3000 + idx, ga.shape, shift)
+                noise = prng.uniform_below_pow2(seed, 3000 + idx, ga.size, shift).reshape(ga.shape)
                 g = quant.stochastic_shift_right(ga, shift, noise)
         return updates
+
+    # -- memory -------------------------------------------------------------------------------
+    def memory_report(self, x: np.ndarray, y: np.ndarray) -> dict:
+        """Measured peak memory of one training step on ``(x, y)`` and of inference on ``x``.
+
+        ``*_traced_bytes``: tracemalloc's peak (numpy's buffers and Python objects
+        allocated during the call, over what was live before it). ``*_rss_bytes``: the
+        process's peak resident set during the call (Linux: the peak is reset through
+        /proc/self/clear_refs first), or None where that is not possible. The step is
+        real: it trains.
+        """
+        x, y = self._check_batch(x, y)
+        infer_traced, infer_rss = _measure(lambda: self.model.run(x))
+        step_traced, step_rss = _measure(lambda: self.step(x, y))
+        return {"step_traced_bytes": step_traced, "inference_traced_bytes": infer_traced,
+                "step_rss_bytes": step_rss, "inference_rss_bytes": infer_rss,
+                "batch_size": len(x), "method": self.method, "cut": self.cut}
 
     # -- loops ------------------------------------------------------------------------------
     def evaluate(self, x: np.ndarray, y: np.ndarray, batch_size: int = 256) -> dict:
@@ -445,7 +460,7 @@ class Trainer:
         cfg = dict(state["config"])
         trainer = cls(model, method=cfg["method"], cut=cfg["cut"], lr=cfg["lr"], zo_lr=cfg["zo_lr"],
                       eps=cfg["eps"], batch_size=cfg["batch_size"], seed=cfg["seed"],
-                      trainable=cfg["trainable"], q=cfg["q"])
+                      trainable=cfg["trainable"], q=cfg["q"], float_gemm=cfg["float_gemm"])
         for name, value in arrays.items():
             model.params[name][...] = value
         trainer.step_count = int(state["step"])
@@ -454,6 +469,33 @@ class Trainer:
     def export(self, path: str) -> None:
         """Write the trained model as ONNX (int8 stays int8) that onnxruntime runs."""
         onnx.save(self.model.to_proto(), os.fspath(path))
+
+
+# int8 perturbations and updates walk each tensor in slices of this many weights, so their
+# 64-bit temporaries stay small.
+_INT_CHUNK = 1 << 13
+
+
+def _int_perturb(params: dict, names: list, seed: int, eps: int) -> None:
+    """w ← w + eps·z in place, z = ±1 from ``(seed, tensor number)``; exact in int8
+    because |w| ≤ 127 − |eps| is kept as an invariant."""
+    for k, name in enumerate(names):
+        flat = params[name].reshape(-1)
+        for start in range(0, flat.size, _INT_CHUNK):
+            n = min(_INT_CHUNK, flat.size - start)
+            flat[start:start + n] += (eps * prng.rademacher(seed, k, n, start)).astype(np.int8)
+
+
+def _int_zo_update(w: np.ndarray, seed: int, k: int, delta: int, shift: int, limit: int) -> None:
+    """w ← clip(w − SR(ΔL·z / 2^shift)) in place: the int32 loss difference times the
+    ±1 direction, shifted down with stochastic rounding (the shift is the learning rate)."""
+    flat = w.reshape(-1)
+    for start in range(0, flat.size, _INT_CHUNK):
+        n = min(_INT_CHUNK, flat.size - start)
+        z = prng.rademacher(seed, k, n, start).astype(np.int64)
+        noise = prng.uniform_below_pow2(seed, 1000 + k, n, shift, start)
+        u = quant.stochastic_shift_right(delta * z, shift, noise)
+        flat[start:start + n] = np.clip(flat[start:start + n] - u, -limit, limit)
 
 
 def gaussian_direction(seed: int, stream: int, shape) -> np.ndarray:
@@ -480,6 +522,36 @@ def spsa_gradient(params: dict, names: list, seed: int, eps: float, loss):
     minus = loss()
     perturb(params, names, seed, +eps)
     return (plus[0] - minus[0]) / (2 * eps), plus, minus
+
+
+def _measure(fn):
+    """(tracemalloc peak, RSS peak) of one call; tracing is started and stopped here."""
+    import tracemalloc
+    rss_reset = _reset_peak_rss()
+    tracemalloc.start()
+    try:
+        fn()
+        traced = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    return traced, (_peak_rss() if rss_reset else None)
+
+
+def _reset_peak_rss() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def _peak_rss():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return None
 
 
 def _accuracy(logits, y) -> float:

@@ -156,6 +156,15 @@ def test_int8_step_creates_no_float_array(mnist, lenet5_int8, monkeypatch):
     assert changed  # the step did train something
 
 
+def test_int8_float_gemm_trains_bit_identically(mnist, lenet5_int8):
+    runs = []
+    for float_gemm in (False, True):
+        trainer = Trainer(edgetrain.load(lenet5_int8), method="elasticzo-int8", cut=2, float_gemm=float_gemm)
+        trainer.fit(mnist.x_train[:128], mnist.y_train[:128], epochs=1, progress=False)
+        runs.append(weights(trainer))
+    assert all(np.array_equal(runs[0][n], runs[1][n]) for n in runs[0])
+
+
 def test_int8_perturbation_is_undone_exactly(mnist, lenet5_int8):
     trainer = Trainer(edgetrain.load(lenet5_int8), method="elasticzo-int8", cut=0, zo_lr=2.0 ** -60)
     before = weights(trainer)

@@ -8,11 +8,17 @@ from . import Kernel, register
 from ._window import col2im_t, im2col_t, window_geometry
 
 
-def _conv(x, w, attrs, where, matmul, cols_dtype):
-    """Grouped 2-D convolution via im2col: returns (M, N, OH, OW) — channels first.
+# im2col columns are built for a block of images at a time, holding at most about this many
+# bytes, so a convolution's workspace does not grow with the batch.
+COLS_BLOCK_BYTES = 1 << 18
 
-    ``matmul(w2d, cols)`` multiplies the (Mg, KH·KW·Cg) weight of a group with
-    its (KH·KW·Cg, N·OH·OW) patch columns.
+
+def _conv(x, w, attrs, where, product, cols_dtype, out_dtype):
+    """Grouped 2-D convolution via im2col over blocks of images.
+
+    ``product(g, w2d, cols)`` turns group ``g``'s (Mg, KH·KW·Cg) weight and a
+    block's (KH·KW·Cg, n·OH·OW) patch columns into that block's output rows
+    (bias and requantisation included). Returns (N, M, OH, OW).
     """
     if x.ndim != 4:
         raise ValueError(f"{where}: expected a 4-D NCHW input, got shape {x.shape}")
@@ -21,23 +27,28 @@ def _conv(x, w, attrs, where, matmul, cols_dtype):
     if x.shape[1] != cg * group:
         raise ValueError(f"{where}: input has {x.shape[1]} channels, weight expects {cg * group}")
     strides, dilations, pads, out_hw = window_geometry((kh, kw), attrs, x.shape[2:], where)
-    mg = m // group
-    outs = []
-    for g in range(group):
-        cols = im2col_t(x[:, g * cg:(g + 1) * cg], (kh, kw), strides, dilations, pads, out_hw, cols_dtype)
-        w2d = w[g * mg:(g + 1) * mg].transpose(0, 2, 3, 1).reshape(mg, -1)
-        outs.append(matmul(w2d, cols))
-    out = outs[0] if group == 1 else np.concatenate(outs, axis=0)
-    return out.reshape(m, x.shape[0], *out_hw)
+    mg, n = m // group, x.shape[0]
+    w2d = [w[g * mg:(g + 1) * mg].transpose(0, 2, 3, 1).reshape(mg, -1) for g in range(group)]
+    per_image = kh * kw * cg * out_hw[0] * out_hw[1] * np.dtype(cols_dtype).itemsize
+    block = max(1, COLS_BLOCK_BYTES // per_image)
+    y = np.empty((m, n, *out_hw), dtype=out_dtype)
+    for n0 in range(0, n, block):
+        xb = x[n0:n0 + block]
+        for g in range(group):
+            cols = im2col_t(xb[:, g * cg:(g + 1) * cg], (kh, kw), strides, dilations, pads, out_hw, cols_dtype)
+            y[g * mg:(g + 1) * mg, n0:n0 + block] = product(g, w2d[g], cols).reshape(mg, len(xb), *out_hw)
+    return np.ascontiguousarray(y.transpose(1, 0, 2, 3))
 
 
 @register("Conv")
 class Conv(Kernel):
     def run(self, x, w, b=None):
-        y = _conv(x, w, self.node.attrs, self.node.name, np.matmul, x.dtype)
-        if b is not None:
-            y += b.reshape(-1, 1, 1, 1)
-        return np.ascontiguousarray(y.transpose(1, 0, 2, 3))
+        mg = w.shape[0] // self.attr("group", 1)
+
+        def product(g, w2d, cols):
+            out = w2d @ cols
+            return out if b is None else out + b[g * mg:(g + 1) * mg, None]
+        return _conv(x, w, self.node.attrs, self.node.name, product, x.dtype, x.dtype)
 
     def grad(self, gy, inputs, y, needs):
         """Per group, with the im2col product Y = W·cols: dW = gY·colsᵀ, dx = col2im(Wᵀ·gY);
@@ -76,16 +87,19 @@ class QLinearConv(Kernel):
         self.yq = quant.QParams.from_consts(consts[6], consts[7], f"{node.name} y")
         real = self.xq.scale.astype(np.float64) * self.wq.scale.astype(np.float64) / float(self.yq.scale)
         mult, shift = quant.quantize_multipliers(np.atleast_1d(real))
-        self.mult, self.shift = mult.reshape(-1, 1, 1, 1), shift.reshape(-1, 1, 1, 1)  # per output channel
+        channels = (mult.size if consts[3] is None else consts[3].shape[0], 1)  # one row per output channel
+        self.mult, self.shift = np.broadcast_to(mult.reshape(-1, 1), channels), np.broadcast_to(shift.reshape(-1, 1), channels)
 
     def run(self, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None):
-        # the shifted operands are small integers; the float32 patch columns hold them exactly
         xs = x.astype(np.int16) - np.int16(self.xq.zp)
         ws = w.astype(np.int16) - self.wq.zero_point.reshape(-1, 1, 1, 1).astype(np.int16)
-        cols_dtype = np.float32 if self.exact_float else np.int64
-        acc = _conv(xs, ws, self.node.attrs, self.node.name,
-                    lambda a, b_: quant.int_matmul(a, b_, self.exact_float), cols_dtype)
-        if b is not None:
-            acc += b.astype(np.int64).reshape(-1, 1, 1, 1)
-        y = quant.requantize(acc, self.mult, self.shift, self.yq)
-        return np.ascontiguousarray(y.transpose(1, 0, 2, 3))
+        mg = w.shape[0] // self.attr("group", 1)
+        cols_dtype = np.float32 if self.exact_float else np.int32
+
+        def product(g, w2d, cols):  # int32 accumulator of one block, requantised at once
+            rows = slice(g * mg, (g + 1) * mg)
+            acc = quant.int_matmul(w2d, cols, self.exact_float)
+            if b is not None:
+                acc += b[rows, None]
+            return quant.requantize(acc, self.mult[rows], self.shift[rows], self.yq)
+        return _conv(xs, ws, self.node.attrs, self.node.name, product, cols_dtype, self.yq.dtype)
