@@ -2,10 +2,14 @@
 
 The device side (this package's core) needs numpy and onnx only:
 ``edgetrain.load(path)`` gives a :class:`Model` that runs fp32 or integer-only
-int8 ONNX graphs. Host tools live in ``edgetrain.export`` (torch, onnxruntime).
+int8 ONNX graphs; :class:`Trainer` trains it on the device (backprop, ZO,
+ElasticZO, ElasticZO-INT8); :func:`estimate_memory` predicts a step's peak.
+Host tools live in ``edgetrain.export`` (torch, onnxruntime).
 """
 from .kernels import supported_ops
+from .memory import estimate_memory
 from .model import Model, ModelFormatError, load
+from .trainer import Trainer, TrainingError
 
-__all__ = ["load", "Model", "ModelFormatError", "supported_ops"]
+__all__ = ["load", "Model", "ModelFormatError", "supported_ops", "Trainer", "TrainingError", "estimate_memory"]
 __version__ = "0.1.0"

@@ -126,8 +126,10 @@ def quantize_float(x: np.ndarray, out: "QParams", axis: int = 1) -> np.ndarray:
     matches onnxruntime bit for bit.
     """
     scale, zp = _per_axis(out.scale, x.ndim, axis), _per_axis(out.zero_point, x.ndim, axis)
-    q = np.rint(np.asarray(x, dtype=np.float32) / scale)
-    return np.clip(q + zp, out.qmin, out.qmax).astype(out.dtype)
+    q = np.asarray(x, dtype=np.float32) / scale  # one float32 temporary, updated in place
+    np.rint(q, out=q)
+    q += zp.astype(np.float32)
+    return np.clip(q, out.qmin, out.qmax, out=q).astype(out.dtype)
 
 
 def dequantize(q: np.ndarray, qp: "QParams", axis: int = 1) -> np.ndarray:

@@ -18,7 +18,8 @@ def _conv(x, w, attrs, where, product, cols_dtype, out_dtype):
 
     ``product(g, w2d, cols)`` turns group ``g``'s (Mg, KH·KW·Cg) weight and a
     block's (KH·KW·Cg, n·OH·OW) patch columns into that block's output rows
-    (bias and requantisation included). Returns (N, M, OH, OW).
+    (bias and requantisation included). Returns (N, M, OH, OW), written block
+    by block, so no full-size temporary is made.
     """
     if x.ndim != 4:
         raise ValueError(f"{where}: expected a 4-D NCHW input, got shape {x.shape}")
@@ -31,13 +32,15 @@ def _conv(x, w, attrs, where, product, cols_dtype, out_dtype):
     w2d = [w[g * mg:(g + 1) * mg].transpose(0, 2, 3, 1).reshape(mg, -1) for g in range(group)]
     per_image = kh * kw * cg * out_hw[0] * out_hw[1] * np.dtype(cols_dtype).itemsize
     block = max(1, COLS_BLOCK_BYTES // per_image)
-    y = np.empty((m, n, *out_hw), dtype=out_dtype)
+    y = np.empty((n, m, *out_hw), dtype=out_dtype)
     for n0 in range(0, n, block):
         xb = x[n0:n0 + block]
         for g in range(group):
             cols = im2col_t(xb[:, g * cg:(g + 1) * cg], (kh, kw), strides, dilations, pads, out_hw, cols_dtype)
-            y[g * mg:(g + 1) * mg, n0:n0 + block] = product(g, w2d[g], cols).reshape(mg, len(xb), *out_hw)
-    return np.ascontiguousarray(y.transpose(1, 0, 2, 3))
+            rows = product(g, w2d[g], cols).reshape(mg, len(xb), *out_hw)
+            y[n0:n0 + block, g * mg:(g + 1) * mg] = rows.transpose(1, 0, 2, 3)
+            del cols, rows  # before the next block's are built
+    return y
 
 
 @register("Conv")
@@ -91,7 +94,8 @@ class QLinearConv(Kernel):
         self.mult, self.shift = np.broadcast_to(mult.reshape(-1, 1), channels), np.broadcast_to(shift.reshape(-1, 1), channels)
 
     def run(self, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None):
-        xs = x.astype(np.int16) - np.int16(self.xq.zp)
+        xs = x.astype(np.int16)
+        xs -= np.int16(self.xq.zp)
         ws = w.astype(np.int16) - self.wq.zero_point.reshape(-1, 1, 1, 1).astype(np.int16)
         mg = w.shape[0] // self.attr("group", 1)
         cols_dtype = np.float32 if self.exact_float else np.int32

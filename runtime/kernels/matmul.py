@@ -78,10 +78,16 @@ class _IntegerMatMul(Kernel):
         self.mult, self.shift = quant.quantize_multipliers(np.atleast_1d(real))
 
     def accumulate(self, a, b, bias=None):
-        a = a.astype(np.int16) - np.int16(self.aq.zp)
-        b = b.astype(np.int16) - self.bq.zero_point.astype(np.int16)  # per-column zp broadcasts
+        # shifted operands in the GEMM's working type (float32 holds them exactly)
+        work = np.float32 if self.exact_float else np.int32
+        a = a.astype(work)
+        a -= work(self.aq.zp)
+        b = b.astype(work)
+        b -= self.bq.zero_point.astype(work)  # per-column zero-points broadcast
         acc = quant.int_matmul(a, b, self.exact_float)
-        return acc if bias is None else acc + bias.astype(np.int64)
+        if bias is not None:
+            acc += bias.astype(np.int32)
+        return acc
 
 
 @register("QLinearMatMul")
