@@ -67,6 +67,25 @@ def cmd_demo(args) -> dict:
     return run_demo(workdir=args.workdir, epochs=args.epochs, seed=args.seed)
 
 
+def cmd_train(args) -> dict:
+    """Train a model on the device runtime; optional checkpoint/resume and ONNX export."""
+    from . import Trainer, load
+    x, y = datasets.load_arrays(args.data, split="train", need_labels=True)
+    val = datasets.load_arrays(args.val, split="test", need_labels=True) if args.val else None
+    if args.resume:
+        trainer = Trainer.load(args.resume)
+    else:
+        trainer = Trainer(load(args.model), method=args.method, cut=args.cut, lr=args.lr, zo_lr=args.zo_lr,
+                          eps=args.eps, batch_size=args.batch_size, seed=args.seed, q=args.q)
+    history = trainer.fit(x, y, epochs=args.epochs, val=val, checkpoint=args.checkpoint)
+    result = {"model": args.model, "method": trainer.method, "cut": trainer.cut, "steps": trainer.step_count,
+              "history": history}
+    if args.output:
+        trainer.export(args.output)
+        result["exported"] = args.output
+    return result
+
+
 def _not_yet(issue: int, what: str):
     def cmd(args):
         raise NotImplementedError(f"{what} is not built yet (issue #{issue})")
@@ -117,7 +136,22 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", default="test", choices=["train", "test"], help="split of a built-in set")
     s.add_argument("--batch-size", type=int, default=64)
 
-    add("train", _not_yet(3, "on-device training"), "on-device training (issue #3, not built yet)")
+    s = add("train", cmd_train, "train a model on the device runtime (bp, zo, elasticzo, elasticzo-int8)")
+    s.add_argument("model")
+    s.add_argument("--data", required=True, help=f"an .npz with x and y, or a built-in set {datasets.BUILTIN}")
+    s.add_argument("--val", help="validation data (.npz with x, y, or a built-in set's test split)")
+    s.add_argument("--method", default="elasticzo", choices=["bp", "zo", "elasticzo", "elasticzo-int8"])
+    s.add_argument("--cut", type=int, default=1, help="trailing layers trained with backprop (default: %(default)s)")
+    s.add_argument("--epochs", type=int, default=1)
+    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--lr", type=float, help="BP step (int8: update bits); default per method")
+    s.add_argument("--zo-lr", type=float, help="ZO step (int8: a power of two); default per method")
+    s.add_argument("--eps", type=float, help="ZO perturbation (int8: in weight LSBs)")
+    s.add_argument("--q", type=int, default=1, help="ZO directions per step")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--checkpoint", help="save a checkpoint here after every epoch")
+    s.add_argument("--resume", help="continue from this checkpoint (MODEL is then only a label)")
+    s.add_argument("-o", "--output", help="export the trained model as ONNX here")
     for name, issue in (("unlearn", 4), ("prove", 4), ("verify", 4)):
         add(name, _not_yet(issue, f"`edgetrain {name}`"), f"ZK-APEX {name} (issue #{issue}, not built yet)")
     return p

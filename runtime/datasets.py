@@ -66,3 +66,9 @@ def load_arrays(spec: str, *, split: str = "train", need_labels: bool = False):
     if need_labels and y is None:
         raise ValueError(f"data file {spec!r} has no array named 'y' (labels are needed)")
     return x, y
+
+
+def shifted(x: np.ndarray, pixels: int = 3) -> np.ndarray:
+    """A "user" distribution for personalisation: images moved right by ``pixels``
+    (wrapping around; MNIST's borders are blank), as a differently framed camera would."""
+    return np.roll(x, pixels, axis=-1)

@@ -6,6 +6,7 @@ import sys
 import numpy as np
 import pytest
 
+import edgetrain
 from edgetrain.cli import main
 
 
@@ -38,12 +39,28 @@ def test_export_quantize_info_run_chain(capsys, tmp_path, mnist):
     (["info", "missing.onnx"], "missing.onnx"),
     (["export", "no_such_model", "-o", "x.onnx"], "no_such_model"),
     (["run", "missing.onnx", "--data", "nowhere.npz"], "missing.onnx"),
-    (["train"], "issue #3"),
+    (["train", "missing.onnx", "--data", "mnist", "--method", "zo"], "missing.onnx"),
     (["prove"], "issue #4"),
 ])
 def test_errors_exit_2_with_a_json_error(capsys, argv, match):
     code, r = run_json(capsys, *argv)
     assert code == 2 and not r["ok"] and match in r["error"]
+
+
+def test_train_checkpoint_resume_and_export(capsys, tmp_path, mnist, trained_onnx):
+    from edgetrain.export import quantize
+    int8 = tmp_path / "m.int8.onnx"
+    quantize(trained_onnx("lenet5"), int8, mnist.x_train[:64])
+    np.savez(tmp_path / "user.npz", x=mnist.x_train[:128], y=mnist.y_train[:128])
+    np.savez(tmp_path / "val.npz", x=mnist.x_test[:100], y=mnist.y_test[:100])
+    code, r = run_json(capsys, "train", str(int8), "--data", str(tmp_path / "user.npz"), "--val",
+                       str(tmp_path / "val.npz"), "--method", "elasticzo-int8", "--cut", "2", "--epochs", "1",
+                       "--checkpoint", str(tmp_path / "ck.npz"), "-o", str(tmp_path / "out.onnx"))
+    assert code == 0 and r["steps"] == 4 and len(r["history"]) == 1 and 0 <= r["history"][0]["val_accuracy"] <= 1
+    assert edgetrain.load(tmp_path / "out.onnx").integer_only
+    code, r = run_json(capsys, "train", "-", "--resume", str(tmp_path / "ck.npz"), "--data",
+                       str(tmp_path / "user.npz"), "--epochs", "2")
+    assert code == 0 and r["steps"] == 8 and r["method"] == "elasticzo-int8"
 
 
 def test_console_script_entry_point(tmp_path):
