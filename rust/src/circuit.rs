@@ -1,0 +1,436 @@
+//! The unlearning circuit of DESIGN.md §6 for `n_blocks` blocks of B weights.
+//!
+//! Private: W, W', the A blocks, y, δ, remainders r, residuals e.
+//! Public (one instance column, see [`PublicInputs::to_instance`]):
+//! `[h_W in, h_W out, h_W' in, h_W' out, h_A in, h_A out, s, τ, keep_0 … keep_{n−1}]`.
+//! The "in" values are digest-chain accumulators (`commit::initial_acc(len)`
+//! for a whole vector, or the previous chunk's "out"), so chunk proofs of a
+//! large layer chain through their digests.
+//!
+//! The mask enters as public keep bits, so one verifying key serves every mask
+//! of a given shape. y therefore has one entry per weight (zero where kept,
+//! enforced by the update chip) and the MAC runs over full rows of A: B² products
+//! per block instead of B·|S|, in exchange for a mask-independent circuit.
+
+use halo2_proofs::{
+    circuit::{AssignedCell, Layouter, SimpleFloorPlanner, Value},
+    plonk::{Advice, Circuit, Column, ConstraintSystem, Error, Instance},
+};
+
+use crate::commit::{self, CommitChip, CommitConfig};
+use crate::field::fp_from_i128;
+use crate::fixed_point::{FixedPointChip, FixedPointConfig};
+use crate::range::{RangeCheckChip, RangeCheckConfig};
+use crate::solve::{SolveCheckChip, SolveCheckConfig};
+use crate::update::{MaskedUpdateChip, MaskedUpdateConfig};
+use crate::witness::Witness;
+use crate::{Fp, ZkError};
+
+/// Instance rows.
+pub const ROW_W_IN: usize = 0;
+pub const ROW_W_OUT: usize = 1;
+pub const ROW_W_NEW_IN: usize = 2;
+pub const ROW_W_NEW_OUT: usize = 3;
+pub const ROW_A_IN: usize = 4;
+pub const ROW_A_OUT: usize = 5;
+pub const ROW_SCALE: usize = 6;
+pub const ROW_TOL: usize = 7;
+pub const ROW_MASK: usize = 8;
+
+/// Everything that fixes the circuit (besides k): changing any field changes
+/// the verifying key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    /// Weights per block B.
+    pub block: usize,
+    pub n_blocks: usize,
+    /// Fixed-point scale exponent s.
+    pub scale_bits: usize,
+    /// Solve residual bound τ (at product scale 2^(2s)).
+    pub tol: u64,
+    /// Signed bit width of y.
+    pub y_bits: usize,
+    /// Signed bit width of δ.
+    pub delta_bits: usize,
+}
+
+impl Shape {
+    pub fn n_weights(&self) -> usize {
+        self.block * self.n_blocks
+    }
+
+    /// Rejects shapes whose arithmetic could wrap in the field or that are
+    /// absurdly large for a single proof.
+    pub fn validate(&self) -> Result<(), ZkError> {
+        let bad = |m: String| Err(ZkError::Invalid(m));
+        if self.block == 0 || self.block > 1024 {
+            return bad(format!("block = {} must be in 1..=1024", self.block));
+        }
+        if self.n_blocks == 0 || self.n_blocks * self.block * self.block > 1 << 22 {
+            return bad(format!(
+                "n_blocks = {} must be ≥ 1 with n_blocks·B² ≤ 2^22",
+                self.n_blocks
+            ));
+        }
+        if !(1..=32).contains(&self.scale_bits) {
+            return bad(format!("scale_bits = {} must be in 1..=32", self.scale_bits));
+        }
+        if !(2..=64).contains(&self.y_bits) {
+            return bad(format!("y_bits = {} must be in 2..=64", self.y_bits));
+        }
+        if !(2..=64).contains(&self.delta_bits) {
+            return bad(format!("delta_bits = {} must be in 2..=64", self.delta_bits));
+        }
+        if self.tol >= 1 << 62 {
+            return bad(format!("tol = {} must be < 2^62", self.tol));
+        }
+        Ok(())
+    }
+}
+
+/// Public inputs of one proof.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PublicInputs {
+    pub w_in: Fp,
+    pub w_out: Fp,
+    pub w_new_in: Fp,
+    pub w_new_out: Fp,
+    pub a_in: Fp,
+    pub a_out: Fp,
+    pub scale_bits: u32,
+    pub tol: u64,
+    pub keep: Vec<bool>,
+}
+
+impl PublicInputs {
+    /// Digests of a witness, continuing from `acc_in = [W, W', A]`
+    /// (None: a whole vector, starting from its length).
+    pub fn from_witness(shape: &Shape, wit: &Witness, acc_in: Option<[Fp; 3]>) -> Result<Self, ZkError> {
+        let [w_in, w_new_in, a_in] = acc_in.unwrap_or([
+            commit::initial_acc(wit.w.len()),
+            commit::initial_acc(wit.w_new.len()),
+            commit::initial_acc(wit.a.len()),
+        ]);
+        Ok(PublicInputs {
+            w_in,
+            w_out: commit::commit_chain(w_in, &wit.w)?,
+            w_new_in,
+            w_new_out: commit::commit_chain(w_new_in, &wit.w_new)?,
+            a_in,
+            a_out: commit::commit_chain(a_in, &wit.a)?,
+            scale_bits: shape.scale_bits as u32,
+            tol: shape.tol,
+            keep: wit.keep.clone(),
+        })
+    }
+
+    pub fn to_instance(&self) -> Vec<Fp> {
+        let mut v = vec![
+            self.w_in,
+            self.w_out,
+            self.w_new_in,
+            self.w_new_out,
+            self.a_in,
+            self.a_out,
+            Fp::from(self.scale_bits as u64),
+            Fp::from(self.tol),
+        ];
+        v.extend(self.keep.iter().map(|k| Fp::from(*k as u64)));
+        v
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct UnlearnConfig {
+    advice: [Column<Advice>; 11],
+    instance: Column<Instance>,
+    range: RangeCheckConfig,
+    commit: CommitConfig,
+    fixed_point: FixedPointConfig,
+    solve: SolveCheckConfig,
+    update: MaskedUpdateConfig,
+}
+
+/// The circuit; `witness = None` for key generation.
+#[derive(Clone, Debug)]
+pub struct UnlearnCircuit {
+    pub shape: Shape,
+    pub witness: Option<Witness>,
+}
+
+impl UnlearnCircuit {
+    fn values(&self, f: impl Fn(&Witness) -> Vec<i64>, len: usize) -> Vec<Value<Fp>> {
+        match &self.witness {
+            Some(w) => f(w)
+                .into_iter()
+                .map(|x| Value::known(fp_from_i128(x as i128)))
+                .collect(),
+            None => vec![Value::unknown(); len],
+        }
+    }
+}
+
+impl Circuit<Fp> for UnlearnCircuit {
+    type Config = UnlearnConfig;
+    type FloorPlanner = SimpleFloorPlanner;
+
+    fn without_witnesses(&self) -> Self {
+        UnlearnCircuit {
+            shape: self.shape,
+            witness: None,
+        }
+    }
+
+    fn configure(meta: &mut ConstraintSystem<Fp>) -> UnlearnConfig {
+        let advice = [(); 11].map(|_| meta.advice_column());
+        let instance = meta.instance_column();
+        meta.enable_equality(instance);
+        let constants = meta.fixed_column();
+        // Range checks (the most rows) get two lanes of their own, packing its
+        // own pair of columns, so the floor planner runs them beside hashing.
+        let range = RangeCheckChip::configure(meta, &[advice[9], advice[10]], constants);
+        let commit = CommitChip::configure(
+            meta,
+            range.clone(),
+            [advice[4], advice[5]],
+            [advice[0], advice[1], advice[2]],
+            advice[3],
+        );
+        let fixed_point = FixedPointChip::configure(meta, advice[..9].try_into().unwrap(), range.clone());
+        let solve = SolveCheckChip::configure(meta, advice[..6].try_into().unwrap(), range.clone());
+        let update = MaskedUpdateChip::configure(meta, advice[..5].try_into().unwrap(), instance);
+        UnlearnConfig {
+            advice,
+            instance,
+            range,
+            commit,
+            fixed_point,
+            solve,
+            update,
+        }
+    }
+
+    fn synthesize(&self, cfg: UnlearnConfig, mut layouter: impl Layouter<Fp>) -> Result<(), Error> {
+        let sh = self.shape;
+        let (b, n) = (sh.block, sh.n_weights());
+        let range = RangeCheckChip::construct(cfg.range.clone());
+        range.load_table(&mut layouter)?;
+        let commit = CommitChip::construct(cfg.commit.clone());
+        let fixed_point = FixedPointChip::construct(cfg.fixed_point.clone(), sh.scale_bits);
+        let solve = SolveCheckChip::construct(cfg.solve.clone(), sh.scale_bits, sh.tol);
+        let update = MaskedUpdateChip::construct(cfg.update.clone());
+
+        // s and τ are circuit constants that the public inputs must repeat.
+        let (s_cell, tol_cell) = layouter.assign_region(
+            || "scale and tolerance",
+            |mut r| {
+                let s = r.assign_advice_from_constant(|| "s", cfg.advice[0], 0, Fp::from(sh.scale_bits as u64))?;
+                let t = r.assign_advice_from_constant(|| "τ", cfg.advice[1], 0, Fp::from(sh.tol))?;
+                Ok((s, t))
+            },
+        )?;
+        layouter.constrain_instance(s_cell.cell(), cfg.instance, ROW_SCALE)?;
+        layouter.constrain_instance(tol_cell.cell(), cfg.instance, ROW_TOL)?;
+
+        let w = commit_vector(
+            &mut layouter,
+            &cfg,
+            &commit,
+            self.values(|x| x.w.clone(), n),
+            ROW_W_IN,
+            ROW_W_OUT,
+        )?;
+        let w_new = commit_vector(
+            &mut layouter,
+            &cfg,
+            &commit,
+            self.values(|x| x.w_new.clone(), n),
+            ROW_W_NEW_IN,
+            ROW_W_NEW_OUT,
+        )?;
+        let a = commit_vector(
+            &mut layouter,
+            &cfg,
+            &commit,
+            self.values(|x| x.a.clone(), n * b),
+            ROW_A_IN,
+            ROW_A_OUT,
+        )?;
+
+        let y = self
+            .values(|x| x.y.clone(), n)
+            .into_iter()
+            .map(|v| range.witness_checked(&mut layouter, v, sh.y_bits, true))
+            .collect::<Result<Vec<_>, _>>()?;
+        let delta = self.values(|x| x.delta.clone(), n);
+        let rem = self.values(|x| x.remainder.clone(), n);
+        let res = self.values(|x| x.residual.clone(), n);
+
+        for blk in 0..sh.n_blocks {
+            let y_blk = &y[blk * b..(blk + 1) * b];
+            for i in 0..b {
+                let g = blk * b + i;
+                let a_row = &a[(blk * b + i) * b..(blk * b + i + 1) * b];
+                let p = fixed_point.dot(&mut layouter, a_row, y_blk)?;
+                let d = fixed_point.floor_rescale(&mut layouter, &p, delta[g], rem[g], sh.delta_bits)?;
+                let keep = update.apply(&mut layouter, ROW_MASK + g, &w[g], &d, &w_new[g], &y[g])?;
+                solve.check(&mut layouter, &keep, &p, &w[g], res[g])?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Continues the digest chain from instance row `row_in` over fresh values
+/// and exposes the result at `row_out`.
+fn commit_vector(
+    layouter: &mut impl Layouter<Fp>,
+    cfg: &UnlearnConfig,
+    commit: &CommitChip,
+    vals: Vec<Value<Fp>>,
+    row_in: usize,
+    row_out: usize,
+) -> Result<Vec<AssignedCell<Fp, Fp>>, Error> {
+    let start = assign_from_instance(layouter, cfg, row_in)?;
+    let (cells, out) = commit.witness_and_commit(layouter, &vals, start)?;
+    layouter.constrain_instance(out.cell(), cfg.instance, row_out)?;
+    Ok(cells)
+}
+
+fn assign_from_instance(
+    layouter: &mut impl Layouter<Fp>,
+    cfg: &UnlearnConfig,
+    row: usize,
+) -> Result<AssignedCell<Fp, Fp>, Error> {
+    layouter.assign_region(
+        || "chain accumulator in",
+        |mut r| r.assign_advice_from_instance(|| "acc in", cfg.instance, row, cfg.advice[0], 0),
+    )
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::witness::honest_witness;
+    use halo2_proofs::dev::MockProver;
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::{RngCore, SeedableRng};
+
+    pub const K: u32 = 11;
+
+    pub fn small_shape() -> Shape {
+        Shape {
+            block: 8,
+            n_blocks: 1,
+            scale_bits: 12,
+            tol: 1 << 16,
+            y_bits: 32,
+            delta_bits: 40,
+        }
+    }
+
+    /// A diagonally dominant symmetric A (like a damped inverse Fisher) and
+    /// weights, at scale 2^12; mask two of eight weights.
+    pub fn example(seed: u64) -> (Shape, Vec<i64>, Vec<i64>, Vec<bool>) {
+        let sh = small_shape();
+        let b = sh.block;
+        let mut rng = ChaCha8Rng::seed_from_u64(seed);
+        let mut small = |m: u32| (rng.next_u32() % (2 * m + 1)) as i64 - m as i64;
+        let w: Vec<i64> = (0..b).map(|_| small(3000)).collect();
+        let mut a = vec![0i64; b * b];
+        for i in 0..b {
+            for j in 0..=i {
+                let v = if i == j { 8192 + small(2000) } else { small(600) };
+                a[i * b + j] = v;
+                a[j * b + i] = v;
+            }
+        }
+        let keep = (0..b).map(|i| i != 2 && i != 5).collect();
+        (sh, w, a, keep)
+    }
+
+    fn mock_ok(sh: Shape, wit: Witness, public: &PublicInputs) -> bool {
+        let c = UnlearnCircuit {
+            shape: sh,
+            witness: Some(wit),
+        };
+        MockProver::run(K, &c, vec![public.to_instance()])
+            .unwrap()
+            .verify()
+            .is_ok()
+    }
+
+    #[test]
+    fn honest_witness_satisfies_the_circuit() {
+        for seed in 0..3 {
+            let (sh, w, a, keep) = example(seed);
+            let wit = honest_witness(&sh, &w, &a, &keep).unwrap();
+            assert_eq!(wit.w_new[2], 0);
+            assert_ne!(wit.w_new[0], wit.w[0], "kept weights are compensated");
+            let public = PublicInputs::from_witness(&sh, &wit, None).unwrap();
+            assert!(mock_ok(sh, wit, &public), "seed {seed}");
+        }
+    }
+
+    #[test]
+    fn cheating_witnesses_fail_mock_prover() {
+        let (sh, w, a, keep) = example(7);
+        let honest = honest_witness(&sh, &w, &a, &keep).unwrap();
+        let public = PublicInputs::from_witness(&sh, &honest, None).unwrap();
+
+        // (a) zero the mask without compensating, with self-consistent digests.
+        let mut lazy = honest.clone();
+        lazy.delta = vec![0; w.len()];
+        lazy.remainder = vec![0; w.len()];
+        lazy.w_new = w.iter().zip(&keep).map(|(w, k)| if *k { *w } else { 0 }).collect();
+        let lazy_public = PublicInputs::from_witness(&sh, &lazy, None).unwrap();
+        assert!(!mock_ok(sh, lazy.clone(), &lazy_public));
+        assert!(!mock_ok(sh, lazy, &public));
+
+        // (b) one weight changed after the update.
+        let mut tweaked = honest.clone();
+        tweaked.w_new[0] += 1;
+        assert!(!mock_ok(sh, tweaked.clone(), &public));
+        let tweaked_public = PublicInputs::from_witness(&sh, &tweaked, None).unwrap();
+        assert!(!mock_ok(sh, tweaked, &tweaked_public));
+
+        // (c) a different A than committed, witness recomputed honestly for it.
+        let mut a2 = a.clone();
+        a2[2 * 8 + 2] += 64;
+        let other_a = honest_witness(&sh, &w, &a2, &keep).unwrap();
+        assert!(!mock_ok(sh, other_a, &public));
+
+        // (d) another mask claimed for the honest witness.
+        let mut other_mask = public.clone();
+        other_mask.keep[3] = false;
+        assert!(!mock_ok(sh, honest.clone(), &other_mask));
+
+        // Scale or tolerance other than the circuit's.
+        let mut other_scale = public.clone();
+        other_scale.scale_bits += 1;
+        assert!(!mock_ok(sh, honest.clone(), &other_scale));
+        let mut other_tol = public.clone();
+        other_tol.tol += 1;
+        assert!(!mock_ok(sh, honest, &other_tol));
+    }
+
+    #[test]
+    fn two_blocks_chain_like_one_vector() {
+        let (mut sh, w, a, keep) = example(3);
+        let (_, w2, a2, keep2) = example(4);
+        sh.n_blocks = 2;
+        let cat = |x: &[i64], y: &[i64]| [x, y].concat();
+        let keep_all: Vec<bool> = [keep, keep2].concat();
+        let wit = honest_witness(&sh, &cat(&w, &w2), &cat(&a, &a2), &keep_all).unwrap();
+        let public = PublicInputs::from_witness(&sh, &wit, None).unwrap();
+        assert_eq!(public.w_out, commit::commit(&wit.w).unwrap());
+        let c = UnlearnCircuit {
+            shape: sh,
+            witness: Some(wit),
+        };
+        assert_eq!(
+            MockProver::run(12, &c, vec![public.to_instance()]).unwrap().verify(),
+            Ok(())
+        );
+    }
+}

@@ -1,0 +1,268 @@
+//! Fixed-point multiply–accumulate with floor rescale.
+//!
+//! `dot` computes `P = Σ_j a_j·y_j` four products per row
+//! (`acc' = acc + Σ_{t<4} a_t·y_t`); `floor_rescale` constrains
+//! `2^s·δ + r + P = 0` with `0 ≤ r < 2^s` and δ signed in `delta_bits`, i.e.
+//! `δ = ⌊−P / 2^s⌋` exactly (both range checks keep the equation inside the
+//! integers: |2^s·δ| + r ≪ p).
+
+use halo2_proofs::{
+    circuit::{AssignedCell, Layouter, Value},
+    plonk::{Advice, Column, ConstraintSystem, Error, Expression, Fixed, Selector},
+    poly::Rotation,
+};
+
+use crate::field::pow2;
+use crate::range::{RangeCheckChip, RangeCheckConfig};
+use crate::Fp;
+
+/// Products per MAC row.
+pub const MAC_WIDTH: usize = 4;
+
+#[derive(Clone, Debug)]
+pub struct FixedPointConfig {
+    a: [Column<Advice>; MAC_WIDTH],
+    y: [Column<Advice>; MAC_WIDTH],
+    acc: Column<Advice>,
+    q_mac: Selector,
+    q_floor: Selector,
+    scale: Column<Fixed>,
+    range: RangeCheckConfig,
+}
+
+/// The scale s is a construction argument: it lands in a fixed column (so in
+/// the verifying key), not in the gate, so one configuration serves every s.
+#[derive(Clone, Debug)]
+pub struct FixedPointChip {
+    config: FixedPointConfig,
+    scale_bits: usize,
+}
+
+impl FixedPointChip {
+    /// Uses `advice[0..4]` for a, `advice[4..8]` for y, `advice[8]` for the
+    /// accumulator (all equality-enabled); the floor row reuses acc, a[0], a[1].
+    pub fn configure(
+        meta: &mut ConstraintSystem<Fp>,
+        advice: [Column<Advice>; 2 * MAC_WIDTH + 1],
+        range: RangeCheckConfig,
+    ) -> FixedPointConfig {
+        for c in advice {
+            meta.enable_equality(c);
+        }
+        let a: [Column<Advice>; MAC_WIDTH] = advice[..MAC_WIDTH].try_into().unwrap();
+        let y: [Column<Advice>; MAC_WIDTH] = advice[MAC_WIDTH..2 * MAC_WIDTH].try_into().unwrap();
+        let acc = advice[2 * MAC_WIDTH];
+        let q_mac = meta.selector();
+        let q_floor = meta.selector();
+        let scale = meta.fixed_column();
+        meta.create_gate("mac: acc' = acc + Σ a·y", |m| {
+            let q = m.query_selector(q_mac);
+            let acc_cur = m.query_advice(acc, Rotation::cur());
+            let acc_next = m.query_advice(acc, Rotation::next());
+            let sum = (0..MAC_WIDTH).fold(Expression::Constant(Fp::zero()), |s, t| {
+                s + m.query_advice(a[t], Rotation::cur()) * m.query_advice(y[t], Rotation::cur())
+            });
+            vec![q * (acc_next - acc_cur - sum)]
+        });
+        meta.create_gate("floor: 2^s·δ + r + P = 0", |m| {
+            let q = m.query_selector(q_floor);
+            let p = m.query_advice(acc, Rotation::cur());
+            let delta = m.query_advice(a[0], Rotation::cur());
+            let r = m.query_advice(a[1], Rotation::cur());
+            let two_s = m.query_fixed(scale);
+            vec![q * (delta * two_s + r + p)]
+        });
+        FixedPointConfig {
+            a,
+            y,
+            acc,
+            q_mac,
+            q_floor,
+            scale,
+            range,
+        }
+    }
+
+    pub fn construct(config: FixedPointConfig, scale_bits: usize) -> Self {
+        Self { config, scale_bits }
+    }
+
+    /// `Σ_j a_j·y_j` over equal-length cell slices (the caller range-checks
+    /// both so the sum cannot wrap).
+    pub fn dot(
+        &self,
+        layouter: &mut impl Layouter<Fp>,
+        a: &[AssignedCell<Fp, Fp>],
+        y: &[AssignedCell<Fp, Fp>],
+    ) -> Result<AssignedCell<Fp, Fp>, Error> {
+        assert_eq!(a.len(), y.len(), "dot: a has {} entries, y has {}", a.len(), y.len());
+        let cfg = &self.config;
+        layouter.assign_region(
+            || "dot",
+            |mut region| {
+                let mut acc = region.assign_advice_from_constant(|| "acc_0", cfg.acc, 0, Fp::zero())?;
+                for (row, (ac, yc)) in a.chunks(MAC_WIDTH).zip(y.chunks(MAC_WIDTH)).enumerate() {
+                    cfg.q_mac.enable(&mut region, row)?;
+                    let mut sum = acc.value().copied();
+                    for t in 0..MAC_WIDTH {
+                        let (av, yv) = if t < ac.len() {
+                            let av = ac[t].copy_advice(|| "a", &mut region, cfg.a[t], row)?;
+                            let yv = yc[t].copy_advice(|| "y", &mut region, cfg.y[t], row)?;
+                            (av.value().copied(), yv.value().copied())
+                        } else {
+                            // Unused slots multiply two constant zeros.
+                            region.assign_advice_from_constant(|| "a pad", cfg.a[t], row, Fp::zero())?;
+                            region.assign_advice_from_constant(|| "y pad", cfg.y[t], row, Fp::zero())?;
+                            (Value::known(Fp::zero()), Value::known(Fp::zero()))
+                        };
+                        sum = sum + av * yv;
+                    }
+                    acc = region.assign_advice(|| "acc", cfg.acc, row + 1, || sum)?;
+                }
+                Ok(acc)
+            },
+        )
+    }
+
+    /// Constrains `2^s·δ + r + P = 0` with r in `[0, 2^s)` and δ signed in
+    /// `delta_bits`; returns the δ cell.
+    pub fn floor_rescale(
+        &self,
+        layouter: &mut impl Layouter<Fp>,
+        p: &AssignedCell<Fp, Fp>,
+        delta: Value<Fp>,
+        remainder: Value<Fp>,
+        delta_bits: usize,
+    ) -> Result<AssignedCell<Fp, Fp>, Error> {
+        let cfg = &self.config;
+        let range = RangeCheckChip::construct(cfg.range.clone());
+        let delta = range.witness_checked(layouter, delta, delta_bits, true)?;
+        let r = range.witness_checked(layouter, remainder, self.scale_bits, false)?;
+        layouter.assign_region(
+            || "floor rescale",
+            |mut region| {
+                cfg.q_floor.enable(&mut region, 0)?;
+                region.assign_fixed(|| "2^s", cfg.scale, 0, || Value::known(pow2(self.scale_bits)))?;
+                p.copy_advice(|| "P", &mut region, cfg.acc, 0)?;
+                delta.copy_advice(|| "δ", &mut region, cfg.a[0], 0)?;
+                r.copy_advice(|| "r", &mut region, cfg.a[1], 0)?;
+                Ok(())
+            },
+        )?;
+        Ok(delta)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::field::fp_from_i128;
+    use halo2_proofs::{
+        circuit::SimpleFloorPlanner,
+        dev::MockProver,
+        plonk::{Circuit, Instance},
+    };
+
+    const S: usize = 6;
+
+    /// δ = ⌊−a·y / 2^S⌋ exposed as the only public instance.
+    #[derive(Clone, Default)]
+    struct TestCircuit {
+        a: Vec<i128>,
+        y: Vec<i128>,
+        delta: i128,
+        r: i128,
+    }
+
+    impl Circuit<Fp> for TestCircuit {
+        type Config = (FixedPointConfig, RangeCheckConfig, Column<Instance>);
+        type FloorPlanner = SimpleFloorPlanner;
+        fn without_witnesses(&self) -> Self {
+            self.clone()
+        }
+        fn configure(meta: &mut ConstraintSystem<Fp>) -> Self::Config {
+            let advice = [(); 9].map(|_| meta.advice_column());
+            let constants = meta.fixed_column();
+            let range = RangeCheckChip::configure(meta, &[advice[0]], constants);
+            let fp = FixedPointChip::configure(meta, advice, range.clone());
+            let inst = meta.instance_column();
+            meta.enable_equality(inst);
+            (fp, range, inst)
+        }
+        fn synthesize(&self, cfg: Self::Config, mut layouter: impl Layouter<Fp>) -> Result<(), Error> {
+            let range = RangeCheckChip::construct(cfg.1.clone());
+            range.load_table(&mut layouter)?;
+            let known = |v: &i128| Value::known(fp_from_i128(*v));
+            let a = self
+                .a
+                .iter()
+                .map(|v| range.witness_checked(&mut layouter, known(v), 16, true))
+                .collect::<Result<Vec<_>, _>>()?;
+            let y = self
+                .y
+                .iter()
+                .map(|v| range.witness_checked(&mut layouter, known(v), 16, true))
+                .collect::<Result<Vec<_>, _>>()?;
+            let chip = FixedPointChip::construct(cfg.0.clone(), S);
+            let p = chip.dot(&mut layouter, &a, &y)?;
+            let d = chip.floor_rescale(&mut layouter, &p, known(&self.delta), known(&self.r), 40)?;
+            layouter.constrain_instance(d.cell(), cfg.2, 0)
+        }
+    }
+
+    fn honest(a: Vec<i128>, y: Vec<i128>) -> TestCircuit {
+        let p: i128 = a.iter().zip(&y).map(|(a, y)| a * y).sum();
+        let delta = (-p).div_euclid(1 << S);
+        let r = (-p).rem_euclid(1 << S);
+        TestCircuit { a, y, delta, r }
+    }
+
+    fn ok(c: &TestCircuit) -> bool {
+        MockProver::run(9, c, vec![vec![fp_from_i128(c.delta)]])
+            .unwrap()
+            .verify()
+            .is_ok()
+    }
+
+    #[test]
+    fn floor_of_negative_dot_product_verifies() {
+        for (a, y) in [
+            (vec![3, -7, 11, 5, 2, -1], vec![100, 250, -3, 7, 9, 1000]),
+            (vec![-30000, 30000, 1], vec![-32768, -32768, 5]),
+            (vec![1], vec![1]),
+        ] {
+            let c = honest(a, y);
+            assert!(ok(&c), "honest δ = {} r = {} rejected", c.delta, c.r);
+        }
+    }
+
+    #[test]
+    fn rounding_other_than_floor_is_rejected() {
+        let c = honest(vec![3, -7, 11, 5, 2], vec![101, 250, -3, 7, 9]);
+        assert!(c.r != 0);
+        // δ+1 needs r − 2^s < 0: ceil/round-to-nearest fail the remainder range check.
+        let up = TestCircuit {
+            delta: c.delta + 1,
+            r: c.r - (1 << S),
+            ..c.clone()
+        };
+        assert!(!ok(&up));
+        // Remainder out of [0, 2^s) with δ−1.
+        let down = TestCircuit {
+            delta: c.delta - 1,
+            r: c.r + (1 << S),
+            ..c.clone()
+        };
+        assert!(!ok(&down));
+        // δ that does not satisfy the equation at all.
+        let wrong = TestCircuit {
+            delta: c.delta + 3,
+            ..c.clone()
+        };
+        assert!(!ok(&wrong));
+        // A product that differs from the one the prover claims.
+        let mut tampered = c.clone();
+        tampered.y[0] += 1;
+        assert!(!ok(&tampered));
+    }
+}

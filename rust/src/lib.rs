@@ -1,0 +1,47 @@
+//! Halo2 (zcash `halo2_proofs`, IPA over Pasta) proof that a committed model was
+//! transformed by the ZK-APEX unlearning step of DESIGN.md §6.
+//!
+//! Chips, one constraint family each: [`range`], [`fixed_point`], [`solve`],
+//! [`update`], [`commit`]. They compose into [`circuit::UnlearnCircuit`];
+//! [`witness`] computes an honest witness from plain integers and [`proof`]
+//! runs keygen / prove / verify and the versioned byte formats.
+
+pub mod circuit;
+pub mod commit;
+pub mod field;
+pub mod fixed_point;
+pub mod proof;
+pub mod range;
+pub mod solve;
+pub mod update;
+pub mod witness;
+
+#[cfg(feature = "python")]
+mod python;
+
+/// The circuit field: the Pallas base field, i.e. the scalar field of Vesta,
+/// whose curve carries the IPA commitments.
+pub type Fp = pasta_curves::pallas::Base;
+
+/// Errors crossing the public API. Every message names what was wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ZkError {
+    /// Bytes that are not a proof / key / public-input encoding of this version.
+    Format(String),
+    /// Arguments that violate a documented precondition.
+    Invalid(String),
+    /// halo2 refused to synthesise or prove.
+    Backend(String),
+}
+
+impl std::fmt::Display for ZkError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ZkError::Format(m) => write!(f, "format error: {m}"),
+            ZkError::Invalid(m) => write!(f, "invalid argument: {m}"),
+            ZkError::Backend(m) => write!(f, "prover error: {m}"),
+        }
+    }
+}
+
+impl std::error::Error for ZkError {}

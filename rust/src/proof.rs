@@ -1,0 +1,617 @@
+//! Key generation, proving, verification and the versioned byte formats.
+//!
+//! Every encoding starts with `b"ETZK"`, a kind byte and a version byte:
+//! * proof `P`, v1: the raw Blake2b/Challenge255 transcript follows;
+//! * public inputs `I`, v1: six 32-byte canonical field elements
+//!   (h_W in/out, h_W' in/out, h_A in/out), `scale_bits` u32 LE, `tol` u64 LE,
+//!   mask length u32 LE, then one byte per weight (1 = kept, 0 = masked);
+//! * verifying key `V`, v1: the circuit descriptor the key is regenerated
+//!   from — circuit version u8, k u8, block u32, n_blocks u32, scale_bits u8,
+//!   tol u64, y_bits u8, delta_bits u8 (all LE). zcash `halo2_proofs` 0.3 has
+//!   no verifying-key serialisation, and `keygen_vk` is deterministic in the
+//!   circuit and k (IPA params need no setup), so these bytes fully determine
+//!   the key for this exact crate version.
+//!
+//! * IPA parameters `G`, v1: halo2's own `Params::write` encoding follows.
+//!   They are deterministic in k (no setup) but slow to generate (tens of
+//!   seconds at k = 15, an inverse FFT over curve points), so a verifier
+//!   generates them once per k with [`params`] and keeps them; it must not take
+//!   them from the prover.
+//!
+//! Readers return `Err(ZkError::Format)` on any malformed input and never panic.
+
+use halo2_proofs::{
+    plonk::{create_proof, keygen_pk, keygen_vk, verify_proof, ProvingKey, SingleVerifier, VerifyingKey},
+    poly::commitment::Params,
+    transcript::{Blake2bRead, Blake2bWrite, Challenge255},
+};
+use pasta_curves::vesta;
+use rand_core::RngCore;
+
+use crate::circuit::{PublicInputs, Shape, UnlearnCircuit};
+use crate::field;
+use crate::witness::Witness;
+use crate::{Fp, ZkError};
+
+pub const MAGIC: &[u8; 4] = b"ETZK";
+pub const VERSION: u8 = 1;
+/// Bumped whenever the circuit layout changes (keys are then incompatible).
+pub const CIRCUIT_VERSION: u8 = 1;
+const KIND_PROOF: u8 = b'P';
+const KIND_PUBLIC: u8 = b'I';
+const KIND_KEY: u8 = b'V';
+const KIND_PARAMS: u8 = b'G';
+/// Largest k accepted from bytes (2^22 rows: far beyond what fits in memory here).
+pub const MAX_K: u32 = 22;
+
+/// Circuit descriptor: k plus the shape. Its bytes are the "verifying key".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct KeyParams {
+    pub k: u32,
+    pub shape: Shape,
+}
+
+/// IPA parameters with the proving and verifying keys of one circuit shape.
+pub struct Keys {
+    pub key_params: KeyParams,
+    pub params: Params<vesta::Affine>,
+    pub pk: ProvingKey<vesta::Affine>,
+}
+
+impl Keys {
+    pub fn vk(&self) -> &VerifyingKey<vesta::Affine> {
+        self.pk.get_vk()
+    }
+}
+
+fn header(kind: u8) -> Vec<u8> {
+    let mut v = MAGIC.to_vec();
+    v.push(kind);
+    v.push(VERSION);
+    v
+}
+
+/// A bounds-checked reader over untrusted bytes.
+struct Reader<'a> {
+    buf: &'a [u8],
+    what: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    fn new(buf: &'a [u8], kind: u8, what: &'static str) -> Result<Self, ZkError> {
+        let mut r = Reader { buf, what };
+        let magic = r.take(4)?;
+        if magic != MAGIC {
+            return Err(ZkError::Format(format!(
+                "{what}: bad magic {magic:02x?}, expected {MAGIC:02x?}"
+            )));
+        }
+        let k = r.take(1)?[0];
+        if k != kind {
+            return Err(ZkError::Format(format!(
+                "{what}: kind byte {k:#04x}, expected {kind:#04x}"
+            )));
+        }
+        let v = r.take(1)?[0];
+        if v != VERSION {
+            return Err(ZkError::Format(format!(
+                "{what}: version {v}, this build reads version {VERSION}"
+            )));
+        }
+        Ok(r)
+    }
+
+    fn take(&mut self, n: usize) -> Result<&'a [u8], ZkError> {
+        if self.buf.len() < n {
+            return Err(ZkError::Format(format!(
+                "{}: truncated ({} bytes left, {n} needed)",
+                self.what,
+                self.buf.len()
+            )));
+        }
+        let (h, t) = self.buf.split_at(n);
+        self.buf = t;
+        Ok(h)
+    }
+
+    fn u8(&mut self) -> Result<u8, ZkError> {
+        Ok(self.take(1)?[0])
+    }
+    fn u32(&mut self) -> Result<u32, ZkError> {
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().unwrap()))
+    }
+    fn u64(&mut self) -> Result<u64, ZkError> {
+        Ok(u64::from_le_bytes(self.take(8)?.try_into().unwrap()))
+    }
+    fn fp(&mut self) -> Result<Fp, ZkError> {
+        let b: [u8; 32] = self.take(32)?.try_into().unwrap();
+        field::from_bytes(&b).ok_or_else(|| ZkError::Format(format!("{}: non-canonical field element", self.what)))
+    }
+    fn finish(self) -> Result<(), ZkError> {
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(ZkError::Format(format!(
+                "{}: {} trailing bytes",
+                self.what,
+                self.buf.len()
+            )))
+        }
+    }
+}
+
+impl KeyParams {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let s = &self.shape;
+        let mut v = header(KIND_KEY);
+        v.push(CIRCUIT_VERSION);
+        v.push(self.k as u8);
+        v.extend((s.block as u32).to_le_bytes());
+        v.extend((s.n_blocks as u32).to_le_bytes());
+        v.push(s.scale_bits as u8);
+        v.extend(s.tol.to_le_bytes());
+        v.push(s.y_bits as u8);
+        v.push(s.delta_bits as u8);
+        v
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ZkError> {
+        let mut r = Reader::new(bytes, KIND_KEY, "verifying key")?;
+        let cv = r.u8()?;
+        if cv != CIRCUIT_VERSION {
+            return Err(ZkError::Format(format!(
+                "verifying key: circuit version {cv}, this build has circuit version {CIRCUIT_VERSION}"
+            )));
+        }
+        let k = r.u8()? as u32;
+        let shape = Shape {
+            block: r.u32()? as usize,
+            n_blocks: r.u32()? as usize,
+            scale_bits: r.u8()? as usize,
+            tol: r.u64()?,
+            y_bits: r.u8()? as usize,
+            delta_bits: r.u8()? as usize,
+        };
+        r.finish()?;
+        let kp = KeyParams { k, shape };
+        kp.validate()
+            .map_err(|e| ZkError::Format(format!("verifying key: {e}")))?;
+        Ok(kp)
+    }
+
+    pub fn validate(&self) -> Result<(), ZkError> {
+        if !(4..=MAX_K).contains(&self.k) {
+            return Err(ZkError::Invalid(format!("k = {} must be in 4..={MAX_K}", self.k)));
+        }
+        self.shape.validate()
+    }
+}
+
+impl PublicInputs {
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut v = header(KIND_PUBLIC);
+        for x in [
+            self.w_in,
+            self.w_out,
+            self.w_new_in,
+            self.w_new_out,
+            self.a_in,
+            self.a_out,
+        ] {
+            v.extend(field::to_bytes(&x));
+        }
+        v.extend(self.scale_bits.to_le_bytes());
+        v.extend(self.tol.to_le_bytes());
+        v.extend((self.keep.len() as u32).to_le_bytes());
+        v.extend(self.keep.iter().map(|k| *k as u8));
+        v
+    }
+
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, ZkError> {
+        let mut r = Reader::new(bytes, KIND_PUBLIC, "public inputs")?;
+        let d = [r.fp()?, r.fp()?, r.fp()?, r.fp()?, r.fp()?, r.fp()?];
+        let scale_bits = r.u32()?;
+        let tol = r.u64()?;
+        let n = r.u32()? as usize;
+        let keep = r
+            .take(n)?
+            .iter()
+            .map(|b| match b {
+                0 => Ok(false),
+                1 => Ok(true),
+                x => Err(ZkError::Format(format!(
+                    "public inputs: mask byte {x}, expected 0 or 1"
+                ))),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        r.finish()?;
+        Ok(PublicInputs {
+            w_in: d[0],
+            w_out: d[1],
+            w_new_in: d[2],
+            w_new_out: d[3],
+            a_in: d[4],
+            a_out: d[5],
+            scale_bits,
+            tol,
+            keep,
+        })
+    }
+}
+
+fn backend(e: impl std::fmt::Debug) -> ZkError {
+    ZkError::Backend(format!("{e:?}"))
+}
+
+/// Generates the IPA parameters for 2^k rows.
+pub fn params(k: u32) -> Result<Params<vesta::Affine>, ZkError> {
+    if !(4..=MAX_K).contains(&k) {
+        return Err(ZkError::Invalid(format!("k = {k} must be in 4..={MAX_K}")));
+    }
+    Ok(Params::new(k))
+}
+
+pub fn params_to_bytes(params: &Params<vesta::Affine>) -> Vec<u8> {
+    let mut v = header(KIND_PARAMS);
+    params.write(&mut v).expect("writing to a Vec cannot fail");
+    v
+}
+
+/// Reads parameters written by [`params_to_bytes`]; checks k and the length
+/// before halo2 allocates anything.
+pub fn params_from_bytes(bytes: &[u8]) -> Result<Params<vesta::Affine>, ZkError> {
+    let mut r = Reader::new(bytes, KIND_PARAMS, "params")?;
+    let body = r.buf;
+    let k = r.u32()?;
+    if !(4..=MAX_K).contains(&k) {
+        return Err(ZkError::Format(format!("params: k = {k} outside 4..={MAX_K}")));
+    }
+    let expected = 4 + (2 * (1usize << k) + 2) * 32;
+    if body.len() != expected {
+        return Err(ZkError::Format(format!(
+            "params: {} bytes for k = {k}, expected {expected}",
+            body.len()
+        )));
+    }
+    let mut cursor = body;
+    Params::read(&mut cursor).map_err(|e| ZkError::Format(format!("params: {e}")))
+}
+
+/// The verifying key for `kp` with given parameters (of the same k).
+pub fn verifying_key_with(
+    params: &Params<vesta::Affine>,
+    kp: &KeyParams,
+) -> Result<VerifyingKey<vesta::Affine>, ZkError> {
+    kp.validate()?;
+    if params.k() != kp.k {
+        return Err(ZkError::Invalid(format!(
+            "params are for k = {}, the key for k = {}",
+            params.k(),
+            kp.k
+        )));
+    }
+    let blank = UnlearnCircuit {
+        shape: kp.shape,
+        witness: None,
+    };
+    keygen_vk(params, &blank).map_err(backend)
+}
+
+/// Checks, without any key generation, that the circuit of `kp` fits 2^k rows.
+pub fn check_fits(kp: &KeyParams) -> Result<(), ZkError> {
+    kp.validate()?;
+    // MockProver needs known values; zeros lay out exactly like a real witness.
+    let n = kp.shape.n_weights();
+    let zeros = Witness {
+        w: vec![0; n],
+        a: vec![0; n * kp.shape.block],
+        keep: vec![true; n],
+        y: vec![0; n],
+        delta: vec![0; n],
+        remainder: vec![0; n],
+        residual: vec![0; n],
+        w_new: vec![0; n],
+    };
+    let blank = UnlearnCircuit {
+        shape: kp.shape,
+        witness: Some(zeros),
+    };
+    let instance = vec![Fp::from(0u64); crate::circuit::ROW_MASK + kp.shape.n_weights()];
+    match halo2_proofs::dev::MockProver::run(kp.k, &blank, vec![instance]) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(ZkError::Invalid(format!(
+            "the circuit does not fit k = {}: {e:?}",
+            kp.k
+        ))),
+    }
+}
+
+/// The smallest k whose 2^k rows hold the circuit of `shape`.
+pub fn min_k(shape: &Shape) -> Result<u32, ZkError> {
+    shape.validate()?;
+    for k in 9..=MAX_K {
+        if check_fits(&KeyParams { k, shape: *shape }).is_ok() {
+            return Ok(k);
+        }
+    }
+    Err(ZkError::Invalid(format!(
+        "the circuit of {shape:?} needs more than 2^{MAX_K} rows; split it into chunks"
+    )))
+}
+
+/// IPA parameters and the verifying key for `kp` (what a verifier needs).
+pub fn verifying_key(kp: &KeyParams) -> Result<(Params<vesta::Affine>, VerifyingKey<vesta::Affine>), ZkError> {
+    let params = params(kp.k)?;
+    let vk = verifying_key_with(&params, kp)?;
+    Ok((params, vk))
+}
+
+/// Full keys for proving, reusing `params` (of the same k).
+pub fn keygen_with(params: Params<vesta::Affine>, kp: &KeyParams) -> Result<Keys, ZkError> {
+    let vk = verifying_key_with(&params, kp)?;
+    let blank = UnlearnCircuit {
+        shape: kp.shape,
+        witness: None,
+    };
+    let pk = keygen_pk(&params, vk, &blank).map_err(backend)?;
+    Ok(Keys {
+        key_params: *kp,
+        params,
+        pk,
+    })
+}
+
+/// Full keys for proving.
+pub fn keygen(kp: &KeyParams) -> Result<Keys, ZkError> {
+    keygen_with(params(kp.k)?, kp)
+}
+
+/// Proves `witness` against `public` (which the caller normally derives with
+/// [`PublicInputs::from_witness`]). A witness that does not satisfy the circuit
+/// yields a proof that does not verify; it is not detected here.
+pub fn prove_with(keys: &Keys, witness: Witness, public: &PublicInputs, rng: impl RngCore) -> Result<Vec<u8>, ZkError> {
+    let shape = keys.key_params.shape;
+    if witness.w.len() != shape.n_weights() || public.keep.len() != shape.n_weights() {
+        return Err(ZkError::Invalid(format!(
+            "witness has {} weights and public mask {} bits; the key is for {}",
+            witness.w.len(),
+            public.keep.len(),
+            shape.n_weights()
+        )));
+    }
+    let instance = public.to_instance();
+    let circuit = UnlearnCircuit {
+        shape,
+        witness: Some(witness),
+    };
+    let mut transcript = Blake2bWrite::<_, vesta::Affine, Challenge255<_>>::init(header(KIND_PROOF));
+    create_proof(
+        &keys.params,
+        &keys.pk,
+        &[circuit],
+        &[&[&instance]],
+        rng,
+        &mut transcript,
+    )
+    .map_err(backend)?;
+    Ok(transcript.finalize())
+}
+
+/// Honest witness from integers, its public inputs, and a proof.
+pub fn prove(
+    keys: &Keys,
+    w: &[i64],
+    a: &[i64],
+    keep: &[bool],
+    acc_in: Option<[Fp; 3]>,
+    rng: impl RngCore,
+) -> Result<(Vec<u8>, PublicInputs, Witness), ZkError> {
+    let shape = keys.key_params.shape;
+    let witness = crate::witness::honest_witness(&shape, w, a, keep)?;
+    let public = PublicInputs::from_witness(&shape, &witness, acc_in)?;
+    let proof = prove_with(keys, witness.clone(), &public, rng)?;
+    Ok((proof, public, witness))
+}
+
+/// Verifies with a regenerated verifying key. `Ok(false)` for any proof that
+/// does not verify (including public inputs of another shape); `Err` only for
+/// bytes that are not a proof / inputs / key of this format.
+pub fn verify_with(
+    params: &Params<vesta::Affine>,
+    vk: &VerifyingKey<vesta::Affine>,
+    kp: &KeyParams,
+    proof: &[u8],
+    public: &PublicInputs,
+) -> Result<bool, ZkError> {
+    let body = Reader::new(proof, KIND_PROOF, "proof")?.buf;
+    if public.keep.len() != kp.shape.n_weights()
+        || public.scale_bits as usize != kp.shape.scale_bits
+        || public.tol != kp.shape.tol
+    {
+        return Ok(false);
+    }
+    let instance = public.to_instance();
+    let mut transcript = Blake2bRead::<_, vesta::Affine, Challenge255<_>>::init(body);
+    let strategy = SingleVerifier::new(params);
+    // The transcript reader works on the body; the header is only framing.
+    let ok = verify_proof(params, vk, strategy, &[&[&instance]], &mut transcript).is_ok();
+    Ok(ok)
+}
+
+/// Verifies byte encodings end to end, catching any panic inside halo2.
+pub fn verify_bytes(proof: &[u8], public_inputs: &[u8], vk_bytes: &[u8]) -> Result<bool, ZkError> {
+    let kp = KeyParams::from_bytes(vk_bytes)?;
+    let public = PublicInputs::from_bytes(public_inputs)?;
+    Reader::new(proof, KIND_PROOF, "proof")?;
+    let run = || -> Result<bool, ZkError> {
+        let (params, vk) = verifying_key(&kp)?;
+        verify_with(&params, &vk, &kp, proof, &public)
+    };
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+        Ok(r) => r,
+        Err(_) => Ok(false),
+    }
+}
+
+/// Checks that chunk public inputs (in order) link into one layer whose
+/// whole-vector digests are `[h_W, h_W', h_A]`: the first chunk starts from
+/// the layer lengths, each chunk starts where the previous one ended, and the
+/// last ends at the given digests. Returns the concatenated mask on success.
+/// (Each chunk proof must still be verified on its own.)
+pub fn chain_links(publics: &[PublicInputs], block: usize, digests: [Fp; 3]) -> Option<Vec<bool>> {
+    let first = publics.first()?;
+    let last = publics.last()?;
+    let n: usize = publics.iter().map(|p| p.keep.len()).sum();
+    let starts_ok = first.w_in == crate::commit::initial_acc(n)
+        && first.w_new_in == crate::commit::initial_acc(n)
+        && first.a_in == crate::commit::initial_acc(n * block);
+    let links_ok = publics
+        .windows(2)
+        .all(|p| p[0].w_out == p[1].w_in && p[0].w_new_out == p[1].w_new_in && p[0].a_out == p[1].a_in);
+    let ends_ok = [last.w_out, last.w_new_out, last.a_out] == digests;
+    (starts_ok && links_ok && ends_ok).then(|| publics.iter().flat_map(|p| p.keep.iter().copied()).collect())
+}
+
+/// Verifies every chunk proof under one key and checks [`chain_links`] and
+/// that the concatenated mask equals `keep`.
+pub fn verify_chain_with(
+    params: &Params<vesta::Affine>,
+    vk: &VerifyingKey<vesta::Affine>,
+    kp: &KeyParams,
+    proofs: &[&[u8]],
+    public_inputs: &[&[u8]],
+    digests: [Fp; 3],
+    keep: &[bool],
+) -> Result<bool, ZkError> {
+    if proofs.len() != public_inputs.len() {
+        return Err(ZkError::Invalid(format!(
+            "{} proofs but {} public-input blobs",
+            proofs.len(),
+            public_inputs.len()
+        )));
+    }
+    let publics = public_inputs
+        .iter()
+        .map(|b| PublicInputs::from_bytes(b))
+        .collect::<Result<Vec<_>, _>>()?;
+    for p in proofs {
+        Reader::new(p, KIND_PROOF, "proof")?;
+    }
+    match chain_links(&publics, kp.shape.block, digests) {
+        Some(mask) if mask == keep => {}
+        _ => return Ok(false),
+    }
+    let run = || -> Result<bool, ZkError> {
+        for (p, public) in proofs.iter().zip(&publics) {
+            if !verify_with(params, vk, kp, p, public)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    };
+    std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or(Ok(false))
+}
+
+/// [`verify_chain_with`] from key bytes (regenerates params and key).
+pub fn verify_chain_bytes(
+    proofs: &[&[u8]],
+    public_inputs: &[&[u8]],
+    vk_bytes: &[u8],
+    digests: [Fp; 3],
+    keep: &[bool],
+) -> Result<bool, ZkError> {
+    let kp = KeyParams::from_bytes(vk_bytes)?;
+    let (params, vk) = verifying_key(&kp)?;
+    verify_chain_with(&params, &vk, &kp, proofs, public_inputs, digests, keep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn params_round_trip_and_reject_malformed_bytes() {
+        let p = params(5).unwrap();
+        let b = params_to_bytes(&p);
+        assert_eq!(params_to_bytes(&params_from_bytes(&b).unwrap()), b);
+        for bad in [&b[..b.len() - 1], &b[..10], &b[..3]] {
+            assert!(matches!(params_from_bytes(bad), Err(ZkError::Format(_))));
+        }
+        let mut huge = b.clone();
+        huge[6..10].copy_from_slice(&31u32.to_le_bytes());
+        assert!(matches!(params_from_bytes(&huge), Err(ZkError::Format(_))));
+        let mut off_curve = b.clone();
+        off_curve[10..42].fill(0x5a);
+        assert!(matches!(params_from_bytes(&off_curve), Err(ZkError::Format(_))));
+    }
+
+    #[test]
+    fn fit_check_matches_row_usage() {
+        let shape = crate::circuit::tests::small_shape();
+        let r = check_fits(&KeyParams { k: 10, shape });
+        assert!(r.is_ok(), "{r:?}");
+        assert_eq!(min_k(&shape), Ok(10));
+        assert!(matches!(
+            check_fits(&KeyParams { k: 9, shape }),
+            Err(ZkError::Invalid(_))
+        ));
+    }
+    use crate::circuit::tests::example;
+    use crate::circuit::UnlearnCircuit;
+    use crate::witness::honest_witness;
+    use halo2_proofs::dev::MockProver;
+
+    /// Two chunks of 8 blocks × 8 weights (64 weights, a multiple of the
+    /// 64-value hash chunk) chain to the whole-layer digests.
+    #[test]
+    fn chunk_proofs_chain_through_digests() {
+        let mut parts = Vec::new();
+        for seed in 0..16 {
+            parts.push(example(seed));
+        }
+        let mut shape = parts[0].0;
+        shape.n_blocks = 8;
+        type Part = (Shape, Vec<i64>, Vec<i64>, Vec<bool>);
+        let cat = |r: std::ops::Range<usize>, f: &dyn Fn(&Part) -> Vec<i64>| {
+            parts[r].iter().flat_map(f).collect::<Vec<i64>>()
+        };
+        let mut publics = Vec::new();
+        let mut acc: Option<[Fp; 3]> = None;
+        let (mut all_w, mut all_w_new, mut all_a, mut all_keep) = (vec![], vec![], vec![], vec![]);
+        let n_total = 16 * 8;
+        for c in 0..2 {
+            let r = c * 8..(c + 1) * 8;
+            let w = cat(r.clone(), &|p| p.1.clone());
+            let a = cat(r.clone(), &|p| p.2.clone());
+            let keep: Vec<bool> = parts[r].iter().flat_map(|p| p.3.clone()).collect();
+            let wit = honest_witness(&shape, &w, &a, &keep).unwrap();
+            let start = acc.unwrap_or([
+                crate::commit::initial_acc(n_total),
+                crate::commit::initial_acc(n_total),
+                crate::commit::initial_acc(n_total * 8),
+            ]);
+            let public = PublicInputs::from_witness(&shape, &wit, Some(start)).unwrap();
+            let circuit = UnlearnCircuit {
+                shape,
+                witness: Some(wit.clone()),
+            };
+            let prover = MockProver::run(13, &circuit, vec![public.to_instance()]).unwrap();
+            assert_eq!(prover.verify(), Ok(()), "chunk {c}");
+            acc = Some([public.w_out, public.w_new_out, public.a_out]);
+            all_w.extend(wit.w);
+            all_w_new.extend(wit.w_new);
+            all_a.extend(wit.a);
+            all_keep.extend(keep);
+            publics.push(public);
+        }
+        let digests = [
+            crate::commit::commit(&all_w).unwrap(),
+            crate::commit::commit(&all_w_new).unwrap(),
+            crate::commit::commit(&all_a).unwrap(),
+        ];
+        assert_eq!(chain_links(&publics, 8, digests), Some(all_keep));
+        // Out of order, or ending at another digest, does not link.
+        assert!(chain_links(&[publics[1].clone(), publics[0].clone()], 8, digests).is_none());
+        assert!(chain_links(&publics, 8, [digests[0], digests[0], digests[2]]).is_none());
+    }
+}

@@ -1,0 +1,391 @@
+//! Python module `edgetrain_zk` (feature `python`).
+//!
+//! Bytes in and out use the versioned formats of [`crate::proof`]; digests are
+//! 32-byte little-endian field elements. Malformed bytes raise
+//! `ProofFormatError` (a `ValueError`); no Rust panic crosses into Python.
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use pyo3::create_exception;
+use pyo3::exceptions::{PyRuntimeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict};
+use rand_core::OsRng;
+
+use crate::circuit::{PublicInputs, Shape};
+use crate::proof::{self, KeyParams};
+use crate::{commit as cm, field, witness, Fp, ZkError};
+
+create_exception!(
+    edgetrain_zk,
+    ProofFormatError,
+    PyValueError,
+    "Bytes that are not a valid proof, key or public-input encoding."
+);
+
+fn to_py(e: ZkError) -> PyErr {
+    match e {
+        ZkError::Format(m) => ProofFormatError::new_err(m),
+        ZkError::Invalid(m) => PyValueError::new_err(m),
+        ZkError::Backend(m) => PyRuntimeError::new_err(m),
+    }
+}
+
+/// Runs `f`, turning a panic into a RuntimeError.
+fn guarded<T>(f: impl FnOnce() -> Result<T, ZkError>) -> Result<T, ZkError> {
+    catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|p| {
+        let msg = p
+            .downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_else(|| "unknown panic".into());
+        Err(ZkError::Backend(format!("internal panic: {msg}")))
+    })
+}
+
+fn digest_arg(name: &str, b: &[u8]) -> PyResult<Fp> {
+    let arr: [u8; 32] = b
+        .try_into()
+        .map_err(|_| ProofFormatError::new_err(format!("{name}: {} bytes, expected a 32-byte digest", b.len())))?;
+    field::from_bytes(&arr).ok_or_else(|| ProofFormatError::new_err(format!("{name}: not a canonical field element")))
+}
+
+/// Poseidon digest of signed integers in [−2^23, 2^23) (see the crate README).
+#[pyfunction]
+fn commit<'py>(py: Python<'py>, values: Vec<i64>) -> PyResult<Bound<'py, PyBytes>> {
+    let d = cm::commit(&values).map_err(to_py)?;
+    Ok(PyBytes::new(py, &field::to_bytes(&d)))
+}
+
+/// Continues a digest chain from `acc` (32 bytes) over `values`.
+#[pyfunction]
+fn commit_chain<'py>(py: Python<'py>, acc: &[u8], values: Vec<i64>) -> PyResult<Bound<'py, PyBytes>> {
+    let d = cm::commit_chain(digest_arg("acc", acc)?, &values).map_err(to_py)?;
+    Ok(PyBytes::new(py, &field::to_bytes(&d)))
+}
+
+/// The chain start of a vector of `n` values.
+#[pyfunction]
+fn initial_acc<'py>(py: Python<'py>, n: usize) -> Bound<'py, PyBytes> {
+    PyBytes::new(py, &field::to_bytes(&cm::initial_acc(n)))
+}
+
+fn shape(block: usize, n_blocks: usize, scale_bits: usize, tol: u64, y_bits: usize, delta_bits: usize) -> Shape {
+    Shape {
+        block,
+        n_blocks,
+        scale_bits,
+        tol,
+        y_bits,
+        delta_bits,
+    }
+}
+
+/// Verifying-key bytes (the circuit descriptor) for this shape. `k = None`
+/// picks the smallest k that fits; a given k is checked to fit.
+#[pyfunction]
+#[pyo3(signature = (k, block, n_blocks=1, scale_bits=16, tol=1<<24, y_bits=32, delta_bits=48))]
+#[allow(clippy::too_many_arguments)]
+fn keygen<'py>(
+    py: Python<'py>,
+    k: Option<u32>,
+    block: usize,
+    n_blocks: usize,
+    scale_bits: usize,
+    tol: u64,
+    y_bits: usize,
+    delta_bits: usize,
+) -> PyResult<Bound<'py, PyBytes>> {
+    let sh = shape(block, n_blocks, scale_bits, tol, y_bits, delta_bits);
+    let kp = py
+        .detach(|| {
+            guarded(|| {
+                let k = match k {
+                    Some(k) => k,
+                    None => proof::min_k(&sh)?,
+                };
+                let kp = KeyParams { k, shape: sh };
+                proof::check_fits(&kp).map(|_| kp)
+            })
+        })
+        .map_err(to_py)?;
+    Ok(PyBytes::new(py, &kp.to_bytes()))
+}
+
+/// Honest witness: dict of lists y, delta, remainder, residual, w_new.
+#[pyfunction]
+#[pyo3(signature = (w, a, keep, block, scale_bits=16, tol=1<<24, y_bits=32, delta_bits=48))]
+#[allow(clippy::too_many_arguments)]
+fn unlearn_witness<'py>(
+    py: Python<'py>,
+    w: Vec<i64>,
+    a: Vec<i64>,
+    keep: Vec<bool>,
+    block: usize,
+    scale_bits: usize,
+    tol: u64,
+    y_bits: usize,
+    delta_bits: usize,
+) -> PyResult<Bound<'py, PyDict>> {
+    if block == 0 || !w.len().is_multiple_of(block) {
+        return Err(PyValueError::new_err(format!(
+            "len(w) = {} is not a multiple of block = {block}",
+            w.len()
+        )));
+    }
+    let sh = shape(block, w.len() / block, scale_bits, tol, y_bits, delta_bits);
+    let wit = witness::honest_witness(&sh, &w, &a, &keep).map_err(to_py)?;
+    let d = PyDict::new(py);
+    d.set_item("y", wit.y)?;
+    d.set_item("delta", wit.delta)?;
+    d.set_item("remainder", wit.remainder)?;
+    d.set_item("residual", wit.residual)?;
+    d.set_item("w_new", wit.w_new)?;
+    Ok(d)
+}
+
+/// Proves the unlearning step; returns (proof, public_inputs, w_new).
+/// `acc_in` = (W, W', A) chain accumulators of a previous chunk, or None.
+/// The GIL is released while proving.
+#[pyfunction]
+#[pyo3(signature = (vk, w, a, keep, acc_in=None))]
+fn prove<'py>(
+    py: Python<'py>,
+    vk: &[u8],
+    w: Vec<i64>,
+    a: Vec<i64>,
+    keep: Vec<bool>,
+    acc_in: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Vec<i64>)> {
+    let kp = KeyParams::from_bytes(vk).map_err(to_py)?;
+    let acc = acc_arg(acc_in)?;
+    let (proof_bytes, public, wit) = py
+        .detach(|| {
+            guarded(|| {
+                let keys = proof::keygen(&kp)?;
+                proof::prove(&keys, &w, &a, &keep, acc, OsRng)
+            })
+        })
+        .map_err(to_py)?;
+    Ok((
+        PyBytes::new(py, &proof_bytes),
+        PyBytes::new(py, &public.to_bytes()),
+        wit.w_new,
+    ))
+}
+
+/// True iff the proof verifies for these public inputs under this key.
+/// Raises ProofFormatError for bytes that are not of this format.
+#[pyfunction]
+fn verify(py: Python<'_>, proof: &[u8], public_inputs: &[u8], vk: &[u8]) -> PyResult<bool> {
+    match py.detach(|| guarded(|| proof::verify_bytes(proof, public_inputs, vk))) {
+        Ok(ok) => Ok(ok),
+        Err(ZkError::Format(m)) => Err(ProofFormatError::new_err(m)),
+        Err(_) => Ok(false),
+    }
+}
+
+/// Verifies chunk proofs of one layer: each proof under `vk`, the chunks'
+/// digests linking from the layer lengths to `(h_w, h_w_new, h_a)`, and the
+/// concatenated mask equal to `keep`.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+fn verify_chain(
+    py: Python<'_>,
+    proofs: Vec<Vec<u8>>,
+    public_inputs: Vec<Vec<u8>>,
+    vk: &[u8],
+    h_w: &[u8],
+    h_w_new: &[u8],
+    h_a: &[u8],
+    keep: Vec<bool>,
+) -> PyResult<bool> {
+    let digests = [
+        digest_arg("h_w", h_w)?,
+        digest_arg("h_w_new", h_w_new)?,
+        digest_arg("h_a", h_a)?,
+    ];
+    let proofs: Vec<&[u8]> = proofs.iter().map(|p| p.as_slice()).collect();
+    let publics: Vec<&[u8]> = public_inputs.iter().map(|p| p.as_slice()).collect();
+    chain_result(py.detach(|| guarded(|| proof::verify_chain_bytes(&proofs, &publics, vk, digests, &keep))))
+}
+
+fn chain_result(r: Result<bool, ZkError>) -> PyResult<bool> {
+    match r {
+        Ok(ok) => Ok(ok),
+        Err(ZkError::Format(m)) => Err(ProofFormatError::new_err(m)),
+        Err(ZkError::Invalid(m)) => Err(PyValueError::new_err(m)),
+        Err(_) => Ok(false),
+    }
+}
+
+/// IPA parameters for 2^k rows (deterministic; slow for large k, so cache
+/// the bytes locally and pass them to Prover / Verifier).
+#[pyfunction]
+fn params<'py>(py: Python<'py>, k: u32) -> PyResult<Bound<'py, PyBytes>> {
+    let p = py.detach(|| guarded(|| proof::params(k))).map_err(to_py)?;
+    Ok(PyBytes::new(py, &proof::params_to_bytes(&p)))
+}
+
+fn params_arg(
+    py: Python<'_>,
+    kp: &KeyParams,
+    params: Option<&[u8]>,
+) -> PyResult<halo2_proofs::poly::commitment::Params<pasta_curves::vesta::Affine>> {
+    py.detach(|| {
+        guarded(|| match params {
+            Some(b) => proof::params_from_bytes(b),
+            None => proof::params(kp.k),
+        })
+    })
+    .map_err(to_py)
+}
+
+/// Keeps the proving key of one shape for repeated proofs (chunks).
+#[pyclass(name = "Prover")]
+struct PyProver {
+    keys: proof::Keys,
+}
+
+#[pymethods]
+impl PyProver {
+    #[new]
+    #[pyo3(signature = (vk, params=None))]
+    fn new(py: Python<'_>, vk: &[u8], params: Option<&[u8]>) -> PyResult<Self> {
+        let kp = KeyParams::from_bytes(vk).map_err(to_py)?;
+        let p = params_arg(py, &kp, params)?;
+        let keys = py.detach(|| guarded(|| proof::keygen_with(p, &kp))).map_err(to_py)?;
+        Ok(PyProver { keys })
+    }
+
+    /// Like the module-level `prove`, without regenerating the keys.
+    #[pyo3(signature = (w, a, keep, acc_in=None))]
+    fn prove<'py>(
+        &self,
+        py: Python<'py>,
+        w: Vec<i64>,
+        a: Vec<i64>,
+        keep: Vec<bool>,
+        acc_in: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
+    ) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Vec<i64>)> {
+        let acc = acc_arg(acc_in)?;
+        let keys = &self.keys;
+        let (proof_bytes, public, wit) = py
+            .detach(|| guarded(|| proof::prove(keys, &w, &a, &keep, acc, OsRng)))
+            .map_err(to_py)?;
+        Ok((
+            PyBytes::new(py, &proof_bytes),
+            PyBytes::new(py, &public.to_bytes()),
+            wit.w_new,
+        ))
+    }
+}
+
+/// Keeps the verifying key of one shape for repeated verification.
+#[pyclass(name = "Verifier")]
+struct PyVerifier {
+    kp: KeyParams,
+    params: halo2_proofs::poly::commitment::Params<pasta_curves::vesta::Affine>,
+    vk: halo2_proofs::plonk::VerifyingKey<pasta_curves::vesta::Affine>,
+}
+
+#[pymethods]
+impl PyVerifier {
+    #[new]
+    #[pyo3(signature = (vk, params=None))]
+    fn new(py: Python<'_>, vk: &[u8], params: Option<&[u8]>) -> PyResult<Self> {
+        let kp = KeyParams::from_bytes(vk).map_err(to_py)?;
+        let params = params_arg(py, &kp, params)?;
+        let vk = py
+            .detach(|| guarded(|| proof::verifying_key_with(&params, &kp)))
+            .map_err(to_py)?;
+        Ok(PyVerifier { kp, params, vk })
+    }
+
+    /// Like the module-level `verify_chain`, without regenerating the key.
+    #[allow(clippy::too_many_arguments)]
+    fn verify_chain(
+        &self,
+        py: Python<'_>,
+        proofs: Vec<Vec<u8>>,
+        public_inputs: Vec<Vec<u8>>,
+        h_w: &[u8],
+        h_w_new: &[u8],
+        h_a: &[u8],
+        keep: Vec<bool>,
+    ) -> PyResult<bool> {
+        let digests = [
+            digest_arg("h_w", h_w)?,
+            digest_arg("h_w_new", h_w_new)?,
+            digest_arg("h_a", h_a)?,
+        ];
+        let proofs: Vec<&[u8]> = proofs.iter().map(|p| p.as_slice()).collect();
+        let publics: Vec<&[u8]> = public_inputs.iter().map(|p| p.as_slice()).collect();
+        let (params, vk, kp) = (&self.params, &self.vk, &self.kp);
+        chain_result(
+            py.detach(|| guarded(|| proof::verify_chain_with(params, vk, kp, &proofs, &publics, digests, &keep))),
+        )
+    }
+
+    /// Like the module-level `verify`, without regenerating the key.
+    fn verify(&self, py: Python<'_>, proof: &[u8], public_inputs: &[u8]) -> PyResult<bool> {
+        let public = PublicInputs::from_bytes(public_inputs).map_err(to_py)?;
+        let (params, vk, kp) = (&self.params, &self.vk, &self.kp);
+        match py.detach(|| guarded(|| proof::verify_with(params, vk, kp, proof, &public))) {
+            Ok(ok) => Ok(ok),
+            Err(ZkError::Format(m)) => Err(ProofFormatError::new_err(m)),
+            Err(_) => Ok(false),
+        }
+    }
+}
+
+fn acc_arg(acc_in: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>) -> PyResult<Option<[Fp; 3]>> {
+    Ok(match acc_in {
+        Some((x, y, z)) => Some([
+            digest_arg("acc_in[0]", &x)?,
+            digest_arg("acc_in[1]", &y)?,
+            digest_arg("acc_in[2]", &z)?,
+        ]),
+        None => None,
+    })
+}
+
+/// Decodes public-input bytes into a dict (digests as 32-byte bytes).
+#[pyfunction]
+fn public_inputs_info<'py>(py: Python<'py>, public_inputs: &[u8]) -> PyResult<Bound<'py, PyDict>> {
+    let p = PublicInputs::from_bytes(public_inputs).map_err(to_py)?;
+    let d = PyDict::new(py);
+    for (name, x) in [
+        ("w_in", p.w_in),
+        ("w_out", p.w_out),
+        ("w_new_in", p.w_new_in),
+        ("w_new_out", p.w_new_out),
+        ("a_in", p.a_in),
+        ("a_out", p.a_out),
+    ] {
+        d.set_item(name, PyBytes::new(py, &field::to_bytes(&x)))?;
+    }
+    d.set_item("scale_bits", p.scale_bits)?;
+    d.set_item("tol", p.tol)?;
+    d.set_item("keep", p.keep)?;
+    Ok(d)
+}
+
+#[pymodule]
+fn edgetrain_zk(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("ProofFormatError", m.py().get_type::<ProofFormatError>())?;
+    m.add("VALUES_PER_CHUNK", cm::VALUES_PER_CHUNK)?;
+    m.add_function(wrap_pyfunction!(commit, m)?)?;
+    m.add_function(wrap_pyfunction!(commit_chain, m)?)?;
+    m.add_function(wrap_pyfunction!(initial_acc, m)?)?;
+    m.add_function(wrap_pyfunction!(keygen, m)?)?;
+    m.add_function(wrap_pyfunction!(unlearn_witness, m)?)?;
+    m.add_function(wrap_pyfunction!(prove, m)?)?;
+    m.add_function(wrap_pyfunction!(verify, m)?)?;
+    m.add_function(wrap_pyfunction!(public_inputs_info, m)?)?;
+    m.add_function(wrap_pyfunction!(verify_chain, m)?)?;
+    m.add_function(wrap_pyfunction!(params, m)?)?;
+    m.add_class::<PyProver>()?;
+    m.add_class::<PyVerifier>()?;
+    Ok(())
+}

@@ -1,0 +1,274 @@
+//! Range check by running-sum decomposition into 8-bit limbs, each limb
+//! looked up in a 256-row table.
+//!
+//! Why lookups with a running sum: a b-bit check costs ⌈b/8⌉+1 rows in one
+//! advice column, the table is small enough for tiny test circuits (k ≥ 9),
+//! and the bit width is a per-call argument, so one chip serves 24-bit
+//! weights, 32-bit y, 48-bit δ and s-bit remainders.
+//!
+//! For `x = v + shift` (shift = 2^(b−1) for signed values) the region holds
+//! `z_0 = v`, `z_{i+1} = (z_i' − l_i)/2^8` where `z_0' = mul·v + shift·mul` and
+//! `z_i' = z_i` after; every limb `l_i` is looked up and the last `z_m` is
+//! constrained to 0, so `x ∈ [0, 2^(8m))`. Widths that are not multiples of 8
+//! are checked twice: `x` in 8m bits and `x·2^(8m−b)` in 8m bits, which
+//! together give `x < 2^b` (no wrap: both products stay far below p).
+
+use std::cell::Cell;
+use std::marker::PhantomData;
+
+use ff::{Field, PrimeField};
+use halo2_proofs::{
+    circuit::{AssignedCell, Layouter, Value},
+    plonk::{Advice, Column, ConstraintSystem, Error, Expression, Fixed, Selector, TableColumn},
+    poly::Rotation,
+};
+
+use crate::field::{low_u128, pow2};
+use crate::Fp;
+
+/// Bits per looked-up limb.
+pub const LIMB_BITS: usize = 8;
+/// Widest value the chip checks (keeps every intermediate below p).
+pub const MAX_BITS: usize = 120;
+
+/// One running-sum column with its own selector, fixed columns and lookup.
+#[derive(Clone, Copy, Debug)]
+struct Lane {
+    z: Column<Advice>,
+    q_lookup: Selector,
+    mul: Column<Fixed>,
+    shift: Column<Fixed>,
+}
+
+/// Several lanes share one table; checks alternate between lanes so the
+/// floor planner can place them side by side (rows ≈ total / lanes).
+#[derive(Clone, Debug)]
+pub struct RangeCheckConfig {
+    lanes: Vec<Lane>,
+    table: TableColumn,
+}
+
+#[derive(Clone, Debug)]
+pub struct RangeCheckChip {
+    config: RangeCheckConfig,
+    next_lane: Cell<usize>,
+    _marker: PhantomData<Fp>,
+}
+
+impl RangeCheckChip {
+    /// One lane per column in `zs` (each equality-enabled, each with its own
+    /// lookup); `constants` becomes the circuit's constant column (for the
+    /// final `z_m = 0`).
+    pub fn configure(
+        meta: &mut ConstraintSystem<Fp>,
+        zs: &[Column<Advice>],
+        constants: Column<Fixed>,
+    ) -> RangeCheckConfig {
+        assert!(!zs.is_empty(), "range check needs at least one column");
+        meta.enable_constant(constants);
+        let table = meta.lookup_table_column();
+        let lanes = zs
+            .iter()
+            .map(|&z| {
+                meta.enable_equality(z);
+                let q_lookup = meta.complex_selector();
+                let mul = meta.fixed_column();
+                let shift = meta.fixed_column();
+                meta.lookup(|m| {
+                    let q = m.query_selector(q_lookup);
+                    let z_cur = m.query_advice(z, Rotation::cur());
+                    let z_next = m.query_advice(z, Rotation::next());
+                    let mul = m.query_fixed(mul);
+                    let shift = m.query_fixed(shift);
+                    let limb = mul * z_cur + shift - z_next * Expression::Constant(pow2(LIMB_BITS));
+                    vec![(q * limb, table)]
+                });
+                Lane {
+                    z,
+                    q_lookup,
+                    mul,
+                    shift,
+                }
+            })
+            .collect();
+        RangeCheckConfig { lanes, table }
+    }
+
+    pub fn construct(config: RangeCheckConfig) -> Self {
+        Self {
+            config,
+            next_lane: Cell::new(0),
+            _marker: PhantomData,
+        }
+    }
+
+    fn lane(&self) -> Lane {
+        let i = self.next_lane.get();
+        self.next_lane.set((i + 1) % self.config.lanes.len());
+        self.config.lanes[i]
+    }
+
+    /// Fills the limb table; call once per circuit.
+    pub fn load_table(&self, layouter: &mut impl Layouter<Fp>) -> Result<(), Error> {
+        layouter.assign_table(
+            || "range table",
+            |mut t| {
+                for i in 0..(1usize << LIMB_BITS) {
+                    t.assign_cell(|| "limb", self.config.table, i, || Value::known(Fp::from(i as u64)))?;
+                }
+                Ok(())
+            },
+        )
+    }
+
+    /// Assigns `value` and constrains it to `[0, 2^bits)` (unsigned) or
+    /// `[−2^(bits−1), 2^(bits−1))` (signed). Returns the checked cell.
+    pub fn witness_checked(
+        &self,
+        layouter: &mut impl Layouter<Fp>,
+        value: Value<Fp>,
+        bits: usize,
+        signed: bool,
+    ) -> Result<AssignedCell<Fp, Fp>, Error> {
+        assert!(
+            (1..=MAX_BITS).contains(&bits),
+            "range check width {bits} outside 1..={MAX_BITS}"
+        );
+        let cell = self.decompose(layouter, Source::Value(value), bits, signed, false)?;
+        if !bits.is_multiple_of(LIMB_BITS) {
+            self.decompose(layouter, Source::Cell(&cell), bits, signed, true)?;
+        }
+        Ok(cell)
+    }
+
+    /// Constrains an existing cell like [`Self::witness_checked`].
+    pub fn check(
+        &self,
+        layouter: &mut impl Layouter<Fp>,
+        cell: &AssignedCell<Fp, Fp>,
+        bits: usize,
+        signed: bool,
+    ) -> Result<(), Error> {
+        assert!(
+            (1..=MAX_BITS).contains(&bits),
+            "range check width {bits} outside 1..={MAX_BITS}"
+        );
+        self.decompose(layouter, Source::Cell(cell), bits, signed, false)?;
+        if !bits.is_multiple_of(LIMB_BITS) {
+            self.decompose(layouter, Source::Cell(cell), bits, signed, true)?;
+        }
+        Ok(())
+    }
+
+    fn decompose(
+        &self,
+        layouter: &mut impl Layouter<Fp>,
+        source: Source<'_>,
+        bits: usize,
+        signed: bool,
+        scaled: bool,
+    ) -> Result<AssignedCell<Fp, Fp>, Error> {
+        let limbs = bits.div_ceil(LIMB_BITS);
+        let mul = if scaled {
+            pow2(limbs * LIMB_BITS - bits)
+        } else {
+            Fp::ONE
+        };
+        let shift = if signed { pow2(bits - 1) } else { Fp::ZERO } * mul;
+        let cfg = self.lane();
+        layouter.assign_region(
+            || format!("range check {bits} bits"),
+            |mut region| {
+                let z0 = match &source {
+                    Source::Value(v) => region.assign_advice(|| "z_0", cfg.z, 0, || *v)?,
+                    Source::Cell(c) => c.copy_advice(|| "z_0", &mut region, cfg.z, 0)?,
+                };
+                let mut z = z0.value().map(|v| *v * mul + shift);
+                let inv = pow2(LIMB_BITS).invert().unwrap();
+                for i in 0..limbs {
+                    cfg.q_lookup.enable(&mut region, i)?;
+                    let (m, s) = if i == 0 { (mul, shift) } else { (Fp::ONE, Fp::ZERO) };
+                    region.assign_fixed(|| "mul", cfg.mul, i, || Value::known(m))?;
+                    region.assign_fixed(|| "shift", cfg.shift, i, || Value::known(s))?;
+                    let next = z.map(|zv| {
+                        let limb = Fp::from_u128(low_u128(&zv) & ((1u128 << LIMB_BITS) - 1));
+                        (zv - limb) * inv
+                    });
+                    let cell = region.assign_advice(|| "z", cfg.z, i + 1, || next)?;
+                    if i + 1 == limbs {
+                        region.constrain_constant(cell.cell(), Fp::ZERO)?;
+                    }
+                    z = next;
+                }
+                Ok(z0)
+            },
+        )
+    }
+}
+
+enum Source<'a> {
+    Value(Value<Fp>),
+    Cell(&'a AssignedCell<Fp, Fp>),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::field::fp_from_i128;
+    use halo2_proofs::{circuit::SimpleFloorPlanner, dev::MockProver, plonk::Circuit};
+
+    #[derive(Clone, Default)]
+    struct TestCircuit {
+        values: Vec<(i128, usize, bool)>,
+    }
+
+    impl Circuit<Fp> for TestCircuit {
+        type Config = RangeCheckConfig;
+        type FloorPlanner = SimpleFloorPlanner;
+        fn without_witnesses(&self) -> Self {
+            self.clone()
+        }
+        fn configure(meta: &mut ConstraintSystem<Fp>) -> Self::Config {
+            let zs = [meta.advice_column(), meta.advice_column()];
+            let c = meta.fixed_column();
+            RangeCheckChip::configure(meta, &zs, c)
+        }
+        fn synthesize(&self, config: Self::Config, mut layouter: impl Layouter<Fp>) -> Result<(), Error> {
+            let chip = RangeCheckChip::construct(config);
+            chip.load_table(&mut layouter)?;
+            for (v, bits, signed) in &self.values {
+                chip.witness_checked(&mut layouter, Value::known(fp_from_i128(*v)), *bits, *signed)?;
+            }
+            Ok(())
+        }
+    }
+
+    fn run(values: Vec<(i128, usize, bool)>) -> bool {
+        let c = TestCircuit { values };
+        MockProver::run(10, &c, vec![]).unwrap().verify().is_ok()
+    }
+
+    #[test]
+    fn accepts_boundary_values() {
+        assert!(run(vec![
+            (0, 8, false),
+            (255, 8, false),
+            ((1 << 24) - 1, 24, false),
+            (-(1 << 23), 24, true),
+            ((1 << 23) - 1, 24, true),
+            ((1 << 13) - 1, 13, false),
+            (-(1 << 12), 13, true),
+            ((1 << 47) - 1, 48, true),
+        ]));
+    }
+
+    #[test]
+    fn rejects_one_past_each_boundary() {
+        assert!(!run(vec![(256, 8, false)]));
+        assert!(!run(vec![(-1, 8, false)]));
+        assert!(!run(vec![(1 << 23, 24, true)]));
+        assert!(!run(vec![(-(1 << 23) - 1, 24, true)]));
+        assert!(!run(vec![(1 << 13, 13, false)]));
+        assert!(!run(vec![(1 << 12, 13, true)]));
+    }
+}

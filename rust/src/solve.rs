@@ -1,0 +1,196 @@
+//! Solve check with bounded residual, per row i of a block:
+//! `(1 − keep_i)·(P_i − 2^s·w_i − e_i) = 0` with `|e_i| ≤ τ`, where
+//! `P_i = Σ_j A[i,j]·y_j` comes from the MAC chip. With `y_j = 0` off the
+//! masked set S (enforced by the update chip) this is `A[S,S]·y − 2^s·w[S] = e`
+//! on the masked rows, i.e. `y ≈ A[S,S]⁻¹·w[S]` in fixed point without any
+//! in-circuit inversion. The bound is two range checks:
+//! `e + τ ∈ [0, 2^t)` and `τ − e ∈ [0, 2^t)` with `2^t > 2τ`, which together
+//! give `−τ ≤ e ≤ τ`.
+
+use ff::Field;
+use halo2_proofs::{
+    circuit::{AssignedCell, Layouter, Value},
+    plonk::{Advice, Column, ConstraintSystem, Error, Expression, Fixed, Selector},
+    poly::Rotation,
+};
+
+use crate::field::pow2;
+use crate::range::{RangeCheckChip, RangeCheckConfig};
+use crate::Fp;
+
+#[derive(Clone, Debug)]
+pub struct SolveCheckConfig {
+    cols: [Column<Advice>; 6],
+    q: Selector,
+    scale: Column<Fixed>,
+    tau: Column<Fixed>,
+    range: RangeCheckConfig,
+}
+
+/// s and τ are construction arguments placed in fixed columns (so in the
+/// verifying key); one configuration serves every scale and tolerance.
+#[derive(Clone, Debug)]
+pub struct SolveCheckChip {
+    config: SolveCheckConfig,
+    scale_bits: usize,
+    tol: u64,
+}
+
+/// Bits t of the residual-bound range checks: the smallest with 2^t > 2τ.
+pub fn tol_bits(tol: u64) -> usize {
+    ((128 - (2 * tol as u128).leading_zeros()) as usize).max(1)
+}
+
+impl SolveCheckChip {
+    /// Columns: keep, P, w, e, e+τ, τ−e (all equality-enabled).
+    pub fn configure(
+        meta: &mut ConstraintSystem<Fp>,
+        cols: [Column<Advice>; 6],
+        range: RangeCheckConfig,
+    ) -> SolveCheckConfig {
+        for c in cols {
+            meta.enable_equality(c);
+        }
+        let q = meta.selector();
+        let scale = meta.fixed_column();
+        let tau_col = meta.fixed_column();
+        meta.create_gate("solve: (1−keep)(P − 2^s·w − e) = 0, e±τ", |m| {
+            let q = m.query_selector(q);
+            let [keep, p, w, e, lo, hi] = cols.map(|c| m.query_advice(c, Rotation::cur()));
+            let tau = m.query_fixed(tau_col);
+            let two_s = m.query_fixed(scale);
+            let one = Expression::Constant(Fp::ONE);
+            vec![
+                q.clone() * (one - keep) * (p - w * two_s - e.clone()),
+                q.clone() * (lo - e.clone() - tau.clone()),
+                q * (hi - tau + e),
+            ]
+        });
+        SolveCheckConfig {
+            cols,
+            q,
+            scale,
+            tau: tau_col,
+            range,
+        }
+    }
+
+    pub fn construct(config: SolveCheckConfig, scale_bits: usize, tol: u64) -> Self {
+        assert!(tol < (1u64 << 62), "tolerance {tol} too large");
+        Self {
+            config,
+            scale_bits,
+            tol,
+        }
+    }
+
+    /// Checks one row; `residual` is e_i (0 on kept rows).
+    pub fn check(
+        &self,
+        layouter: &mut impl Layouter<Fp>,
+        keep: &AssignedCell<Fp, Fp>,
+        p: &AssignedCell<Fp, Fp>,
+        w: &AssignedCell<Fp, Fp>,
+        residual: Value<Fp>,
+    ) -> Result<(), Error> {
+        let cfg = &self.config;
+        let tau = Fp::from(self.tol);
+        let t = tol_bits(self.tol);
+        let range = RangeCheckChip::construct(cfg.range.clone());
+        let lo = range.witness_checked(layouter, residual.map(|e| e + tau), t, false)?;
+        let hi = range.witness_checked(layouter, residual.map(|e| tau - e), t, false)?;
+        layouter.assign_region(
+            || "solve check",
+            |mut region| {
+                cfg.q.enable(&mut region, 0)?;
+                region.assign_fixed(|| "2^s", cfg.scale, 0, || Value::known(pow2(self.scale_bits)))?;
+                region.assign_fixed(|| "τ", cfg.tau, 0, || Value::known(tau))?;
+                keep.copy_advice(|| "keep", &mut region, cfg.cols[0], 0)?;
+                p.copy_advice(|| "P", &mut region, cfg.cols[1], 0)?;
+                w.copy_advice(|| "w", &mut region, cfg.cols[2], 0)?;
+                region.assign_advice(|| "e", cfg.cols[3], 0, || residual)?;
+                lo.copy_advice(|| "e+τ", &mut region, cfg.cols[4], 0)?;
+                hi.copy_advice(|| "τ−e", &mut region, cfg.cols[5], 0)?;
+                Ok(())
+            },
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::field::fp_from_i128;
+    use halo2_proofs::{circuit::SimpleFloorPlanner, dev::MockProver, plonk::Circuit};
+
+    const S: usize = 4;
+    const TAU: u64 = 10;
+
+    #[derive(Clone, Default)]
+    struct TestCircuit {
+        rows: Vec<(bool, i128, i128, i128)>, // keep, P, w, e
+    }
+
+    impl Circuit<Fp> for TestCircuit {
+        type Config = (SolveCheckConfig, RangeCheckConfig, [Column<Advice>; 6]);
+        type FloorPlanner = SimpleFloorPlanner;
+        fn without_witnesses(&self) -> Self {
+            self.clone()
+        }
+        fn configure(meta: &mut ConstraintSystem<Fp>) -> Self::Config {
+            let cols = [(); 6].map(|_| meta.advice_column());
+            let constants = meta.fixed_column();
+            let range = RangeCheckChip::configure(meta, &[cols[0]], constants);
+            (SolveCheckChip::configure(meta, cols, range.clone()), range, cols)
+        }
+        fn synthesize(&self, cfg: Self::Config, mut layouter: impl Layouter<Fp>) -> Result<(), Error> {
+            RangeCheckChip::construct(cfg.1.clone()).load_table(&mut layouter)?;
+            let chip = SolveCheckChip::construct(cfg.0.clone(), S, TAU);
+            for (keep, p, w, e) in &self.rows {
+                let (k, p, w) = layouter.assign_region(
+                    || "inputs",
+                    |mut r| {
+                        let k = r.assign_advice(|| "", cfg.2[0], 0, || Value::known(Fp::from(*keep as u64)))?;
+                        let p = r.assign_advice(|| "", cfg.2[1], 0, || Value::known(fp_from_i128(*p)))?;
+                        let w = r.assign_advice(|| "", cfg.2[2], 0, || Value::known(fp_from_i128(*w)))?;
+                        Ok((k, p, w))
+                    },
+                )?;
+                chip.check(&mut layouter, &k, &p, &w, Value::known(fp_from_i128(*e)))?;
+            }
+            Ok(())
+        }
+    }
+
+    fn ok(rows: Vec<(bool, i128, i128, i128)>) -> bool {
+        MockProver::run(9, &TestCircuit { rows }, vec![])
+            .unwrap()
+            .verify()
+            .is_ok()
+    }
+
+    #[test]
+    fn residuals_within_tolerance_verify() {
+        // P − 16·w = e for masked rows; kept rows are unconstrained.
+        assert!(ok(vec![
+            (false, 16 * 7 + 10, 7, 10),
+            (false, 16 * -7 - 10, -7, -10),
+            (false, 0, 0, 0),
+            (true, 12345, 3, 0),
+        ]));
+        assert_eq!(tol_bits(10), 5);
+        assert_eq!(tol_bits(0), 1);
+    }
+
+    #[test]
+    fn residual_beyond_tolerance_or_wrong_is_rejected() {
+        assert!(!ok(vec![(false, 16 * 7 + 11, 7, 11)]));
+        assert!(!ok(vec![(false, 16 * 7 - 11, 7, -11)]));
+        // e that does not match P − 2^s·w.
+        assert!(!ok(vec![(false, 16 * 7 + 3, 7, 2)]));
+        // A y far from the solve: P unrelated to w.
+        assert!(!ok(vec![(false, 5000, 7, 0)]));
+        // A consistent residual far beyond τ.
+        assert!(!ok(vec![(false, 16 * 7 + 40, 7, 40)]));
+    }
+}

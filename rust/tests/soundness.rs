@@ -1,0 +1,182 @@
+//! Real IPA proofs (k = 10, one block of B = 8 weights, |S| = 2): an honest
+//! device verifies; devices that cheat in the ways of issue 4 do not; malformed
+//! bytes give false or a format error, never a panic.
+
+use std::sync::OnceLock;
+use std::time::Instant;
+
+use edgetrain_zk::circuit::{PublicInputs, Shape};
+use edgetrain_zk::proof::{self, KeyParams, Keys};
+use edgetrain_zk::witness::{honest_witness, Witness};
+use rand_chacha::ChaCha20Rng;
+use rand_core::{RngCore, SeedableRng};
+
+const K: u32 = 10;
+
+fn key_params() -> KeyParams {
+    KeyParams {
+        k: K,
+        shape: Shape {
+            block: 8,
+            n_blocks: 1,
+            scale_bits: 12,
+            tol: 1 << 16,
+            y_bits: 32,
+            delta_bits: 40,
+        },
+    }
+}
+
+fn keys() -> &'static Keys {
+    static KEYS: OnceLock<Keys> = OnceLock::new();
+    KEYS.get_or_init(|| proof::keygen(&key_params()).unwrap())
+}
+
+/// Symmetric, diagonally dominant A at scale 2^12 (a damped inverse Fisher),
+/// weights in ±3000, weights 2 and 5 masked.
+fn example(seed: u64) -> (Vec<i64>, Vec<i64>, Vec<bool>) {
+    let b = 8;
+    let mut rng = ChaCha20Rng::seed_from_u64(seed);
+    let mut small = |m: u32| (rng.next_u32() % (2 * m + 1)) as i64 - m as i64;
+    let w = (0..b).map(|_| small(3000)).collect();
+    let mut a = vec![0i64; b * b];
+    for i in 0..b {
+        for j in 0..=i {
+            let v = if i == j { 8192 + small(2000) } else { small(600) };
+            a[i * b + j] = v;
+            a[j * b + i] = v;
+        }
+    }
+    (w, a, (0..b).map(|i| i != 2 && i != 5).collect())
+}
+
+fn rng(seed: u64) -> ChaCha20Rng {
+    ChaCha20Rng::seed_from_u64(seed)
+}
+
+struct Honest {
+    proof: Vec<u8>,
+    public: PublicInputs,
+    witness: Witness,
+}
+
+fn honest() -> &'static Honest {
+    static H: OnceLock<Honest> = OnceLock::new();
+    H.get_or_init(|| {
+        let (w, a, keep) = example(1);
+        let t = Instant::now();
+        let (proof, public, witness) = proof::prove(keys(), &w, &a, &keep, None, rng(2)).unwrap();
+        eprintln!("prove: {:.2?}, proof {} bytes", t.elapsed(), proof.len());
+        Honest { proof, public, witness }
+    })
+}
+
+fn verifies(proof: &[u8], public: &PublicInputs) -> bool {
+    let k = keys();
+    proof::verify_with(&k.params, k.vk(), &k.key_params, proof, public).unwrap()
+}
+
+#[test]
+fn honest_device_proof_verifies_from_bytes() {
+    let h = honest();
+    let t = Instant::now();
+    let ok = proof::verify_bytes(&h.proof, &h.public.to_bytes(), &key_params().to_bytes()).unwrap();
+    eprintln!("verify (incl. vk regeneration): {:.2?}", t.elapsed());
+    assert!(ok);
+    assert!(verifies(&h.proof, &h.public));
+    assert_eq!(PublicInputs::from_bytes(&h.public.to_bytes()).unwrap(), h.public);
+    assert_eq!(KeyParams::from_bytes(&key_params().to_bytes()).unwrap(), key_params());
+    assert!(h.witness.w_new.iter().zip(&h.witness.keep).all(|(w, k)| *k || *w == 0));
+}
+
+#[test]
+fn skipping_compensation_cannot_verify() {
+    let h = honest();
+    let mut lazy = h.witness.clone();
+    lazy.delta.iter_mut().for_each(|d| *d = 0);
+    lazy.remainder.iter_mut().for_each(|r| *r = 0);
+    lazy.w_new = lazy
+        .w
+        .iter()
+        .zip(&lazy.keep)
+        .map(|(w, k)| if *k { *w } else { 0 })
+        .collect();
+    let own = PublicInputs::from_witness(&key_params().shape, &lazy, None).unwrap();
+    for public in [&h.public, &own] {
+        let p = proof::prove_with(keys(), lazy.clone(), public, rng(3)).unwrap();
+        assert!(!verifies(&p, public));
+    }
+}
+
+#[test]
+fn weight_changed_after_update_cannot_verify() {
+    let h = honest();
+    let mut tweaked = h.witness.clone();
+    tweaked.w_new[0] += 1;
+    let own = PublicInputs::from_witness(&key_params().shape, &tweaked, None).unwrap();
+    for public in [&h.public, &own] {
+        let p = proof::prove_with(keys(), tweaked.clone(), public, rng(4)).unwrap();
+        assert!(!verifies(&p, public));
+    }
+}
+
+#[test]
+fn fisher_block_other_than_committed_cannot_verify() {
+    let h = honest();
+    let (w, mut a, keep) = example(1);
+    a[2 * 8 + 2] += 64;
+    let other = honest_witness(&key_params().shape, &w, &a, &keep).unwrap();
+    let p = proof::prove_with(keys(), other, &h.public, rng(5)).unwrap();
+    assert!(!verifies(&p, &h.public));
+}
+
+#[test]
+fn proof_for_another_mask_cannot_verify() {
+    let h = honest();
+    let mut other = h.public.clone();
+    other.keep[3] = false;
+    assert!(!verifies(&h.proof, &other));
+    // Nor can the honest witness be proven under another mask.
+    let p = proof::prove_with(keys(), h.witness.clone(), &other, rng(6)).unwrap();
+    assert!(!verifies(&p, &other));
+}
+
+#[test]
+fn malformed_bytes_give_false_or_format_error_never_panic() {
+    let h = honest();
+    let (pi, vk) = (h.public.to_bytes(), key_params().to_bytes());
+    let check = |proof: &[u8], pi: &[u8], vk: &[u8]| match proof::verify_bytes(proof, pi, vk) {
+        Ok(ok) => assert!(!ok),
+        Err(e) => assert!(matches!(e, edgetrain_zk::ZkError::Format(_)), "{e}"),
+    };
+    for cut in [0, 3, 6, 7, 100, h.proof.len() - 1] {
+        check(&h.proof[..cut], &pi, &vk);
+    }
+    for pos in [6, 40, h.proof.len() / 2, h.proof.len() - 1] {
+        let mut p = h.proof.clone();
+        p[pos] ^= 0x10;
+        check(&p, &pi, &vk);
+    }
+    let mut noise = vec![0u8; h.proof.len()];
+    rng(7).fill_bytes(&mut noise);
+    check(&noise, &pi, &vk);
+    let mut wrong_version = h.proof.clone();
+    wrong_version[5] = 9;
+    check(&wrong_version, &pi, &vk);
+    for cut in [0, 10, pi.len() - 1] {
+        check(&h.proof, &pi[..cut], &vk);
+    }
+    let mut bad_field = pi.clone();
+    bad_field[6..38].fill(0xff);
+    check(&h.proof, &bad_field, &vk);
+    for cut in [0, 8, vk.len() - 1] {
+        check(&h.proof, &pi, &vk[..cut]);
+    }
+    let mut huge_k = vk.clone();
+    huge_k[7] = 60;
+    check(&h.proof, &pi, &huge_k);
+    // A key for another circuit shape (scale): the proof does not verify.
+    let mut other = key_params();
+    other.shape.scale_bits = 11;
+    check(&h.proof, &pi, &other.to_bytes());
+}
