@@ -360,16 +360,17 @@ class Trainer:
         """Measured peak memory of one training step on ``(x, y)`` and of inference on ``x``.
 
         ``*_traced_bytes``: tracemalloc's peak (numpy's buffers and Python objects
-        allocated during the call, over what was live before it). ``*_rss_bytes``: the
-        process's peak resident set during the call (Linux: the peak is reset through
-        /proc/self/clear_refs first), or None where that is not possible. The step is
+        allocated during the call, over what was live before it). ``*_rss_growth_bytes``:
+        how far the process's resident set rose above its level before the call (Linux:
+        the peak is reset through /proc/self/clear_refs first), or None where that is not
+        possible; a warmed-up process may reuse resident heap and show less. The step is
         real: it trains.
         """
         x, y = self._check_batch(x, y)
         infer_traced, infer_rss = _measure(lambda: self.model.run(x))
         step_traced, step_rss = _measure(lambda: self.step(x, y))
         return {"step_traced_bytes": step_traced, "inference_traced_bytes": infer_traced,
-                "step_rss_bytes": step_rss, "inference_rss_bytes": infer_rss,
+                "step_rss_growth_bytes": step_rss, "inference_rss_growth_bytes": infer_rss,
                 "batch_size": len(x), "method": self.method, "cut": self.cut}
 
     # -- loops ------------------------------------------------------------------------------
@@ -378,7 +379,8 @@ class Trainer:
         x, y = self._check_batch(x, y)
         total, correct = 0.0, 0
         for i in range(0, len(x), batch_size):
-            logits = self.model.run(x[i:i + batch_size])
+            with np.errstate(over="ignore", invalid="ignore"):  # a diverged model reports inf/nan loss
+                logits = self.model.run(x[i:i + batch_size])
             loss, _ = autodiff.cross_entropy(logits, y[i:i + batch_size])
             total += loss * len(logits)
             correct += int((logits.argmax(1) == y[i:i + batch_size]).sum())
@@ -525,16 +527,18 @@ def spsa_gradient(params: dict, names: list, seed: int, eps: float, loss):
 
 
 def _measure(fn):
-    """(tracemalloc peak, RSS peak) of one call; tracing is started and stopped here."""
+    """(tracemalloc peak, RSS growth) of one call; tracing is started and stopped here."""
     import tracemalloc
     rss_reset = _reset_peak_rss()
+    before = _status_bytes("VmRSS:")
     tracemalloc.start()
     try:
         fn()
         traced = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
-    return traced, (_peak_rss() if rss_reset else None)
+    peak = _status_bytes("VmHWM:") if rss_reset else None
+    return traced, (None if peak is None or before is None else max(0, peak - before))
 
 
 def _reset_peak_rss() -> bool:
@@ -546,11 +550,14 @@ def _reset_peak_rss() -> bool:
         return False
 
 
-def _peak_rss():
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+def _status_bytes(field: str):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
     return None
 
 
