@@ -1,0 +1,15 @@
+"""ZK-APEX provable unlearning (DESIGN.md §6).
+
+Provider: :func:`make_mask`, then :func:`verify_proof`. Device: :func:`unlearn`,
+then :func:`prove`. The math needs numpy only; proving and verifying need the
+``edgetrain_zk`` binding (``pip install ./rust``) and raise ImportError saying
+so when it is missing.
+"""
+from .fisher import inverse_fisher_blocks, per_sample_gradients, target_layers
+from .fixed_point import fisher_to_fixed, integer_step, to_fixed
+from .proof import ProofFormatError, commitments, keygen, proof_info, prove, verify_proof
+from .unlearn import LayerWitness, make_mask, obs_step, unlearn
+
+__all__ = ["make_mask", "unlearn", "obs_step", "LayerWitness", "inverse_fisher_blocks", "per_sample_gradients",
+           "target_layers", "to_fixed", "fisher_to_fixed", "integer_step", "prove", "verify_proof", "keygen",
+           "commitments", "proof_info", "ProofFormatError"]

@@ -1,0 +1,322 @@
+"""Proving and verifying the unlearning step with the ``edgetrain_zk`` crate.
+
+A proof covers *segments*: a run of whole blocks of one target layer (by
+default the whole layer). Each segment is proven in chunks of
+``blocks_per_proof`` blocks, whose public inputs chain through the Poseidon
+digests (rust/README.md), so a segment's public inputs carry its digests
+before and after (``h_w``, ``h_w_new``), the digest of its inverse-Fisher
+blocks (``h_a``) and its mask. A segment is zero-padded (weight 0, kept,
+identity Fisher block) to a whole number of chunks; its digests are over the
+padded values, as :func:`commitments` computes them.
+
+Byte formats (little endian), both versioned like the crate's:
+
+* proof: ``b"ETUL" b"P" 0x01``, u32 segments; per segment u32 chunks, per
+  chunk u32 length + the crate's proof bytes.
+* public inputs: ``b"ETUL" b"I" 0x01``, u32 segments; per segment u16 name
+  length + UTF-8 name, u32 layer size, 3 × 32-byte digests (w, w', A), then u32
+  chunks, per chunk u32 length + the crate's public-input bytes (which hold the
+  keep bits and the scale). A segment starts at the layer's first weight.
+
+The name and size are labels that no proof binds: the provider binds a segment
+to a layer by passing the mask (and digests) it expects to :func:`verify_proof`.
+* verifying key: the crate's descriptor bytes (block, blocks per proof, k, s, τ).
+"""
+from __future__ import annotations
+
+import os
+import struct
+import time
+from collections.abc import Sequence
+
+import numpy as np
+
+from .unlearn import LayerWitness
+
+try:
+    from edgetrain_zk import ProofFormatError
+except ImportError:  # the device side without the prover: the error type still exists
+    class ProofFormatError(ValueError):
+        """Bytes that are not a valid proof, key or public-input encoding."""
+
+MAGIC, VERSION = b"ETUL", 1
+_DIGEST = 32
+
+
+def _zk():
+    try:
+        import edgetrain_zk
+    except ImportError:
+        raise ImportError("proving and verifying need the edgetrain_zk binding, built from the crate in rust/: "
+                          "`pip install ./rust` (needs a Rust toolchain)") from None
+    return edgetrain_zk
+
+
+def keygen(block: int, blocks_per_proof: int = 1, scale_bits: int = 16, k: int | None = None) -> bytes:
+    """The verifying-key bytes for chunks of ``blocks_per_proof`` blocks of ``block``
+    weights (``k = None``: the smallest circuit size that fits)."""
+    from .fixed_point import DELTA_BITS, TOL, Y_BITS
+    return bytes(_zk().keygen(k, block, blocks_per_proof, scale_bits=scale_bits, tol=TOL, y_bits=Y_BITS,
+                              delta_bits=DELTA_BITS))
+
+
+def params(verifying_key: bytes, cache_dir: str | os.PathLike | None = None) -> bytes:
+    """The IPA parameters for the key's circuit size (deterministic, no setup); cached
+    as ``ipa-k{k}.bin`` in ``cache_dir`` when given, since large k take a while."""
+    k = _key_k(verifying_key)
+    path = os.path.join(os.fspath(cache_dir), f"ipa-k{k}.bin") if cache_dir else None
+    if path and os.path.isfile(path):
+        with open(path, "rb") as f:
+            return f.read()
+    data = bytes(_zk().params(k))
+    if path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    return data
+
+
+def _key_k(verifying_key: bytes) -> int:
+    key = bytes(verifying_key)
+    if len(key) < 8 or key[:4] != b"ETZK" or key[4:5] != b"V":
+        raise ProofFormatError(f"verifying key: {len(key)} bytes that do not start with b'ETZKV'")
+    return key[7]
+
+
+def _key_shape(verifying_key: bytes) -> tuple[int, int, int]:
+    """(block, blocks per proof, scale bits) of a verifying key."""
+    key = bytes(verifying_key)
+    if len(key) < 17:
+        raise ProofFormatError(f"verifying key: {len(key)} bytes, too short")
+    block, per_proof = struct.unpack_from("<II", key, 8)
+    return block, per_proof, key[16]
+
+
+def _segments(witness: LayerWitness, per_proof: int, max_blocks: int | None):
+    """(first block, blocks, padded w, a, keep, w_new) of the segment proven for a layer
+    (it starts at block 0)."""
+    nb = len(witness.w) if max_blocks is None else min(max_blocks, len(witness.w))
+    pad = -nb % per_proof
+    b = witness.block
+    w = np.concatenate([witness.w[:nb], np.zeros((pad, b), np.int64)])
+    w_new = np.concatenate([witness.w_new[:nb], np.zeros((pad, b), np.int64)])
+    keep = np.concatenate([witness.keep[:nb], np.ones((pad, b), bool)])
+    eye = np.broadcast_to(np.eye(b, dtype=np.int64) << 16, (pad, b, b))
+    a = np.concatenate([witness.a[:nb], eye])
+    return 0, nb, w, a, keep, w_new
+
+
+def commitments(witnesses: Sequence[LayerWitness], blocks_per_proof: int = 1,
+                max_blocks: int | None = None) -> dict[str, dict[str, bytes]]:
+    """``{layer: {"w", "w_new", "a": digest}}`` of the segments :func:`prove` covers:
+    the device publishes ``w`` (and ``a``) before, ``w_new`` after; the provider
+    compares. A digest chains over the proof's chunks; it equals
+    ``edgetrain_zk.commit`` of the whole segment when a chunk holds a multiple of
+    64 weights (the crate's chain step)."""
+    out = {}
+    for wit in witnesses:
+        _, _, w, a, _, w_new = _segments(wit, blocks_per_proof, max_blocks)
+        out[wit.name] = {"w": _chain_digest(w, blocks_per_proof), "w_new": _chain_digest(w_new, blocks_per_proof),
+                         "a": _chain_digest(a, blocks_per_proof)}
+    return out
+
+
+def _chain_digest(blocks: np.ndarray, per_chunk: int) -> bytes:
+    z = _zk()
+    acc = z.initial_acc(blocks.size)
+    for c in range(0, len(blocks), per_chunk):
+        acc = z.commit_chain(acc, blocks[c:c + per_chunk].reshape(-1).tolist())
+    return bytes(acc)
+
+
+def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int = 1, *, max_blocks: int | None = None,
+          k: int | None = None, params_cache: str | os.PathLike | None = None) -> dict:
+    """Proves the step of every layer in ``witnesses`` (from :func:`unlearn`); with
+    ``max_blocks``, only the first ``max_blocks`` blocks of each layer (a segment).
+
+    Returns ``{"proof", "public_inputs", "verifying_key"}`` (bytes) plus
+    ``"weights"`` (how many real weights the proof covers), ``"prove_seconds"`` (the
+    proving itself) and ``"setup_seconds"`` (parameters and proving key). The
+    crate recomputes the witness; a mismatch with ``unlearn``'s integers is an error.
+    """
+    if not witnesses:
+        raise ValueError("witnesses is empty: nothing to prove")
+    z = _zk()
+    block, scale_bits = witnesses[0].block, witnesses[0].scale_bits
+    for wit in witnesses:
+        if (wit.block, wit.scale_bits) != (block, scale_bits):
+            raise ValueError(f"layer {wit.name!r} has block={wit.block}, scale_bits={wit.scale_bits}; all layers "
+                             f"of one proof need the same (block={block}, scale_bits={scale_bits})")
+    t0 = time.perf_counter()
+    vk = keygen(block, blocks_per_proof, scale_bits, k)
+    prover = z.Prover(vk, params(vk, params_cache))
+    setup = time.perf_counter() - t0
+    chunk = blocks_per_proof
+    proofs, publics, covered = [], [], 0
+    t0 = time.perf_counter()
+    for wit in witnesses:
+        first, nb, w, a, keep, w_new = _segments(wit, chunk, max_blocks)
+        acc = (z.initial_acc(w.size), z.initial_acc(w.size), z.initial_acc(a.size))
+        seg_proofs, seg_publics = [], []
+        for c in range(0, len(w), chunk):
+            p, q, proven = prover.prove(w[c:c + chunk].reshape(-1).tolist(), a[c:c + chunk].reshape(-1).tolist(),
+                                        keep[c:c + chunk].reshape(-1).tolist(), acc_in=acc)
+            if not np.array_equal(np.asarray(proven), w_new[c:c + chunk].reshape(-1)):
+                raise ValueError(f"layer {wit.name!r}, blocks {c}..{c + chunk - 1}: the prover's w' differs from "
+                                 "unlearn's (a tie in rounding y); unlearn again with another damp")
+            info = z.public_inputs_info(q)
+            acc = (info["w_out"], info["w_new_out"], info["a_out"])
+            seg_proofs.append(bytes(p))
+            seg_publics.append(bytes(q))
+        head = {"name": wit.name, "size": wit.size, "digests": tuple(bytes(d) for d in acc)}
+        proofs.append(seg_proofs)
+        publics.append((head, seg_publics))
+        covered += min(nb * wit.block, wit.size - first * wit.block)
+    return {"proof": _encode_proof(proofs), "public_inputs": _encode_public(publics), "verifying_key": vk,
+            "weights": covered, "prove_seconds": time.perf_counter() - t0, "setup_seconds": setup}
+
+
+def verify_proof(proof: bytes, public_inputs: bytes, verifying_key: bytes, *,
+                 mask: dict[str, np.ndarray] | None = None, h_w: dict[str, bytes] | None = None,
+                 h_w_new: dict[str, bytes] | None = None, h_a: dict[str, bytes] | None = None,
+                 params: bytes | None = None) -> bool:
+    """True iff every segment's chunk proofs verify under ``verifying_key`` and chain
+    to the segment's digests and mask in ``public_inputs``. The provider passes the
+    ``mask`` it sent (``{layer: bool array, True = removed}``) and the digests the
+    device published (``h_w`` before, ``h_a`` of its Fisher blocks, ``h_w_new`` of the
+    model it deploys, each ``{layer: 32 bytes}``, see :func:`commitments`); a segment
+    that differs from any of them gives False.
+
+    Never crashes: bytes that are not of these formats raise
+    :class:`ProofFormatError`; anything else that does not verify gives False.
+    """
+    z = _zk()  # a missing binding is reported before anything else
+    proofs = _decode_proof(proof)
+    segments = _decode_public(public_inputs)
+    block, _, _ = _key_shape(verifying_key)
+    verifier = z.Verifier(bytes(verifying_key), params)  # ProofFormatError for bad key bytes
+    if len(proofs) != len(segments):
+        return False
+    for seg_proofs, (head, seg_publics) in zip(proofs, segments):
+        if mask is not None and not _mask_matches(mask, head, seg_publics, block, z):
+            return False
+        for i, expected in enumerate((h_w, h_w_new, h_a)):
+            if expected is not None and expected.get(head["name"]) != head["digests"][i]:
+                return False
+        try:
+            keep = [bool(k) for q in seg_publics for k in z.public_inputs_info(q)["keep"]]
+            if not verifier.verify_chain(seg_proofs, seg_publics, *head["digests"], keep):
+                return False
+        except ProofFormatError:
+            raise
+        except ValueError:  # e.g. chunk counts differ between the proof and the inputs
+            return False
+    return True
+
+
+def proof_info(public_inputs: bytes) -> list[dict]:
+    """The segments of public inputs: name, layer size, digests (w, w', A), chunks,
+    ``weights`` covered and ``removed`` (bool array over them, True = masked)."""
+    z = _zk()
+    out = []
+    for head, publics in _decode_public(public_inputs):
+        keep = np.array([k for q in publics for k in z.public_inputs_info(q)["keep"]], dtype=bool)
+        info = z.public_inputs_info(publics[0]) if publics else {}
+        n = min(keep.size, head["size"])
+        out.append({**head, "removed": ~keep[:n], "weights": n, "scale_bits": info.get("scale_bits"),
+                    "chunks": len(publics)})
+    return out
+
+
+def _mask_matches(mask, head, publics, block, z):
+    name = head["name"]
+    if name not in mask:
+        return False
+    removed = np.asarray(mask[name], dtype=bool).reshape(-1)
+    if removed.size != head["size"]:
+        return False
+    keep = np.array([k for q in publics for k in z.public_inputs_info(q)["keep"]], dtype=bool)
+    want = np.ones(keep.size, bool)  # beyond the layer: padding, kept
+    covered = min(keep.size, removed.size)
+    want[:covered] = ~removed[:covered]
+    return np.array_equal(keep, want)
+
+
+# -- bytes ---------------------------------------------------------------------
+
+def _pack_blobs(blobs):
+    return struct.pack("<I", len(blobs)) + b"".join(struct.pack("<I", len(b)) + b for b in blobs)
+
+
+def _encode_proof(segments) -> bytes:
+    return MAGIC + b"P" + bytes([VERSION]) + struct.pack("<I", len(segments)) + \
+        b"".join(_pack_blobs(s) for s in segments)
+
+
+def _encode_public(segments) -> bytes:
+    out = [MAGIC + b"I" + bytes([VERSION]), struct.pack("<I", len(segments))]
+    for head, blobs in segments:
+        name = head["name"].encode()
+        out += [struct.pack("<H", len(name)), name, struct.pack("<I", head["size"]),
+                *head["digests"], _pack_blobs(blobs)]
+    return b"".join(out)
+
+
+class _Reader:
+    def __init__(self, data, kind, what):
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise ProofFormatError(f"{what}: expected bytes, got {type(data).__name__}")
+        self.data, self.at, self.what = bytes(data), 0, what
+        head = self.take(6)
+        if head[:4] != MAGIC or head[4:5] != kind:
+            raise ProofFormatError(f"{what}: does not start with {MAGIC + kind!r} (not an edgetrain {what})")
+        if head[5] != VERSION:
+            raise ProofFormatError(f"{what}: format version {head[5]}, this build reads version {VERSION}")
+
+    def take(self, n):
+        if n < 0 or self.at + n > len(self.data):
+            raise ProofFormatError(f"{self.what}: truncated at byte {self.at} (needed {n} more, "
+                                   f"{len(self.data) - self.at} left)")
+        self.at += n
+        return self.data[self.at - n:self.at]
+
+    def u32(self):
+        return struct.unpack("<I", self.take(4))[0]
+
+    def count(self, item_bytes):
+        n = self.u32()
+        if n * item_bytes > len(self.data) - self.at:  # a corrupt count must not allocate
+            raise ProofFormatError(f"{self.what}: count {n} at byte {self.at - 4} exceeds the data")
+        return n
+
+    def blobs(self):
+        return [self.take(self.u32()) for _ in range(self.count(4))]
+
+    def end(self):
+        if self.at != len(self.data):
+            raise ProofFormatError(f"{self.what}: {len(self.data) - self.at} trailing bytes")
+
+
+def _decode_proof(data) -> list[list[bytes]]:
+    r = _Reader(data, b"P", "proof")
+    segments = [r.blobs() for _ in range(r.count(4))]
+    r.end()
+    return segments
+
+
+def _decode_public(data) -> list:
+    r = _Reader(data, b"I", "public inputs")
+    segments = []
+    for _ in range(r.count(2 + 4 + 3 * _DIGEST + 4)):
+        try:
+            name = r.take(struct.unpack("<H", r.take(2))[0]).decode()
+        except UnicodeDecodeError:
+            raise ProofFormatError("public inputs: a layer name is not UTF-8") from None
+        size = r.u32()
+        digests = tuple(r.take(_DIGEST) for _ in range(3))
+        head = {"name": name, "size": size, "digests": digests}
+        segments.append((head, r.blobs()))
+    r.end()
+    return segments

@@ -1,0 +1,123 @@
+"""ZK-APEX unlearning (DESIGN.md §6): the provider's mask and the device's
+group-OBS step over blockwise inverse Fisher matrices.
+
+``make_mask`` (provider) scores each target weight by how much removing it
+changes the forget loss relative to the retain loss; ``unlearn`` (device)
+removes the masked weights and compensates the others within each block, in the
+fixed-point form that :mod:`edgetrain.prover.proof` proves.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from ..model import Model
+from . import fixed_point as fx
+from .fisher import fisher_update, gradient_moments, initial_inverse, n_blocks, per_sample_gradients, target_layers
+
+
+def make_mask(model: Model, forget: tuple, retain: tuple, fraction: float = 0.04,
+              layers: Sequence[str] | None = None, c: float = 0.5, eps: float = 1e-12) -> dict[str, np.ndarray]:
+    """The provider's mask: ``{weight name: bool array, True = remove}`` over the target
+    layers (default: the fully connected weights), the global top ``fraction``.
+
+    Score per weight: ``|ḡ⊙w − c·F⊙w²|`` on the forget data divided by the same on
+    the retain data (+ eps), with ḡ the mean gradient and F the diagonal empirical
+    Fisher. With c = ½ it is the size of the second-order change of the loss when
+    the weight is set to zero, so the mask takes the weights the forget data needs
+    most relative to what the retain data needs.
+    """
+    if not 0 < fraction < 1:
+        raise ValueError(f"fraction={fraction!r} must be in (0, 1)")
+    names = target_layers(model, layers)
+    saliency = {}
+    for key, (x, y) in (("forget", forget), ("retain", retain)):
+        g, f = gradient_moments(model, x, y, names)
+        saliency[key] = {n: np.abs(g[n] * model.params[n] - c * f[n] * model.params[n] ** 2) for n in names}
+    scores = {n: saliency["forget"][n] / (saliency["retain"][n] + eps) for n in names}
+    flat = np.concatenate([scores[n].reshape(-1) for n in names])
+    k = max(1, int(round(fraction * flat.size)))
+    threshold_idx = np.argpartition(-flat, k - 1)[:k]
+    chosen = np.zeros(flat.size, dtype=bool)
+    chosen[threshold_idx] = True
+    mask, at = {}, 0
+    for n in names:
+        size = model.params[n].size
+        mask[n] = chosen[at:at + size].reshape(model.params[n].shape)
+        at += size
+    return mask
+
+
+def obs_step(w: np.ndarray, a: np.ndarray, keep: np.ndarray, eps: float = 0.0) -> np.ndarray:
+    """Group OBS in floats, per block (rows of ``w`` (n_blocks, B), ``a`` (n_blocks, B, B),
+    ``keep`` (n_blocks, B) bool): ``y = (A[S,S] + εI)⁻¹ w[S]``, ``w' = w − A[:,S]·y``,
+    ``w'[S] = 0``. With ε = 0, δ = w' − w minimises ``δᵀA⁻¹δ`` subject to ``δ[S] = −w[S]``."""
+    w_new = np.array(w, dtype=np.float64)
+    for i in np.flatnonzero((~keep).any(axis=1)):
+        s = ~keep[i]
+        y = np.linalg.solve(a[i][np.ix_(s, s)] + eps * np.eye(s.sum()), w_new[i, s])
+        w_new[i] -= a[i][:, s] @ y
+        w_new[i, s] = 0.0
+    return w_new
+
+
+@dataclass
+class LayerWitness:
+    """One target layer in integers: everything the proof of its step needs."""
+    name: str
+    shape: tuple
+    block: int
+    scale_bits: int
+    w: np.ndarray  # (n_blocks, B) int64, the weights before, zero-padded
+    a: np.ndarray  # (n_blocks, B, B) int64, inverse Fisher blocks
+    keep: np.ndarray  # (n_blocks, B) bool, False = masked
+    w_new: np.ndarray  # (n_blocks, B) int64, the weights after
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape))
+
+
+def unlearn(model: Model, mask: dict[str, np.ndarray], data: tuple, block: int = 64, damp: float = 1e-3,
+            scale_bits: int = 16, fisher_bits: int = 16) -> tuple[Model, list[LayerWitness]]:
+    """The device's step: per masked layer, the inverse Fisher blocks of its own
+    ``data = (x, y)`` (per-sample gradients, Sherman–Morrison), the group-OBS step
+    block by block in fixed point (:mod:`edgetrain.prover.fixed_point`), masked
+    weights exactly 0.
+
+    Returns a new model whose masked layers hold ``w'_int / 2^scale_bits`` (the
+    weights the proof is about; blocks without masked weights are only rounded to
+    that grid) and one :class:`LayerWitness` per layer. ``model`` is not changed.
+    """
+    if not isinstance(block, int) or not 1 <= block <= 64:
+        raise ValueError(f"block={block!r} must be an int in [1, 64]")
+    if not isinstance(mask, dict) or not mask:
+        raise ValueError("mask must be a non-empty {weight name: bool array} dict (see make_mask)")
+    names = target_layers(model, list(mask))
+    for n in names:
+        if np.shape(mask[n]) != model.params[n].shape:
+            raise ValueError(f"mask[{n!r}] has shape {np.shape(mask[n])}, expected {model.params[n].shape}")
+    x, y = data
+    fisher = {n: initial_inverse(model.params[n].size, block, damp) for n in names}
+    for slab in per_sample_gradients(model, x, y, names):  # streamed: no (samples × weights) array
+        for n in names:
+            fisher_update(fisher[n], slab[n], len(x))
+    new = Model(model.to_proto(), source=model.source)
+    witnesses = []
+    for n in names:
+        size = model.params[n].size
+        nb = n_blocks(size, block)
+        a = fisher.pop(n)
+        w_int = np.zeros(nb * block, dtype=np.int64)
+        w_int[:size] = fx.to_fixed(model.params[n].reshape(-1), scale_bits)
+        keep = np.ones(nb * block, dtype=bool)
+        keep[:size] = ~np.asarray(mask[n], dtype=bool).reshape(-1)
+        w_int, keep = w_int.reshape(nb, block), keep.reshape(nb, block)
+        a_int = fx.fisher_to_fixed(a, fisher_bits)
+        step = fx.integer_step(w_int, a_int, keep, scale_bits)
+        new.params[n][...] = (step["w_new"].reshape(-1)[:size] / 2.0 ** scale_bits).reshape(model.params[n].shape)
+        witnesses.append(LayerWitness(n, model.params[n].shape, block, scale_bits, w_int, a_int, keep,
+                                      step["w_new"]))
+    return new, witnesses

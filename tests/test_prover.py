@@ -1,0 +1,266 @@
+"""ZK-APEX unlearning: the math against numpy references, the fixed-point step
+against the crate's witness, and real proofs (small shapes) for the provider."""
+import edgetrain_zk as zk  # the binding: the README's setup installs it (pip install ./rust)
+import numpy as np
+import pytest
+
+import edgetrain
+from edgetrain import autodiff, prover
+from edgetrain.prover import fixed_point as fx
+from edgetrain.prover.unlearn import LayerWitness
+
+
+def test_sherman_morrison_blocks_equal_the_inverse_of_the_damped_fisher():
+    rng = np.random.default_rng(0)
+    m, size, block, damp = 30, 20, 8, 1e-2  # 20 weights: the third block is padded
+    g = rng.standard_normal((m, size))
+    a = prover.inverse_fisher_blocks(g, block, damp)
+    padded = np.zeros((m, 24))
+    padded[:, :size] = g
+    for b in range(3):
+        gb = padded[:, b * block:(b + 1) * block]
+        want = np.linalg.inv(damp * np.eye(block) + gb.T @ gb / m)
+        np.testing.assert_allclose(a[b], want, rtol=1e-8, atol=1e-8 * np.abs(want).max())
+
+
+def test_obs_step_is_the_constrained_least_squares_minimiser():
+    """δ = w' − w minimises δᵀA⁻¹δ subject to δ[S] = −w[S]: compare with the KKT system."""
+    rng = np.random.default_rng(1)
+    nb, b = 4, 8
+    q = rng.standard_normal((nb, b, b))
+    a = q @ q.transpose(0, 2, 1) + 0.5 * np.eye(b)
+    w = rng.standard_normal((nb, b))
+    keep = rng.random((nb, b)) > 0.3
+    keep[3] = True  # a block without masked weights is left alone
+    w_new = prover.obs_step(w, a, keep)
+    for i in range(nb):
+        s = np.flatnonzero(~keep[i])
+        e = np.eye(b)[s]  # constraint rows
+        kkt = np.block([[2 * np.linalg.inv(a[i]), e.T], [e, np.zeros((len(s), len(s)))]])
+        rhs = np.concatenate([np.zeros(b), -w[i, s]])
+        delta = np.linalg.lstsq(kkt, rhs, rcond=None)[0][:b]
+        np.testing.assert_allclose(w_new[i], w[i] + delta, atol=1e-9)
+        assert np.all(w_new[i, s] == 0.0)
+
+
+def _random_blocks(rng, nb, b, masked=2):
+    q = rng.standard_normal((nb, b, b)) * 0.3
+    a = q @ q.transpose(0, 2, 1) + np.eye(b)
+    w = rng.standard_normal((nb, b)) * 0.1
+    keep = np.ones((nb, b), bool)
+    for i in range(nb):
+        keep[i, rng.choice(b, masked, replace=False)] = False
+    return w, a, keep
+
+
+def test_integer_step_tracks_the_float_step_and_zeroes_the_mask_exactly():
+    rng = np.random.default_rng(2)
+    w, a, keep = _random_blocks(rng, 6, 16, masked=3)
+    w_int = fx.to_fixed(w, 16)
+    step = fx.integer_step(w_int, fx.fisher_to_fixed(a), keep, 16)
+    assert np.all(step["w_new"][~keep] == 0)
+    np.testing.assert_allclose(step["w_new"] / 2.0 ** 16, prover.obs_step(w, a, keep), atol=2e-4)
+    # the circuit's relations, in integers
+    p = np.einsum("bij,bj->bi", fx.fisher_to_fixed(a), step["y"])
+    assert np.array_equal((step["delta"] << 16) + step["remainder"], -p)
+    assert step["remainder"].min() >= 0 and step["remainder"].max() < 2 ** 16
+
+
+def test_fixed_point_rejects_weights_outside_24_bits():
+    with pytest.raises(ValueError, match="scale_bits=16"):
+        fx.to_fixed(np.array([200.0]), 16)
+
+
+def test_per_sample_gradients_average_to_the_batch_gradient(trained_onnx, mnist):
+    model = edgetrain.load(trained_onnx("lenet5"))
+    names = prover.target_layers(model)
+    x, y = mnist.x_train[:40], mnist.y_train[:40]
+    per = next(prover.per_sample_gradients(model, x, y, names, batch=64))
+    env = model.run_all(x, keep=True)
+    _, dlogits = autodiff.cross_entropy(env[model.output_names[0]], y)
+    batch = autodiff.backward(model, env, dlogits, wrt=names)
+    for n in names:
+        np.testing.assert_allclose(per[n].mean(0), batch[n].reshape(-1), rtol=1e-4, atol=1e-6)
+
+
+def test_unlearning_zeroes_the_mask_and_compensation_keeps_retain_accuracy(trained_onnx, mnist):
+    """Masked weights are exactly 0; the OBS compensation (Fisher of the retain data)
+    keeps more retain accuracy than masking alone."""
+    model = edgetrain.load(trained_onnx("lenet5"))
+    x, y = mnist.x_train[:600], mnist.y_train[:600]
+    forget, retain = (x[y == 3], y[y == 3]), (x[y != 3], y[y != 3])
+    mask = prover.make_mask(model, forget=forget, retain=retain, fraction=0.1)
+    total = sum(m.size for m in mask.values())
+    assert sum(int(m.sum()) for m in mask.values()) == round(0.1 * total)
+    new, witnesses = prover.unlearn(model, mask, data=retain, block=64, damp=1e-3)
+    masked_only = edgetrain.Model(model.to_proto())
+    for n, m in mask.items():
+        assert np.all(new.params[n][m] == 0.0) and np.any(model.params[n][m] != 0.0)
+        masked_only.params[n][m] = 0.0
+    acc = lambda mdl: float((mdl.run(mnist.x_test[mnist.y_test != 3]).argmax(1) == mnist.y_test[mnist.y_test != 3]).mean())
+    assert acc(new) > acc(masked_only) + 0.03
+    assert [w.name for w in witnesses] == list(mask)
+
+
+# -- proofs (need the edgetrain_zk binding) ------------------------------------------
+
+B = 8
+
+
+def _witness(seed, mask_seed=None, name="fc.weight"):
+    rng = np.random.default_rng(seed)
+    w, a, keep = _random_blocks(rng, 2, B)
+    if mask_seed is not None:
+        keep = _random_blocks(np.random.default_rng(mask_seed), 2, B)[2]
+    w_int, a_int = fx.to_fixed(w, 16), fx.fisher_to_fixed(a)
+    w_new = fx.integer_step(w_int, a_int, keep, 16)["w_new"]
+    return LayerWitness(name, (2 * B,), B, 16, w_int, a_int, keep, w_new)
+
+
+@pytest.fixture(scope="module")
+def honest():
+    wit = _witness(0)
+    out = prover.prove([wit], blocks_per_proof=1)  # two chunks: the chain is exercised
+    return wit, out
+
+
+def test_integer_step_equals_the_crates_witness():
+    wit = _witness(3)
+    ref = zk.unlearn_witness(wit.w.reshape(-1).tolist(), wit.a.reshape(-1).tolist(), wit.keep.reshape(-1).tolist(), B)
+    ours = fx.integer_step(wit.w, wit.a, wit.keep, 16)
+    for key in ("y", "delta", "remainder", "residual", "w_new"):
+        assert ours[key].reshape(-1).tolist() == list(ref[key]), key
+
+
+def test_honest_device_verifies_with_the_providers_expectations(honest):
+    wit, out = honest
+    digests = prover.commitments([wit])[wit.name]
+    assert out["weights"] == 2 * B
+    assert edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"],
+                                  mask={wit.name: ~wit.keep.reshape(-1)}, h_w={wit.name: digests["w"]},
+                                  h_a={wit.name: digests["a"]}, h_w_new={wit.name: digests["w_new"]})
+    info = prover.proof_info(out["public_inputs"])[0]
+    assert info["digests"] == (digests["w"], digests["w_new"], digests["a"])
+
+
+def _with_digests(public_inputs, name, w_new=None, a=None):
+    """Public inputs claiming other values: every chunk's and the segment's digests redone."""
+    seg = prover.proof._decode_public(public_inputs)
+    head, blobs = seg[0]
+    new_blobs, accs = [], None
+    for c, q in enumerate(blobs):
+        q = bytearray(q)
+        for slot, values in ((2, w_new), (4, a)):
+            if values is None:
+                continue
+            per = len(values) // len(blobs)
+            acc_in = zk.initial_acc(len(values)) if c == 0 else bytes(q[6 + 32 * slot:6 + 32 * (slot + 1)])
+            if c > 0:
+                acc_in = accs[slot]
+            out = zk.commit_chain(acc_in, values[c * per:(c + 1) * per])
+            q[6 + 32 * slot:6 + 32 * (slot + 1)] = acc_in
+            q[6 + 32 * (slot + 1):6 + 32 * (slot + 2)] = out
+            accs = accs or {}
+            accs[slot] = out
+        new_blobs.append(bytes(q))
+    digests = list(head["digests"])
+    if w_new is not None:
+        digests[1] = accs[2]
+    if a is not None:
+        digests[2] = accs[4]
+    head = {**head, "digests": tuple(digests)}
+    return prover.proof._encode_public([(head, new_blobs)])
+
+
+def test_a_device_that_skips_compensation_cannot_verify(honest):
+    wit, out = honest
+    masked_only = np.where(wit.keep, wit.w, 0).reshape(-1).tolist()
+    forged = _with_digests(out["public_inputs"], wit.name, w_new=masked_only)
+    assert not edgetrain.verify_proof(out["proof"], forged, out["verifying_key"])
+    assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"],
+                                      h_w_new={wit.name: zk.commit(masked_only)})
+
+
+def test_a_weight_changed_after_the_update_cannot_verify(honest):
+    wit, out = honest
+    changed = wit.w_new.reshape(-1).copy()
+    changed[5] += 1
+    forged = _with_digests(out["public_inputs"], wit.name, w_new=changed.tolist())
+    assert not edgetrain.verify_proof(out["proof"], forged, out["verifying_key"])
+    assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"],
+                                      h_w_new={wit.name: zk.commit(changed.tolist())})
+
+
+def test_a_fisher_block_other_than_committed_cannot_verify(honest):
+    wit, out = honest
+    committed = prover.commitments([wit])[wit.name]["a"]
+    other = _witness(0)
+    other.a = other.a.copy()
+    other.a[1] = np.eye(B, dtype=np.int64) << 16  # no compensation in block 1: δ = 0 on kept weights
+    other.w_new = fx.integer_step(other.w, other.a, other.keep, 16)["w_new"]
+    cheat = prover.prove([other], blocks_per_proof=1)
+    assert edgetrain.verify_proof(cheat["proof"], cheat["public_inputs"], cheat["verifying_key"])  # valid alone
+    assert not edgetrain.verify_proof(cheat["proof"], cheat["public_inputs"], cheat["verifying_key"],
+                                      h_a={wit.name: committed})
+    forged = _with_digests(out["public_inputs"], wit.name, a=other.a.reshape(-1).tolist())
+    assert not edgetrain.verify_proof(out["proof"], forged, out["verifying_key"])
+
+
+def test_another_mask_cannot_verify(honest):
+    wit, out = honest
+    other = _witness(0, mask_seed=9)
+    assert not np.array_equal(other.keep, wit.keep)
+    assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"],
+                                      mask={wit.name: ~other.keep.reshape(-1)})
+    # the other mask's keep bits put into the public inputs
+    seg = prover.proof._decode_public(out["public_inputs"])
+    head, blobs = seg[0]
+    swapped = []
+    for c, q in enumerate(blobs):
+        bits = bytes(other.keep[c].astype(np.uint8))
+        swapped.append(q[:-B] + bits)
+    forged = prover.proof._encode_public([(head, swapped)])
+    assert not edgetrain.verify_proof(out["proof"], forged, out["verifying_key"])
+    # a real proof for the other mask does not pass as one for the provider's mask
+    proof2 = prover.prove([other], blocks_per_proof=1)
+    assert not edgetrain.verify_proof(proof2["proof"], proof2["public_inputs"], proof2["verifying_key"],
+                                      mask={wit.name: ~wit.keep.reshape(-1)})
+
+
+def test_proofs_for_another_model_or_key_do_not_verify(honest):
+    wit, out = honest
+    other = prover.prove([_witness(5)], blocks_per_proof=1)
+    assert not edgetrain.verify_proof(other["proof"], out["public_inputs"], out["verifying_key"])
+    assert not edgetrain.verify_proof(out["proof"], other["public_inputs"], out["verifying_key"])
+    key12 = prover.keygen(B, 1, scale_bits=12, k=out["verifying_key"][7])
+    assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], key12)
+    key_k = prover.keygen(B, 1, k=out["verifying_key"][7] + 1)
+    assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], key_k)
+
+
+def _garbage(out):
+    p, q, vk = out["proof"], out["public_inputs"], out["verifying_key"]
+    rng = np.random.default_rng(7)
+    yield "truncated proof", p[:len(p) // 2], q, vk
+    yield "empty proof", b"", q, vk
+    yield "random proof", bytes(rng.integers(0, 256, len(p), dtype=np.uint8)), q, vk
+    yield "wrong proof version", p[:5] + b"\x02" + p[6:], q, vk
+    yield "truncated inputs", p, q[:-3], vk
+    yield "random inputs", p, bytes(rng.integers(0, 256, len(q), dtype=np.uint8)), vk
+    yield "wrong key version", p, q, vk[:5] + b"\x09" + vk[6:]
+    yield "truncated key", p, q, vk[:9]
+    yield "not bytes", "proof", q, vk
+    for i in range(0, len(p), max(1, len(p) // 6)):  # bit flips across the whole proof
+        yield f"flip {i}", p[:i] + bytes([p[i] ^ 0x10]) + p[i + 1:], q, vk
+    for i in range(0, len(q), max(1, len(q) // 6)):
+        yield f"inputs flip {i}", p, q[:i] + bytes([q[i] ^ 0x01]) + q[i + 1:], vk
+
+
+def test_malformed_bytes_give_false_or_a_format_error_never_a_crash(honest):
+    wit, out = honest
+    mask = {wit.name: ~wit.keep.reshape(-1)}  # the provider always states its mask
+    for what, p, q, vk in _garbage(out):
+        try:
+            assert edgetrain.verify_proof(p, q, vk, mask=mask) is False, what
+        except edgetrain.ProofFormatError:
+            pass
