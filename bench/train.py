@@ -296,7 +296,9 @@ def memory_worker(key: str, workdir: Path) -> dict:
 
 
 def peak_of(fn):
-    """(tracemalloc peak, VmHWM) of one call, the RSS peak reset first (as Trainer.memory_report)."""
+    """(tracemalloc peak, VmHWM) of one call, the RSS peak reset first, as
+    edgetrain.trainer.measure_peak does; kept here because the onnxruntime-training
+    child runs in its own venv, without edgetrain."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     tracemalloc.start()

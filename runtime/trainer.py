@@ -367,8 +367,8 @@ class Trainer:
         real: it trains.
         """
         x, y = self._check_batch(x, y)
-        infer_traced, infer_rss = _measure(lambda: self.model.run(x))
-        step_traced, step_rss = _measure(lambda: self.step(x, y))
+        infer_traced, infer_rss = measure_peak(lambda: self.model.run(x))
+        step_traced, step_rss = measure_peak(lambda: self.step(x, y))
         return {"step_traced_bytes": step_traced, "inference_traced_bytes": infer_traced,
                 "step_rss_growth_bytes": step_rss, "inference_rss_growth_bytes": infer_rss,
                 "batch_size": len(x), "method": self.method, "cut": self.cut}
@@ -526,8 +526,9 @@ def spsa_gradient(params: dict, names: list, seed: int, eps: float, loss):
     return (plus[0] - minus[0]) / (2 * eps), plus, minus
 
 
-def _measure(fn):
-    """(tracemalloc peak, RSS growth) of one call; tracing is started and stopped here."""
+def measure_peak(fn):
+    """(tracemalloc peak, RSS growth or None) of one call ``fn()``; tracing is started and
+    stopped here, and the RSS peak is reset first (Linux /proc/self/clear_refs)."""
     import tracemalloc
     rss_reset = _reset_peak_rss()
     before = _status_bytes("VmRSS:")
