@@ -168,6 +168,10 @@ def estimate_memory(model, method: str = "inference", cut: int = 1, batch_size: 
         fwd, live = forward_profile(model, batch_size, exact, keep=keep)
         peak = max(peak, fwd, live + _backward_bytes(model, bp, tail_start, batch_size, int8))
     if zo:
+        # the BP tail's updated weights wait, computed, while the ZO passes run
+        held = sum(params[n].size * (1 if int8 else 4) for l in bp for n in ((l.weight,) if int8 else (l.weight, l.bias))
+                   if n)
+        peak = max(peak, inference + held)
         sizes = [params[n].size for l in zo for n in ((l.weight,) if int8 else (l.weight, l.bias)) if n]
         if int8:  # one slice's int64 direction, noise words, products and rounding
             extra = 8 * 6 * min(max(sizes), _INT_CHUNK)
@@ -182,8 +186,10 @@ def _backward_bytes(model, bp, tail_start, batch_size, int8):
     """Peak of the BP tail's gradients and temporaries, beyond the activations it kept."""
     shapes, _ = _shapes(model, batch_size)
     size = lambda name: int(np.prod(shapes[name]))  # noqa: E731
-    if int8:  # per QGemm: int64 activations, gradient, rounding noise and step; the int8 result
-        return max(8 * size(model.nodes[l.index].inputs[0]) + 33 * model.params[l.weight].size
+    if int8:  # per QGemm: int32 activations and gradient, the int8 result, one slab's int64
+        # noise words and rounding, and the int64 error signals around it
+        return max(4 * size(model.nodes[l.index].inputs[0]) + 5 * model.params[l.weight].size
+                   + 8 * 4 * min(model.params[l.weight].size, _INT_CHUNK)
                    + 24 * size(model.nodes[l.index].outputs[0]) for l in bp)
     wanted = {n for l in bp for n in (l.weight, l.bias) if n}
     depends = set(wanted)

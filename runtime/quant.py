@@ -220,6 +220,7 @@ def stochastic_shift_right(x: np.ndarray, bits: int, noise: np.ndarray) -> np.nd
 
 
 def bit_length(x: np.ndarray) -> int:
-    """Bits needed for ``max |x|`` (0 for all zeros), by integer comparisons only."""
-    m = int(np.abs(np.asarray(x, dtype=np.int64)).max(initial=0))
-    return m.bit_length()
+    """Bits needed for ``max |x|`` (0 for all zeros or empty); integers only, no copy."""
+    if np.size(x) == 0:
+        return 0
+    return max(int(np.max(x)), -int(np.min(x))).bit_length()

@@ -222,9 +222,9 @@ class Trainer:
                         "reason": "loss is not finite"}
             wrt = {n for l in self.bp_layers for n in (l.weight, l.bias) if n}
             grads = autodiff.backward(self.model, env, dlogits, wrt=wrt, start=self.tail_start)
-            del env
-            for name, g in grads.items():
-                updates[name] = params[name] - np.float32(self.lr) * g
+            del env  # the ZO passes below need none of it
+            for name in list(grads):
+                updates[name] = params[name] - np.float32(self.lr) * grads.pop(name)
             metrics.update(loss=loss, accuracy=_accuracy(logits, y))
         if self.zo_layers:
             zo = self._zo_fp32(x, y, seed)
@@ -302,6 +302,7 @@ class Trainer:
             env, logits = self._int_forward(xq, keep=keep)
             loss, err, correct = self.loss_fn(logits, y)
             updates.update(self._int_backward(env, err, seed))
+            del env, logits, err  # the ZO passes below need none of it
             metrics.update(loss_q16=loss, correct=correct)
         if self.zo_layers:
             names, eps = [l.weight for l in self.zo_layers], int(self.eps)
@@ -341,15 +342,15 @@ class Trainer:
             g = np.where((out == yq.qmin) | (out == yq.qmax), 0, g)  # saturated (incl. folded Relu): no gradient
             w = params[node.inputs[3]]
             w_t = w if node.op_type == "QGemm" else w.T  # as (N, K)
-            a = x.astype(np.int64) - kernel.aq.zp
-            grad_w = g.T @ a  # int64 accumulators, (N, K)
+            g = g.astype(np.int32)  # int8-range errors; the sums below fit int32 (|g·a|·B < 2^31)
+            a = x.astype(np.int32)
+            a -= np.int32(kernel.aq.zp)
+            grad_w = g.T @ a  # int32 accumulators, (N, K)
             shift = max(0, quant.bit_length(grad_w) - bits)
-            noise = prng.uniform_below_pow2(seed, 2000 + idx, grad_w.size, shift).reshape(grad_w.shape)
-            step = quant.stochastic_shift_right(grad_w, shift, noise)
-            new_w = np.clip(w_t - step, -self.int_limit, self.int_limit).astype(np.int8)
-            updates[node.inputs[3]] = new_w if node.op_type == "QGemm" else new_w.T
+            updates[node.inputs[3]] = _int_tail_update(w_t, grad_w, shift, seed, 2000 + idx, self.int_limit,
+                                                       transposed=node.op_type != "QGemm")
             if idx > self.tail_start:
-                ga = g @ w_t.astype(np.int64)  # error w.r.t. the input, before renormalising to int8
+                ga = g @ w_t.astype(np.int32)  # error w.r.t. the input, before renormalising to int8
                 shift = max(0, quant.bit_length(ga) - 7)
                 noise = prng.uniform_below_pow2(seed, 3000 + idx, ga.size, shift).reshape(ga.shape)
                 g = quant.stochastic_shift_right(ga, shift, noise)
@@ -486,6 +487,20 @@ def _int_perturb(params: dict, names: list, seed: int, eps: int) -> None:
         for start in range(0, flat.size, _INT_CHUNK):
             n = min(_INT_CHUNK, flat.size - start)
             flat[start:start + n] += (eps * prng.rademacher(seed, k, n, start)).astype(np.int8)
+
+
+def _int_tail_update(w_t, grad_w, shift, seed, stream, limit, transposed):
+    """clip(w − SR(G / 2^shift)) for the (N, K) weight ``w_t`` and int32 gradient ``G``, a slab of
+    rows at a time (the rounding noise is indexed by position, so slabs do not change it)."""
+    new = np.empty(w_t.shape, dtype=np.int8)
+    k = w_t.shape[1]
+    rows = max(1, _INT_CHUNK // k)
+    for r in range(0, w_t.shape[0], rows):
+        part = grad_w[r:r + rows]
+        noise = prng.uniform_below_pow2(seed, stream, part.size, shift, start=r * k).reshape(part.shape)
+        step = quant.stochastic_shift_right(part, shift, noise)
+        new[r:r + rows] = np.clip(w_t[r:r + rows] - step, -limit, limit)
+    return new.T if transposed else new
 
 
 def _int_zo_update(w: np.ndarray, seed: int, k: int, delta: int, shift: int, limit: int) -> None:

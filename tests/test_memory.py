@@ -5,7 +5,7 @@ import edgetrain
 from edgetrain.trainer import Trainer
 
 CASES = [("lenet5", "bp", 0), ("lenet5", "zo", 0), ("lenet5", "elasticzo", 1), ("lenet5", "elasticzo", 2),
-         ("lenet5", "elasticzo-int8", 1), ("lenet5", "elasticzo-int8", 2),
+         ("lenet5", "elasticzo-int8", 1), ("lenet5", "elasticzo-int8", 2), ("lenet5", "elasticzo-int8", 3),
          ("rescnn", "elasticzo", 1), ("rescnn", "elasticzo", 2), ("rescnn", "elasticzo-int8", 1)]
 
 
