@@ -40,21 +40,22 @@ def _conv_workspace(node, shapes, dtypes, exact_float) -> int:
     item = 4
     per_image = kh * kw * cg * out_hw[0] * out_hw[1] * item
     block = min(x_shape[0], max(1, COLS_BLOCK_BYTES // per_image))
-    in_block = block * cg * x_shape[2] * x_shape[3]
-    padded = block * cg * (x_shape[2] + pads[0] + pads[2]) * (x_shape[3] + pads[1] + pads[3])
+    padded_all = x_shape[0] * x_shape[1] * (x_shape[2] + pads[0] + pads[2]) * (x_shape[3] + pads[1] + pads[3])
+    padded_all = padded_all if any(pads) else 0           # the input padded once, before the blocks
+    in_block = block * cg * (x_shape[2] + pads[0] + pads[2]) * (x_shape[3] + pads[1] + pads[3])
     cols = per_image * block
     out_block = (m // group) * block * out_hw[0] * out_hw[1]
     if integer:
-        shifted = 2 * int(np.prod(x_shape))               # x − zx as int16, held throughout
+        shifted = 2 * int(np.prod(x_shape)) + 2 * padded_all  # x − zx as int16 (and padded), held throughout
         weights = (2 + 2 + 4) * int(np.prod(w_shape))     # int16 copy, reordered, working type
-        im2col = 2 * (in_block + padded) + cols
+        im2col = 2 * in_block + cols
         # the GEMM's float32 result and its int32 copy, then the int32 block being requantised
         gemm = cols + max(4 * out_block * (2 if exact_float else 1), 4 * out_block + _requant_bytes(out_block))
         return shifted + weights + max(im2col, gemm)
     weights = 4 * int(np.prod(w_shape))
-    im2col = 4 * (in_block + padded) + cols
+    im2col = 4 * in_block + cols
     gemm = cols + 4 * out_block * 2                       # the product and its bias-added copy
-    return weights + max(im2col, gemm)
+    return 4 * padded_all + weights + max(im2col, gemm)
 
 
 def _matmul_workspace(node, shapes, exact_float) -> int:

@@ -28,8 +28,11 @@ def _conv(x, w, attrs, where, product, cols_dtype, out_dtype):
     if x.shape[1] != cg * group:
         raise ValueError(f"{where}: input has {x.shape[1]} channels, weight expects {cg * group}")
     strides, dilations, pads, out_hw = window_geometry((kh, kw), attrs, x.shape[2:], where)
+    if any(pads):  # pad once, not once per block
+        x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+        pads = [0, 0, 0, 0]
     mg, n = m // group, x.shape[0]
-    w2d = [w[g * mg:(g + 1) * mg].transpose(0, 2, 3, 1).reshape(mg, -1) for g in range(group)]
+    w2d = [w[g * mg:(g + 1) * mg].transpose(0, 2, 3, 1).reshape(mg, -1).astype(cols_dtype) for g in range(group)]
     per_image = kh * kw * cg * out_hw[0] * out_hw[1] * np.dtype(cols_dtype).itemsize
     block = max(1, COLS_BLOCK_BYTES // per_image)
     y = np.empty((n, m, *out_hw), dtype=out_dtype)
@@ -96,7 +99,7 @@ class QLinearConv(Kernel):
     def run(self, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None):
         xs = x.astype(np.int16)
         xs -= np.int16(self.xq.zp)
-        ws = w.astype(np.int16) - self.wq.zero_point.reshape(-1, 1, 1, 1).astype(np.int16)
+        ws = w.astype(np.int16) - self.wq.zero_point.reshape(-1, 1, 1, 1).astype(np.int16)  # reordered once in _conv
         mg = w.shape[0] // self.attr("group", 1)
         cols_dtype = np.float32 if self.exact_float else np.int32
 
