@@ -5,7 +5,8 @@ int8: single-sample latency (median over many runs) and batch-64 throughput,
 plus peak memory. Each (model, precision, engine) runs in its own process so
 that peak RSS (VmHWM) belongs to it alone; tracemalloc sees numpy's
 allocations (our runtime) but not onnxruntime's native ones, so it is
-reported for ours only. Both engines run on one thread (OPENBLAS_NUM_THREADS=1
+reported for ours only, from one batch-64 run after the timed ones (tracing
+slows allocation, so no timing runs under it). Both engines run on one thread (OPENBLAS_NUM_THREADS=1
 for numpy, intra_op_num_threads=1 for onnxruntime): an edge core's view, and
 steadier on a shared machine than two threads fighting over two cores.
 
@@ -54,7 +55,6 @@ def measure_one(path: str, engine: str, x_path: str, repeat: int) -> dict:
     x1 = x64[:1]
     if engine == "edgetrain":
         import edgetrain
-        tracemalloc.start()
         model = edgetrain.load(path)
         run = model.run
     else:
@@ -80,8 +80,11 @@ def measure_one(path: str, engine: str, x_path: str, repeat: int) -> dict:
     throughput = 64 * n_batches / (time.perf_counter() - t)
     out = {"latency_ms": 1e3 * float(np.median(lat)), "throughput_per_s": throughput,
            "peak_rss_mb": peak_rss_mb()}
-    if engine == "edgetrain":
+    if engine == "edgetrain":  # traced after timing: tracemalloc slows every allocation it sees
+        tracemalloc.start()
+        run(x64)
         out["tracemalloc_peak_kb"] = tracemalloc.get_traced_memory()[1] / 1024
+        tracemalloc.stop()
     return out
 
 
