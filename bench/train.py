@@ -83,7 +83,7 @@ def prepare(workdir: Path, seeds: list, pretrain_epochs: int) -> dict:
     from edgetrain.export import build, export_onnx, quantize
     from edgetrain.export.train_torch import accuracy, train
     d = datasets.load("mnist")
-    shift = lambda x: np.ascontiguousarray(np.roll(x, SHIFT_PX, axis=3))
+    shift = lambda x: datasets.shifted(x, SHIFT_PX)  # the same "user" distribution as the demo
     np.savez(workdir / "data.npz", x_train=d.x_train, y_train=d.y_train, x_test=d.x_test, y_test=d.y_test,
              x_user=shift(d.x_train[:N_USER]), y_user=d.y_train[:N_USER],
              x_test_shifted=shift(d.x_test), y_test_shifted=d.y_test)

@@ -15,10 +15,9 @@ import numpy as np
 
 from .kernels.conv import COLS_BLOCK_BYTES
 from .kernels._window import window_geometry
-from .quant import FLOAT32_EXACT_K
+from .quant import FLOAT32_EXACT_K, REQUANT_SLAB
+from .trainer import INT_CHUNK, METHODS, plan
 
-_SLAB = 1 << 13  # requantisation slab (quant.requantize's block)
-_INT_CHUNK = 1 << 13  # int8 ZO slice (trainer._INT_CHUNK)
 
 
 def _nbytes(shape, dtype) -> int:
@@ -28,7 +27,7 @@ def _nbytes(shape, dtype) -> int:
 def _requant_bytes(n_out: int) -> int:
     """quant.requantize: the 8-bit result plus one slab's int64 product, its sign mask and
     the ufunc's int64 cast buffer for that mask."""
-    return n_out + 17 * min(n_out, _SLAB)
+    return n_out + 17 * min(n_out, REQUANT_SLAB)
 
 
 def _conv_workspace(node, shapes, dtypes, exact_float) -> int:
@@ -145,7 +144,6 @@ def estimate_memory(model, method: str = "inference", cut: int = 1, batch_size: 
     """Predicted peak bytes of inference (``method="inference"``) or of one training
     step with the given method and cut, at ``batch_size``. Returns
     ``{"peak_bytes", "inference_peak_bytes", ...}``."""
-    from .trainer import Trainer, METHODS
     if method not in METHODS + ("inference",):
         raise ValueError(f"method={method!r} must be 'inference' or one of {METHODS}")
     int8 = method == "elasticzo-int8"
@@ -154,14 +152,8 @@ def estimate_memory(model, method: str = "inference", cut: int = 1, batch_size: 
     if method == "inference":
         return {"peak_bytes": inference, "inference_peak_bytes": inference, "method": method,
                 "batch_size": batch_size}
-    t = Trainer.__new__(Trainer)  # structure only: layers, tail, no probing or weight changes
-    t.model, t.method, t.int8 = model, method, int8
-    t._find_boundaries()
-    t.layers = t._find_layers(None)
-    t.cut = t._resolve_cut(cut)
-    zo = t.layers[:len(t.layers) - t.cut]
-    bp = t.layers[len(t.layers) - t.cut:]
-    tail_start = bp[0].index if bp else len(model.nodes)
+    p = plan(model, method, cut)
+    zo, bp, tail_start = p.zo_layers, p.bp_layers, p.tail_start
     params = model.params
     peak = inference
     if bp:
@@ -175,12 +167,12 @@ def estimate_memory(model, method: str = "inference", cut: int = 1, batch_size: 
         peak = max(peak, inference + held)
         sizes = [params[n].size for l in zo for n in ((l.weight,) if int8 else (l.weight, l.bias)) if n]
         if int8:  # one slice's int64 direction, noise words, products and rounding
-            extra = 8 * 6 * min(max(sizes), _INT_CHUNK)
+            extra = 8 * 6 * min(max(sizes), INT_CHUNK)
         else:  # the updates held until applied, and a direction and its scaled copy
             extra = 4 * sum(sizes) + 8 * max(sizes)
         peak = max(peak, extra)
     return {"peak_bytes": int(peak), "inference_peak_bytes": int(inference), "method": method,
-            "cut": t.cut, "batch_size": batch_size}
+            "cut": p.cut, "batch_size": batch_size}
 
 
 def _backward_bytes(model, bp, tail_start, batch_size, int8):
@@ -190,7 +182,7 @@ def _backward_bytes(model, bp, tail_start, batch_size, int8):
     if int8:  # per QGemm: int32 activations and gradient, the int8 result, one slab's int64
         # noise words and rounding, and the int64 error signals around it
         return max(4 * size(model.nodes[l.index].inputs[0]) + 5 * model.params[l.weight].size
-                   + 8 * 4 * min(model.params[l.weight].size, _INT_CHUNK)
+                   + 8 * 4 * min(model.params[l.weight].size, INT_CHUNK)
                    + 24 * size(model.nodes[l.index].outputs[0]) for l in bp)
     wanted = {n for l in bp for n in (l.weight, l.bias) if n}
     depends = set(wanted)

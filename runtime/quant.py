@@ -85,8 +85,12 @@ def multiply_by_quantized_multiplier(x: np.ndarray, multiplier_q31: np.ndarray,
     return _round_shift_inplace(prod, 31 - np.asarray(shift, dtype=np.int64))
 
 
+# requantize works in slabs of about this many values (its int64 temporaries stay small)
+REQUANT_SLAB = 1 << 13
+
+
 def requantize(acc: np.ndarray, multiplier_q31: np.ndarray, shift: np.ndarray,
-               out: "QParams", block: int = 1 << 13) -> np.ndarray:
+               out: "QParams", block: int = REQUANT_SLAB) -> np.ndarray:
     """int32 accumulator → 8-bit output: scale by ``M``, add the zero-point, clamp.
 
     Works through ``acc`` in slabs along its first axis of about ``block``

@@ -52,6 +52,79 @@ class TrainingError(ValueError):
     """Bad training input or configuration; the message names the argument."""
 
 
+@dataclass
+class Plan:
+    """Which nodes a method trains over and how its layers split at the cut."""
+    first: int           # nodes first:last are trained through (int8: inside the quantise/dequantise pair)
+    last: int
+    layers: list         # trainable parametrised layers, in graph order
+    cut: int             # how many trailing layers train with BP
+    zo_layers: list
+    bp_layers: list
+    tail_start: int      # index of the first BP node (len(nodes) without a tail)
+
+
+def plan(model: Model, method: str, cut: int | str = 1, trainable=None) -> Plan:
+    """The training structure of ``model`` for ``method``: boundaries, layers, cut.
+
+    Integer models train between the input QuantizeLinear and the output
+    DequantizeLinear; fp32 models over the whole graph. Raises TrainingError
+    naming the argument when the model, ``trainable`` or ``cut`` do not fit.
+    """
+    nodes = model.nodes
+    if method == "elasticzo-int8":
+        if not model.integer_only or nodes[0].op_type != "QuantizeLinear" or nodes[-1].op_type != "DequantizeLinear":
+            raise TrainingError("method='elasticzo-int8' needs an integer-only int8 model "
+                                "(QuantizeLinear … DequantizeLinear); quantise it first")
+        first, last = 1, len(nodes) - 1
+    else:
+        if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in nodes):
+            raise TrainingError(f"method={method!r} trains fp32 models; this one is quantised "
+                                "(use method='elasticzo-int8')")
+        first, last = 0, len(nodes)
+    layers = _find_layers(model, trainable)
+    n_tail = _resolve_cut(layers, method, cut)
+    zo, bp = layers[:len(layers) - n_tail], layers[len(layers) - n_tail:]
+    return Plan(first, last, layers, n_tail, zo, bp, bp[0].index if bp else len(nodes))
+
+
+def _find_layers(model, trainable):
+    layers = []
+    for i, node in enumerate(model.nodes):
+        if node.op_type in _WEIGHTED:
+            w, b = _WEIGHTED[node.op_type]
+            if node.inputs[w] in model.params:
+                bias = node.inputs[b] if b is not None and len(node.inputs) > b and node.inputs[b] else None
+                layers.append(Layer(i, node.name, node.inputs[w], bias))
+    if not layers:
+        raise TrainingError("the model has no parametrised layers (Conv, Gemm, MatMul and their int8 forms)")
+    if trainable is not None:
+        wanted = set(trainable)
+        known = {l.name for l in layers} | {l.weight for l in layers} | {l.bias for l in layers if l.bias}
+        unknown = sorted(wanted - known)
+        if unknown:
+            raise TrainingError(f"trainable={unknown} names no parametrised layer or parameter; "
+                                f"layers: {[l.name for l in layers]}")
+        layers = [l for l in layers if wanted & {l.name, l.weight, l.bias}]
+    return layers
+
+
+def _resolve_cut(layers, method, cut):
+    n = len(layers)
+    if method == "bp":
+        return n
+    if method == "zo":
+        return 0
+    if isinstance(cut, str):
+        names = [l.name for l in layers]
+        if cut not in names:
+            raise TrainingError(f"cut={cut!r} is not a trainable layer; layers: {names}")
+        return n - 1 - names.index(cut)
+    if not isinstance(cut, (int, np.integer)) or not 0 <= cut <= n:
+        raise TrainingError(f"cut={cut!r} must be an int in [0, {n}] (trailing layers trained with BP)")
+    return int(cut)
+
+
 class Trainer:
     """Train ``model`` in place. See the module docstring for the methods.
 
@@ -86,12 +159,9 @@ class Trainer:
         self.step_count = 0
         self.int8 = method == "elasticzo-int8"
         self.float_gemm = bool(float_gemm)
-        self._find_boundaries()
-        self.layers = self._find_layers(trainable)
-        self.cut = self._resolve_cut(cut)
-        self.zo_layers = self.layers[:len(self.layers) - self.cut]
-        self.bp_layers = self.layers[len(self.layers) - self.cut:]
-        self.tail_start = self.bp_layers[0].index if self.bp_layers else len(self.model.nodes)
+        p = plan(model, method, cut, trainable)
+        self.first, self.last, self.layers, self.cut = p.first, p.last, p.layers, p.cut
+        self.zo_layers, self.bp_layers, self.tail_start = p.zo_layers, p.bp_layers, p.tail_start
         if self.int8:
             self._prepare_int8()
         self.n_classes = self._probe_classes()
@@ -100,57 +170,6 @@ class Trainer:
                        "trainable": [l.name for l in self.layers]}
 
     # -- structure ----------------------------------------------------------------
-    def _find_boundaries(self):
-        """Integer models: training runs between the input QuantizeLinear and the output
-        DequantizeLinear; fp32 models: over the whole graph."""
-        nodes = self.model.nodes
-        if self.int8:
-            if not self.model.integer_only or nodes[0].op_type != "QuantizeLinear" \
-                    or nodes[-1].op_type != "DequantizeLinear":
-                raise TrainingError("method='elasticzo-int8' needs an integer-only int8 model "
-                                    "(QuantizeLinear … DequantizeLinear); quantise it first")
-            self.first, self.last = 1, len(nodes) - 1
-        else:
-            if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in nodes):
-                raise TrainingError(f"method={self.method!r} trains fp32 models; this one is quantised "
-                                    "(use method='elasticzo-int8')")
-            self.first, self.last = 0, len(nodes)
-
-    def _find_layers(self, trainable):
-        layers = []
-        for i, node in enumerate(self.model.nodes):
-            if node.op_type in _WEIGHTED:
-                w, b = _WEIGHTED[node.op_type]
-                if node.inputs[w] in self.model.params:
-                    bias = node.inputs[b] if b is not None and len(node.inputs) > b and node.inputs[b] else None
-                    layers.append(Layer(i, node.name, node.inputs[w], bias))
-        if not layers:
-            raise TrainingError("the model has no parametrised layers (Conv, Gemm, MatMul and their int8 forms)")
-        if trainable is not None:
-            wanted = set(trainable)
-            known = {l.name for l in layers} | {l.weight for l in layers} | {l.bias for l in layers if l.bias}
-            unknown = sorted(wanted - known)
-            if unknown:
-                raise TrainingError(f"trainable={unknown} names no parametrised layer or parameter; "
-                                    f"layers: {[l.name for l in layers]}")
-            layers = [l for l in layers if wanted & {l.name, l.weight, l.bias}]
-        return layers
-
-    def _resolve_cut(self, cut):
-        n = len(self.layers)
-        if self.method == "bp":
-            return n
-        if self.method == "zo":
-            return 0
-        if isinstance(cut, str):
-            names = [l.name for l in self.layers]
-            if cut not in names:
-                raise TrainingError(f"cut={cut!r} is not a trainable layer; layers: {names}")
-            return n - 1 - names.index(cut)
-        if not isinstance(cut, (int, np.integer)) or not 0 <= cut <= n:
-            raise TrainingError(f"cut={cut!r} must be an int in [0, {n}] (trailing layers trained with BP)")
-        return int(cut)
-
     def _probe_classes(self):
         name, shape, _ = self.model.inputs[0]
         probe = np.zeros((1,) + tuple(1 if d is None else d for d in shape[1:]), dtype=np.float32)
@@ -476,7 +495,7 @@ class Trainer:
 
 # int8 perturbations and updates walk each tensor in slices of this many weights, so their
 # 64-bit temporaries stay small.
-_INT_CHUNK = 1 << 13
+INT_CHUNK = 1 << 13
 
 
 def _int_perturb(params: dict, names: list, seed: int, eps: int) -> None:
@@ -484,8 +503,8 @@ def _int_perturb(params: dict, names: list, seed: int, eps: int) -> None:
     because |w| ≤ 127 − |eps| is kept as an invariant."""
     for k, name in enumerate(names):
         flat = params[name].reshape(-1)
-        for start in range(0, flat.size, _INT_CHUNK):
-            n = min(_INT_CHUNK, flat.size - start)
+        for start in range(0, flat.size, INT_CHUNK):
+            n = min(INT_CHUNK, flat.size - start)
             flat[start:start + n] += (eps * prng.rademacher(seed, k, n, start)).astype(np.int8)
 
 
@@ -494,7 +513,7 @@ def _int_tail_update(w_t, grad_w, shift, seed, stream, limit, transposed):
     rows at a time (the rounding noise is indexed by position, so slabs do not change it)."""
     new = np.empty(w_t.shape, dtype=np.int8)
     k = w_t.shape[1]
-    rows = max(1, _INT_CHUNK // k)
+    rows = max(1, INT_CHUNK // k)
     for r in range(0, w_t.shape[0], rows):
         part = grad_w[r:r + rows]
         noise = prng.uniform_below_pow2(seed, stream, part.size, shift, start=r * k).reshape(part.shape)
@@ -507,8 +526,8 @@ def _int_zo_update(w: np.ndarray, seed: int, k: int, delta: int, shift: int, lim
     """w ← clip(w − SR(ΔL·z / 2^shift)) in place: the int32 loss difference times the
     ±1 direction, shifted down with stochastic rounding (the shift is the learning rate)."""
     flat = w.reshape(-1)
-    for start in range(0, flat.size, _INT_CHUNK):
-        n = min(_INT_CHUNK, flat.size - start)
+    for start in range(0, flat.size, INT_CHUNK):
+        n = min(INT_CHUNK, flat.size - start)
         z = prng.rademacher(seed, k, n, start).astype(np.int64)
         noise = prng.uniform_below_pow2(seed, 1000 + k, n, shift, start)
         u = quant.stochastic_shift_right(delta * z, shift, noise)
