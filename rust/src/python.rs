@@ -200,14 +200,30 @@ fn verify_chain(
     h_a: &[u8],
     keep: Vec<bool>,
 ) -> PyResult<bool> {
+    let (digests, proofs, publics) = chain_args(&proofs, &public_inputs, h_w, h_w_new, h_a)?;
+    chain_result(py.detach(|| guarded(|| proof::verify_chain_bytes(&proofs, &publics, vk, digests, &keep))))
+}
+
+/// The arguments of a chain verification as the prover's API takes them.
+type ChainArgs<'a> = ([Fp; 3], Vec<&'a [u8]>, Vec<&'a [u8]>);
+
+fn chain_args<'a>(
+    proofs: &'a [Vec<u8>],
+    public_inputs: &'a [Vec<u8>],
+    h_w: &[u8],
+    h_w_new: &[u8],
+    h_a: &[u8],
+) -> PyResult<ChainArgs<'a>> {
     let digests = [
         digest_arg("h_w", h_w)?,
         digest_arg("h_w_new", h_w_new)?,
         digest_arg("h_a", h_a)?,
     ];
-    let proofs: Vec<&[u8]> = proofs.iter().map(|p| p.as_slice()).collect();
-    let publics: Vec<&[u8]> = public_inputs.iter().map(|p| p.as_slice()).collect();
-    chain_result(py.detach(|| guarded(|| proof::verify_chain_bytes(&proofs, &publics, vk, digests, &keep))))
+    Ok((
+        digests,
+        proofs.iter().map(|p| p.as_slice()).collect(),
+        public_inputs.iter().map(|p| p.as_slice()).collect(),
+    ))
 }
 
 fn chain_result(r: Result<bool, ZkError>) -> PyResult<bool> {
@@ -314,13 +330,7 @@ impl PyVerifier {
         h_a: &[u8],
         keep: Vec<bool>,
     ) -> PyResult<bool> {
-        let digests = [
-            digest_arg("h_w", h_w)?,
-            digest_arg("h_w_new", h_w_new)?,
-            digest_arg("h_a", h_a)?,
-        ];
-        let proofs: Vec<&[u8]> = proofs.iter().map(|p| p.as_slice()).collect();
-        let publics: Vec<&[u8]> = public_inputs.iter().map(|p| p.as_slice()).collect();
+        let (digests, proofs, publics) = chain_args(&proofs, &public_inputs, h_w, h_w_new, h_a)?;
         let (params, vk, kp) = (&self.params, &self.vk, &self.kp);
         chain_result(
             py.detach(|| guarded(|| proof::verify_chain_with(params, vk, kp, &proofs, &publics, digests, &keep))),
