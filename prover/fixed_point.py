@@ -6,14 +6,18 @@
 * Inverse-Fisher blocks: the OBS step ``δ = −A[:,S]·A[S,S]⁻¹·w[S]`` does not
   change when a block's ``A`` is multiplied by a positive number, so each block
   is scaled on its own to use ``fisher_bits`` bits:
-  ``A_int = rint(A · 2^fisher_bits / max|A|)``. Fewer bits make ``y`` (below)
-  larger and so more precise; 16 bits leave ``y`` 2^(2s−16)·max|A|·|A⁻¹w| in
-  32 bits for any damping above ~1e-4.
+  ``A_int = rint(A_sym · 2^fisher_bits / max|A_sym|)`` with
+  ``A_sym = (A + Aᵀ)/2`` (the crate commits the lower triangle, so blocks must
+  be exactly symmetric). The committed width is signed 16 bit, so
+  ``fisher_bits ≤ 14``; 14 bits leave ``y`` 2^(2s−14)·max|A|·|A⁻¹w| in 32 bits
+  for any damping above ~1e-4.
 * ``y``: the exact solution of ``A_int[S,S]·y = 2^s·w_int[S]`` rounded to the
   nearest integer (0 on kept weights); the residual is at most
-  ``½·Σ_j |A_int[i,S_j]|`` ≤ 2^(fisher_bits+5) for B ≤ 64, below the tolerance.
+  ``½·Σ_j |A_int[i,S_j]|`` ≤ 2^(fisher_bits+5) for B ≤ 64, inside the
+  tolerance ``[−τ, τ)``, τ = 2^23.
 * ``δ = ⌊−Σ_j A_int[i,j]·y_j / 2^s⌋`` (floor toward −∞), remainder in [0, 2^s).
-* ``w'_int = keep·(w_int + δ)``: masked weights are exactly 0.
+* ``w'_int = keep·(w_int + δ)``: masked weights are exactly 0; ``w'_int`` must
+  stay signed 24 bit.
 This is the crate's honest witness (``edgetrain_zk.unlearn_witness``), redone in
 numpy so that a device can unlearn without the prover installed.
 """
@@ -21,9 +25,10 @@ from __future__ import annotations
 
 import numpy as np
 
-VALUE_BITS = 24  # every committed integer is signed 24 bit
-Y_BITS, DELTA_BITS = 32, 48  # the crate's default widths for y and δ
-TOL = 1 << 24  # the crate's default solve tolerance τ
+VALUE_BITS = 24  # committed weights are signed 24 bit
+FISHER_VALUE_BITS = 16  # committed inverse-Fisher entries are signed 16 bit
+Y_BITS = 32  # the crate's default width for y
+TOL = 1 << 23  # the crate's default solve tolerance τ: −τ ≤ e < τ
 
 
 def to_fixed(w: np.ndarray, scale_bits: int) -> np.ndarray:
@@ -37,10 +42,13 @@ def to_fixed(w: np.ndarray, scale_bits: int) -> np.ndarray:
     return q.astype(np.int64)
 
 
-def fisher_to_fixed(a: np.ndarray, fisher_bits: int = 16) -> np.ndarray:
-    """Per block: ``rint(A · 2^fisher_bits / max|A|)`` as int64 (n_blocks, B, B)."""
-    if not 1 <= fisher_bits < VALUE_BITS:
-        raise ValueError(f"fisher_bits={fisher_bits!r} must be in [1, {VALUE_BITS - 1}]")
+def fisher_to_fixed(a: np.ndarray, fisher_bits: int = 14) -> np.ndarray:
+    """Per block: ``rint(A_sym · 2^fisher_bits / max|A_sym|)`` as int64 (n_blocks, B, B),
+    ``A_sym = (A + Aᵀ)/2``; exactly symmetric."""
+    if not 1 <= fisher_bits <= FISHER_VALUE_BITS - 2:
+        raise ValueError(f"fisher_bits={fisher_bits!r} must be in [1, {FISHER_VALUE_BITS - 2}]")
+    a = np.asarray(a, dtype=np.float64)
+    a = (a + a.transpose(0, 2, 1)) / 2
     peak = np.abs(a).max(axis=(1, 2), keepdims=True)
     return np.rint(a * (2.0 ** fisher_bits / peak)).astype(np.int64)
 
@@ -58,16 +66,14 @@ def integer_step(w_int: np.ndarray, a_int: np.ndarray, keep: np.ndarray, scale_b
         y[i, s] = np.rint(np.linalg.solve(a_ss, w_int[i, s] * 2.0 ** scale_bits)).astype(np.int64)
         residual[i, s] = a_int[i][np.ix_(s, s)] @ y[i, s] - (w_int[i, s] << scale_bits)
     _check_bits("y", y, Y_BITS)
-    p = np.einsum("bij,bj->bi", a_int, y)  # exact: |A|·|y|·B < 2^(23+31+6)
+    p = np.einsum("bij,bj->bi", a_int, y)  # exact in int64: |A|·|y|·B < 2^(15+31+6)
     delta = (-p) >> scale_bits  # arithmetic shift = floor division by 2^s
     remainder = -p - (delta << scale_bits)
     w_new = np.where(keep, w_int + delta, 0)
-    _check_bits("delta", delta, DELTA_BITS)
     _check_bits("w_new", w_new, VALUE_BITS)
-    worst = int(np.abs(residual).max(initial=0))
-    if worst > TOL:
-        raise ValueError(f"solve residual {worst} exceeds the tolerance {TOL}: the Fisher blocks are too "
-                         "badly conditioned at this precision; raise damp")
+    if residual.size and (residual.min() < -TOL or residual.max() >= TOL):
+        raise ValueError(f"solve residual {int(np.abs(residual).max())} is outside the tolerance [−{TOL}, {TOL}): "
+                         "the Fisher blocks are too badly conditioned at this precision; raise damp")
     return {"y": y, "delta": delta, "remainder": remainder, "residual": residual, "w_new": w_new}
 
 

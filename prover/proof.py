@@ -55,9 +55,8 @@ def _zk():
 def keygen(block: int, blocks_per_proof: int = 1, scale_bits: int = 16, k: int | None = None) -> bytes:
     """The verifying-key bytes for chunks of ``blocks_per_proof`` blocks of ``block``
     weights (``k = None``: the smallest circuit size that fits)."""
-    from .fixed_point import DELTA_BITS, TOL, Y_BITS
-    return bytes(_zk().keygen(k, block, blocks_per_proof, scale_bits=scale_bits, tol=TOL, y_bits=Y_BITS,
-                              delta_bits=DELTA_BITS))
+    from .fixed_point import TOL, Y_BITS
+    return bytes(_zk().keygen(k, block, blocks_per_proof, scale_bits=scale_bits, tol=TOL, y_bits=Y_BITS))
 
 
 def params(verifying_key: bytes, cache_dir: str | os.PathLike | None = None) -> bytes:
@@ -103,7 +102,7 @@ def _segments(witness: LayerWitness, per_proof: int, max_blocks: int | None):
     w = np.concatenate([witness.w[:nb], np.zeros((pad, b), np.int64)])
     w_new = np.concatenate([witness.w_new[:nb], np.zeros((pad, b), np.int64)])
     keep = np.concatenate([witness.keep[:nb], np.ones((pad, b), bool)])
-    eye = np.broadcast_to(np.eye(b, dtype=np.int64) << 16, (pad, b, b))
+    eye = np.broadcast_to(np.eye(b, dtype=np.int64) << 14, (pad, b, b))
     a = np.concatenate([witness.a[:nb], eye])
     return 0, nb, w, a, keep, w_new
 
@@ -114,7 +113,8 @@ def commitments(witnesses: Sequence[LayerWitness], blocks_per_proof: int = 1,
     the device publishes ``w`` (and ``a``) before, ``w_new`` after; the provider
     compares. A digest chains over the proof's chunks; it equals
     ``edgetrain_zk.commit`` of the whole segment when a chunk holds a multiple of
-    64 weights (the crate's chain step)."""
+    ``WEIGHT_VALUES_PER_STEP`` weights (the crate's chain step). The Fisher digest
+    covers each block's lower triangle (``commit_fisher_chain``)."""
     out = {}
     for wit in witnesses:
         _, _, w, a, _, w_new = _segments(wit, blocks_per_proof, max_blocks)
@@ -124,10 +124,14 @@ def commitments(witnesses: Sequence[LayerWitness], blocks_per_proof: int = 1,
 
 
 def _chain_digest(blocks: np.ndarray, per_chunk: int) -> bytes:
+    """Weight blocks (n_blocks, B) or Fisher blocks (n_blocks, B, B), chained per chunk."""
     z = _zk()
-    acc = z.initial_acc(blocks.size)
+    fisher = blocks.ndim == 3
+    b = blocks.shape[1]
+    acc = z.initial_acc(len(blocks) * b * (b + 1) // 2 if fisher else blocks.size)
     for c in range(0, len(blocks), per_chunk):
-        acc = z.commit_chain(acc, blocks[c:c + per_chunk].reshape(-1).tolist())
+        chunk = blocks[c:c + per_chunk].reshape(-1).tolist()
+        acc = z.commit_fisher_chain(acc, chunk, b) if fisher else z.commit_chain(acc, chunk)
     return bytes(acc)
 
 
@@ -158,7 +162,8 @@ def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int = 1, *, max_b
     t0 = time.perf_counter()
     for wit in witnesses:
         first, nb, w, a, keep, w_new = _segments(wit, chunk, max_blocks)
-        acc = (z.initial_acc(w.size), z.initial_acc(w.size), z.initial_acc(a.size))
+        n_fisher = len(w) * wit.block * (wit.block + 1) // 2  # the lower triangles
+        acc = (z.initial_acc(w.size), z.initial_acc(w.size), z.initial_acc(n_fisher))
         seg_proofs, seg_publics = [], []
         for c in range(0, len(w), chunk):
             p, q, proven = prover.prove(w[c:c + chunk].reshape(-1).tolist(), a[c:c + chunk].reshape(-1).tolist(),

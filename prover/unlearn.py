@@ -81,7 +81,7 @@ class LayerWitness:
 
 
 def unlearn(model: Model, mask: dict[str, np.ndarray], data: tuple, block: int = 64, damp: float = 1e-3,
-            scale_bits: int = 16, fisher_bits: int = 16) -> tuple[Model, list[LayerWitness]]:
+            scale_bits: int = 16, fisher_bits: int = 14) -> tuple[Model, list[LayerWitness]]:
     """The device's step: per masked layer, the inverse Fisher blocks of its own
     ``data = (x, y)`` (per-sample gradients, Sherman–Morrison), the group-OBS step
     block by block in fixed point (:mod:`edgetrain.prover.fixed_point`), masked

@@ -154,10 +154,13 @@ def _with_digests(public_inputs, name, w_new=None, a=None):
             if values is None:
                 continue
             per = len(values) // len(blobs)
-            acc_in = zk.initial_acc(len(values)) if c == 0 else bytes(q[6 + 32 * slot:6 + 32 * (slot + 1)])
-            if c > 0:
-                acc_in = accs[slot]
-            out = zk.commit_chain(acc_in, values[c * per:(c + 1) * per])
+            chunk = values[c * per:(c + 1) * per]
+            if slot == 4:  # Fisher blocks: their lower triangles
+                acc_in = zk.initial_acc(len(values) // B * (B + 1) // 2) if c == 0 else accs[slot]
+                out = zk.commit_fisher_chain(acc_in, chunk, B)
+            else:
+                acc_in = zk.initial_acc(len(values)) if c == 0 else accs[slot]
+                out = zk.commit_chain(acc_in, chunk)
             q[6 + 32 * slot:6 + 32 * (slot + 1)] = acc_in
             q[6 + 32 * (slot + 1):6 + 32 * (slot + 2)] = out
             accs = accs or {}
@@ -196,7 +199,7 @@ def test_a_fisher_block_other_than_committed_cannot_verify(honest):
     committed = prover.commitments([wit])[wit.name]["a"]
     other = _witness(0)
     other.a = other.a.copy()
-    other.a[1] = np.eye(B, dtype=np.int64) << 16  # no compensation in block 1: δ = 0 on kept weights
+    other.a[1] = np.eye(B, dtype=np.int64) << 14  # no compensation in block 1: δ = 0 on kept weights
     other.w_new = fx.integer_step(other.w, other.a, other.keep, 16)["w_new"]
     cheat = prover.prove([other], blocks_per_proof=1)
     assert edgetrain.verify_proof(cheat["proof"], cheat["public_inputs"], cheat["verifying_key"])  # valid alone

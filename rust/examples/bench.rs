@@ -24,7 +24,6 @@ fn main() {
         scale_bits: 12,
         tol: 1 << 16,
         y_bits: 32,
-        delta_bits: 40,
     };
     let mut rng = ChaCha20Rng::seed_from_u64(0);
     let mut small = |m: u32| (rng.next_u32() % (2 * m + 1)) as i64 - m as i64;

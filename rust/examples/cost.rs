@@ -16,9 +16,8 @@ fn main() {
         block,
         n_blocks,
         scale_bits: 16,
-        tol: 1 << 24,
+        tol: 1 << 23,
         y_bits: 32,
-        delta_bits: 48,
     };
     let circuit = UnlearnCircuit { shape, witness: None };
     let cost = CircuitCost::<vesta::Point, _>::measure(20, &circuit);

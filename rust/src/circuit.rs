@@ -5,23 +5,29 @@
 //! `[h_W in, h_W out, h_W' in, h_W' out, h_A in, h_A out, s, τ, keep_0 … keep_{n−1}]`.
 //! The "in" values are digest-chain accumulators (`commit::initial_acc(len)`
 //! for a whole vector, or the previous chunk's "out"), so chunk proofs of a
-//! large layer chain through their digests.
+//! large layer chain through their digests. h_A covers the lower triangles of
+//! the (symmetric) A blocks, [`commit::lower_triangle`].
 //!
 //! The mask enters as public keep bits, so one verifying key serves every mask
 //! of a given shape. y therefore has one entry per weight (zero where kept,
 //! enforced by the update chip) and the MAC runs over full rows of A: B² products
 //! per block instead of B·|S|, in exchange for a mask-independent circuit.
+//!
+//! Layout: every chip has columns of its own — a commitment chip for the
+//! weights, one for A, [`RANGE_LANES`] range-check lanes and the arithmetic
+//! (MAC, floor, update, solve) — so the floor planner runs them side by side
+//! and the circuit's height is that of its busiest group, not their sum.
 
 use halo2_proofs::{
     circuit::{AssignedCell, Layouter, SimpleFloorPlanner, Value},
     plonk::{Advice, Circuit, Column, ConstraintSystem, Error, Instance},
 };
 
-use crate::commit::{self, CommitChip, CommitConfig};
+use crate::commit::{self, CommitChip, CommitConfig, FISHER, WEIGHTS};
 use crate::field::fp_from_i128;
 use crate::fixed_point::{FixedPointChip, FixedPointConfig};
 use crate::range::{RangeCheckChip, RangeCheckConfig};
-use crate::solve::{SolveCheckChip, SolveCheckConfig};
+use crate::solve::{tol_bits, SolveCheckChip, SolveCheckConfig};
 use crate::update::{MaskedUpdateChip, MaskedUpdateConfig};
 use crate::witness::Witness;
 use crate::{Fp, ZkError};
@@ -37,6 +43,12 @@ pub const ROW_SCALE: usize = 6;
 pub const ROW_TOL: usize = 7;
 pub const ROW_MASK: usize = 8;
 
+/// Range-check lanes: range checks are the most rows, so they get the most columns.
+pub const RANGE_LANES: usize = 6;
+const COMMIT_COLUMNS: usize = 6;
+const ARITH_COLUMNS: usize = 9;
+const ADVICE_COLUMNS: usize = 2 * COMMIT_COLUMNS + RANGE_LANES + ARITH_COLUMNS;
+
 /// Everything that fixes the circuit (besides k): changing any field changes
 /// the verifying key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -46,17 +58,20 @@ pub struct Shape {
     pub n_blocks: usize,
     /// Fixed-point scale exponent s.
     pub scale_bits: usize,
-    /// Solve residual bound τ (at product scale 2^(2s)).
+    /// Solve residual bound τ (at product scale 2^(2s)), a power of two.
     pub tol: u64,
     /// Signed bit width of y.
     pub y_bits: usize,
-    /// Signed bit width of δ.
-    pub delta_bits: usize,
 }
 
 impl Shape {
     pub fn n_weights(&self) -> usize {
         self.block * self.n_blocks
+    }
+
+    /// Committed A entries: the lower triangle of every block.
+    pub fn n_fisher(&self) -> usize {
+        self.n_blocks * self.block * (self.block + 1) / 2
     }
 
     /// Rejects shapes whose arithmetic could wrap in the field or that are
@@ -78,11 +93,8 @@ impl Shape {
         if !(2..=64).contains(&self.y_bits) {
             return bad(format!("y_bits = {} must be in 2..=64", self.y_bits));
         }
-        if !(2..=64).contains(&self.delta_bits) {
-            return bad(format!("delta_bits = {} must be in 2..=64", self.delta_bits));
-        }
-        if self.tol >= 1 << 62 {
-            return bad(format!("tol = {} must be < 2^62", self.tol));
+        if self.tol >= 1 << 62 || tol_bits(self.tol).is_none() {
+            return bad(format!("tol = {} must be a power of two below 2^62", self.tol));
         }
         Ok(())
     }
@@ -104,20 +116,21 @@ pub struct PublicInputs {
 
 impl PublicInputs {
     /// Digests of a witness, continuing from `acc_in = [W, W', A]`
-    /// (None: a whole vector, starting from its length).
+    /// (None: whole vectors, each starting from its length).
     pub fn from_witness(shape: &Shape, wit: &Witness, acc_in: Option<[Fp; 3]>) -> Result<Self, ZkError> {
+        let tri = commit::lower_triangle(&wit.a, shape.block)?;
         let [w_in, w_new_in, a_in] = acc_in.unwrap_or([
             commit::initial_acc(wit.w.len()),
             commit::initial_acc(wit.w_new.len()),
-            commit::initial_acc(wit.a.len()),
+            commit::initial_acc(tri.len()),
         ]);
         Ok(PublicInputs {
             w_in,
-            w_out: commit::commit_chain(w_in, &wit.w)?,
+            w_out: commit::commit_chain(w_in, &wit.w, WEIGHTS)?,
             w_new_in,
-            w_new_out: commit::commit_chain(w_new_in, &wit.w_new)?,
+            w_new_out: commit::commit_chain(w_new_in, &wit.w_new, WEIGHTS)?,
             a_in,
-            a_out: commit::commit_chain(a_in, &wit.a)?,
+            a_out: commit::commit_chain(a_in, &tri, FISHER)?,
             scale_bits: shape.scale_bits as u32,
             tol: shape.tol,
             keep: wit.keep.clone(),
@@ -142,10 +155,11 @@ impl PublicInputs {
 
 #[derive(Clone, Debug)]
 pub struct UnlearnConfig {
-    advice: [Column<Advice>; 11],
+    advice: [Column<Advice>; ADVICE_COLUMNS],
     instance: Column<Instance>,
     range: RangeCheckConfig,
-    commit: CommitConfig,
+    commit_w: CommitConfig,
+    commit_a: CommitConfig,
     fixed_point: FixedPointConfig,
     solve: SolveCheckConfig,
     update: MaskedUpdateConfig,
@@ -182,28 +196,27 @@ impl Circuit<Fp> for UnlearnCircuit {
     }
 
     fn configure(meta: &mut ConstraintSystem<Fp>) -> UnlearnConfig {
-        let advice = [(); 11].map(|_| meta.advice_column());
+        let advice = [(); ADVICE_COLUMNS].map(|_| meta.advice_column());
         let instance = meta.instance_column();
         meta.enable_equality(instance);
         let constants = meta.fixed_column();
-        // Range checks (the most rows) get two lanes of their own, packing its
-        // own pair of columns, so the floor planner runs them beside hashing.
-        let range = RangeCheckChip::configure(meta, &[advice[9], advice[10]], constants);
-        let commit = CommitChip::configure(
-            meta,
-            range.clone(),
-            [advice[4], advice[5]],
-            [advice[0], advice[1], advice[2]],
-            advice[3],
-        );
-        let fixed_point = FixedPointChip::configure(meta, advice[..9].try_into().unwrap(), range.clone());
-        let solve = SolveCheckChip::configure(meta, advice[..6].try_into().unwrap(), range.clone());
-        let update = MaskedUpdateChip::configure(meta, advice[..5].try_into().unwrap(), instance);
+        let (commit_cols, rest) = advice.split_at(2 * COMMIT_COLUMNS);
+        let (lanes, arith) = rest.split_at(RANGE_LANES);
+        let range = RangeCheckChip::configure(meta, lanes, constants);
+        let commit = |meta: &mut ConstraintSystem<Fp>, packing, c: &[Column<Advice>]| {
+            CommitChip::configure(meta, packing, [c[0], c[1]], [c[2], c[3], c[4]], c[5])
+        };
+        let commit_w = commit(meta, WEIGHTS, &commit_cols[..COMMIT_COLUMNS]);
+        let commit_a = commit(meta, FISHER, &commit_cols[COMMIT_COLUMNS..]);
+        let fixed_point = FixedPointChip::configure(meta, arith.try_into().unwrap());
+        let solve = SolveCheckChip::configure(meta, arith[..5].try_into().unwrap());
+        let update = MaskedUpdateChip::configure(meta, arith[..5].try_into().unwrap(), instance);
         UnlearnConfig {
             advice,
             instance,
             range,
-            commit,
+            commit_w,
+            commit_a,
             fixed_point,
             solve,
             update,
@@ -215,9 +228,11 @@ impl Circuit<Fp> for UnlearnCircuit {
         let (b, n) = (sh.block, sh.n_weights());
         let range = RangeCheckChip::construct(cfg.range.clone());
         range.load_table(&mut layouter)?;
-        let commit = CommitChip::construct(cfg.commit.clone());
-        let fixed_point = FixedPointChip::construct(cfg.fixed_point.clone(), sh.scale_bits);
-        let solve = SolveCheckChip::construct(cfg.solve.clone(), sh.scale_bits, sh.tol);
+        // One lane rotation for every chip's range checks.
+        let commit_w = CommitChip::construct(cfg.commit_w.clone(), range.clone());
+        let commit_a = CommitChip::construct(cfg.commit_a.clone(), range.clone());
+        let fixed_point = FixedPointChip::construct(cfg.fixed_point.clone(), sh.scale_bits, range.clone());
+        let solve = SolveCheckChip::construct(cfg.solve.clone(), sh.scale_bits, sh.tol, range.clone());
         let update = MaskedUpdateChip::construct(cfg.update.clone());
 
         // s and τ are circuit constants that the public inputs must repeat.
@@ -232,30 +247,17 @@ impl Circuit<Fp> for UnlearnCircuit {
         layouter.constrain_instance(s_cell.cell(), cfg.instance, ROW_SCALE)?;
         layouter.constrain_instance(tol_cell.cell(), cfg.instance, ROW_TOL)?;
 
-        let w = commit_vector(
-            &mut layouter,
-            &cfg,
-            &commit,
-            self.values(|x| x.w.clone(), n),
-            ROW_W_IN,
-            ROW_W_OUT,
-        )?;
+        let w = commit_vector(&mut layouter, &cfg, &commit_w, self.values(|x| x.w.clone(), n), ROW_W_IN, ROW_W_OUT)?;
         let w_new = commit_vector(
             &mut layouter,
             &cfg,
-            &commit,
+            &commit_w,
             self.values(|x| x.w_new.clone(), n),
             ROW_W_NEW_IN,
             ROW_W_NEW_OUT,
         )?;
-        let a = commit_vector(
-            &mut layouter,
-            &cfg,
-            &commit,
-            self.values(|x| x.a.clone(), n * b),
-            ROW_A_IN,
-            ROW_A_OUT,
-        )?;
+        let tri = |x: &Witness| commit::lower_triangle(&x.a, b).expect("a symmetric witness (honest_witness checks)");
+        let a = commit_vector(&mut layouter, &cfg, &commit_a, self.values(tri, sh.n_fisher()), ROW_A_IN, ROW_A_OUT)?;
 
         let y = self
             .values(|x| x.y.clone(), n)
@@ -266,13 +268,16 @@ impl Circuit<Fp> for UnlearnCircuit {
         let rem = self.values(|x| x.remainder.clone(), n);
         let res = self.values(|x| x.residual.clone(), n);
 
+        let tri_len = b * (b + 1) / 2;
         for blk in 0..sh.n_blocks {
             let y_blk = &y[blk * b..(blk + 1) * b];
+            let a_blk = &a[blk * tri_len..(blk + 1) * tri_len];
             for i in 0..b {
                 let g = blk * b + i;
-                let a_row = &a[(blk * b + i) * b..(blk * b + i + 1) * b];
-                let p = fixed_point.dot(&mut layouter, a_row, y_blk)?;
-                let d = fixed_point.floor_rescale(&mut layouter, &p, delta[g], rem[g], sh.delta_bits)?;
+                let a_row: Vec<_> = (0..b).map(|j| a_blk[commit::triangle_index(i, j)].clone()).collect();
+                let p = fixed_point.dot(&mut layouter, &a_row, y_blk)?;
+                // δ is bounded by the update: w' = w + δ with both weights range-checked.
+                let d = fixed_point.floor_rescale(&mut layouter, &p, delta[g], rem[g])?;
                 let keep = update.apply(&mut layouter, ROW_MASK + g, &w[g], &d, &w_new[g], &y[g])?;
                 solve.check(&mut layouter, &keep, &p, &w[g], res[g])?;
             }
@@ -325,7 +330,6 @@ pub(crate) mod tests {
             scale_bits: 12,
             tol: 1 << 16,
             y_bits: 32,
-            delta_bits: 40,
         }
     }
 
@@ -423,7 +427,7 @@ pub(crate) mod tests {
         let keep_all: Vec<bool> = [keep, keep2].concat();
         let wit = honest_witness(&sh, &cat(&w, &w2), &cat(&a, &a2), &keep_all).unwrap();
         let public = PublicInputs::from_witness(&sh, &wit, None).unwrap();
-        assert_eq!(public.w_out, commit::commit(&wit.w).unwrap());
+        assert_eq!(public.w_out, commit::commit(&wit.w, WEIGHTS).unwrap());
         let c = UnlearnCircuit {
             shape: sh,
             witness: Some(wit),

@@ -1,18 +1,24 @@
 //! Poseidon commitment over packed signed integers, natively and in-circuit.
 //!
-//! Convention (identical on both sides):
-//! * each value v must lie in `[−2^23, 2^23)`; it is offset to `u = v + 2^23`
-//!   (24 bits);
-//! * 8 consecutive values pack into one field element `Σ_k u_k·2^(24k)`
-//!   (192 bits < 254, so packing is injective); a last partial group packs
-//!   the values present;
-//! * packed elements are zero-padded to a multiple of 8 and hashed as
-//!   `acc ← H2(acc, H8(chunk))`, with `H8`, `H2` the constant-length
-//!   Pow5 Poseidon P128Pow5T3 hashes (width 3, rate 2) of 8 and 2 elements;
+//! Convention (identical on both sides), for a [`Packing`] of `bits` and
+//! `per_element`:
+//! * each value v must lie in `[−2^(bits−1), 2^(bits−1))`; it is offset to
+//!   `u = v + 2^(bits−1)` (`bits` bits unsigned);
+//! * `per_element` consecutive values pack into one field element
+//!   `Σ_k u_k·2^(bits·k)` (240 bits < 254 for both packings, so packing is
+//!   injective); a last partial group packs the values present;
+//! * packed elements are zero-padded to a multiple of [`ELEMENTS_PER_STEP`]
+//!   and absorbed as `acc ← H16(acc, e_1, …, e_15)`, with `H16` the
+//!   constant-length Pow5 Poseidon P128Pow5T3 hash (width 3, rate 2) of 16
+//!   elements: 8 permutations per 15 packed elements;
 //! * a whole vector starts from `acc = n` (its length), so the digest binds the
 //!   length. [`commit_chain`] continues from any `acc`: splitting a vector at
-//!   multiples of [`VALUES_PER_CHUNK`] and chaining gives the same digest, which
-//!   is how chunk proofs chain.
+//!   multiples of [`Packing::values_per_step`] and chaining gives the same
+//!   digest, which is how chunk proofs chain.
+//!
+//! Weights use [`WEIGHTS`] (24 bits, 10 per element); inverse-Fisher blocks use
+//! [`FISHER`] (16 bits, 15 per element) over their lower triangle only
+//! ([`lower_triangle`]): the blocks are symmetric, so the triangle binds them.
 
 use ff::Field;
 use halo2_gadgets::poseidon::{
@@ -26,29 +32,63 @@ use halo2_proofs::{
 };
 
 use crate::field::{fp_from_i128, pow2};
-use crate::range::{RangeCheckChip, RangeCheckConfig};
+use crate::range::RangeCheckChip;
 use crate::{Fp, ZkError};
 
-/// Bit width of a committed value (signed).
-pub const VALUE_BITS: usize = 24;
-/// Values packed into one field element.
-pub const VALUES_PER_ELEMENT: usize = 8;
-/// Packed elements per inner hash.
-pub const ELEMENTS_PER_CHUNK: usize = 8;
-/// Values per inner hash: chunk proofs must split vectors at multiples of this.
-pub const VALUES_PER_CHUNK: usize = VALUES_PER_ELEMENT * ELEMENTS_PER_CHUNK;
+/// How one vector's values are packed into field elements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Packing {
+    /// Signed bit width of a value.
+    pub bits: usize,
+    /// Values per field element (`bits·per_element` ≤ 253).
+    pub per_element: usize,
+}
 
-/// Smallest and one-past-largest committed value.
-pub const VALUE_MIN: i64 = -(1 << (VALUE_BITS - 1));
-pub const VALUE_END: i64 = 1 << (VALUE_BITS - 1);
+/// Weights before and after the step.
+pub const WEIGHTS: Packing = Packing {
+    bits: 24,
+    per_element: 10,
+};
+/// Inverse-Fisher entries.
+pub const FISHER: Packing = Packing {
+    bits: 16,
+    per_element: 15,
+};
 
-fn value_offset() -> Fp {
-    pow2(VALUE_BITS - 1)
+/// Packed elements absorbed per chain step (the 16th input is the accumulator).
+pub const ELEMENTS_PER_STEP: usize = 15;
+const STEP_INPUTS: usize = ELEMENTS_PER_STEP + 1;
+
+impl Packing {
+    /// Smallest committed value.
+    pub fn min(&self) -> i64 {
+        -(1 << (self.bits - 1))
+    }
+
+    /// One past the largest committed value.
+    pub fn end(&self) -> i64 {
+        1 << (self.bits - 1)
+    }
+
+    /// Values per chain step: chunk proofs split vectors at multiples of this.
+    pub fn values_per_step(&self) -> usize {
+        self.per_element * ELEMENTS_PER_STEP
+    }
+
+    fn offset(&self) -> Fp {
+        pow2(self.bits - 1)
+    }
+
+    fn pack_native(&self, group: &[i64]) -> Fp {
+        group.iter().rev().fold(Fp::ZERO, |acc, v| {
+            acc * pow2(self.bits) + fp_from_i128(*v as i128) + self.offset()
+        })
+    }
 }
 
 /// Digest of a whole vector: [`commit_chain`] from `acc = len`.
-pub fn commit(values: &[i64]) -> Result<Fp, ZkError> {
-    commit_chain(initial_acc(values.len()), values)
+pub fn commit(values: &[i64], packing: Packing) -> Result<Fp, ZkError> {
+    commit_chain(initial_acc(values.len()), values, packing)
 }
 
 /// The starting accumulator of a vector of `len` values.
@@ -57,92 +97,131 @@ pub fn initial_acc(len: usize) -> Fp {
 }
 
 /// Continues the digest chain from `acc` over `values`.
-pub fn commit_chain(acc: Fp, values: &[i64]) -> Result<Fp, ZkError> {
-    if let Some((i, v)) = values
-        .iter()
-        .enumerate()
-        .find(|(_, v)| !(VALUE_MIN..VALUE_END).contains(*v))
-    {
+pub fn commit_chain(acc: Fp, values: &[i64], packing: Packing) -> Result<Fp, ZkError> {
+    let (lo, hi) = (packing.min(), packing.end());
+    if let Some((i, v)) = values.iter().enumerate().find(|(_, v)| !(lo..hi).contains(*v)) {
         return Err(ZkError::Invalid(format!(
-            "value {v} at index {i} is outside the committed range [{VALUE_MIN}, {VALUE_END})"
+            "value {v} at index {i} is outside the committed range [{lo}, {hi})"
         )));
     }
-    let packed: Vec<Fp> = values.chunks(VALUES_PER_ELEMENT).map(pack_native).collect();
+    let packed: Vec<Fp> = values
+        .chunks(packing.per_element)
+        .map(|g| packing.pack_native(g))
+        .collect();
     let mut acc = acc;
-    for chunk in packed.chunks(ELEMENTS_PER_CHUNK) {
-        let mut msg = [Fp::ZERO; ELEMENTS_PER_CHUNK];
-        msg[..chunk.len()].copy_from_slice(chunk);
-        let d = poseidon::Hash::<Fp, P128Pow5T3, ConstantLength<ELEMENTS_PER_CHUNK>, 3, 2>::init().hash(msg);
-        acc = poseidon::Hash::<Fp, P128Pow5T3, ConstantLength<2>, 3, 2>::init().hash([acc, d]);
+    for step in packed.chunks(ELEMENTS_PER_STEP) {
+        let mut msg = [Fp::ZERO; STEP_INPUTS];
+        msg[0] = acc;
+        msg[1..=step.len()].copy_from_slice(step);
+        acc = poseidon::Hash::<Fp, P128Pow5T3, ConstantLength<STEP_INPUTS>, 3, 2>::init().hash(msg);
     }
     Ok(acc)
 }
 
-fn pack_native(group: &[i64]) -> Fp {
-    group.iter().rev().fold(Fp::ZERO, |acc, v| {
-        acc * pow2(VALUE_BITS) + fp_from_i128(*v as i128) + value_offset()
-    })
+/// The lower triangle (`j ≤ i`, row-major) of each B×B block of `a`, which
+/// must be symmetric: what a Fisher commitment covers.
+pub fn lower_triangle(a: &[i64], block: usize) -> Result<Vec<i64>, ZkError> {
+    if block == 0 || !a.len().is_multiple_of(block * block) {
+        return Err(ZkError::Invalid(format!(
+            "{} Fisher entries are not whole blocks of {block}×{block}",
+            a.len()
+        )));
+    }
+    let mut out = Vec::with_capacity(a.len() / block * (block + 1) / 2);
+    for (blk, m) in a.chunks(block * block).enumerate() {
+        for i in 0..block {
+            for j in 0..=i {
+                if m[i * block + j] != m[j * block + i] {
+                    return Err(ZkError::Invalid(format!(
+                        "Fisher block {blk} is not symmetric: A[{i},{j}] = {} but A[{j},{i}] = {}",
+                        m[i * block + j],
+                        m[j * block + i]
+                    )));
+                }
+                out.push(m[i * block + j]);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Index of `A[i,j]` in one block's [`lower_triangle`].
+pub fn triangle_index(i: usize, j: usize) -> usize {
+    let (hi, lo) = if i >= j { (i, j) } else { (j, i) };
+    hi * (hi + 1) / 2 + lo
 }
 
 type Cell = AssignedCell<Fp, Fp>;
 
 #[derive(Clone, Debug)]
 pub struct CommitConfig {
-    range: RangeCheckConfig,
+    packing: Packing,
     v: Column<Advice>,
     acc: Column<Advice>,
+    /// First value of a group (`acc' = v + 2^(bits−1)`): no constant 0 to start from.
+    q_pack_first: Selector,
     q_pack: Selector,
     poseidon: Pow5Config<Fp, 3, 2>,
 }
 
-/// Range-checks values to [`VALUE_BITS`], packs them and hashes the packed
-/// elements into a chain accumulator.
+/// Range-checks values to the packing's width, packs them and hashes the
+/// packed elements into a chain accumulator.
 #[derive(Clone, Debug)]
 pub struct CommitChip {
     config: CommitConfig,
+    range: RangeCheckChip,
 }
 
 impl CommitChip {
     /// `pack` = (value, accumulator) columns of the packing gate; `state` and
     /// `partial_sbox` are the Pow5 Poseidon columns (all equality-enabled).
-    /// Packing columns apart from the Poseidon ones let the floor planner
-    /// place packing beside hashing. Adds 6 fixed columns for round constants.
+    /// Each commit chip has columns of its own so the floor planner can run
+    /// packing, hashing and other chips' work side by side. Adds 6 fixed
+    /// columns for round constants.
     pub fn configure(
         meta: &mut ConstraintSystem<Fp>,
-        range: RangeCheckConfig,
+        packing: Packing,
         pack: [Column<Advice>; 2],
         state: [Column<Advice>; 3],
         partial_sbox: Column<Advice>,
     ) -> CommitConfig {
+        assert!(packing.bits * packing.per_element <= 253, "{packing:?} does not fit a field element");
         let [v, acc] = pack;
         meta.enable_equality(v);
         meta.enable_equality(acc);
+        let q_pack_first = meta.selector();
         let q_pack = meta.selector();
-        meta.create_gate("pack: acc' = acc·2^24 + v + 2^23", |m| {
+        // Two gates: the first row has no accumulator cell to query.
+        meta.create_gate("pack first: acc' = v + 2^(bits−1)", |m| {
+            let q = m.query_selector(q_pack_first);
+            let v = m.query_advice(v, Rotation::cur());
+            let a_next = m.query_advice(acc, Rotation::next());
+            vec![q * (a_next - v - Expression::Constant(packing.offset()))]
+        });
+        meta.create_gate("pack: acc' = acc·2^bits + v + 2^(bits−1)", |m| {
             let q = m.query_selector(q_pack);
             let v = m.query_advice(v, Rotation::cur());
             let a = m.query_advice(acc, Rotation::cur());
             let a_next = m.query_advice(acc, Rotation::next());
-            vec![q * (a_next - a * Expression::Constant(pow2(VALUE_BITS)) - v - Expression::Constant(value_offset()))]
+            let shifted = a * Expression::Constant(pow2(packing.bits)) + v + Expression::Constant(packing.offset());
+            vec![q * (a_next - shifted)]
         });
         let rc_a = [(); 3].map(|_| meta.fixed_column());
         let rc_b = [(); 3].map(|_| meta.fixed_column());
         let poseidon = Pow5Chip::configure::<P128Pow5T3>(meta, state, partial_sbox, rc_a, rc_b);
         CommitConfig {
-            range,
+            packing,
             v,
             acc,
+            q_pack_first,
             q_pack,
             poseidon,
         }
     }
 
-    pub fn construct(config: CommitConfig) -> Self {
-        Self { config }
-    }
-
-    fn range(&self) -> RangeCheckChip {
-        RangeCheckChip::construct(self.config.range.clone())
+    /// `range` checks the values (a clone shares its lane rotation).
+    pub fn construct(config: CommitConfig, range: RangeCheckChip) -> Self {
+        Self { config, range }
     }
 
     /// Assigns and range-checks `values`, then continues the chain from
@@ -153,17 +232,17 @@ impl CommitChip {
         values: &[Value<Fp>],
         acc_in: AssignedCell<Fp, Fp>,
     ) -> Result<(Vec<Cell>, Cell), Error> {
-        let range = self.range();
+        let bits = self.config.packing.bits;
         let cells = values
             .iter()
-            .map(|v| range.witness_checked(layouter, *v, VALUE_BITS, true))
+            .map(|v| self.range.witness_checked(layouter, *v, bits, true))
             .collect::<Result<Vec<_>, _>>()?;
         let acc = self.commit_cells(layouter, &cells, acc_in)?;
         Ok((cells, acc))
     }
 
     /// Continues the chain over cells the caller has already range-checked to
-    /// [`VALUE_BITS`] signed (packing is injective only under that check).
+    /// the packing's width (packing is injective only under that check).
     pub fn commit_cells(
         &self,
         layouter: &mut impl Layouter<Fp>,
@@ -171,10 +250,10 @@ impl CommitChip {
         acc_in: AssignedCell<Fp, Fp>,
     ) -> Result<AssignedCell<Fp, Fp>, Error> {
         let mut packed = cells
-            .chunks(VALUES_PER_ELEMENT)
+            .chunks(self.config.packing.per_element)
             .map(|g| self.pack(layouter, g))
             .collect::<Result<Vec<_>, _>>()?;
-        let n_pad = (ELEMENTS_PER_CHUNK - packed.len() % ELEMENTS_PER_CHUNK) % ELEMENTS_PER_CHUNK;
+        let n_pad = (ELEMENTS_PER_STEP - packed.len() % ELEMENTS_PER_STEP) % ELEMENTS_PER_STEP;
         if n_pad > 0 {
             let zero = layouter.assign_region(
                 || "zero padding",
@@ -183,20 +262,18 @@ impl CommitChip {
             packed.extend(std::iter::repeat_n(zero, n_pad));
         }
         let mut acc = acc_in;
-        for (c, chunk) in packed.chunks(ELEMENTS_PER_CHUNK).enumerate() {
-            let msg: [AssignedCell<Fp, Fp>; ELEMENTS_PER_CHUNK] = chunk.to_vec().try_into().unwrap();
+        for (c, step) in packed.chunks(ELEMENTS_PER_STEP).enumerate() {
+            let msg: [AssignedCell<Fp, Fp>; STEP_INPUTS] = std::iter::once(acc)
+                .chain(step.iter().cloned())
+                .collect::<Vec<_>>()
+                .try_into()
+                .unwrap();
             let chip = Pow5Chip::construct(self.config.poseidon.clone());
-            let d = PoseidonHash::<_, _, P128Pow5T3, ConstantLength<ELEMENTS_PER_CHUNK>, 3, 2>::init(
+            acc = PoseidonHash::<_, _, P128Pow5T3, ConstantLength<STEP_INPUTS>, 3, 2>::init(
                 chip,
-                layouter.namespace(|| format!("H8 chunk {c}")),
+                layouter.namespace(|| format!("H16 step {c}")),
             )?
-            .hash(layouter.namespace(|| format!("H8 chunk {c}")), msg)?;
-            let chip = Pow5Chip::construct(self.config.poseidon.clone());
-            acc = PoseidonHash::<_, _, P128Pow5T3, ConstantLength<2>, 3, 2>::init(
-                chip,
-                layouter.namespace(|| format!("H2 chain {c}")),
-            )?
-            .hash(layouter.namespace(|| format!("H2 chain {c}")), [acc, d])?;
+            .hash(layouter.namespace(|| format!("H16 step {c}")), msg)?;
         }
         Ok(acc)
     }
@@ -207,21 +284,27 @@ impl CommitChip {
         group: &[AssignedCell<Fp, Fp>],
     ) -> Result<AssignedCell<Fp, Fp>, Error> {
         let cfg = &self.config;
+        let (scale, offset) = (pow2(cfg.packing.bits), cfg.packing.offset());
         layouter.assign_region(
             || "pack",
             |mut region| {
-                let mut acc = region.assign_advice_from_constant(|| "acc_0", cfg.acc, 0, Fp::ZERO)?;
+                let mut acc: Option<Cell> = None;
                 // Most significant value first (Horner).
                 for (row, cell) in group.iter().rev().enumerate() {
-                    cfg.q_pack.enable(&mut region, row)?;
                     let v = cell.copy_advice(|| "v", &mut region, cfg.v, row)?;
-                    let next = acc
-                        .value()
-                        .zip(v.value())
-                        .map(|(a, v)| *a * pow2(VALUE_BITS) + *v + value_offset());
-                    acc = region.assign_advice(|| "acc", cfg.acc, row + 1, || next)?;
+                    let next = match &acc {
+                        None => {
+                            cfg.q_pack_first.enable(&mut region, row)?;
+                            v.value().map(|v| *v + offset)
+                        }
+                        Some(a) => {
+                            cfg.q_pack.enable(&mut region, row)?;
+                            a.value().zip(v.value()).map(|(a, v)| *a * scale + *v + offset)
+                        }
+                    };
+                    acc = Some(region.assign_advice(|| "acc", cfg.acc, row + 1, || next)?);
                 }
-                Ok(acc)
+                Ok(acc.expect("a group of at least one value"))
             },
         )
     }
@@ -237,18 +320,21 @@ mod tests {
         plonk::{Circuit, Instance},
     };
 
+    /// Commits `values` with [`WEIGHTS`] or, with `fisher`, [`FISHER`].
     #[derive(Clone, Default)]
     struct TestCircuit {
         values: Vec<i64>,
         acc_in: Fp,
+        fisher: bool,
     }
 
     #[derive(Clone, Debug)]
     struct Cfg {
-        commit: CommitConfig,
-        range: RangeCheckConfig,
+        weights: CommitConfig,
+        fisher: CommitConfig,
+        range: crate::range::RangeCheckConfig,
         instance: Column<Instance>,
-        advice: [Column<Advice>; 7],
+        advice: [Column<Advice>; 13],
     }
 
     impl Circuit<Fp> for TestCircuit {
@@ -258,27 +344,27 @@ mod tests {
             self.clone()
         }
         fn configure(meta: &mut ConstraintSystem<Fp>) -> Cfg {
-            let advice = [(); 7].map(|_| meta.advice_column());
+            let advice = [(); 13].map(|_| meta.advice_column());
             let constants = meta.fixed_column();
-            let range = RangeCheckChip::configure(meta, &[advice[6]], constants);
-            let commit = CommitChip::configure(
-                meta,
-                range.clone(),
-                [advice[0], advice[1]],
-                [advice[2], advice[3], advice[4]],
-                advice[5],
-            );
+            let range = RangeCheckChip::configure(meta, &[advice[12]], constants);
+            let chip = |meta: &mut ConstraintSystem<Fp>, packing, c: &[Column<Advice>]| {
+                CommitChip::configure(meta, packing, [c[0], c[1]], [c[2], c[3], c[4]], c[5])
+            };
+            let weights = chip(meta, WEIGHTS, &advice[..6]);
+            let fisher = chip(meta, FISHER, &advice[6..12]);
             let instance = meta.instance_column();
             meta.enable_equality(instance);
             Cfg {
-                commit,
+                weights,
+                fisher,
                 range,
                 instance,
                 advice,
             }
         }
         fn synthesize(&self, cfg: Cfg, mut layouter: impl Layouter<Fp>) -> Result<(), Error> {
-            RangeCheckChip::construct(cfg.range.clone()).load_table(&mut layouter)?;
+            let range = RangeCheckChip::construct(cfg.range.clone());
+            range.load_table(&mut layouter)?;
             let acc_in = layouter.assign_region(
                 || "acc_in",
                 |mut r| r.assign_advice(|| "acc_in", cfg.advice[0], 0, || Value::known(self.acc_in)),
@@ -288,86 +374,103 @@ mod tests {
                 .iter()
                 .map(|v| Value::known(fp_from_i128(*v as i128)))
                 .collect();
-            let chip = CommitChip::construct(cfg.commit.clone());
-            let (_, acc) = chip.witness_and_commit(&mut layouter, &vals, acc_in)?;
+            let config = if self.fisher { cfg.fisher } else { cfg.weights };
+            let (_, acc) = CommitChip::construct(config, range).witness_and_commit(&mut layouter, &vals, acc_in)?;
             layouter.constrain_instance(acc.cell(), cfg.instance, 0)
         }
     }
 
-    fn values(n: usize) -> Vec<i64> {
+    fn values(n: usize, packing: Packing) -> Vec<i64> {
         (0..n as i64)
             .map(|i| {
-                let spread = if i % 5 == 0 { VALUE_MIN / 2 } else { 0 };
+                let spread = if i % 5 == 0 { packing.min() / 2 } else { 0 };
                 (i * 7919 % 20011) - 10005 + spread
             })
             .collect()
     }
 
+    fn mock(values: Vec<i64>, fisher: bool, digest: Fp) -> bool {
+        let c = TestCircuit {
+            acc_in: initial_acc(values.len()),
+            values,
+            fisher,
+        };
+        MockProver::run(11, &c, vec![vec![digest]]).unwrap().verify().is_ok()
+    }
+
     #[test]
     fn in_circuit_digest_equals_native_commit() {
-        for n in [1usize, 8, 13, 64, 70] {
-            let vals = values(n);
-            let digest = commit(&vals).unwrap();
-            let c = TestCircuit {
-                values: vals,
-                acc_in: initial_acc(n),
-            };
-            let p = MockProver::run(11, &c, vec![vec![digest]]).unwrap();
-            assert_eq!(p.verify(), Ok(()), "n = {n}");
+        for (packing, fisher) in [(WEIGHTS, false), (FISHER, true)] {
+            for n in [1usize, 10, 13, 150, 170] {
+                let vals = values(n, packing);
+                let digest = commit(&vals, packing).unwrap();
+                assert!(mock(vals, fisher, digest), "{packing:?}, n = {n}");
+            }
         }
     }
 
     #[test]
     fn chained_halves_equal_whole() {
-        let vals = values(150);
-        let mid = commit_chain(initial_acc(150), &vals[..VALUES_PER_CHUNK]).unwrap();
-        assert_eq!(
-            commit_chain(mid, &vals[VALUES_PER_CHUNK..]).unwrap(),
-            commit(&vals).unwrap()
-        );
+        for packing in [WEIGHTS, FISHER] {
+            let vals = values(400, packing);
+            let cut = packing.values_per_step();
+            let mid = commit_chain(initial_acc(400), &vals[..cut], packing).unwrap();
+            assert_eq!(
+                commit_chain(mid, &vals[cut..], packing).unwrap(),
+                commit(&vals, packing).unwrap()
+            );
+        }
     }
 
     #[test]
-    fn digest_changes_with_any_value_and_with_length() {
-        let vals = values(20);
-        let d = commit(&vals).unwrap();
+    fn digest_changes_with_any_value_length_and_packing() {
+        let vals = values(20, FISHER);
+        let d = commit(&vals, WEIGHTS).unwrap();
         let mut other = vals.clone();
         other[19] += 1;
-        assert_ne!(commit(&other).unwrap(), d);
+        assert_ne!(commit(&other, WEIGHTS).unwrap(), d);
         // Trailing zeros-after-offset must not collide with a shorter vector.
         let mut longer = vals.clone();
-        longer.push(VALUE_MIN);
-        assert_ne!(commit(&longer).unwrap(), d);
+        longer.push(WEIGHTS.min());
+        assert_ne!(commit(&longer, WEIGHTS).unwrap(), d);
+        assert_ne!(commit(&vals, FISHER).unwrap(), d);
     }
 
     #[test]
     fn rejects_out_of_range_values_natively() {
-        assert!(commit(&[VALUE_END]).is_err());
-        assert!(commit(&[VALUE_MIN - 1]).is_err());
+        for packing in [WEIGHTS, FISHER] {
+            assert!(commit(&[packing.end()], packing).is_err());
+            assert!(commit(&[packing.min() - 1], packing).is_err());
+        }
+    }
+
+    #[test]
+    fn lower_triangle_needs_symmetric_blocks() {
+        let a = [1, 2, 2, 5, 7, 0, 1, 9];
+        assert!(lower_triangle(&a, 2).is_err(), "block 1 is not symmetric");
+        let a = [1, 2, 2, 5, 7, 3, 3, 9];
+        assert_eq!(lower_triangle(&a, 2).unwrap(), vec![1, 2, 5, 7, 3, 9]);
+        assert_eq!(triangle_index(0, 1), 1);
+        assert_eq!(triangle_index(1, 1), 2);
+        assert!(lower_triangle(&a[..5], 2).is_err());
     }
 
     #[test]
     fn wrong_digest_or_out_of_range_value_fails_mock_prover() {
-        let vals = values(13);
-        let digest = commit(&vals).unwrap();
-        let mut other = vals.clone();
-        other[3] += 1;
-        let c = TestCircuit {
-            values: other,
-            acc_in: initial_acc(13),
-        };
-        assert!(MockProver::run(11, &c, vec![vec![digest]]).unwrap().verify().is_err());
-        // A value out of range cannot be smuggled in, even with the "right" packing.
-        let mut bad = vals.clone();
-        bad[0] = VALUE_END;
-        let c = TestCircuit {
-            values: bad.clone(),
-            acc_in: initial_acc(13),
-        };
-        let mut packed_equiv = bad;
-        packed_equiv[0] = VALUE_MIN; // u = 2^24 wraps into the next slot's low bit
-        packed_equiv[1] += 1;
-        let d2 = commit(&packed_equiv).unwrap();
-        assert!(MockProver::run(11, &c, vec![vec![d2]]).unwrap().verify().is_err());
+        for (packing, fisher) in [(WEIGHTS, false), (FISHER, true)] {
+            let vals = values(13, packing);
+            let digest = commit(&vals, packing).unwrap();
+            let mut other = vals.clone();
+            other[3] += 1;
+            assert!(!mock(other, fisher, digest));
+            // A value out of range cannot be smuggled in, even with the "right" packing.
+            let mut bad = vals.clone();
+            bad[0] = packing.end();
+            let mut packed_equiv = bad.clone();
+            packed_equiv[0] = packing.min(); // u = 2^bits wraps into the next slot's low bit
+            packed_equiv[1] += 1;
+            let d2 = commit(&packed_equiv, packing).unwrap();
+            assert!(!mock(bad, fisher, d2), "{packing:?}");
+        }
     }
 }

@@ -2,18 +2,19 @@
 //!
 //! `dot` computes `P = Σ_j a_j·y_j` four products per row
 //! (`acc' = acc + Σ_{t<4} a_t·y_t`); `floor_rescale` constrains
-//! `2^s·δ + r + P = 0` with `0 ≤ r < 2^s` and δ signed in `delta_bits`, i.e.
-//! `δ = ⌊−P / 2^s⌋` exactly (both range checks keep the equation inside the
-//! integers: |2^s·δ| + r ≪ p).
+//! `2^s·δ + r + P = 0` with `0 ≤ r < 2^s`, i.e. `δ = ⌊−P / 2^s⌋` exactly once
+//! the caller bounds δ (so that |2^s·δ| + r ≪ p keeps the equation inside the
+//! integers). The unlearning circuit bounds δ through `w' = w + δ` with both
+//! weights range-checked, instead of paying a wide range check of its own.
 
 use halo2_proofs::{
     circuit::{AssignedCell, Layouter, Value},
-    plonk::{Advice, Column, ConstraintSystem, Error, Expression, Fixed, Selector},
+    plonk::{Advice, Column, ConstraintSystem, Error, Expression, Fixed, Selector, VirtualCells},
     poly::Rotation,
 };
 
 use crate::field::pow2;
-use crate::range::{RangeCheckChip, RangeCheckConfig};
+use crate::range::RangeCheckChip;
 use crate::Fp;
 
 /// Products per MAC row.
@@ -24,10 +25,11 @@ pub struct FixedPointConfig {
     a: [Column<Advice>; MAC_WIDTH],
     y: [Column<Advice>; MAC_WIDTH],
     acc: Column<Advice>,
+    /// First MAC row (`acc' = Σ a·y`): no constant 0 to start from.
+    q_mac_first: Selector,
     q_mac: Selector,
     q_floor: Selector,
     scale: Column<Fixed>,
-    range: RangeCheckConfig,
 }
 
 /// The scale s is a construction argument: it lands in a fixed column (so in
@@ -36,6 +38,7 @@ pub struct FixedPointConfig {
 pub struct FixedPointChip {
     config: FixedPointConfig,
     scale_bits: usize,
+    range: RangeCheckChip,
 }
 
 impl FixedPointChip {
@@ -44,7 +47,6 @@ impl FixedPointChip {
     pub fn configure(
         meta: &mut ConstraintSystem<Fp>,
         advice: [Column<Advice>; 2 * MAC_WIDTH + 1],
-        range: RangeCheckConfig,
     ) -> FixedPointConfig {
         for c in advice {
             meta.enable_equality(c);
@@ -52,17 +54,26 @@ impl FixedPointChip {
         let a: [Column<Advice>; MAC_WIDTH] = advice[..MAC_WIDTH].try_into().unwrap();
         let y: [Column<Advice>; MAC_WIDTH] = advice[MAC_WIDTH..2 * MAC_WIDTH].try_into().unwrap();
         let acc = advice[2 * MAC_WIDTH];
+        let q_mac_first = meta.selector();
         let q_mac = meta.selector();
         let q_floor = meta.selector();
         let scale = meta.fixed_column();
+        let products = |m: &mut VirtualCells<Fp>| {
+            (0..MAC_WIDTH).fold(Expression::Constant(Fp::zero()), |s, t| {
+                s + m.query_advice(a[t], Rotation::cur()) * m.query_advice(y[t], Rotation::cur())
+            })
+        };
+        // Two gates: the first row has no accumulator cell to query.
+        meta.create_gate("mac first: acc' = Σ a·y", |m| {
+            let q = m.query_selector(q_mac_first);
+            let acc_next = m.query_advice(acc, Rotation::next());
+            vec![q * (acc_next - products(m))]
+        });
         meta.create_gate("mac: acc' = acc + Σ a·y", |m| {
             let q = m.query_selector(q_mac);
             let acc_cur = m.query_advice(acc, Rotation::cur());
             let acc_next = m.query_advice(acc, Rotation::next());
-            let sum = (0..MAC_WIDTH).fold(Expression::Constant(Fp::zero()), |s, t| {
-                s + m.query_advice(a[t], Rotation::cur()) * m.query_advice(y[t], Rotation::cur())
-            });
-            vec![q * (acc_next - acc_cur - sum)]
+            vec![q * (acc_next - acc_cur - products(m))]
         });
         meta.create_gate("floor: 2^s·δ + r + P = 0", |m| {
             let q = m.query_selector(q_floor);
@@ -76,15 +87,20 @@ impl FixedPointChip {
             a,
             y,
             acc,
+            q_mac_first,
             q_mac,
             q_floor,
             scale,
-            range,
         }
     }
 
-    pub fn construct(config: FixedPointConfig, scale_bits: usize) -> Self {
-        Self { config, scale_bits }
+    /// `range` checks the remainders (a clone shares its lane rotation).
+    pub fn construct(config: FixedPointConfig, scale_bits: usize, range: RangeCheckChip) -> Self {
+        Self {
+            config,
+            scale_bits,
+            range,
+        }
     }
 
     /// `Σ_j a_j·y_j` over equal-length cell slices (the caller range-checks
@@ -100,10 +116,18 @@ impl FixedPointChip {
         layouter.assign_region(
             || "dot",
             |mut region| {
-                let mut acc = region.assign_advice_from_constant(|| "acc_0", cfg.acc, 0, Fp::zero())?;
+                let mut acc: Option<AssignedCell<Fp, Fp>> = None;
                 for (row, (ac, yc)) in a.chunks(MAC_WIDTH).zip(y.chunks(MAC_WIDTH)).enumerate() {
-                    cfg.q_mac.enable(&mut region, row)?;
-                    let mut sum = acc.value().copied();
+                    let mut sum = match &acc {
+                        None => {
+                            cfg.q_mac_first.enable(&mut region, row)?;
+                            Value::known(Fp::zero())
+                        }
+                        Some(c) => {
+                            cfg.q_mac.enable(&mut region, row)?;
+                            c.value().copied()
+                        }
+                    };
                     for t in 0..MAC_WIDTH {
                         let (av, yv) = if t < ac.len() {
                             let av = ac[t].copy_advice(|| "a", &mut region, cfg.a[t], row)?;
@@ -117,39 +141,35 @@ impl FixedPointChip {
                         };
                         sum = sum + av * yv;
                     }
-                    acc = region.assign_advice(|| "acc", cfg.acc, row + 1, || sum)?;
+                    acc = Some(region.assign_advice(|| "acc", cfg.acc, row + 1, || sum)?);
                 }
-                Ok(acc)
+                Ok(acc.expect("dot of at least one product"))
             },
         )
     }
 
-    /// Constrains `2^s·δ + r + P = 0` with r in `[0, 2^s)` and δ signed in
-    /// `delta_bits`; returns the δ cell.
+    /// Constrains `2^s·δ + r + P = 0` with r in `[0, 2^s)`; returns the δ
+    /// cell, which the caller must bound (without a bound, any r in range has
+    /// a field element δ that satisfies the equation).
     pub fn floor_rescale(
         &self,
         layouter: &mut impl Layouter<Fp>,
         p: &AssignedCell<Fp, Fp>,
         delta: Value<Fp>,
         remainder: Value<Fp>,
-        delta_bits: usize,
     ) -> Result<AssignedCell<Fp, Fp>, Error> {
         let cfg = &self.config;
-        let range = RangeCheckChip::construct(cfg.range.clone());
-        let delta = range.witness_checked(layouter, delta, delta_bits, true)?;
-        let r = range.witness_checked(layouter, remainder, self.scale_bits, false)?;
+        let r = self.range.witness_checked(layouter, remainder, self.scale_bits, false)?;
         layouter.assign_region(
             || "floor rescale",
             |mut region| {
                 cfg.q_floor.enable(&mut region, 0)?;
                 region.assign_fixed(|| "2^s", cfg.scale, 0, || Value::known(pow2(self.scale_bits)))?;
                 p.copy_advice(|| "P", &mut region, cfg.acc, 0)?;
-                delta.copy_advice(|| "δ", &mut region, cfg.a[0], 0)?;
                 r.copy_advice(|| "r", &mut region, cfg.a[1], 0)?;
-                Ok(())
+                region.assign_advice(|| "δ", cfg.a[0], 0, || delta)
             },
-        )?;
-        Ok(delta)
+        )
     }
 }
 
@@ -157,6 +177,7 @@ impl FixedPointChip {
 mod tests {
     use super::*;
     use crate::field::fp_from_i128;
+    use ff::Field;
     use halo2_proofs::{
         circuit::SimpleFloorPlanner,
         dev::MockProver,
@@ -170,12 +191,14 @@ mod tests {
     struct TestCircuit {
         a: Vec<i128>,
         y: Vec<i128>,
-        delta: i128,
+        delta: Fp,
         r: i128,
+        /// The caller's bound on δ (40 bits signed).
+        bound_delta: bool,
     }
 
     impl Circuit<Fp> for TestCircuit {
-        type Config = (FixedPointConfig, RangeCheckConfig, Column<Instance>);
+        type Config = (FixedPointConfig, crate::range::RangeCheckConfig, Column<Instance>);
         type FloorPlanner = SimpleFloorPlanner;
         fn without_witnesses(&self) -> Self {
             self.clone()
@@ -184,7 +207,7 @@ mod tests {
             let advice = [(); 9].map(|_| meta.advice_column());
             let constants = meta.fixed_column();
             let range = RangeCheckChip::configure(meta, &[advice[0]], constants);
-            let fp = FixedPointChip::configure(meta, advice, range.clone());
+            let fp = FixedPointChip::configure(meta, advice);
             let inst = meta.instance_column();
             meta.enable_equality(inst);
             (fp, range, inst)
@@ -203,25 +226,54 @@ mod tests {
                 .iter()
                 .map(|v| range.witness_checked(&mut layouter, known(v), 16, true))
                 .collect::<Result<Vec<_>, _>>()?;
-            let chip = FixedPointChip::construct(cfg.0.clone(), S);
+            let chip = FixedPointChip::construct(cfg.0.clone(), S, range.clone());
             let p = chip.dot(&mut layouter, &a, &y)?;
-            let d = chip.floor_rescale(&mut layouter, &p, known(&self.delta), known(&self.r), 40)?;
+            let d = chip.floor_rescale(&mut layouter, &p, Value::known(self.delta), known(&self.r))?;
+            if self.bound_delta {
+                range.check(&mut layouter, &d, 40, true)?;
+            }
             layouter.constrain_instance(d.cell(), cfg.2, 0)
         }
     }
 
     fn honest(a: Vec<i128>, y: Vec<i128>) -> TestCircuit {
         let p: i128 = a.iter().zip(&y).map(|(a, y)| a * y).sum();
-        let delta = (-p).div_euclid(1 << S);
+        let delta = fp_from_i128((-p).div_euclid(1 << S));
         let r = (-p).rem_euclid(1 << S);
-        TestCircuit { a, y, delta, r }
+        TestCircuit {
+            a,
+            y,
+            delta,
+            r,
+            bound_delta: true,
+        }
     }
 
     fn ok(c: &TestCircuit) -> bool {
-        MockProver::run(9, c, vec![vec![fp_from_i128(c.delta)]])
-            .unwrap()
-            .verify()
-            .is_ok()
+        ok_with(c, c.delta)
+    }
+
+    fn ok_with(c: &TestCircuit, delta: Fp) -> bool {
+        MockProver::run(9, c, vec![vec![delta]]).unwrap().verify().is_ok()
+    }
+
+    #[test]
+    fn an_unbounded_delta_is_a_field_element_for_any_remainder() {
+        // Why the caller must bound δ: with r' = r + 1 the "δ" (−P − r')/2^s
+        // exists in the field, and only the caller's range check rejects it.
+        let c = honest(vec![3, -7, 11], vec![101, 250, -3]);
+        let p: i128 = c.a.iter().zip(&c.y).map(|(a, y)| a * y).sum();
+        let r2 = (c.r + 1) % (1 << S);
+        let field_delta = (fp_from_i128(-p) - fp_from_i128(r2)) * pow2(S).invert().unwrap();
+        let mut cheat = TestCircuit {
+            delta: field_delta,
+            r: r2,
+            bound_delta: false,
+            ..c
+        };
+        assert!(ok(&cheat));
+        cheat.bound_delta = true;
+        assert!(!ok(&cheat));
     }
 
     #[test]
@@ -232,7 +284,7 @@ mod tests {
             (vec![1], vec![1]),
         ] {
             let c = honest(a, y);
-            assert!(ok(&c), "honest δ = {} r = {} rejected", c.delta, c.r);
+            assert!(ok(&c), "honest δ = {:?} r = {} rejected", c.delta, c.r);
         }
     }
 
@@ -242,21 +294,21 @@ mod tests {
         assert!(c.r != 0);
         // δ+1 needs r − 2^s < 0: ceil/round-to-nearest fail the remainder range check.
         let up = TestCircuit {
-            delta: c.delta + 1,
+            delta: c.delta + Fp::ONE,
             r: c.r - (1 << S),
             ..c.clone()
         };
         assert!(!ok(&up));
         // Remainder out of [0, 2^s) with δ−1.
         let down = TestCircuit {
-            delta: c.delta - 1,
+            delta: c.delta - Fp::ONE,
             r: c.r + (1 << S),
             ..c.clone()
         };
         assert!(!ok(&down));
         // δ that does not satisfy the equation at all.
         let wrong = TestCircuit {
-            delta: c.delta + 3,
+            delta: c.delta + Fp::from(3u64),
             ..c.clone()
         };
         assert!(!ok(&wrong));

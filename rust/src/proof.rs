@@ -7,7 +7,7 @@
 //!   mask length u32 LE, then one byte per weight (1 = kept, 0 = masked);
 //! * verifying key `V`, v1: the circuit descriptor the key is regenerated
 //!   from — circuit version u8, k u8, block u32, n_blocks u32, scale_bits u8,
-//!   tol u64, y_bits u8, delta_bits u8 (all LE). zcash `halo2_proofs` 0.3 has
+//!   tol u64, y_bits u8 (all LE). zcash `halo2_proofs` 0.3 has
 //!   no verifying-key serialisation, and `keygen_vk` is deterministic in the
 //!   circuit and k (IPA params need no setup), so these bytes fully determine
 //!   the key for this exact crate version.
@@ -36,7 +36,7 @@ use crate::{Fp, ZkError};
 pub const MAGIC: &[u8; 4] = b"ETZK";
 pub const VERSION: u8 = 1;
 /// Bumped whenever the circuit layout changes (keys are then incompatible).
-pub const CIRCUIT_VERSION: u8 = 1;
+pub const CIRCUIT_VERSION: u8 = 2;
 const KIND_PROOF: u8 = b'P';
 const KIND_PUBLIC: u8 = b'I';
 const KIND_KEY: u8 = b'V';
@@ -151,7 +151,6 @@ impl KeyParams {
         v.push(s.scale_bits as u8);
         v.extend(s.tol.to_le_bytes());
         v.push(s.y_bits as u8);
-        v.push(s.delta_bits as u8);
         v
     }
 
@@ -170,7 +169,6 @@ impl KeyParams {
             scale_bits: r.u8()? as usize,
             tol: r.u64()?,
             y_bits: r.u8()? as usize,
-            delta_bits: r.u8()? as usize,
         };
         r.finish()?;
         let kp = KeyParams { k, shape };
@@ -464,7 +462,7 @@ pub fn chain_links(publics: &[PublicInputs], block: usize, digests: [Fp; 3]) -> 
     let n: usize = publics.iter().map(|p| p.keep.len()).sum();
     let starts_ok = first.w_in == crate::commit::initial_acc(n)
         && first.w_new_in == crate::commit::initial_acc(n)
-        && first.a_in == crate::commit::initial_acc(n * block);
+        && first.a_in == crate::commit::initial_acc(n / block * (block * (block + 1) / 2));
     let links_ok = publics
         .windows(2)
         .all(|p| p[0].w_out == p[1].w_in && p[0].w_new_out == p[1].w_new_in && p[0].a_out == p[1].a_in);
@@ -561,8 +559,7 @@ mod tests {
     use crate::witness::honest_witness;
     use halo2_proofs::dev::MockProver;
 
-    /// Two chunks of 8 blocks × 8 weights (64 weights, a multiple of the
-    /// 64-value hash chunk) chain to the whole-layer digests.
+    /// Two chunks of 8 blocks × 8 weights chain to the layer's digests.
     #[test]
     fn chunk_proofs_chain_through_digests() {
         let mut parts = Vec::new();
@@ -588,7 +585,7 @@ mod tests {
             let start = acc.unwrap_or([
                 crate::commit::initial_acc(n_total),
                 crate::commit::initial_acc(n_total),
-                crate::commit::initial_acc(n_total * 8),
+                crate::commit::initial_acc(16 * 36),
             ]);
             let public = PublicInputs::from_witness(&shape, &wit, Some(start)).unwrap();
             let circuit = UnlearnCircuit {
@@ -598,16 +595,23 @@ mod tests {
             let prover = MockProver::run(13, &circuit, vec![public.to_instance()]).unwrap();
             assert_eq!(prover.verify(), Ok(()), "chunk {c}");
             acc = Some([public.w_out, public.w_new_out, public.a_out]);
-            all_w.extend(wit.w);
-            all_w_new.extend(wit.w_new);
-            all_a.extend(wit.a);
+            all_w.push(wit.w);
+            all_w_new.push(wit.w_new);
+            all_a.push(crate::commit::lower_triangle(&wit.a, 8).unwrap());
             all_keep.extend(keep);
             publics.push(public);
         }
+        // The layer's digests, chained natively chunk by chunk.
+        let chained = |parts: &[Vec<i64>], packing, len| {
+            parts.iter().fold(crate::commit::initial_acc(len), |acc, p| {
+                crate::commit::commit_chain(acc, p, packing).unwrap()
+            })
+        };
+        use crate::commit::{FISHER, WEIGHTS};
         let digests = [
-            crate::commit::commit(&all_w).unwrap(),
-            crate::commit::commit(&all_w_new).unwrap(),
-            crate::commit::commit(&all_a).unwrap(),
+            chained(&all_w, WEIGHTS, n_total),
+            chained(&all_w_new, WEIGHTS, n_total),
+            chained(&all_a, FISHER, 16 * 36),
         ];
         assert_eq!(chain_links(&publics, 8, digests), Some(all_keep));
         // Out of order, or ending at another digest, does not link.

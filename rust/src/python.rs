@@ -53,14 +53,24 @@ fn digest_arg(name: &str, b: &[u8]) -> PyResult<Fp> {
 /// Poseidon digest of signed integers in [−2^23, 2^23) (see the crate README).
 #[pyfunction]
 fn commit<'py>(py: Python<'py>, values: Vec<i64>) -> PyResult<Bound<'py, PyBytes>> {
-    let d = cm::commit(&values).map_err(to_py)?;
+    let d = cm::commit(&values, cm::WEIGHTS).map_err(to_py)?;
     Ok(PyBytes::new(py, &field::to_bytes(&d)))
 }
 
-/// Continues a digest chain from `acc` (32 bytes) over `values`.
+/// Continues a weight digest chain from `acc` (32 bytes) over `values`.
 #[pyfunction]
 fn commit_chain<'py>(py: Python<'py>, acc: &[u8], values: Vec<i64>) -> PyResult<Bound<'py, PyBytes>> {
-    let d = cm::commit_chain(digest_arg("acc", acc)?, &values).map_err(to_py)?;
+    let d = cm::commit_chain(digest_arg("acc", acc)?, &values, cm::WEIGHTS).map_err(to_py)?;
+    Ok(PyBytes::new(py, &field::to_bytes(&d)))
+}
+
+/// Continues a Fisher digest chain from `acc` over the lower triangles of the
+/// symmetric B×B blocks `a` (row-major, concatenated); a whole vector of
+/// n blocks starts from `initial_acc(n·B·(B+1)/2)`.
+#[pyfunction]
+fn commit_fisher_chain<'py>(py: Python<'py>, acc: &[u8], a: Vec<i64>, block: usize) -> PyResult<Bound<'py, PyBytes>> {
+    let tri = cm::lower_triangle(&a, block).map_err(to_py)?;
+    let d = cm::commit_chain(digest_arg("acc", acc)?, &tri, cm::FISHER).map_err(to_py)?;
     Ok(PyBytes::new(py, &field::to_bytes(&d)))
 }
 
@@ -70,21 +80,20 @@ fn initial_acc<'py>(py: Python<'py>, n: usize) -> Bound<'py, PyBytes> {
     PyBytes::new(py, &field::to_bytes(&cm::initial_acc(n)))
 }
 
-fn shape(block: usize, n_blocks: usize, scale_bits: usize, tol: u64, y_bits: usize, delta_bits: usize) -> Shape {
+fn shape(block: usize, n_blocks: usize, scale_bits: usize, tol: u64, y_bits: usize) -> Shape {
     Shape {
         block,
         n_blocks,
         scale_bits,
         tol,
         y_bits,
-        delta_bits,
     }
 }
 
 /// Verifying-key bytes (the circuit descriptor) for this shape. `k = None`
 /// picks the smallest k that fits; a given k is checked to fit.
 #[pyfunction]
-#[pyo3(signature = (k, block, n_blocks=1, scale_bits=16, tol=1<<24, y_bits=32, delta_bits=48))]
+#[pyo3(signature = (k, block, n_blocks=1, scale_bits=16, tol=1<<23, y_bits=32))]
 #[allow(clippy::too_many_arguments)]
 fn keygen<'py>(
     py: Python<'py>,
@@ -94,9 +103,8 @@ fn keygen<'py>(
     scale_bits: usize,
     tol: u64,
     y_bits: usize,
-    delta_bits: usize,
 ) -> PyResult<Bound<'py, PyBytes>> {
-    let sh = shape(block, n_blocks, scale_bits, tol, y_bits, delta_bits);
+    let sh = shape(block, n_blocks, scale_bits, tol, y_bits);
     let kp = py
         .detach(|| {
             guarded(|| {
@@ -114,7 +122,7 @@ fn keygen<'py>(
 
 /// Honest witness: dict of lists y, delta, remainder, residual, w_new.
 #[pyfunction]
-#[pyo3(signature = (w, a, keep, block, scale_bits=16, tol=1<<24, y_bits=32, delta_bits=48))]
+#[pyo3(signature = (w, a, keep, block, scale_bits=16, tol=1<<23, y_bits=32))]
 #[allow(clippy::too_many_arguments)]
 fn unlearn_witness<'py>(
     py: Python<'py>,
@@ -125,7 +133,6 @@ fn unlearn_witness<'py>(
     scale_bits: usize,
     tol: u64,
     y_bits: usize,
-    delta_bits: usize,
 ) -> PyResult<Bound<'py, PyDict>> {
     if block == 0 || !w.len().is_multiple_of(block) {
         return Err(PyValueError::new_err(format!(
@@ -133,7 +140,7 @@ fn unlearn_witness<'py>(
             w.len()
         )));
     }
-    let sh = shape(block, w.len() / block, scale_bits, tol, y_bits, delta_bits);
+    let sh = shape(block, w.len() / block, scale_bits, tol, y_bits);
     let wit = witness::honest_witness(&sh, &w, &a, &keep).map_err(to_py)?;
     let d = PyDict::new(py);
     d.set_item("y", wit.y)?;
@@ -384,9 +391,11 @@ fn public_inputs_info<'py>(py: Python<'py>, public_inputs: &[u8]) -> PyResult<Bo
 #[pymodule]
 fn edgetrain_zk(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("ProofFormatError", m.py().get_type::<ProofFormatError>())?;
-    m.add("VALUES_PER_CHUNK", cm::VALUES_PER_CHUNK)?;
+    m.add("WEIGHT_VALUES_PER_STEP", cm::WEIGHTS.values_per_step())?;
+    m.add("FISHER_VALUES_PER_STEP", cm::FISHER.values_per_step())?;
     m.add_function(wrap_pyfunction!(commit, m)?)?;
     m.add_function(wrap_pyfunction!(commit_chain, m)?)?;
+    m.add_function(wrap_pyfunction!(commit_fisher_chain, m)?)?;
     m.add_function(wrap_pyfunction!(initial_acc, m)?)?;
     m.add_function(wrap_pyfunction!(keygen, m)?)?;
     m.add_function(wrap_pyfunction!(unlearn_witness, m)?)?;

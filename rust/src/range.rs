@@ -14,6 +14,7 @@
 //! together give `x < 2^b` (no wrap: both products stay far below p).
 
 use std::cell::Cell;
+use std::rc::Rc;
 use std::marker::PhantomData;
 
 use ff::{Field, PrimeField};
@@ -36,6 +37,8 @@ pub const MAX_BITS: usize = 120;
 struct Lane {
     z: Column<Advice>,
     q_lookup: Selector,
+    /// Marks the last running-sum cell, which must be 0.
+    q_end: Selector,
     mul: Column<Fixed>,
     shift: Column<Fixed>,
 }
@@ -51,14 +54,16 @@ pub struct RangeCheckConfig {
 #[derive(Clone, Debug)]
 pub struct RangeCheckChip {
     config: RangeCheckConfig,
-    next_lane: Cell<usize>,
+    /// Shared by clones: every chip that range-checks through a clone of one
+    /// chip continues the same lane rotation, so all lanes fill evenly.
+    next_lane: Rc<Cell<usize>>,
     _marker: PhantomData<Fp>,
 }
 
 impl RangeCheckChip {
     /// One lane per column in `zs` (each equality-enabled, each with its own
-    /// lookup); `constants` becomes the circuit's constant column (for the
-    /// final `z_m = 0`).
+    /// lookup and its own `z_m = 0` gate); `constants` becomes the circuit's
+    /// constant column, which the other chips share.
     pub fn configure(
         meta: &mut ConstraintSystem<Fp>,
         zs: &[Column<Advice>],
@@ -83,9 +88,16 @@ impl RangeCheckChip {
                     let limb = mul * z_cur + shift - z_next * Expression::Constant(pow2(LIMB_BITS));
                     vec![(q * limb, table)]
                 });
+                // A gate rather than a copy to a constant: constants share one
+                // fixed column, which would make every check cost a row there.
+                let q_end = meta.selector();
+                meta.create_gate("range: last z = 0", |m| {
+                    vec![m.query_selector(q_end) * m.query_advice(z, Rotation::cur())]
+                });
                 Lane {
                     z,
                     q_lookup,
+                    q_end,
                     mul,
                     shift,
                 }
@@ -97,7 +109,7 @@ impl RangeCheckChip {
     pub fn construct(config: RangeCheckConfig) -> Self {
         Self {
             config,
-            next_lane: Cell::new(0),
+            next_lane: Rc::new(Cell::new(0)),
             _marker: PhantomData,
         }
     }
@@ -194,12 +206,10 @@ impl RangeCheckChip {
                         let limb = Fp::from_u128(low_u128(&zv) & ((1u128 << LIMB_BITS) - 1));
                         (zv - limb) * inv
                     });
-                    let cell = region.assign_advice(|| "z", cfg.z, i + 1, || next)?;
-                    if i + 1 == limbs {
-                        region.constrain_constant(cell.cell(), Fp::ZERO)?;
-                    }
+                    region.assign_advice(|| "z", cfg.z, i + 1, || next)?;
                     z = next;
                 }
+                cfg.q_end.enable(&mut region, limbs)?;
                 Ok(z0)
             },
         )

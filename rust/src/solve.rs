@@ -3,9 +3,8 @@
 //! `P_i = Σ_j A[i,j]·y_j` comes from the MAC chip. With `y_j = 0` off the
 //! masked set S (enforced by the update chip) this is `A[S,S]·y − 2^s·w[S] = e`
 //! on the masked rows, i.e. `y ≈ A[S,S]⁻¹·w[S]` in fixed point without any
-//! in-circuit inversion. The bound is two range checks:
-//! `e + τ ∈ [0, 2^t)` and `τ − e ∈ [0, 2^t)` with `2^t > 2τ`, which together
-//! give `−τ ≤ e ≤ τ`.
+//! in-circuit inversion. τ is a power of two, so the bound `−τ ≤ e < τ` is
+//! one range check: `e + τ ∈ [0, 2τ)`.
 
 use ff::Field;
 use halo2_proofs::{
@@ -15,16 +14,15 @@ use halo2_proofs::{
 };
 
 use crate::field::pow2;
-use crate::range::{RangeCheckChip, RangeCheckConfig};
+use crate::range::RangeCheckChip;
 use crate::Fp;
 
 #[derive(Clone, Debug)]
 pub struct SolveCheckConfig {
-    cols: [Column<Advice>; 6],
+    cols: [Column<Advice>; 5],
     q: Selector,
     scale: Column<Fixed>,
     tau: Column<Fixed>,
-    range: RangeCheckConfig,
 }
 
 /// s and τ are construction arguments placed in fixed columns (so in the
@@ -34,19 +32,20 @@ pub struct SolveCheckChip {
     config: SolveCheckConfig,
     scale_bits: usize,
     tol: u64,
+    range: RangeCheckChip,
 }
 
-/// Bits t of the residual-bound range checks: the smallest with 2^t > 2τ.
-pub fn tol_bits(tol: u64) -> usize {
-    ((128 - (2 * tol as u128).leading_zeros()) as usize).max(1)
+/// Bits of the residual-bound range check, `log2(2τ)`; None unless τ is a
+/// power of two.
+pub fn tol_bits(tol: u64) -> Option<usize> {
+    tol.is_power_of_two().then(|| tol.trailing_zeros() as usize + 1)
 }
 
 impl SolveCheckChip {
     /// Columns: keep, P, w, e, e+τ, τ−e (all equality-enabled).
     pub fn configure(
         meta: &mut ConstraintSystem<Fp>,
-        cols: [Column<Advice>; 6],
-        range: RangeCheckConfig,
+        cols: [Column<Advice>; 5],
     ) -> SolveCheckConfig {
         for c in cols {
             meta.enable_equality(c);
@@ -54,16 +53,15 @@ impl SolveCheckChip {
         let q = meta.selector();
         let scale = meta.fixed_column();
         let tau_col = meta.fixed_column();
-        meta.create_gate("solve: (1−keep)(P − 2^s·w − e) = 0, e±τ", |m| {
+        meta.create_gate("solve: (1−keep)(P − 2^s·w − e) = 0, e+τ", |m| {
             let q = m.query_selector(q);
-            let [keep, p, w, e, lo, hi] = cols.map(|c| m.query_advice(c, Rotation::cur()));
+            let [keep, p, w, e, lo] = cols.map(|c| m.query_advice(c, Rotation::cur()));
             let tau = m.query_fixed(tau_col);
             let two_s = m.query_fixed(scale);
             let one = Expression::Constant(Fp::ONE);
             vec![
                 q.clone() * (one - keep) * (p - w * two_s - e.clone()),
-                q.clone() * (lo - e.clone() - tau.clone()),
-                q * (hi - tau + e),
+                q * (lo - e - tau),
             ]
         });
         SolveCheckConfig {
@@ -71,16 +69,17 @@ impl SolveCheckChip {
             q,
             scale,
             tau: tau_col,
-            range,
         }
     }
 
-    pub fn construct(config: SolveCheckConfig, scale_bits: usize, tol: u64) -> Self {
-        assert!(tol < (1u64 << 62), "tolerance {tol} too large");
+    /// `tol` = τ, a power of two below 2^62.
+    pub fn construct(config: SolveCheckConfig, scale_bits: usize, tol: u64, range: RangeCheckChip) -> Self {
+        assert!(tol < (1u64 << 62) && tol_bits(tol).is_some(), "tolerance {tol} must be a power of two below 2^62");
         Self {
             config,
             scale_bits,
             tol,
+            range,
         }
     }
 
@@ -95,10 +94,8 @@ impl SolveCheckChip {
     ) -> Result<(), Error> {
         let cfg = &self.config;
         let tau = Fp::from(self.tol);
-        let t = tol_bits(self.tol);
-        let range = RangeCheckChip::construct(cfg.range.clone());
-        let lo = range.witness_checked(layouter, residual.map(|e| e + tau), t, false)?;
-        let hi = range.witness_checked(layouter, residual.map(|e| tau - e), t, false)?;
+        let t = tol_bits(self.tol).expect("checked in construct");
+        let lo = self.range.witness_checked(layouter, residual.map(|e| e + tau), t, false)?;
         layouter.assign_region(
             || "solve check",
             |mut region| {
@@ -110,7 +107,6 @@ impl SolveCheckChip {
                 w.copy_advice(|| "w", &mut region, cfg.cols[2], 0)?;
                 region.assign_advice(|| "e", cfg.cols[3], 0, || residual)?;
                 lo.copy_advice(|| "e+τ", &mut region, cfg.cols[4], 0)?;
-                hi.copy_advice(|| "τ−e", &mut region, cfg.cols[5], 0)?;
                 Ok(())
             },
         )
@@ -124,7 +120,7 @@ mod tests {
     use halo2_proofs::{circuit::SimpleFloorPlanner, dev::MockProver, plonk::Circuit};
 
     const S: usize = 4;
-    const TAU: u64 = 10;
+    const TAU: u64 = 8;
 
     #[derive(Clone, Default)]
     struct TestCircuit {
@@ -132,20 +128,21 @@ mod tests {
     }
 
     impl Circuit<Fp> for TestCircuit {
-        type Config = (SolveCheckConfig, RangeCheckConfig, [Column<Advice>; 6]);
+        type Config = (SolveCheckConfig, crate::range::RangeCheckConfig, [Column<Advice>; 5]);
         type FloorPlanner = SimpleFloorPlanner;
         fn without_witnesses(&self) -> Self {
             self.clone()
         }
         fn configure(meta: &mut ConstraintSystem<Fp>) -> Self::Config {
-            let cols = [(); 6].map(|_| meta.advice_column());
+            let cols = [(); 5].map(|_| meta.advice_column());
             let constants = meta.fixed_column();
             let range = RangeCheckChip::configure(meta, &[cols[0]], constants);
-            (SolveCheckChip::configure(meta, cols, range.clone()), range, cols)
+            (SolveCheckChip::configure(meta, cols), range, cols)
         }
         fn synthesize(&self, cfg: Self::Config, mut layouter: impl Layouter<Fp>) -> Result<(), Error> {
-            RangeCheckChip::construct(cfg.1.clone()).load_table(&mut layouter)?;
-            let chip = SolveCheckChip::construct(cfg.0.clone(), S, TAU);
+            let range = RangeCheckChip::construct(cfg.1.clone());
+            range.load_table(&mut layouter)?;
+            let chip = SolveCheckChip::construct(cfg.0.clone(), S, TAU, range);
             for (keep, p, w, e) in &self.rows {
                 let (k, p, w) = layouter.assign_region(
                     || "inputs",
@@ -173,19 +170,20 @@ mod tests {
     fn residuals_within_tolerance_verify() {
         // P − 16·w = e for masked rows; kept rows are unconstrained.
         assert!(ok(vec![
-            (false, 16 * 7 + 10, 7, 10),
-            (false, 16 * -7 - 10, -7, -10),
+            (false, 16 * 7 + 7, 7, 7),
+            (false, 16 * -7 - 8, -7, -8),
             (false, 0, 0, 0),
             (true, 12345, 3, 0),
         ]));
-        assert_eq!(tol_bits(10), 5);
-        assert_eq!(tol_bits(0), 1);
+        assert_eq!(tol_bits(8), Some(4));
+        assert_eq!(tol_bits(10), None);
+        assert_eq!(tol_bits(0), None);
     }
 
     #[test]
     fn residual_beyond_tolerance_or_wrong_is_rejected() {
-        assert!(!ok(vec![(false, 16 * 7 + 11, 7, 11)]));
-        assert!(!ok(vec![(false, 16 * 7 - 11, 7, -11)]));
+        assert!(!ok(vec![(false, 16 * 7 + 8, 7, 8)]));
+        assert!(!ok(vec![(false, 16 * 7 - 9, 7, -9)]));
         // e that does not match P − 2^s·w.
         assert!(!ok(vec![(false, 16 * 7 + 3, 7, 2)]));
         // A y far from the solve: P unrelated to w.

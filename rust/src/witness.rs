@@ -1,20 +1,22 @@
 //! Honest witness from plain integers.
 //!
 //! Fixed-point conventions (scale 2^s, s = `scale_bits`):
-//! * weights `w` and Fisher-inverse entries `A` are integers at scale 2^s
-//!   (real = int / 2^s), each in the committed range `[−2^23, 2^23)`;
+//! * weights `w` are integers at scale 2^s (real = int / 2^s) in the committed
+//!   range `[−2^23, 2^23)`; Fisher-inverse blocks `A` are symmetric integers
+//!   at any scale of their own in `[−2^15, 2^15)` (the step is invariant to a
+//!   block's scale);
 //! * `y` (length B per block, zero on kept weights) is at scale 2^s and solves
 //!   `A[S,S]·y ≈ 2^s·w[S]`; it is found in f64 and rounded to nearest, and the
 //!   residual `e = A[S,S]·y − 2^s·w[S]` (product scale 2^(2s)) must satisfy
 //!   `|e| ≤ τ`;
 //! * `P_i = Σ_j A[i,j]·y_j`, `δ_i = ⌊−P_i / 2^s⌋` (floor, towards −∞) with
 //!   remainder `r_i = −P_i − 2^s·δ_i ∈ [0, 2^s)`;
-//! * `w'_i = keep_i·(w_i + δ_i)`.
+//! * `w'_i = keep_i·(w_i + δ_i)`, which must stay in the committed range.
 //!
 //! A blocks are B×B, row-major, one after another.
 
 use crate::circuit::Shape;
-use crate::commit::{VALUE_END, VALUE_MIN};
+use crate::commit::{lower_triangle, Packing, FISHER, WEIGHTS};
 use crate::ZkError;
 
 /// Every private value of one proof, as integers.
@@ -31,10 +33,11 @@ pub struct Witness {
     pub w_new: Vec<i64>,
 }
 
-fn check_committed(name: &str, v: &[i64]) -> Result<(), ZkError> {
-    match v.iter().enumerate().find(|(_, x)| !(VALUE_MIN..VALUE_END).contains(*x)) {
+fn check_committed(name: &str, v: &[i64], packing: Packing) -> Result<(), ZkError> {
+    let (lo, hi) = (packing.min(), packing.end());
+    match v.iter().enumerate().find(|(_, x)| !(lo..hi).contains(*x)) {
         Some((i, x)) => Err(ZkError::Invalid(format!(
-            "{name}[{i}] = {x} is outside the committed range [{VALUE_MIN}, {VALUE_END})"
+            "{name}[{i}] = {x} is outside the committed range [{lo}, {hi})"
         ))),
         None => Ok(()),
     }
@@ -60,8 +63,9 @@ pub fn honest_witness(shape: &Shape, w: &[i64], a: &[i64], keep: &[bool]) -> Res
             a.len()
         )));
     }
-    check_committed("w", w)?;
-    check_committed("a", a)?;
+    check_committed("w", w, WEIGHTS)?;
+    check_committed("a", a, FISHER)?;
+    lower_triangle(a, b)?; // symmetric blocks only
     let two_s = 1i128 << shape.scale_bits;
     let mut out = Witness {
         w: w.to_vec(),
@@ -100,27 +104,25 @@ pub fn honest_witness(shape: &Shape, w: &[i64], a: &[i64], keep: &[bool]) -> Res
             let g = base + i;
             if !keep[g] {
                 let e = p - two_s * w[g] as i128;
-                if e.unsigned_abs() > shape.tol as u128 {
+                let tol = shape.tol as i128;
+                if !(-tol..tol).contains(&e) {
                     return Err(ZkError::Invalid(format!(
-                        "solve residual e = {e} at weight {g} exceeds tol = {} (raise tol or the scale)",
+                        "solve residual e = {e} at weight {g} is outside [−tol, tol), tol = {} (raise tol or the scale)",
                         shape.tol
                     )));
                 }
                 out.residual[g] = e as i64;
             }
             let d = (-p).div_euclid(two_s);
-            if !fits_signed(d, shape.delta_bits) {
-                return Err(ZkError::Invalid(format!(
-                    "δ = {d} at weight {g} does not fit delta_bits = {}",
-                    shape.delta_bits
-                )));
+            if d.unsigned_abs() >= 1 << 62 {
+                return Err(ZkError::Invalid(format!("δ = {d} at weight {g} is out of any weight range")));
             }
             out.delta[g] = d as i64;
             out.remainder[g] = (-p).rem_euclid(two_s) as i64;
             out.w_new[g] = if keep[g] { w[g] + d as i64 } else { 0 };
         }
     }
-    check_committed("w_new", &out.w_new)?;
+    check_committed("w_new", &out.w_new, WEIGHTS)?;
     Ok(out)
 }
 
@@ -171,7 +173,6 @@ mod tests {
             scale_bits: 4,
             tol: 64,
             y_bits: 32,
-            delta_bits: 40,
         };
         // A = 16·[[2,0,1],[0,1,0],[1,0,2]] at scale 2^4.
         let a = vec![32, 0, 16, 0, 16, 0, 16, 0, 32];
@@ -190,12 +191,26 @@ mod tests {
             block: 1,
             n_blocks: 1,
             scale_bits: 1,
-            tol: 0,
+            tol: 2,
             y_bits: 32,
-            delta_bits: 40,
         };
-        // A = 3, 2·w = 2 → y = 2/3 rounds to 1, e = 3 − 2 = 1 > 0.
-        let err = honest_witness(&shape, &[1], &[3], &[false]).unwrap_err();
-        assert!(format!("{err}").contains("residual e = 1"), "{err}");
+        // A = 7, 2·w = 6 → y = 6/7 rounds to 1, e = 7 − 6 = 1 < τ; 2·w = 10 →
+        // y = 10/7 rounds to 1, e = 7 − 10 = −3 beyond τ.
+        assert!(honest_witness(&shape, &[3], &[7], &[false]).is_ok());
+        let err = honest_witness(&shape, &[5], &[7], &[false]).unwrap_err();
+        assert!(format!("{err}").contains("residual e = -3"), "{err}");
+    }
+
+    #[test]
+    fn asymmetric_fisher_blocks_are_refused() {
+        let shape = Shape {
+            block: 2,
+            n_blocks: 1,
+            scale_bits: 4,
+            tol: 64,
+            y_bits: 32,
+        };
+        let err = honest_witness(&shape, &[1, 2], &[5, 1, 2, 5], &[false, true]).unwrap_err();
+        assert!(format!("{err}").contains("not symmetric"), "{err}");
     }
 }

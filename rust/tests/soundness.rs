@@ -22,7 +22,6 @@ fn key_params() -> KeyParams {
             scale_bits: 12,
             tol: 1 << 16,
             y_bits: 32,
-            delta_bits: 40,
         },
     }
 }
