@@ -20,7 +20,7 @@
 
 use halo2_proofs::{
     circuit::{AssignedCell, Layouter, SimpleFloorPlanner, Value},
-    plonk::{Advice, Circuit, Column, ConstraintSystem, Error, Instance},
+    plonk::{Advice, Circuit, Column, ConstraintSystem, Error, Fixed, Instance},
 };
 
 use crate::commit::{self, CommitChip, CommitConfig, FISHER, WEIGHTS};
@@ -157,6 +157,8 @@ impl PublicInputs {
 pub struct UnlearnConfig {
     advice: [Column<Advice>; ADVICE_COLUMNS],
     instance: Column<Instance>,
+    /// The circuit's one constant column.
+    pub constants: Column<Fixed>,
     range: RangeCheckConfig,
     commit_w: CommitConfig,
     commit_a: CommitConfig,
@@ -214,6 +216,7 @@ impl Circuit<Fp> for UnlearnCircuit {
         UnlearnConfig {
             advice,
             instance,
+            constants,
             range,
             commit_w,
             commit_a,

@@ -21,7 +21,11 @@
 //! Readers return `Err(ZkError::Format)` on any malformed input and never panic.
 
 use halo2_proofs::{
-    plonk::{create_proof, keygen_pk, keygen_vk, verify_proof, ProvingKey, SingleVerifier, VerifyingKey},
+    circuit::{SimpleFloorPlanner, Value},
+    plonk::{
+        create_proof, keygen_pk, keygen_vk, verify_proof, Advice, Any, Assigned, Assignment, Circuit, Column,
+        ConstraintSystem, Error, Fixed, FloorPlanner, Instance, ProvingKey, Selector, SingleVerifier, VerifyingKey,
+    },
     poly::commitment::Params,
     transcript::{Blake2bRead, Blake2bWrite, Challenge255},
 };
@@ -295,46 +299,97 @@ pub fn verifying_key_with(
     keygen_vk(params, &blank).map_err(backend)
 }
 
+/// Rows the circuit of `shape` needs, unusable (blinding) rows included: one
+/// layout pass without values, so it costs a fraction of a proof.
+pub fn rows_needed(shape: &Shape) -> Result<usize, ZkError> {
+    shape.validate()?;
+    let mut cs = ConstraintSystem::default();
+    let config = UnlearnCircuit::configure(&mut cs);
+    let constants = vec![config.constants];
+    let blank = UnlearnCircuit {
+        shape: *shape,
+        witness: None,
+    };
+    let mut rows = RowCounter(0);
+    SimpleFloorPlanner::synthesize(&mut rows, &blank, config, constants).map_err(backend)?;
+    let instance_rows = crate::circuit::ROW_MASK + shape.n_weights();
+    // halo2 reserves blinding_factors + 1 rows at the end of every column.
+    Ok(rows.0.max(instance_rows) + cs.blinding_factors() + 1)
+}
+
 /// Checks, without any key generation, that the circuit of `kp` fits 2^k rows.
 pub fn check_fits(kp: &KeyParams) -> Result<(), ZkError> {
     kp.validate()?;
-    // MockProver needs known values; zeros lay out exactly like a real witness.
-    let n = kp.shape.n_weights();
-    let zeros = Witness {
-        w: vec![0; n],
-        a: vec![0; n * kp.shape.block],
-        keep: vec![true; n],
-        y: vec![0; n],
-        delta: vec![0; n],
-        remainder: vec![0; n],
-        residual: vec![0; n],
-        w_new: vec![0; n],
-    };
-    let blank = UnlearnCircuit {
-        shape: kp.shape,
-        witness: Some(zeros),
-    };
-    let instance = vec![Fp::from(0u64); crate::circuit::ROW_MASK + kp.shape.n_weights()];
-    match halo2_proofs::dev::MockProver::run(kp.k, &blank, vec![instance]) {
-        Ok(_) => Ok(()),
-        Err(e) => Err(ZkError::Invalid(format!(
-            "the circuit does not fit k = {}: {e:?}",
-            kp.k
-        ))),
+    let rows = rows_needed(&kp.shape)?;
+    if rows > 1 << kp.k {
+        return Err(ZkError::Invalid(format!(
+            "the circuit needs {rows} rows, more than 2^{} = {}",
+            kp.k,
+            1usize << kp.k
+        )));
     }
+    Ok(())
 }
 
 /// The smallest k whose 2^k rows hold the circuit of `shape`.
 pub fn min_k(shape: &Shape) -> Result<u32, ZkError> {
-    shape.validate()?;
-    for k in 9..=MAX_K {
-        if check_fits(&KeyParams { k, shape: *shape }).is_ok() {
-            return Ok(k);
-        }
+    let rows = rows_needed(shape)?;
+    let k = rows.next_power_of_two().trailing_zeros().max(4);
+    if k > MAX_K {
+        return Err(ZkError::Invalid(format!(
+            "the circuit of {shape:?} needs {rows} rows, more than 2^{MAX_K}; split it into chunks"
+        )));
     }
-    Err(ZkError::Invalid(format!(
-        "the circuit of {shape:?} needs more than 2^{MAX_K} rows; split it into chunks"
-    )))
+    Ok(k)
+}
+
+/// An [`Assignment`] that only records the highest row any cell, selector or
+/// copy touches: the floor planner's layout without a witness.
+struct RowCounter(usize);
+
+impl RowCounter {
+    fn touch(&mut self, row: usize) -> Result<(), Error> {
+        self.0 = self.0.max(row + 1);
+        Ok(())
+    }
+}
+
+impl Assignment<Fp> for RowCounter {
+    fn enter_region<NR: Into<String>, N: FnOnce() -> NR>(&mut self, _: N) {}
+    fn exit_region(&mut self) {}
+    fn enable_selector<A: FnOnce() -> AR, AR: Into<String>>(&mut self, _: A, _: &Selector, row: usize) -> Result<(), Error> {
+        self.touch(row)
+    }
+    fn query_instance(&self, _: Column<Instance>, _: usize) -> Result<Value<Fp>, Error> {
+        Ok(Value::unknown())
+    }
+    fn assign_advice<V, VR, A, AR>(&mut self, _: A, _: Column<Advice>, row: usize, _: V) -> Result<(), Error>
+    where
+        V: FnOnce() -> Value<VR>,
+        VR: Into<Assigned<Fp>>,
+        A: FnOnce() -> AR,
+        AR: Into<String>,
+    {
+        self.touch(row)
+    }
+    fn assign_fixed<V, VR, A, AR>(&mut self, _: A, _: Column<Fixed>, row: usize, _: V) -> Result<(), Error>
+    where
+        V: FnOnce() -> Value<VR>,
+        VR: Into<Assigned<Fp>>,
+        A: FnOnce() -> AR,
+        AR: Into<String>,
+    {
+        self.touch(row)
+    }
+    fn copy(&mut self, _: Column<Any>, left: usize, _: Column<Any>, right: usize) -> Result<(), Error> {
+        self.touch(left.max(right))
+    }
+    // Pads a lookup table to the end of the column: no row of its own.
+    fn fill_from_row(&mut self, _: Column<Fixed>, _: usize, _: Value<Assigned<Fp>>) -> Result<(), Error> {
+        Ok(())
+    }
+    fn push_namespace<NR: Into<String>, N: FnOnce() -> NR>(&mut self, _: N) {}
+    fn pop_namespace(&mut self, _: Option<String>) {}
 }
 
 /// IPA parameters and the verifying key for `kp` (what a verifier needs).
@@ -543,16 +598,29 @@ mod tests {
         assert!(matches!(params_from_bytes(&off_curve), Err(ZkError::Format(_))));
     }
 
+    /// halo2's MockProver (an honest witness at k, then at k − 1) is the reference.
     #[test]
-    fn fit_check_matches_row_usage() {
-        let shape = crate::circuit::tests::small_shape();
-        let r = check_fits(&KeyParams { k: 10, shape });
-        assert!(r.is_ok(), "{r:?}");
-        assert_eq!(min_k(&shape), Ok(10));
-        assert!(matches!(
-            check_fits(&KeyParams { k: 9, shape }),
-            Err(ZkError::Invalid(_))
-        ));
+    fn min_k_is_where_mock_prover_starts_to_fit() {
+        for (seed, n_blocks) in [(0u64, 1usize), (1, 5)] {
+            let (mut shape, ..) = example(seed);
+            shape.n_blocks = n_blocks;
+            let parts: Vec<_> = (0..n_blocks as u64).map(|i| example(seed * 10 + i)).collect();
+            let w: Vec<i64> = parts.iter().flat_map(|p| p.1.clone()).collect();
+            let a: Vec<i64> = parts.iter().flat_map(|p| p.2.clone()).collect();
+            let keep: Vec<bool> = parts.iter().flat_map(|p| p.3.clone()).collect();
+            let wit = honest_witness(&shape, &w, &a, &keep).unwrap();
+            let public = PublicInputs::from_witness(&shape, &wit, None).unwrap();
+            let circuit = UnlearnCircuit {
+                shape,
+                witness: Some(wit),
+            };
+            let k = min_k(&shape).unwrap();
+            let mock = |k| MockProver::run(k, &circuit, vec![public.to_instance()]).map(|p| p.verify());
+            assert_eq!(mock(k).unwrap(), Ok(()), "{n_blocks} blocks at k = {k}");
+            assert!(!matches!(mock(k - 1), Ok(Ok(()))), "{n_blocks} blocks fit k − 1 = {}", k - 1);
+            assert!(check_fits(&KeyParams { k, shape }).is_ok());
+            assert!(matches!(check_fits(&KeyParams { k: k - 1, shape }), Err(ZkError::Invalid(_))));
+        }
     }
     use crate::circuit::tests::example;
     use crate::circuit::UnlearnCircuit;
