@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import autodiff
 from ..model import Model
+from . import int8
 
 # fully connected layers: op type → position of the weight input
 _FC_OPS = {"Gemm": 1, "MatMul": 1}
@@ -20,22 +21,39 @@ _FC_OPS = {"Gemm": 1, "MatMul": 1}
 
 def target_layers(model: Model, layers: Sequence[str] | None = None) -> list[str]:
     """Names of the weight tensors to unlearn: ``layers`` (parameter names) checked
-    against the model, or by default the weights of every Gemm / MatMul node."""
+    against the model, or by default the weights of every fully connected layer —
+    Gemm / MatMul in fp32 models, QGemm / QLinearMatMul (int8 weights, per-channel or
+    per-tensor scales) in int8 models."""
     fc = [n.inputs[_FC_OPS[n.op_type]] for n in model.nodes
           if n.op_type in _FC_OPS and n.inputs[_FC_OPS[n.op_type]] in model.params]
+    fc_int8 = int8.fc_weights(model)
     if layers is None:
-        if not fc:
-            raise ValueError("the model has no fully connected layer (Gemm / MatMul with a weight "
-                             "initializer); pass layers=[parameter names]")
-        return fc
+        if not fc + fc_int8:
+            raise ValueError("the model has no fully connected layer (Gemm / MatMul, or QGemm / QLinearMatMul, "
+                             "with a weight initializer); pass layers=[parameter names]")
+        return fc + fc_int8
     if isinstance(layers, str):
         raise TypeError(f"layers={layers!r} must be a list of parameter names, not one string")
-    floats = [k for k, v in model.params.items() if np.issubdtype(v.dtype, np.floating) and v.ndim >= 2]
-    bad = [name for name in layers if name not in floats]
+    allowed = [k for k, v in model.params.items() if np.issubdtype(v.dtype, np.floating) and v.ndim >= 2]
+    allowed += fc_int8
+    bad = [name for name in layers if name not in allowed]
     if bad or not layers:
-        raise ValueError(f"layers={list(layers)!r}: expected a non-empty list of fp32 weight tensors of the "
-                         f"model, one of {floats}")
+        raise ValueError(f"layers={list(layers)!r}: expected a non-empty list of fp32 weight tensors or int8 "
+                         f"fully connected weights of the model, one of {allowed}")
     return list(layers)
+
+
+def is_int8(model: Model, names: Sequence[str]) -> bool:
+    """Whether the target layers ``names`` are int8 (all of them) or fp32 (all of them)."""
+    kinds = {model.params[n].dtype == np.int8 for n in names}
+    if len(kinds) > 1:
+        raise ValueError(f"layers {list(names)!r} mix int8 and fp32 weights; unlearn one kind at a time")
+    return kinds == {True}
+
+
+def weight_values(model: Model, name: str) -> np.ndarray:
+    """The real weights of a target layer: the parameter (fp32) or ``s·q`` (int8, dequantised)."""
+    return int8.dequantized(model, name) if model.params[name].dtype == np.int8 else model.params[name]
 
 
 def n_blocks(size: int, block: int) -> int:
@@ -50,8 +68,13 @@ def per_sample_gradients(model: Model, x: np.ndarray, y: np.ndarray, names: Sequ
     One batched forward pass per slice, then one batch-1 backward pass per sample
     from the first node that reads a target tensor (samples of a batch do not
     interact in an inference graph, so slicing the forward tensors is exact).
+    On int8 layers: the integer gradients of :mod:`edgetrain.prover.int8` times
+    their real scale, ``∂L/∂W`` of the dequantised weights ``W = s·q``.
     """
     _check_data(model, x, y)
+    if is_int8(model, names):
+        yield from int8.per_sample_gradients(model, x, y, names, batch)
+        return
     uses = [i for i, n in enumerate(model.nodes) if any(t in names for t in n.inputs)]
     start = min(uses)
     keep = {t for n in model.nodes[start:] for t in n.inputs + n.outputs if t}

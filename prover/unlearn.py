@@ -15,7 +15,9 @@ import numpy as np
 
 from ..model import Model
 from . import fixed_point as fx
-from .fisher import fisher_update, gradient_moments, initial_inverse, n_blocks, per_sample_gradients, target_layers
+from . import int8
+from .fisher import (_check_data, fisher_update, gradient_moments, initial_inverse, is_int8, n_blocks,
+                     per_sample_gradients, target_layers, weight_values)
 
 
 def make_mask(model: Model, forget: tuple, retain: tuple, fraction: float = 0.04,
@@ -27,15 +29,17 @@ def make_mask(model: Model, forget: tuple, retain: tuple, fraction: float = 0.04
     the retain data (+ eps), with ḡ the mean gradient and F the diagonal empirical
     Fisher. With c = ½ it is the size of the second-order change of the loss when
     the weight is set to zero, so the mask takes the weights the forget data needs
-    most relative to what the retain data needs.
+    most relative to what the retain data needs. On an int8 model w is the
+    dequantised weight and the gradients are the int8 path's, in real units.
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction={fraction!r} must be in (0, 1)")
     names = target_layers(model, layers)
+    w = {n: weight_values(model, n) for n in names}
     saliency = {}
     for key, (x, y) in (("forget", forget), ("retain", retain)):
         g, f = gradient_moments(model, x, y, names)
-        saliency[key] = {n: np.abs(g[n] * model.params[n] - c * f[n] * model.params[n] ** 2) for n in names}
+        saliency[key] = {n: np.abs(g[n] * w[n] - c * f[n] * w[n] ** 2) for n in names}
     scores = {n: saliency["forget"][n] / (saliency["retain"][n] + eps) for n in names}
     flat = np.concatenate([scores[n].reshape(-1) for n in names])
     k = max(1, int(round(fraction * flat.size)))
@@ -80,16 +84,31 @@ class LayerWitness:
         return int(np.prod(self.shape))
 
 
+# int8 weights are O(2^7) instead of O(2^16·|w|): y gets its precision from the scale instead
+INT8_SCALE_BITS = 24
+
+
 def unlearn(model: Model, mask: dict[str, np.ndarray], data: tuple, block: int = 64, damp: float = 1e-3,
-            scale_bits: int = 16, fisher_bits: int = 14) -> tuple[Model, list[LayerWitness]]:
+            scale_bits: int | None = None, fisher_bits: int = 14) -> tuple[Model, list[LayerWitness]]:
     """The device's step: per masked layer, the inverse Fisher blocks of its own
     ``data = (x, y)`` (per-sample gradients, Sherman–Morrison), the group-OBS step
     block by block in fixed point (:mod:`edgetrain.prover.fixed_point`), masked
-    weights exactly 0.
+    weights exactly 0. ``model`` is not changed; returns a new model and one
+    :class:`LayerWitness` per layer.
 
-    Returns a new model whose masked layers hold ``w'_int / 2^scale_bits`` (the
-    weights the proof is about; blocks without masked weights are only rounded to
-    that grid) and one :class:`LayerWitness` per layer. ``model`` is not changed.
+    fp32 layers: ``w_int = rint(w·2^scale_bits)`` (default scale_bits 16); the new
+    model holds ``w'_int / 2^scale_bits`` (blocks without masked weights are only
+    rounded to that grid).
+
+    int8 layers (QGemm / QLinearMatMul of an onnxruntime int8 model): integers from
+    the input quantisation to the step — gradients, inverse Fisher and ``A`` as
+    :mod:`edgetrain.prover.int8` describes (its docstring holds the rounding rules).
+    ``w_int`` is the int8 weights themselves (their scales stay as they are),
+    ``scale_bits`` (default ``INT8_SCALE_BITS``) is the fixed-point scale of ``y``
+    only, and ``damp`` damps the Fisher of the dequantised weights, as for fp32.
+    The new model is int8 with ``w'_int``; a compensated weight outside
+    [-128, 127] raises ValueError naming the layer and index (it is not clipped:
+    the proof states ``w' = w + δ`` exactly).
     """
     if not isinstance(block, int) or not 1 <= block <= 64:
         raise ValueError(f"block={block!r} must be an int in [1, 64]")
@@ -100,24 +119,51 @@ def unlearn(model: Model, mask: dict[str, np.ndarray], data: tuple, block: int =
         if np.shape(mask[n]) != model.params[n].shape:
             raise ValueError(f"mask[{n!r}] has shape {np.shape(mask[n])}, expected {model.params[n].shape}")
     x, y = data
-    fisher = {n: initial_inverse(model.params[n].size, block, damp) for n in names}
-    for slab in per_sample_gradients(model, x, y, names):  # streamed: no (samples × weights) array
-        for n in names:
-            fisher_update(fisher[n], slab[n], len(x))
-    new = Model(model.to_proto(), source=model.source)
+    _check_data(model, x, y)
+    quantized = is_int8(model, names)
+    if quantized:
+        scale_bits = INT8_SCALE_BITS if scale_bits is None else scale_bits
+        if not 1 <= fisher_bits <= fx.FISHER_VALUE_BITS - 2:  # as fisher_to_fixed checks
+            raise ValueError(f"fisher_bits={fisher_bits!r} must be in [1, {fx.FISHER_VALUE_BITS - 2}]")
+        new = Model(model.to_proto(), exact_float=False, source=model.source)  # integer GEMMs: no float array
+        targets = int8.layers(new, names)  # constants from the float scales, before any data (R3)
+        a_int = int8.inverse_fisher_fixed(new, targets, int8.quantize_input(new, x), y, block, damp, fisher_bits)
+        w_ints = {n: model.params[n].astype(np.int64) for n in names}
+    else:
+        scale_bits = 16 if scale_bits is None else scale_bits
+        fisher = {n: initial_inverse(model.params[n].size, block, damp) for n in names}
+        for slab in per_sample_gradients(model, x, y, names):  # streamed: no (samples × weights) array
+            for n in names:
+                fisher_update(fisher[n], slab[n], len(x))
+        a_int = {n: fx.fisher_to_fixed(fisher.pop(n), fisher_bits) for n in names}
+        w_ints = {n: fx.to_fixed(model.params[n], scale_bits) for n in names}
+        new = Model(model.to_proto(), source=model.source)
     witnesses = []
     for n in names:
-        size = model.params[n].size
+        shape, size = model.params[n].shape, model.params[n].size
         nb = n_blocks(size, block)
-        a = fisher.pop(n)
         w_int = np.zeros(nb * block, dtype=np.int64)
-        w_int[:size] = fx.to_fixed(model.params[n].reshape(-1), scale_bits)
+        w_int[:size] = w_ints[n].reshape(-1)
         keep = np.ones(nb * block, dtype=bool)
         keep[:size] = ~np.asarray(mask[n], dtype=bool).reshape(-1)
         w_int, keep = w_int.reshape(nb, block), keep.reshape(nb, block)
-        a_int = fx.fisher_to_fixed(a, fisher_bits)
-        step = fx.integer_step(w_int, a_int, keep, scale_bits)
-        new.params[n][...] = (step["w_new"].reshape(-1)[:size] / 2.0 ** scale_bits).reshape(model.params[n].shape)
-        witnesses.append(LayerWitness(n, model.params[n].shape, block, scale_bits, w_int, a_int, keep,
-                                      step["w_new"]))
+        step = fx.integer_step(w_int, a_int[n], keep, scale_bits)
+        flat = step["w_new"].reshape(-1)[:size]
+        if quantized:
+            _check_int8(n, flat, shape)
+            new.params[n][...] = flat.reshape(shape)
+        else:
+            new.params[n][...] = (flat / 2.0 ** scale_bits).reshape(shape)
+        witnesses.append(LayerWitness(n, shape, block, scale_bits, w_int, a_int.pop(n), keep, step["w_new"]))
+    if quantized:
+        new.set_exact_float(True)
     return new, witnesses
+
+
+def _check_int8(name, w_new, shape):
+    bad = np.flatnonzero((w_new < -128) | (w_new > 127))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"layer {name!r}: the compensated weight at index {np.unravel_index(i, shape)} (flat {i}) "
+                         f"is {int(w_new[i])}, outside int8 [-128, 127] ({bad.size} such weights); the proof fixes "
+                         "w' = w + δ, so it is not clipped — raise damp or mask fewer weights of this layer")
