@@ -110,9 +110,10 @@ def personalise(int8_path, data, seed, n_user=500, cut=3) -> dict:
 FORGET_CLASS = 3
 
 
-def forget_and_prove(fp32_path, data, work, n_user=500, fraction=0.1, block=8, blocks_per_proof=4) -> dict:
-    """Stage 7 (DESIGN.md §6). The int8 model's layers are QGemm, which ``unlearn``
-    does not target, so the step runs on the fp32 model. Provider: the mask over
+def forget_and_prove(fp32_path, data, work, n_user=500, fraction=0.1, block=8) -> dict:
+    """Stage 7 (DESIGN.md §6). On the per-channel int8 model the compensation
+    leaves int8 at any useful damping (prover/int8.py), so the step runs on the
+    fp32 model. Provider: the mask over
     the last fully connected layer, from the user's images of the class (forget)
     and the others (retain). Device: the group-OBS step with the Fisher of its
     retain images, the proof of the whole layer. Provider: ``verify_proof`` with
@@ -130,8 +131,9 @@ def forget_and_prove(fp32_path, data, work, n_user=500, fraction=0.1, block=8, b
     masked_only = load(fp32_path)
     for name, m in mask.items():
         masked_only.params[name][m] = 0.0
-    h_w = {name: d["w"] for name, d in prover.commitments(witnesses, blocks_per_proof).items()}  # published before
-    proof = prover.prove(witnesses, blocks_per_proof=blocks_per_proof, params_cache=work / "ipa-params")
+    proof = prover.prove(witnesses, params_cache=work / "ipa-params")
+    digests = prover.commitments(witnesses, proof["blocks_per_proof"])
+    h_w = {name: d["w"] for name, d in digests.items()}  # the device published these before
     start = time.perf_counter()
     verified = verify_proof(proof["proof"], proof["public_inputs"], proof["verifying_key"], mask=mask, h_w=h_w)
     verify_seconds = time.perf_counter() - start  # the provider regenerates parameters and key itself
@@ -148,7 +150,7 @@ def forget_and_prove(fp32_path, data, work, n_user=500, fraction=0.1, block=8, b
             "retain_test_accuracy": {"before": acc(model, ~sel), "mask_only": acc(masked_only, ~sel),
                                      "after": acc(new, ~sel)},
             "unlearn_seconds": unlearn_seconds, "proof_weights": proof["weights"],
-            "proof_chunks": -(-proof["weights"] // (block * blocks_per_proof)),
+            "proof_chunks": proof["chunks"],
             "setup_seconds": proof["setup_seconds"], "prove_seconds": proof["prove_seconds"],
             "proof_bytes": len(proof["proof"]), "public_input_bytes": len(proof["public_inputs"]),
             "verify_seconds": verify_seconds, "verified": verified, "model": str(out_path)}

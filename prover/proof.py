@@ -24,6 +24,7 @@ to a layer by passing the mask (and digests) it expects to :func:`verify_proof`.
 """
 from __future__ import annotations
 
+import functools
 import os
 import struct
 import time
@@ -41,6 +42,9 @@ except ImportError:  # the device side without the prover: the error type still 
 
 MAGIC, VERSION = b"ETUL", 1
 _DIGEST = 32
+# Default circuit size: 2^15 rows hold 625 blocks of 8 weights and prove in
+# ~2.5 GB here (bench/prove.py); 2^16 rows take twice the memory.
+PROOF_K = 15
 
 
 def _zk():
@@ -107,14 +111,35 @@ def _segments(witness: LayerWitness, per_proof: int, max_blocks: int | None):
     return 0, nb, w, a, keep, w_new
 
 
-def commitments(witnesses: Sequence[LayerWitness], blocks_per_proof: int = 1,
+def blocks_per_proof_for(witnesses: Sequence[LayerWitness], k: int | None = None) -> int:
+    """The default chunk: as many blocks as one proof of 2^k rows holds (k = None:
+    :data:`PROOF_K`), but no more than the largest layer has."""
+    if not witnesses:
+        raise ValueError("witnesses is empty: nothing to prove")
+    wit = witnesses[0]
+    k = PROOF_K if k is None else k
+    fit = _max_blocks(k, wit.block, wit.scale_bits)
+    if fit == 0:
+        raise ValueError(f"one block of {wit.block} weights does not fit a proof of 2^{k} rows; raise k")
+    return min(fit, max(len(w.w) for w in witnesses))
+
+
+@functools.lru_cache(maxsize=16)
+def _max_blocks(k: int, block: int, scale_bits: int) -> int:
+    from .fixed_point import TOL, Y_BITS
+    return _zk().max_blocks(k, block, scale_bits=scale_bits, tol=TOL, y_bits=Y_BITS)  # a few layout passes
+
+
+def commitments(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None,
                 max_blocks: int | None = None) -> dict[str, dict[str, bytes]]:
     """``{layer: {"w", "w_new", "a": digest}}`` of the segments :func:`prove` covers:
     the device publishes ``w`` (and ``a``) before, ``w_new`` after; the provider
     compares. A digest chains over the proof's chunks; it equals
     ``edgetrain_zk.commit`` of the whole segment when a chunk holds a multiple of
     ``WEIGHT_VALUES_PER_STEP`` weights (the crate's chain step). The Fisher digest
-    covers each block's lower triangle (``commit_fisher_chain``)."""
+    covers each block's lower triangle (``commit_fisher_chain``). ``blocks_per_proof``
+    must be :func:`prove`'s (None: the same default, :func:`blocks_per_proof_for`)."""
+    blocks_per_proof = blocks_per_proof or blocks_per_proof_for(witnesses)
     out = {}
     for wit in witnesses:
         _, _, w, a, _, w_new = _segments(wit, blocks_per_proof, max_blocks)
@@ -135,10 +160,13 @@ def _chain_digest(blocks: np.ndarray, per_chunk: int) -> bytes:
     return bytes(acc)
 
 
-def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int = 1, *, max_blocks: int | None = None,
-          k: int | None = None, params_cache: str | os.PathLike | None = None) -> dict:
+def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None, *,
+          max_blocks: int | None = None, k: int | None = None,
+          params_cache: str | os.PathLike | None = None) -> dict:
     """Proves the step of every layer in ``witnesses`` (from :func:`unlearn`); with
     ``max_blocks``, only the first ``max_blocks`` blocks of each layer (a segment).
+    Each chunk proof covers ``blocks_per_proof`` blocks (None: as many as 2^k rows
+    hold, :func:`blocks_per_proof_for`; k = None then means :data:`PROOF_K`).
 
     Returns ``{"proof", "public_inputs", "verifying_key"}`` (bytes) plus
     ``"weights"`` (how many real weights the proof covers), ``"prove_seconds"`` (the
@@ -154,6 +182,8 @@ def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int = 1, *, max_b
             raise ValueError(f"layer {wit.name!r} has block={wit.block}, scale_bits={wit.scale_bits}; all layers "
                              f"of one proof need the same (block={block}, scale_bits={scale_bits})")
     t0 = time.perf_counter()
+    if blocks_per_proof is None:
+        blocks_per_proof = blocks_per_proof_for(witnesses, k)
     vk = keygen(block, blocks_per_proof, scale_bits, k)
     prover = z.Prover(vk, params(vk, params_cache))
     setup = time.perf_counter() - t0
@@ -180,7 +210,7 @@ def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int = 1, *, max_b
         publics.append((head, seg_publics))
         covered += min(nb * wit.block, wit.size - first * wit.block)
     return {"proof": _encode_proof(proofs), "public_inputs": _encode_public(publics), "verifying_key": vk,
-            "weights": covered, "prove_seconds": time.perf_counter() - t0, "setup_seconds": setup}
+            "weights": covered, "blocks_per_proof": blocks_per_proof, "chunks": sum(map(len, proofs)), "prove_seconds": time.perf_counter() - t0, "setup_seconds": setup}
 
 
 def verify_proof(proof: bytes, public_inputs: bytes, verifying_key: bytes, *,
@@ -201,7 +231,7 @@ def verify_proof(proof: bytes, public_inputs: bytes, verifying_key: bytes, *,
     proofs = _decode_proof(proof)
     segments = _decode_public(public_inputs)
     block, _, _ = _key_shape(verifying_key)
-    verifier = z.Verifier(bytes(verifying_key), params)  # ProofFormatError for bad key bytes
+    verifier = _verifier(bytes(verifying_key), None if params is None else bytes(params))
     if len(proofs) != len(segments):
         return False
     for seg_proofs, (head, seg_publics) in zip(proofs, segments):
@@ -219,6 +249,14 @@ def verify_proof(proof: bytes, public_inputs: bytes, verifying_key: bytes, *,
         except ValueError:  # e.g. chunk counts differ between the proof and the inputs
             return False
     return True
+
+
+@functools.lru_cache(maxsize=4)
+def _verifier(verifying_key: bytes, params: bytes | None):
+    """The crate's verifier for a key, kept per process: regenerating a verifying
+    key costs a keygen (seconds at k = 15), verifying a proof under it well under
+    one. ProofFormatError for bad key bytes (and nothing is cached then)."""
+    return _zk().Verifier(verifying_key, params)
 
 
 def proof_info(public_inputs: bytes) -> list[dict]:

@@ -170,14 +170,14 @@ def cmd_prove(args) -> dict:
     """Device: prove the step recorded in a witness; writes proof, public inputs and key."""
     from .prover import commitments, prove
     witnesses = _load_witness(args.witness)
-    if args.blocks_per_proof < 1:
+    if args.blocks_per_proof is not None and args.blocks_per_proof < 1:
         raise ValueError(f"--blocks-per-proof={args.blocks_per_proof} must be ≥ 1")
     out = prove(witnesses, blocks_per_proof=args.blocks_per_proof, params_cache=args.params_cache)
     paths = _proof_files(args.output)
     for path, key in zip(paths, ("proof", "public_inputs", "verifying_key")):
         with open(path, "wb") as f:
             f.write(out[key])
-    digests = commitments(witnesses, args.blocks_per_proof)
+    digests = commitments(witnesses, out["blocks_per_proof"])
     return {"proof": paths[0], "public_inputs": paths[1], "verifying_key": paths[2],
             "proof_bytes": len(out["proof"]), "weights": out["weights"], "prove_seconds": out["prove_seconds"],
             "setup_seconds": out["setup_seconds"],
@@ -318,7 +318,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = add("prove", cmd_prove, "device: Halo2 proof of an unlearning step; writes PROOF, PROOF.inputs, PROOF.vk")
     s.add_argument("--witness", required=True, help="the witness .npz from `edgetrain unlearn`")
     s.add_argument("-o", "--output", required=True, help="the proof file; public inputs and key go beside it")
-    s.add_argument("--blocks-per-proof", type=int, default=4, help="blocks per chunk proof (default: %(default)s)")
+    s.add_argument("--blocks-per-proof", type=int,
+                   help="blocks per chunk proof (default: as many as 2^15 rows hold, 625 of 8 weights)")
     s.add_argument("--params-cache", help="directory caching the IPA parameters between runs")
 
     s = add("verify", cmd_verify, "provider: check an unlearning proof against the mask; exit 0 iff it verifies")

@@ -134,7 +134,7 @@ def test_integer_step_equals_the_crates_witness():
 
 def test_honest_device_verifies_with_the_providers_expectations(honest):
     wit, out = honest
-    digests = prover.commitments([wit])[wit.name]
+    digests = prover.commitments([wit], 1)[wit.name]
     assert out["weights"] == 2 * B
     assert edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"],
                                   mask={wit.name: ~wit.keep.reshape(-1)}, h_w={wit.name: digests["w"]},
@@ -196,7 +196,7 @@ def test_a_weight_changed_after_the_update_cannot_verify(honest):
 
 def test_a_fisher_block_other_than_committed_cannot_verify(honest):
     wit, out = honest
-    committed = prover.commitments([wit])[wit.name]["a"]
+    committed = prover.commitments([wit], 1)[wit.name]["a"]
     other = _witness(0)
     other.a = other.a.copy()
     other.a[1] = np.eye(B, dtype=np.int64) << 14  # no compensation in block 1: δ = 0 on kept weights

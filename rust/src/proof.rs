@@ -343,6 +343,44 @@ pub fn min_k(shape: &Shape) -> Result<u32, ZkError> {
     Ok(k)
 }
 
+/// The most blocks (of `shape.block` weights, other fields as in `shape`) that
+/// one proof of 2^k rows holds; 0 if not even one does. Past the lookup
+/// table's fixed 256 rows, rows grow about linearly in the block count (hashing
+/// comes in steps of 15 elements), so a few secant steps get within a block or
+/// two and single steps settle it; each step is one layout pass.
+pub fn max_blocks(k: u32, shape: &Shape) -> Result<usize, ZkError> {
+    if !(4..=MAX_K).contains(&k) {
+        return Err(ZkError::Invalid(format!("k = {k} must be in 4..={MAX_K}")));
+    }
+    let rows = |n_blocks: usize| rows_needed(&Shape { n_blocks, ..*shape }).map(|r| r as i64);
+    let cap = 1i64 << k;
+    const BASE: usize = 16;
+    let r_base = rows(BASE)?;
+    let (mut n, mut r) = (2 * BASE, rows(2 * BASE)?);
+    for _ in 0..4 {
+        if n == BASE {
+            break;
+        }
+        let slope = (r - r_base) as f64 / (n as f64 - BASE as f64);
+        let next = (BASE as f64 + (cap - r_base) as f64 / slope).floor().max(1.0) as usize;
+        if next == n {
+            break;
+        }
+        (n, r) = (next, rows(next)?);
+    }
+    while r > cap {
+        if n == 1 {
+            return Ok(0);
+        }
+        n -= 1;
+        r = rows(n)?;
+    }
+    while rows(n + 1)? <= cap {
+        n += 1;
+    }
+    Ok(n)
+}
+
 /// An [`Assignment`] that only records the highest row any cell, selector or
 /// copy touches: the floor planner's layout without a witness.
 struct RowCounter(usize);
@@ -581,6 +619,18 @@ pub fn verify_chain_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn max_blocks_fill_but_do_not_overflow_k() {
+        let shape = crate::circuit::tests::small_shape();
+        for k in [11, 12] {
+            let n = max_blocks(k, &shape).unwrap();
+            assert!(n > 1);
+            assert_eq!(min_k(&Shape { n_blocks: n, ..shape }), Ok(k));
+            assert_eq!(min_k(&Shape { n_blocks: n + 1, ..shape }), Ok(k + 1));
+        }
+        assert_eq!(max_blocks(8, &shape), Ok(0));
+    }
 
     #[test]
     fn params_round_trip_and_reject_malformed_bytes() {

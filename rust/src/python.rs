@@ -108,12 +108,15 @@ fn keygen<'py>(
     let kp = py
         .detach(|| {
             guarded(|| {
-                let k = match k {
-                    Some(k) => k,
-                    None => proof::min_k(&sh)?,
+                let kp = KeyParams {
+                    k: match k {
+                        Some(k) => k,
+                        None => proof::min_k(&sh)?,
+                    },
+                    shape: sh,
                 };
-                let kp = KeyParams { k, shape: sh };
-                proof::check_fits(&kp).map(|_| kp)
+                // min_k fits by construction; a given k is checked.
+                k.map_or(Ok(()), |_| proof::check_fits(&kp)).map(|_| kp)
             })
         })
         .map_err(to_py)?;
@@ -240,6 +243,14 @@ fn chain_result(r: Result<bool, ZkError>) -> PyResult<bool> {
         Err(ZkError::Invalid(m)) => Err(PyValueError::new_err(m)),
         Err(_) => Ok(false),
     }
+}
+
+/// The most blocks of `block` weights one proof of 2^k rows holds (0: none).
+#[pyfunction]
+#[pyo3(signature = (k, block, scale_bits=16, tol=1<<23, y_bits=32))]
+fn max_blocks(py: Python<'_>, k: u32, block: usize, scale_bits: usize, tol: u64, y_bits: usize) -> PyResult<usize> {
+    let sh = shape(block, 1, scale_bits, tol, y_bits);
+    py.detach(|| guarded(|| proof::max_blocks(k, &sh))).map_err(to_py)
 }
 
 /// IPA parameters for 2^k rows (deterministic; slow for large k, so cache
@@ -398,6 +409,7 @@ fn edgetrain_zk(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(commit_fisher_chain, m)?)?;
     m.add_function(wrap_pyfunction!(initial_acc, m)?)?;
     m.add_function(wrap_pyfunction!(keygen, m)?)?;
+    m.add_function(wrap_pyfunction!(max_blocks, m)?)?;
     m.add_function(wrap_pyfunction!(unlearn_witness, m)?)?;
     m.add_function(wrap_pyfunction!(prove, m)?)?;
     m.add_function(wrap_pyfunction!(verify, m)?)?;
