@@ -1,17 +1,18 @@
-//! Prints the row usage and smallest k of the unlearning circuit.
-//! `cargo run --release --example cost -- BLOCK N_BLOCKS` (defaults 64 1).
+//! Prints the rows and smallest k of the unlearning circuit, and how many
+//! blocks a proof of 2^K rows holds.
+//! `cargo run --release --example cost -- BLOCK N_BLOCKS [K]` (defaults 8 1 15).
 
-use edgetrain_zk::circuit::{Shape, UnlearnCircuit};
-use halo2_proofs::dev::CircuitCost;
-use pasta_curves::vesta;
+use edgetrain_zk::circuit::Shape;
+use edgetrain_zk::proof;
 
 fn main() {
     let args: Vec<usize> = std::env::args()
         .skip(1)
         .map(|a| a.parse().expect("integer argument"))
         .collect();
-    let block = *args.first().unwrap_or(&64);
+    let block = *args.first().unwrap_or(&8);
     let n_blocks = *args.get(1).unwrap_or(&1);
+    let k = *args.get(2).unwrap_or(&15) as u32;
     let shape = Shape {
         block,
         n_blocks,
@@ -19,29 +20,12 @@ fn main() {
         tol: 1 << 23,
         y_bits: 32,
     };
-    let circuit = UnlearnCircuit { shape, witness: None };
-    let cost = CircuitCost::<vesta::Point, _>::measure(20, &circuit);
-    let text = format!("{cost:?}");
-    let field = |name: &str| -> usize {
-        let at = text
-            .find(&format!("{name}: "))
-            .expect("field in CircuitCost debug output")
-            + name.len()
-            + 2;
-        text[at..]
-            .chars()
-            .take_while(|c| c.is_ascii_digit())
-            .collect::<String>()
-            .parse()
-            .unwrap()
-    };
-    let rows = field("max_rows");
-    // halo2 reserves a few rows for blinding; 10 is a safe margin here.
-    let k = usize::BITS - (rows + 10).leading_zeros();
+    let rows = proof::rows_needed(&shape).expect("valid shape");
+    let min_k = proof::min_k(&shape).expect("fits MAX_K");
+    let fit = proof::max_blocks(k, &shape).expect("valid k");
     println!(
-        "B = {block}, blocks = {n_blocks}: {rows} rows (advice {}, fixed {}), {} advice columns, k = {k}",
-        field("max_advice_rows"),
-        field("max_fixed_rows"),
-        field("num_advice_columns"),
+        "B = {block}, blocks = {n_blocks}: {rows} rows (blinding included), k = {min_k}; \
+         2^{k} rows hold {fit} blocks ({} weights)",
+        fit * block
     );
 }
