@@ -44,8 +44,9 @@ Rounding rules (the only places the int8 path rounds):
   once, from the model's float32 scales (Python floats, before any data), as the
   kernels' requantisation multipliers are at load.
 * R4 — ``Λ`` is the one number computed from floats after the data is seen (``damp``
-  is a real number): ``round(2^32·m·damp/γ²)`` in Python floats, then shifted by R1
-  (values ≥ 2^62 are capped: they make every update round to 0 either way).
+  is a real number): ``round(2^32·damp·Σ|G_i|²/size)`` in Python floats (the sum
+  itself is an exact Python integer), then shifted by R1 (values ≥ 2^62 are capped:
+  they make every update round to 0 either way).
 
 Everything between the input quantisation and the prover's ``A`` is an int8 / int64
 numpy array; no float array is created.
@@ -232,17 +233,20 @@ def dequantized(model: Model, name: str) -> np.ndarray:
 
 @dataclass
 class IntegerFisher:
-    """One layer's blockwise inverse Fisher in integers: ``A_W = h / (2^H_BITS·damp)``, the
-    inverse of ``damp·I + (1/m)·Σ g gᵀ`` over the real gradients ``g = gamma·G``."""
+    """One layer's blockwise inverse Fisher in integers: ``A_W = h / (2^H_BITS·lam)``, the
+    inverse of ``lam·I + (1/m)·Σ g gᵀ`` over the real gradients ``g = gamma·G``."""
     h: np.ndarray  # (n_blocks, B, B) int64
     gamma: float
+    lam: float  # the damping λ = damp·mean(diag F), real units (for reference; h never uses it)
 
 
 def inverse_fisher(model: Model, targets: Sequence[Int8Layer], xq: np.ndarray, y: np.ndarray, block: int,
                    damp: float, slab: int = 16) -> dict[str, IntegerFisher]:
     """Steps 1–4: the integer inverse Fisher blocks of each target layer (``targets =
     layers(model, names)``) over the samples ``(xq, y)`` (``xq`` already quantised), one
-    Sherman–Morrison update per sample."""
+    Sherman–Morrison update per sample. ``damp`` is relative to the layer's mean
+    empirical-Fisher diagonal: ``λ = damp·(1/(m·size))·Σ_i |g_i|²``, with
+    ``|G_i|² = |err_i|²·|act_i|²`` summed exactly in Python integers."""
     sig = error_signals(model, targets, xq, y)
     m = len(xq)
     out = {}
@@ -251,19 +255,27 @@ def inverse_fisher(model: Model, targets: Sequence[Int8Layer], xq: np.ndarray, y
         nb = -(-size // block)
         h = np.zeros((nb, block, block), dtype=np.int64)
         h[:, np.arange(block), np.arange(block)] = 1 << H_BITS
-        lam = _lambda_table(m, damp, sig[t.name].gamma, t.name)
+        s = sig[t.name]
+        sum_sq = sum(int(e) * int(a) for e, a in zip((s.err * s.err).sum(1), (s.act * s.act).sum(1)))
+        if sum_sq == 0:
+            raise ValueError(f"layer {t.name!r}: every per-sample gradient is zero on these samples (all outputs "
+                             "saturated?); no Fisher to build")
+        lam = _lambda_table(damp, sum_sq, size, t.name)
         for lo in range(0, m, slab):
-            fisher_update(h, gradient_rows(sig[t.name], t, lo, min(m, lo + slab)), lam)
-        out[t.name] = IntegerFisher(h, sig[t.name].gamma)
+            fisher_update(h, gradient_rows(s, t, lo, min(m, lo + slab)), lam)
+        out[t.name] = IntegerFisher(h, s.gamma, damp * s.gamma ** 2 * sum_sq / (m * size))
     return out
 
 
-def _lambda_table(m: int, damp: float, gamma: float, name: str) -> np.ndarray:
-    """``round(Λ / 2^(2t))`` for t = 0…40, capped at 2^62 (R4, R1), int64."""
-    lam = int(round(2.0 ** H_BITS * m * damp / (gamma * gamma)))
+def _lambda_table(damp: float, sum_sq: int, size: int, name: str) -> np.ndarray:
+    """``round(Λ / 2^(2t))`` for t = 0…40, capped at 2^62 (R4, R1), int64, with
+    ``Λ = 2^H_BITS·m·λ/γ² = 2^H_BITS·damp·Σ|G_i|²/size`` (γ and m cancel)."""
+    if not damp > 0:
+        raise ValueError(f"damp={damp!r} must be positive (it keeps the Fisher invertible)")
+    lam = int(round(2.0 ** H_BITS * damp * sum_sq / size))
     if lam < 1:
-        raise ValueError(f"layer {name!r}: damp={damp!r} is below the integer Fisher's resolution for these "
-                         f"gradients (Λ = 2^{H_BITS}·m·damp/γ² < 1 with γ = {gamma:.3g}); raise damp")
+        raise ValueError(f"layer {name!r}: damp={damp!r} is below the integer Fisher's resolution (Λ < 1); "
+                         "raise damp")
     shifted = [(lam + (1 << (2 * t - 1))) >> (2 * t) if t else lam for t in range(41)]  # R1, lam > 0
     return np.array([min(v, _CAP) for v in shifted], dtype=np.int64)
 

@@ -313,7 +313,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="the unlearned model (ONNX)")
     s.add_argument("--witness", help="where the proof's witness goes (default: OUTPUT.witness.npz)")
     s.add_argument("--block", type=int, default=64, help="weights per Fisher block, ≤ 64 (default: %(default)s)")
-    s.add_argument("--damp", type=float, default=1e-3, help="Fisher damping λ (default: %(default)s)")
+    s.add_argument("--damp", type=float, default=1.0,
+                   help="Fisher damping relative to its mean diagonal (default: %(default)s)")
 
     s = add("prove", cmd_prove, "device: Halo2 proof of an unlearning step; writes PROOF, PROOF.inputs, PROOF.vk")
     s.add_argument("--witness", required=True, help="the witness .npz from `edgetrain unlearn`")
