@@ -113,11 +113,11 @@ FORGET_CLASS = 3
 def forget_and_prove(fp32_path, data, work, n_user=500, fraction=0.1, block=8) -> dict:
     """Stage 7 (DESIGN.md §6). On the per-channel int8 model the compensation
     leaves int8 at any useful damping (prover/int8.py), so the step runs on the
-    fp32 model. Provider: the mask over
-    the last fully connected layer, from the user's images of the class (forget)
-    and the others (retain). Device: the group-OBS step with the Fisher of its
-    retain images, the proof of the whole layer. Provider: ``verify_proof`` with
-    its mask and the digest the device published before."""
+    fp32 model. Provider: the mask over the last fully connected layer, from the
+    user's images of the class (forget) and the others (retain). Device: the
+    group-OBS step with the Fisher of its retain images, the proof of the whole
+    layer. Provider: ``verify_proof`` with its mask and the digests of W and A
+    the device published before the mask."""
     model = load(fp32_path)
     x, y = data.x_train[:n_user], data.y_train[:n_user]
     forget, retain = (x[y == FORGET_CLASS], y[y == FORGET_CLASS]), (x[y != FORGET_CLASS], y[y != FORGET_CLASS])
@@ -132,11 +132,20 @@ def forget_and_prove(fp32_path, data, work, n_user=500, fraction=0.1, block=8) -
     for name, m in mask.items():
         masked_only.params[name][m] = 0.0
     proof = prover.prove(witnesses, params_cache=work / "ipa-params")
+    # h_W and h_A: the device publishes them before it learns the mask, so it cannot fit A to the mask.
     digests = prover.commitments(witnesses, proof["blocks_per_proof"])
-    h_w = {name: d["w"] for name, d in digests.items()}  # the device published these before
+    h_w, h_a = ({name: d[key] for name, d in digests.items()} for key in ("w", "a"))
+    # The provider's side: IPA parameters from its own cache (deterministic, no setup), the
+    # verifying key regenerated from the descriptor once per shape, then the proof itself.
+    params = prover.proof.params(proof["verifying_key"], work / "ipa-params")
+    check = lambda: verify_proof(proof["proof"], proof["public_inputs"], proof["verifying_key"], mask=mask,
+                                 h_w=h_w, h_a=h_a, params=params)
     start = time.perf_counter()
-    verified = verify_proof(proof["proof"], proof["public_inputs"], proof["verifying_key"], mask=mask, h_w=h_w)
-    verify_seconds = time.perf_counter() - start  # the provider regenerates parameters and key itself
+    verified = check()
+    first_verify_seconds = time.perf_counter() - start
+    start = time.perf_counter()
+    verified = check() and verified
+    verify_seconds = time.perf_counter() - start
     sel = data.y_test == FORGET_CLASS
     acc = lambda mdl, s: float((mdl.run(data.x_test[s]).argmax(1) == data.y_test[s]).mean())
     forget_acc = lambda mdl: float((mdl.run(forget[0]).argmax(1) == forget[1]).mean())
@@ -153,7 +162,8 @@ def forget_and_prove(fp32_path, data, work, n_user=500, fraction=0.1, block=8) -
             "proof_chunks": proof["chunks"],
             "setup_seconds": proof["setup_seconds"], "prove_seconds": proof["prove_seconds"],
             "proof_bytes": len(proof["proof"]), "public_input_bytes": len(proof["public_inputs"]),
-            "verify_seconds": verify_seconds, "verified": verified, "model": str(out_path)}
+            "verify_key_and_proof_seconds": first_verify_seconds, "verify_seconds": verify_seconds,
+            "verified": verified, "model": str(out_path)}
 
 
 def _summary(r):
@@ -185,8 +195,9 @@ def _summary(r):
               row(f"digit {u['forget_class']} in the test set", u["forget_class_test_accuracy"]),
               row("other digits in the test set", u["retain_test_accuracy"]),
               f"  proof: {u['proof_weights']} weights of {u['model_weights']} in the model, {u['proof_chunks']} "
-              f"chained chunk proofs, {u['proof_bytes'] / 1024:.1f} KiB; proving {u['prove_seconds']:.1f} s "
+              f"chunk proof(s), {u['proof_bytes'] / 1024:.1f} KiB; proving {u['prove_seconds']:.1f} s "
               f"(+ {u['setup_seconds']:.1f} s parameters and keys)",
-              f"  provider: verified {u['verified']} in {u['verify_seconds']:.2f} s (parameters and key included)",
+              f"  provider: verified {u['verified']} in {u['verify_seconds']:.2f} s with the key in memory "
+              f"({u['verify_key_and_proof_seconds']:.1f} s the first time, regenerating the key)",
               f"whole demo {r['seconds']:.0f} s", ""]
     print("\n".join(lines), file=sys.stderr, flush=True)
