@@ -19,7 +19,13 @@ verifying key from its descriptor (zcash halo2 0.3 cannot serialise keys; a
 provider does this once per shape and keeps it), ``verify`` checks the proof
 (all chunks) with the key in memory.
 
-    python bench/prove.py [--configs 8:1000:15 8:10000:15 8:10000:16 8:100000:16] [--json]
+With ``--ezkl-python`` (a Python that has ezkl, e.g. a venv of its own: ezkl
+is a peer to measure, not a dependency), the same run then proves the same
+step in ezkl over ``--ezkl-weights`` (``bench/ezkl_peer.py``, whose docstring
+says how its statement differs from ours).
+
+    python bench/prove.py [--configs 8:1000:15 8:10000:15 8:10000:16 8:100000:16]
+                          [--ezkl-python /tmp/ezkl-venv/bin/python --ezkl-weights 1000 3000] [--json]
 """
 from __future__ import annotations
 
@@ -73,7 +79,9 @@ def worker(block: int, weights: int, k: int, seed: int = 0) -> dict:
     public = prover.proof._decode_public(out["public_inputs"])[0]
     chunks = prover.proof._decode_proof(out["proof"])[0]
     t0 = time.perf_counter()
-    ok = verifier.verify_chain(chunks, public[1], *public[0]["digests"], keep.reshape(-1).tolist())
+    padded = np.ones(out["chunks"] * per_proof * block, bool)  # the last chunk is padded with kept weights
+    padded[:keep.size] = keep.reshape(-1)
+    ok = verifier.verify_chain(chunks, public[1], *public[0]["digests"], padded.tolist())
     verify_seconds = time.perf_counter() - t0
     ok_api = prover.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"],
                                  mask={"layer": ~keep.reshape(-1)[:weights]}, h_w={"layer": digests["w"]},
@@ -100,6 +108,9 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--configs", nargs="+", default=["8:1000:15", "8:10000:15", "8:10000:16", "8:100000:16"],
                    metavar="B:WEIGHTS:K")
+    p.add_argument("--ezkl-python", help="a Python with ezkl 23: also prove the same step in ezkl")
+    p.add_argument("--ezkl-weights", type=int, nargs="+", default=[1000, 3000])
+    p.add_argument("--ezkl-variants", nargs="+", default=["hashed", "polycommit"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -117,8 +128,17 @@ def main(argv=None):
         rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
         print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     print("\n" + table(rows), file=sys.stderr, flush=True)
+    peer = None
+    if args.ezkl_python:
+        print("ezkl (bench/ezkl_peer.py) ...", file=sys.stderr, flush=True)
+        cmd = [args.ezkl_python, os.path.join(os.path.dirname(__file__), "ezkl_peer.py"), "--json",
+               "--weights", *map(str, args.ezkl_weights), "--variants", *args.ezkl_variants]
+        out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)  # its tables go to our stderr
+        if out.returncode:
+            raise RuntimeError(f"ezkl_peer.py failed with exit status {out.returncode}")
+        peer = json.loads(out.stdout.strip().splitlines()[-1])
     if args.json:
-        print(json.dumps({"rows": rows}))
+        print(json.dumps({"rows": rows, "ezkl": peer}))
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ except ImportError:  # the device side without the prover: the error type still 
 
 MAGIC, VERSION = b"ETUL", 1
 _DIGEST = 32
-# Default circuit size: 2^15 rows hold 625 blocks of 8 weights and prove in
+# Default circuit size: 2^15 rows hold 637 blocks of 8 weights and prove in
 # ~2.5 GB here (bench/prove.py); 2^16 rows take twice the memory.
 PROOF_K = 15
 

@@ -320,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--witness", required=True, help="the witness .npz from `edgetrain unlearn`")
     s.add_argument("-o", "--output", required=True, help="the proof file; public inputs and key go beside it")
     s.add_argument("--blocks-per-proof", type=int,
-                   help="blocks per chunk proof (default: as many as 2^15 rows hold, 625 of 8 weights)")
+                   help="blocks per chunk proof (default: as many as 2^15 rows hold, 637 of 8 weights)")
     s.add_argument("--params-cache", help="directory caching the IPA parameters between runs")
 
     s = add("verify", cmd_verify, "provider: check an unlearning proof against the mask; exit 0 iff it verifies")
