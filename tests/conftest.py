@@ -32,3 +32,32 @@ def trained_onnx(mnist, tmp_path_factory):
 
 def rel_err(a, b):
     return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+class IntegerOnly(np.ndarray):
+    """An int array whose descendants (views, ufunc results, astype, matmul…) must not be float."""
+
+    def __array_finalize__(self, obj):
+        if self.dtype.kind in "fc":
+            raise AssertionError(f"a float array ({self.dtype}, shape {self.shape}) was created")
+
+
+_CONSTRUCTORS = ("zeros", "empty", "ones", "full", "array", "asarray", "arange", "zeros_like", "empty_like",
+                 "ones_like", "full_like", "concatenate", "pad", "where")
+
+
+@pytest.fixture
+def forbid_float_arrays(monkeypatch):
+    """``forbid(*more)``: numpy's array constructors (and ``more`` numpy functions) raise
+    when they return a float array, until ``monkeypatch.undo()`` or the test ends."""
+    def forbid(*more):
+        for fn in _CONSTRUCTORS + more:
+            original = getattr(np, fn)
+
+            def checked(*args, _original=original, _fn=fn, **kwargs):
+                out = _original(*args, **kwargs)
+                if isinstance(out, np.ndarray) and out.dtype.kind in "fc":
+                    raise AssertionError(f"np.{_fn} created a float array ({out.dtype})")
+                return out
+            monkeypatch.setattr(np, fn, checked)
+    return forbid

@@ -9,6 +9,7 @@ import edgetrain
 from edgetrain import prover
 from edgetrain.prover import fixed_point as fx
 from edgetrain.prover import int8
+from conftest import IntegerOnly
 
 pytest.importorskip("onnxruntime")
 
@@ -129,15 +130,7 @@ def test_provers_a_is_fisher_to_fixed_of_the_fisher_in_int8_coordinates(quantize
         assert np.abs(got).max() == 1 << 14
 
 
-class IntegerOnly(np.ndarray):
-    """An int array whose descendants (views, ufunc results, astype, matmul…) must not be float."""
-
-    def __array_finalize__(self, obj):
-        if self.dtype.kind in "fc":
-            raise AssertionError(f"a float array ({self.dtype}, shape {self.shape}) was created")
-
-
-def test_int8_gradients_and_fisher_create_no_float_array(quantized, mnist, monkeypatch):
+def test_int8_gradients_and_fisher_create_no_float_array(quantized, mnist, monkeypatch, forbid_float_arrays):
     """From the quantised input to the prover's A: integers only (the test_trainer approach).
     The step itself is the shared fixed_point.integer_step, whose y-solve is not in scope."""
     q8 = edgetrain.load(quantized(), exact_float=False)
@@ -146,16 +139,7 @@ def test_int8_gradients_and_fisher_create_no_float_array(quantized, mnist, monke
     xq = int8.quantize_input(q8, x)  # floats end here, as in inference
     for t in targets:
         q8.params[t.name] = q8.params[t.name].view(IntegerOnly)
-    for fn in ("zeros", "empty", "ones", "full", "array", "asarray", "arange", "zeros_like", "empty_like",
-               "ones_like", "full_like", "concatenate", "pad", "where", "einsum", "matmul", "floor_divide"):
-        original = getattr(np, fn)
-
-        def checked(*args, _original=original, _fn=fn, **kwargs):
-            out = _original(*args, **kwargs)
-            if isinstance(out, np.ndarray) and out.dtype.kind in "fc":
-                raise AssertionError(f"np.{_fn} created a float array ({out.dtype})")
-            return out
-        monkeypatch.setattr(np, fn, checked)
+    forbid_float_arrays("einsum", "matmul", "floor_divide")
     a = int8.inverse_fisher_fixed(q8, targets, xq.view(IntegerOnly), y, 64, 1e-3, 14)
     monkeypatch.undo()
     assert set(a) == {t.name for t in targets}

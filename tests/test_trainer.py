@@ -11,6 +11,7 @@ import pytest
 import edgetrain
 from edgetrain import autodiff
 from edgetrain.trainer import Trainer, TrainingError, gaussian_direction, spsa_gradient
+from conftest import IntegerOnly
 
 torch = pytest.importorskip("torch")
 ort = pytest.importorskip("onnxruntime")
@@ -121,15 +122,7 @@ def test_zo_estimate_matches_true_directional_derivative(tmp_path):
 
 # -- int8 ----------------------------------------------------------------------------
 
-class IntegerOnly(np.ndarray):
-    """An int array whose descendants (views, ufunc results, astype, matmul…) must not be float."""
-
-    def __array_finalize__(self, obj):
-        if self.dtype.kind in "fc":
-            raise AssertionError(f"a float array ({self.dtype}, shape {self.shape}) was created")
-
-
-def test_int8_step_creates_no_float_array(mnist, lenet5_int8, monkeypatch):
+def test_int8_step_creates_no_float_array(mnist, lenet5_int8, monkeypatch, forbid_float_arrays):
     trainer = Trainer(edgetrain.load(lenet5_int8), method="elasticzo-int8", cut=2)
     x, y = batch(mnist)
     xq = trainer.model.kernels[0].run(x, None, None)  # the input quantisation happens first
@@ -138,16 +131,7 @@ def test_int8_step_creates_no_float_array(mnist, lenet5_int8, monkeypatch):
         for n in (l.weight, l.bias):
             if n:
                 params[n] = params[n].view(IntegerOnly)
-    for fn in ("zeros", "empty", "ones", "full", "array", "asarray", "arange", "zeros_like",
-               "empty_like", "ones_like", "full_like", "concatenate", "pad", "where"):
-        original = getattr(np, fn)
-
-        def checked(*args, _original=original, _fn=fn, **kwargs):
-            out = _original(*args, **kwargs)
-            if isinstance(out, np.ndarray) and out.dtype.kind in "fc":
-                raise AssertionError(f"np.{_fn} created a float array ({out.dtype})")
-            return out
-        monkeypatch.setattr(np, fn, checked)
+    forbid_float_arrays()
     before = {n: np.asarray(v).copy() for n, v in params.items() if v.dtype == np.int8}
     m = trainer._step_int8_core(xq.view(IntegerOnly), y, seed=123)
     monkeypatch.undo()
