@@ -137,17 +137,17 @@ impl PublicInputs {
         })
     }
 
+    /// Names of [`Self::digests`], in the same order.
+    pub const DIGEST_NAMES: [&'static str; 6] = ["w_in", "w_out", "w_new_in", "w_new_out", "a_in", "a_out"];
+
+    /// The six chain digests in instance-row (and byte) order: `ROW_W_IN` … `ROW_A_OUT`.
+    pub fn digests(&self) -> [Fp; 6] {
+        [self.w_in, self.w_out, self.w_new_in, self.w_new_out, self.a_in, self.a_out]
+    }
+
     pub fn to_instance(&self) -> Vec<Fp> {
-        let mut v = vec![
-            self.w_in,
-            self.w_out,
-            self.w_new_in,
-            self.w_new_out,
-            self.a_in,
-            self.a_out,
-            Fp::from(self.scale_bits as u64),
-            Fp::from(self.tol),
-        ];
+        let mut v = self.digests().to_vec();
+        v.extend([Fp::from(self.scale_bits as u64), Fp::from(self.tol)]);
         v.extend(self.keep.iter().map(|k| Fp::from(*k as u64)));
         v
     }

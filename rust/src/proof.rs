@@ -192,14 +192,7 @@ impl KeyParams {
 impl PublicInputs {
     pub fn to_bytes(&self) -> Vec<u8> {
         let mut v = header(KIND_PUBLIC);
-        for x in [
-            self.w_in,
-            self.w_out,
-            self.w_new_in,
-            self.w_new_out,
-            self.a_in,
-            self.a_out,
-        ] {
+        for x in self.digests() {
             v.extend(field::to_bytes(&x));
         }
         v.extend(self.scale_bits.to_le_bytes());

@@ -383,14 +383,7 @@ fn acc_arg(acc_in: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>) -> PyResult<Option<[Fp; 
 fn public_inputs_info<'py>(py: Python<'py>, public_inputs: &[u8]) -> PyResult<Bound<'py, PyDict>> {
     let p = PublicInputs::from_bytes(public_inputs).map_err(to_py)?;
     let d = PyDict::new(py);
-    for (name, x) in [
-        ("w_in", p.w_in),
-        ("w_out", p.w_out),
-        ("w_new_in", p.w_new_in),
-        ("w_new_out", p.w_new_out),
-        ("a_in", p.a_in),
-        ("a_out", p.a_out),
-    ] {
+    for (name, x) in PublicInputs::DIGEST_NAMES.into_iter().zip(p.digests()) {
         d.set_item(name, PyBytes::new(py, &field::to_bytes(&x)))?;
     }
     d.set_item("scale_bits", p.scale_bits)?;
