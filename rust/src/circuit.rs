@@ -142,7 +142,14 @@ impl PublicInputs {
 
     /// The six chain digests in instance-row (and byte) order: `ROW_W_IN` … `ROW_A_OUT`.
     pub fn digests(&self) -> [Fp; 6] {
-        [self.w_in, self.w_out, self.w_new_in, self.w_new_out, self.a_in, self.a_out]
+        [
+            self.w_in,
+            self.w_out,
+            self.w_new_in,
+            self.w_new_out,
+            self.a_in,
+            self.a_out,
+        ]
     }
 
     pub fn to_instance(&self) -> Vec<Fp> {
@@ -250,7 +257,14 @@ impl Circuit<Fp> for UnlearnCircuit {
         layouter.constrain_instance(s_cell.cell(), cfg.instance, ROW_SCALE)?;
         layouter.constrain_instance(tol_cell.cell(), cfg.instance, ROW_TOL)?;
 
-        let w = commit_vector(&mut layouter, &cfg, &commit_w, self.values(|x| x.w.clone(), n), ROW_W_IN, ROW_W_OUT)?;
+        let w = commit_vector(
+            &mut layouter,
+            &cfg,
+            &commit_w,
+            self.values(|x| x.w.clone(), n),
+            ROW_W_IN,
+            ROW_W_OUT,
+        )?;
         let w_new = commit_vector(
             &mut layouter,
             &cfg,
@@ -260,7 +274,14 @@ impl Circuit<Fp> for UnlearnCircuit {
             ROW_W_NEW_OUT,
         )?;
         let tri = |x: &Witness| commit::lower_triangle(&x.a, b).expect("a symmetric witness (honest_witness checks)");
-        let a = commit_vector(&mut layouter, &cfg, &commit_a, self.values(tri, sh.n_fisher()), ROW_A_IN, ROW_A_OUT)?;
+        let a = commit_vector(
+            &mut layouter,
+            &cfg,
+            &commit_a,
+            self.values(tri, sh.n_fisher()),
+            ROW_A_IN,
+            ROW_A_OUT,
+        )?;
 
         let y = self
             .values(|x| x.y.clone(), n)

@@ -185,7 +185,10 @@ impl CommitChip {
         state: [Column<Advice>; 3],
         partial_sbox: Column<Advice>,
     ) -> CommitConfig {
-        assert!(packing.bits * packing.per_element <= 253, "{packing:?} does not fit a field element");
+        assert!(
+            packing.bits * packing.per_element <= 253,
+            "{packing:?} does not fit a field element"
+        );
         let [v, acc] = pack;
         meta.enable_equality(v);
         meta.enable_equality(acc);

@@ -44,10 +44,7 @@ pub struct FixedPointChip {
 impl FixedPointChip {
     /// Uses `advice[0..4]` for a, `advice[4..8]` for y, `advice[8]` for the
     /// accumulator (all equality-enabled); the floor row reuses acc, a[0], a[1].
-    pub fn configure(
-        meta: &mut ConstraintSystem<Fp>,
-        advice: [Column<Advice>; 2 * MAC_WIDTH + 1],
-    ) -> FixedPointConfig {
+    pub fn configure(meta: &mut ConstraintSystem<Fp>, advice: [Column<Advice>; 2 * MAC_WIDTH + 1]) -> FixedPointConfig {
         for c in advice {
             meta.enable_equality(c);
         }
@@ -159,7 +156,9 @@ impl FixedPointChip {
         remainder: Value<Fp>,
     ) -> Result<AssignedCell<Fp, Fp>, Error> {
         let cfg = &self.config;
-        let r = self.range.witness_checked(layouter, remainder, self.scale_bits, false)?;
+        let r = self
+            .range
+            .witness_checked(layouter, remainder, self.scale_bits, false)?;
         layouter.assign_region(
             || "floor rescale",
             |mut region| {

@@ -388,7 +388,12 @@ impl RowCounter {
 impl Assignment<Fp> for RowCounter {
     fn enter_region<NR: Into<String>, N: FnOnce() -> NR>(&mut self, _: N) {}
     fn exit_region(&mut self) {}
-    fn enable_selector<A: FnOnce() -> AR, AR: Into<String>>(&mut self, _: A, _: &Selector, row: usize) -> Result<(), Error> {
+    fn enable_selector<A: FnOnce() -> AR, AR: Into<String>>(
+        &mut self,
+        _: A,
+        _: &Selector,
+        row: usize,
+    ) -> Result<(), Error> {
         self.touch(row)
     }
     fn query_instance(&self, _: Column<Instance>, _: usize) -> Result<Value<Fp>, Error> {
@@ -620,7 +625,13 @@ mod tests {
             let n = max_blocks(k, &shape).unwrap();
             assert!(n > 1);
             assert_eq!(min_k(&Shape { n_blocks: n, ..shape }), Ok(k));
-            assert_eq!(min_k(&Shape { n_blocks: n + 1, ..shape }), Ok(k + 1));
+            assert_eq!(
+                min_k(&Shape {
+                    n_blocks: n + 1,
+                    ..shape
+                }),
+                Ok(k + 1)
+            );
         }
         assert_eq!(max_blocks(8, &shape), Ok(0));
     }
@@ -660,9 +671,16 @@ mod tests {
             let k = min_k(&shape).unwrap();
             let mock = |k| MockProver::run(k, &circuit, vec![public.to_instance()]).map(|p| p.verify());
             assert_eq!(mock(k).unwrap(), Ok(()), "{n_blocks} blocks at k = {k}");
-            assert!(!matches!(mock(k - 1), Ok(Ok(()))), "{n_blocks} blocks fit k − 1 = {}", k - 1);
+            assert!(
+                !matches!(mock(k - 1), Ok(Ok(()))),
+                "{n_blocks} blocks fit k − 1 = {}",
+                k - 1
+            );
             assert!(check_fits(&KeyParams { k, shape }).is_ok());
-            assert!(matches!(check_fits(&KeyParams { k: k - 1, shape }), Err(ZkError::Invalid(_))));
+            assert!(matches!(
+                check_fits(&KeyParams { k: k - 1, shape }),
+                Err(ZkError::Invalid(_))
+            ));
         }
     }
     use crate::circuit::tests::example;

@@ -14,8 +14,8 @@
 //! together give `x < 2^b` (no wrap: both products stay far below p).
 
 use std::cell::Cell;
-use std::rc::Rc;
 use std::marker::PhantomData;
+use std::rc::Rc;
 
 use ff::{Field, PrimeField};
 use halo2_proofs::{

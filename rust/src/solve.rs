@@ -43,10 +43,7 @@ pub fn tol_bits(tol: u64) -> Option<usize> {
 
 impl SolveCheckChip {
     /// Columns: keep, P, w, e, e+τ, τ−e (all equality-enabled).
-    pub fn configure(
-        meta: &mut ConstraintSystem<Fp>,
-        cols: [Column<Advice>; 5],
-    ) -> SolveCheckConfig {
+    pub fn configure(meta: &mut ConstraintSystem<Fp>, cols: [Column<Advice>; 5]) -> SolveCheckConfig {
         for c in cols {
             meta.enable_equality(c);
         }
@@ -74,7 +71,10 @@ impl SolveCheckChip {
 
     /// `tol` = τ, a power of two below 2^62.
     pub fn construct(config: SolveCheckConfig, scale_bits: usize, tol: u64, range: RangeCheckChip) -> Self {
-        assert!(tol < (1u64 << 62) && tol_bits(tol).is_some(), "tolerance {tol} must be a power of two below 2^62");
+        assert!(
+            tol < (1u64 << 62) && tol_bits(tol).is_some(),
+            "tolerance {tol} must be a power of two below 2^62"
+        );
         Self {
             config,
             scale_bits,
@@ -95,7 +95,9 @@ impl SolveCheckChip {
         let cfg = &self.config;
         let tau = Fp::from(self.tol);
         let t = tol_bits(self.tol).expect("checked in construct");
-        let lo = self.range.witness_checked(layouter, residual.map(|e| e + tau), t, false)?;
+        let lo = self
+            .range
+            .witness_checked(layouter, residual.map(|e| e + tau), t, false)?;
         layouter.assign_region(
             || "solve check",
             |mut region| {

@@ -115,7 +115,9 @@ pub fn honest_witness(shape: &Shape, w: &[i64], a: &[i64], keep: &[bool]) -> Res
             }
             let d = (-p).div_euclid(two_s);
             if d.unsigned_abs() >= 1 << 62 {
-                return Err(ZkError::Invalid(format!("δ = {d} at weight {g} is out of any weight range")));
+                return Err(ZkError::Invalid(format!(
+                    "δ = {d} at weight {g} is out of any weight range"
+                )));
             }
             out.delta[g] = d as i64;
             out.remainder[g] = (-p).rem_euclid(two_s) as i64;
