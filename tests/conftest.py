@@ -1,8 +1,13 @@
-"""Shared fixtures: the MNIST split and a briefly trained, exported LeNet-5."""
+"""Shared fixtures: the MNIST split and the pinned test models (tests/data, see make_models.py)."""
+import shutil
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from edgetrain import datasets
+
+DATA = Path(__file__).resolve().parent / "data"
 
 
 @pytest.fixture(scope="session")
@@ -11,23 +16,38 @@ def mnist():
 
 
 @pytest.fixture(scope="session")
-def trained_onnx(mnist, tmp_path_factory):
-    """Path factory: ``trained_onnx(name)`` → fp32 ONNX of that zoo model after 3 epochs (about 92 % test accuracy for lenet5) on MNIST."""
-    torch = pytest.importorskip("torch")
-    from edgetrain.export import build, export_onnx
-    from edgetrain.export.train_torch import train
-    cache = {}
+def pinned(tmp_path_factory):
+    """``pinned(stem)`` → a private copy of ``tests/data/{stem}.onnx`` (tests may write beside it)."""
+    folder = tmp_path_factory.mktemp("pinned")
 
-    def make(name):
-        if name not in cache:
-            torch.set_num_threads(2)
-            module = build(name, seed=0)
-            train(module, mnist.x_train, mnist.y_train, epochs=3, lr=2e-3, seed=0, progress=False)
-            path = tmp_path_factory.mktemp("models") / f"{name}.onnx"
-            export_onnx(module, path, real_inputs=mnist.x_test[:64])
-            cache[name] = path
-        return cache[name]
-    return make
+    def copy(stem):
+        path = folder / f"{stem}.onnx"
+        if not path.exists():
+            shutil.copyfile(DATA / f"{stem}.onnx", path)
+        return path
+    return copy
+
+
+@pytest.fixture(scope="session")
+def trained_onnx(pinned):
+    """``trained_onnx(name)`` → fp32 ONNX of zoo model ``name`` (mlp, lenet5, rescnn) after 3 epochs
+    on MNIST (lenet5: 93 % test accuracy), or ``mlp16`` (784 → 16 → 10, 1 epoch). Pinned files,
+    the same on every machine."""
+    return pinned
+
+
+@pytest.fixture(scope="session")
+def int8_onnx(pinned):
+    """``int8_onnx(name="lenet5", fmt="qoperator", per_channel=True)`` → the pinned int8 model that
+    ``edgetrain.export.quantize`` made of ``trained_onnx(name)`` (256 calibration images).
+    Pinned: lenet5 in QOperator per channel and per tensor and in QDQ per channel; rescnn in
+    QOperator per channel."""
+    def path(name="lenet5", fmt="qoperator", per_channel=True):
+        stem = f"{name}.int8" + ("" if fmt == "qoperator" else f".{fmt}") + ("" if per_channel else ".per-tensor")
+        if not (DATA / f"{stem}.onnx").exists():
+            raise LookupError(f"no pinned int8 model {stem}.onnx; add it to tests/data/make_models.py")
+        return pinned(stem)
+    return path
 
 
 def rel_err(a, b):

@@ -49,10 +49,8 @@ def test_errors_exit_2_with_a_json_error(capsys, argv, match):
     assert code == 2 and not r["ok"] and match in r["error"]
 
 
-def test_train_checkpoint_resume_and_export(capsys, tmp_path, mnist, trained_onnx):
-    from edgetrain.export import quantize
-    int8 = tmp_path / "m.int8.onnx"
-    quantize(trained_onnx("lenet5"), int8, mnist.x_train[:64])
+def test_train_checkpoint_resume_and_export(capsys, tmp_path, mnist, int8_onnx):
+    int8 = int8_onnx()
     np.savez(tmp_path / "user.npz", x=mnist.x_train[:128], y=mnist.y_train[:128])
     np.savez(tmp_path / "val.npz", x=mnist.x_test[:100], y=mnist.y_test[:100])
     code, r = run_json(capsys, "train", str(int8), "--data", str(tmp_path / "user.npz"), "--val",
@@ -90,18 +88,9 @@ def test_device_side_runs_without_torch_or_onnxruntime(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def small_mlp(tmp_path_factory, mnist):
+def small_mlp(trained_onnx):
     """784 → 16 → 10, briefly trained: a last layer of 160 weights keeps real proofs fast."""
-    torch = pytest.importorskip("torch")
-    from edgetrain.export import export_onnx
-    from edgetrain.export.train_torch import train
-    torch.manual_seed(0)
-    module = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(784, 16), torch.nn.ReLU(),
-                                 torch.nn.Linear(16, 10))
-    train(module, mnist.x_train, mnist.y_train, epochs=1, lr=3e-3, seed=0, progress=False)
-    path = tmp_path_factory.mktemp("mlp") / "mlp16.onnx"
-    export_onnx(module, path, real_inputs=mnist.x_test[:64])
-    return path
+    return trained_onnx("mlp16")
 
 
 def test_mask_unlearn_prove_verify_chain_and_a_tampered_proof(capsys, tmp_path, mnist, small_mlp):

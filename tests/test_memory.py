@@ -9,24 +9,11 @@ CASES = [("lenet5", "bp", 0), ("lenet5", "zo", 0), ("lenet5", "elasticzo", 1), (
          ("rescnn", "elasticzo", 1), ("rescnn", "elasticzo", 2), ("rescnn", "elasticzo-int8", 1)]
 
 
-@pytest.fixture(scope="module")
-def int8_path(trained_onnx, mnist, tmp_path_factory):
-    from edgetrain.export import quantize
-    cache = {}
-
-    def make(name):
-        if name not in cache:
-            cache[name] = tmp_path_factory.mktemp("q") / f"{name}.int8.onnx"
-            quantize(trained_onnx(name), cache[name], mnist.x_train[:256])
-        return cache[name]
-    return make
-
-
 @pytest.mark.parametrize("name, method, cut", CASES)
 @pytest.mark.parametrize("batch_size", [8, 32])
 def test_estimate_is_within_15_percent_of_the_measured_step(name, method, cut, batch_size, trained_onnx,
-                                                            int8_path, mnist):
-    path = int8_path(name) if method.endswith("int8") else trained_onnx(name)
+                                                            int8_onnx, mnist):
+    path = int8_onnx(name) if method.endswith("int8") else trained_onnx(name)
     model = edgetrain.load(path)
     estimate = edgetrain.estimate_memory(model, method, cut, batch_size)
     report = Trainer(model, method=method, cut=cut).memory_report(mnist.x_train[:batch_size],

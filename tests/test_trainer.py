@@ -18,11 +18,8 @@ ort = pytest.importorskip("onnxruntime")
 
 
 @pytest.fixture(scope="module")
-def lenet5_int8(trained_onnx, mnist, tmp_path_factory):
-    from edgetrain.export import quantize
-    path = tmp_path_factory.mktemp("int8") / "lenet5.int8.onnx"
-    quantize(trained_onnx("lenet5"), path, mnist.x_train[:256])
-    return path
+def lenet5_int8(int8_onnx):
+    return int8_onnx()
 
 
 def batch(mnist, n=32, start=0):
