@@ -14,6 +14,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from .errors import ModelFormatError
 from .graph_rewrite import fold_batchnorm, fold_qdq, prune_dead
 from .kernels import KERNELS, Node, supported_ops
 
@@ -21,10 +22,6 @@ _ONNX_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT8: np.in
                 onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT64: np.int64,
                 onnx.TensorProto.INT32: np.int32, onnx.TensorProto.DOUBLE: np.float64}
 _DOMAINS = ("", "ai.onnx", "com.microsoft")
-
-
-class ModelFormatError(ValueError):
-    """The file is not a model this runtime can run; the message says why."""
 
 
 class Model:
@@ -95,10 +92,8 @@ class Model:
     @property
     def integer_only(self) -> bool:
         """True when floats exist only at the graph's edges (input quantise, output dequantise)."""
-        float_ops = {"Conv", "Gemm", "MatMul", "Add", "AveragePool", "GlobalAveragePool",
-                     "BatchNormalization", "Softmax"}
         return (any(n.op_type == "QuantizeLinear" for n in self.nodes)
-                and not any(n.op_type in float_ops for n in self.nodes))
+                and not any(k.numeric == "float" for k in self.kernels))
 
     # -- execution ---------------------------------------------------------
     def run(self, x: np.ndarray) -> np.ndarray:

@@ -21,6 +21,7 @@ import numpy as np
 import onnx
 
 from . import autodiff, prng, quant
+from .errors import TrainingError
 from .int_loss import IntCrossEntropy
 from .model import Model
 
@@ -46,10 +47,6 @@ class Layer:
     name: str
     weight: str
     bias: str | None
-
-
-class TrainingError(ValueError):
-    """Bad training input or configuration; the message names the argument."""
 
 
 @dataclass

@@ -27,10 +27,23 @@ class Node:
 
 
 class Kernel:
-    """Base class: keeps the node; subclasses implement ``run``."""
+    """Base class: keeps the node; subclasses implement ``run``.
+
+    The class attributes declare what the op is, so that the trainer, the prover,
+    the memory model and the loader ask the kernel instead of keeping op tables.
+    """
 
     #: input positions whose values must be initializers (quantisation params, say)
     const_inputs: tuple[int, ...] = ()
+    #: input positions of the trainable weight and bias (None: the op has none)
+    weight_input: int | None = None
+    bias_input: int | None = None
+    #: what the op computes on: "float" tensors, 8-bit "int" tensors (int32 accumulators),
+    #: "any" dtype (data movement and clamps), or the "boundary" between the two
+    #: (QuantizeLinear, DequantizeLinear)
+    numeric: str = "float"
+    #: a fully connected layer (Gemm, MatMul and their int8 forms)
+    fully_connected: bool = False
 
     def __init__(self, node: Node, consts: list[np.ndarray | None], *,
                  exact_float: bool = True, opset: int = 17):

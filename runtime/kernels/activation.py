@@ -8,6 +8,8 @@ from . import Kernel, register
 
 @register("Relu")
 class Relu(Kernel):
+    numeric = "any"
+
     def run(self, x):
         return np.maximum(x, np.zeros((), dtype=x.dtype))
 
@@ -18,6 +20,7 @@ class Relu(Kernel):
 @register("Clip")
 class Clip(Kernel):
     """Clip with optional ``min``/``max`` inputs (opset ≥ 11) or attributes (older)."""
+    numeric = "any"
 
     def run(self, x, lo=None, hi=None):
         lo = self.attr("min") if lo is None else lo

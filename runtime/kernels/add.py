@@ -20,6 +20,7 @@ class Add(Kernel):
 class QLinearAdd(Kernel):
     """c = (s_a(a − za) + s_b(b − zb)) / s_c + zc, in integers with one rounding:
     ``s_a/s_c`` and ``s_b/s_c`` become Q31 mantissas over a shared exponent."""
+    numeric = "int"
     const_inputs = (1, 2, 4, 5, 6, 7)
 
     def __init__(self, node, consts, **opts):

@@ -48,6 +48,8 @@ def _conv(x, w, attrs, where, product, cols_dtype, out_dtype):
 
 @register("Conv")
 class Conv(Kernel):
+    weight_input, bias_input = 1, 2
+
     def run(self, x, w, b=None):
         mg = w.shape[0] // self.attr("group", 1)
 
@@ -85,6 +87,7 @@ class Conv(Kernel):
 class QLinearConv(Kernel):
     """y = requant(Σ (x − zx)(w − zw) + b) with ``M_c = s_x·s_w[c]/s_y`` in Q31 form."""
     const_inputs = (1, 2, 4, 5, 6, 7)
+    weight_input, bias_input, numeric = 3, 8, "int"
 
     def __init__(self, node, consts, **opts):
         super().__init__(node, consts, **opts)

@@ -9,6 +9,8 @@ from . import Kernel, register, sum_to_shape
 
 @register("MatMul")
 class MatMul(Kernel):
+    weight_input, fully_connected = 1, True
+
     def run(self, a, b):
         return np.matmul(a, b)
 
@@ -27,6 +29,7 @@ class MatMul(Kernel):
 @register("Gemm")
 class Gemm(Kernel):
     """y = alpha · A' · B' + beta · C, with A', B' optionally transposed."""
+    weight_input, bias_input, fully_connected = 1, 2, True
 
     def run(self, a, b, c=None):
         a = a.T if self.attr("transA", 0) else a
@@ -64,6 +67,7 @@ class _IntegerMatMul(Kernel):
     per-channel weight scales broadcast along the result's last axis.
     """
     a_pos = b_pos = y_pos = 0  # input positions of (x, scale, zp) triples
+    weight_input, numeric, fully_connected = 3, "int", True
 
     def __init__(self, node, consts, **opts):
         super().__init__(node, consts, **opts)
@@ -105,6 +109,7 @@ class QGemm(_IntegerMatMul):
     # A, a_scale, a_zp, B, b_scale, b_zp, C (int32 bias), y_scale, y_zp
     const_inputs = (1, 2, 4, 5, 7, 8)
     a_pos, b_pos, y_pos = 0, 3, 7
+    bias_input = 6
 
     def __init__(self, node, consts, **opts):
         if node.attrs.get("transA", 0):

@@ -22,6 +22,7 @@ def _check_2d(kernel: Kernel, x):
 
 @register("MaxPool")
 class MaxPool(Kernel):
+    numeric = "any"
     """Max over each window; padding never wins (it is the dtype's lowest value)."""
 
     def run(self, x):
@@ -103,6 +104,7 @@ class _IntegerMean(Kernel):
     so they are derived once per distinct count and cached.
     """
     const_inputs = (1, 2, 3, 4)
+    numeric = "int"
 
     def __init__(self, node, consts, **opts):
         super().__init__(node, consts, **opts)

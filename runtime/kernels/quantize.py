@@ -8,6 +8,7 @@ from . import Kernel, register
 
 class _Boundary(Kernel):
     const_inputs = (1, 2)
+    numeric = "boundary"
 
     def __init__(self, node, consts, **opts):
         super().__init__(node, consts, **opts)

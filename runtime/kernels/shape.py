@@ -8,6 +8,8 @@ from . import Kernel, register
 
 @register("Flatten")
 class Flatten(Kernel):
+    numeric = "any"
+
     def run(self, x):
         axis = self.attr("axis", 1)
         axis = axis + x.ndim if axis < 0 else axis
@@ -20,6 +22,7 @@ class Flatten(Kernel):
 @register("Reshape")
 class Reshape(Kernel):
     """ONNX Reshape: 0 copies the input dimension (unless ``allowzero``), −1 is inferred."""
+    numeric = "any"
 
     def run(self, x, shape):
         shape = [int(s) for s in shape]

@@ -40,6 +40,7 @@ class QLinearSoftmax(Kernel):
     """Integer softmax: ``e_d = round(2^20 · exp(−s_x·d))`` for ``d = max − x`` from a
     table built at load, then ``y = round(e / (Σe · s_y)) + zy`` by integer division."""
     const_inputs = (1, 2, 3, 4)
+    numeric = "int"
 
     def __init__(self, node, consts, **opts):
         super().__init__(node, consts, **opts)
