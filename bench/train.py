@@ -65,7 +65,9 @@ METHODS = {
     "zo": {"engine": "edgetrain", "method": "zo", "cut": 0},
     "elasticzo-cut1": {"engine": "edgetrain", "method": "elasticzo", "cut": 1},
     "elasticzo-cut2": {"engine": "edgetrain", "method": "elasticzo", "cut": 2},
-    "elasticzo-int8-cut2": {"engine": "edgetrain", "method": "elasticzo-int8", "cut": 2, "int8": True},
+    # integer GEMMs in numpy's integer matmul: no float array in a step
+    "elasticzo-int8-cut2": {"engine": "edgetrain", "method": "elasticzo-int8", "cut": 2, "int8": True,
+                            "float_gemm": False},
     # the same arithmetic with the integer GEMMs through exact float32 BLAS (bit-identical weights)
     "elasticzo-int8-cut2-float-gemm": {"engine": "edgetrain", "method": "elasticzo-int8", "cut": 2, "int8": True,
                                        "float_gemm": True},
@@ -106,8 +108,8 @@ class EdgetrainLearner:
     def __init__(self, path, spec, seed):
         import edgetrain
         from edgetrain.trainer import Trainer
-        self.trainer = Trainer(edgetrain.load(str(path)), method=spec["method"], cut=spec["cut"],
-                               batch_size=BATCH, seed=seed, float_gemm=spec.get("float_gemm", False))
+        self.trainer = Trainer(edgetrain.load(str(path), float_gemm=spec.get("float_gemm", True)),
+                               method=spec["method"], cut=spec["cut"], batch_size=BATCH, seed=seed)
         self.rolled_back = 0
 
     def step(self, x, y) -> float:
@@ -119,8 +121,7 @@ class EdgetrainLearner:
         return self.trainer.evaluate(x, y)["accuracy"]
 
     def hyper(self) -> dict:
-        c = self.trainer.config
-        return {k: c[k] for k in ("lr", "zo_lr", "eps", "cut", "q")}
+        return {"cut": self.trainer.cut, **self.trainer.hyper}
 
 
 class TorchLearner:
@@ -424,8 +425,7 @@ def print_report(result: dict, out=sys.stderr):
             print(f"| {key} | " + " | ".join(pm(r[f"pers_{n}_mean"], r[f"pers_{n}_std"]) for n in
                                           ("clean_before", "shifted_before", "shifted_after", "clean_after"))
                   + " |", file=out)
-    print("\nHyperparameters (edgetrain: the Trainer's defaults; int8: lr = tail update bits, "
-          "zo_lr = 2^-shift, eps in LSBs):\n", file=out)
+    print("\nHyperparameters (edgetrain: the Trainer's defaults):\n", file=out)
     for key in METHODS:
         if key in rows:
             print(f"- {key}: {rows[key]['hyper']}", file=out)

@@ -94,7 +94,7 @@ def personalise(int8_path, data, seed, n_user=500, cut=3) -> dict:
     trainer = Trainer(load(int8_path), method="elasticzo-int8", cut=cut, seed=seed)
     before = trainer.evaluate(test_x, data.y_test)["accuracy"]
     clean_before = trainer.evaluate(data.x_test, data.y_test)["accuracy"]
-    memory = trainer.memory_report(user_x[:32], user_y[:32])  # a real step at batch 32
+    memory = trainer.memory_report(user_x[:32], user_y[:32])  # a real step at batch 32, undone after
     estimate = estimate_memory(trainer.model, "elasticzo-int8", cut, 32)
     history = trainer.fit(user_x[32:], user_y[32:], epochs=1)
     after = trainer.evaluate(test_x, data.y_test)["accuracy"]

@@ -15,17 +15,13 @@ from .. import autodiff
 from ..model import Model
 from . import int8
 
-# fully connected layers: op type → position of the weight input
-_FC_OPS = {"Gemm": 1, "MatMul": 1}
-
-
 def target_layers(model: Model, layers: Sequence[str] | None = None) -> list[str]:
     """Names of the weight tensors to unlearn: ``layers`` (parameter names) checked
     against the model, or by default the weights of every fully connected layer —
     Gemm / MatMul in fp32 models, QGemm / QLinearMatMul (int8 weights, per-channel or
     per-tensor scales) in int8 models."""
-    fc = [n.inputs[_FC_OPS[n.op_type]] for n in model.nodes
-          if n.op_type in _FC_OPS and n.inputs[_FC_OPS[n.op_type]] in model.params]
+    fc = [l.weight for l in model.layers()
+          if model.kernels[l.index].fully_connected and model.kernels[l.index].numeric == "float"]
     fc_int8 = int8.fc_weights(model)
     if layers is None:
         if not fc + fc_int8:

@@ -15,13 +15,14 @@ Step by step, on the device, after the graph's input QuantizeLinear (floats end 
 1. Integer forward (the model's own kernels, numpy integer GEMMs), keeping the FC tail.
 2. Error at the logits: :class:`edgetrain.int_loss.IntCrossEntropy`'s ``p − onehot``
    per sample, Q7 (the trainer's int8 tail); real scale ``ε = 2⁻⁷``.
-3. Backward through the tail (QGemm, QLinearMatMul, Flatten, Reshape, Clip): where a
-   node's int8 output saturated (this includes a Relu folded into the range), or a Clip
-   clipped, the error is 0. A target layer's per-sample gradient row is
-   ``G[i, n, k] = E[i, n]·(a[i, k] − z_a)`` (exact int64, ``|G| < 2²³``), real
+3. Backward through the tail: the runtime's integer walk (:mod:`edgetrain.int_autodiff`,
+   the one the trainer's int8 tail uses; each kernel's ``int_grad`` states its part):
+   where a node's int8 output saturated (this includes a Relu folded into the range),
+   or a Clip clipped, the error is 0. A target layer's per-sample gradient row is
+   ``G[i, n, k] = E[i, n]·(a[i, k] − z_a)`` (exact int64, ``|G| ≤ 2²³``), real
    ``∂L/∂W = γ·G`` with ``γ = ε·s_a·alpha``. The error for the layer below is
    ``D = (E ⊙ c) @ q`` with ``c_n = s_n / max s`` in Q16 (exact int64), then shifted
-   right by one amount common to all samples so that ``|E| < 2^ERR_BITS`` (rule R1).
+   right by one amount common to all samples so that ``|E| ≤ 2^ERR_BITS`` (rule R1).
 4. Inverse Fisher per block of ``B`` weights, in W coordinates, at one fixed-point
    scale: ``H = 2^H_BITS·damp·A_W``, i.e. ``H`` starts at ``2^32·I`` and takes one
    Sherman–Morrison update per sample, ``H ← H − (H g)(H g)ᵀ / (Λ + gᵀ H g)`` with
@@ -39,10 +40,12 @@ Rounding rules (the only places the int8 path rounds):
 * R1 — right shifts: ``x / 2^k`` to nearest, ties away from zero
   (:func:`edgetrain.quant.rounding_shift_right`).
 * R2 — divisions: ``n / d`` (``d > 0``) to nearest, ties toward +∞:
-  ``⌊(n + ⌊d/2⌋) / d⌋`` (:func:`div_round`; a tie needs ``d`` even and is rare).
-* R3 — the scale ratios ``c_n`` (Q16) and ``r_n`` (Q30) are rounded half away from zero
-  once, from the model's float32 scales (Python floats, before any data), as the
-  kernels' requantisation multipliers are at load.
+  ``⌊(n + ⌊d/2⌋) / d⌋`` (:func:`edgetrain.quant.div_round_half_up`; a tie needs ``d`` even
+  and is rare).
+* R3 — the scale ratios ``c_n`` (Q16, held by the QGemm / QLinearMatMul kernel) and
+  ``r_n`` (Q30) are rounded half away from zero once, from the model's float32 scales
+  (Python floats, before any data), as the kernels' requantisation multipliers are at
+  load (:func:`edgetrain.quant.fixed_point_ratios`).
 * R4 — ``Λ`` is the one number computed from floats after the data is seen (``damp``
   is a real number): ``round(2^32·damp·Σ|G_i|²/size)`` in Python floats (the sum
   itself is an exact Python integer), then shifted by R1 (values ≥ 2^62 are capped:
@@ -60,21 +63,16 @@ rather than clip (the proof states ``w' = w + δ``).
 """
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
-from .. import quant
-from ..int_loss import ERR_BITS as LOSS_ERR_BITS, IntCrossEntropy, leading_bit
+from .. import int_autodiff, quant
+from ..int_loss import ERR_BITS as LOSS_ERR_BITS
 from ..model import Model
 
-# fully connected int8 ops: op type → position of the weight input
-INT8_FC_OPS = {"QGemm": 3, "QLinearMatMul": 3}
-_PASS_OPS = ("Flatten", "Reshape")
-ERR_BITS = 15   # back-propagated error signals: |E| < 2^15
-CHANNEL_BITS = 16  # c_n = s_n / max s in Q16
+ERR_BITS = 15   # back-propagated error signals: |E| ≤ 2^15
 RATIO_BITS = 30    # r_n = min s / s_n in Q30
 H_BITS = 32     # the inverse-Fisher state starts at 2^32·I
 U_BITS = 30     # H g is shifted to |u| ≤ 2^30 before the outer product (|u_i·u_j| ≤ 2^60)
@@ -83,17 +81,12 @@ _CAP = 1 << 62  # Λ / 2^(2t) at or above this makes every update entry round to
 
 @dataclass
 class Int8Layer:
-    """A target FC layer and the integer constants of its backward pass."""
+    """A target FC layer: where it is and the integer constants of its Fisher."""
     name: str          # the int8 weight initializer
     index: int         # its node in model.nodes
     transposed: bool   # weight stored (K, N): QLinearMatMul, QGemm without transB
-    a_zp: int          # the input's zero-point
-    gamma_scale: float  # s_a·alpha: ∂L/∂W = ε·gamma_scale·E·(a − z_a)
-    s_max: float       # max s_n
-    channel_q16: np.ndarray  # (N,) int64, c_n = s_n / max s in Q16 (R3)
     ratio_q30: np.ndarray    # (N,) int64, r_n = min s / s_n in Q30 (R3)
     scales: np.ndarray       # (N,) float64 s_n, host-side bookkeeping (tests, make_mask)
-    target: bool = True      # False: an FC layer the backward only passes through
 
     def flat_channel(self, shape) -> np.ndarray:
         """The output channel of every weight, flattened row-major like the weight."""
@@ -102,49 +95,37 @@ class Int8Layer:
         return np.tile(ch, shape[0]) if self.transposed else np.repeat(ch, shape[1])
 
 
+def _int8_fc(model: Model):
+    """(layer, kernel) of every integer fully connected layer with an int8 weight initializer."""
+    for layer in model.layers():
+        kernel = model.kernels[layer.index]
+        if kernel.numeric == "int" and kernel.fully_connected and model.params[layer.weight].dtype == np.int8:
+            yield layer, kernel
+
+
 def fc_weights(model: Model) -> list[str]:
-    """The int8 weight initializers of the model's QGemm / QLinearMatMul nodes."""
-    return [n.inputs[INT8_FC_OPS[n.op_type]] for n in model.nodes
-            if n.op_type in INT8_FC_OPS and n.inputs[INT8_FC_OPS[n.op_type]] in model.params
-            and model.params[n.inputs[INT8_FC_OPS[n.op_type]]].dtype == np.int8]
+    """The int8 weight initializers of the model's integer fully connected layers
+    (QGemm / QLinearMatMul)."""
+    return [layer.weight for layer, _ in _int8_fc(model)]
 
 
 def layers(model: Model, names: Sequence[str]) -> list[Int8Layer]:
-    """The target layers ``names`` (int8 FC weights, see :func:`fc_weights`), then the other
-    FC layers the backward passes through (``target=False``), with the constants of the
-    integer backward pass, computed once from the float scales (R3) before any data."""
-    if model.nodes[0].op_type != "QuantizeLinear" or model.nodes[-1].op_type != "DequantizeLinear":
-        raise ValueError(f"{model.source}: int8 unlearning needs an integer graph QuantizeLinear … "
-                         "DequantizeLinear (an onnxruntime int8 model)")
-    index = {n.inputs[INT8_FC_OPS[n.op_type]]: i for i, n in enumerate(model.nodes) if n.op_type in INT8_FC_OPS}
-    first = min(index[n] for n in names)
-    between = [w for w, i in index.items() if i > first and w not in names]
+    """The target layers ``names`` (int8 FC weights, see :func:`fc_weights`) with the
+    constants of their Fisher, computed once from the float scales (R3) before any data."""
+    model.integer_span()  # ModelFormatError (a ValueError) for a graph that is not QuantizeLinear … DequantizeLinear
+    found = {layer.weight: (layer, kernel) for layer, kernel in _int8_fc(model)}
     out = []
-    for name in list(names) + between:
-        i = index[name]
-        node, kernel = model.nodes[i], model.kernels[i]
+    for name in names:
+        layer, kernel = found[name]
         if np.any(kernel.bq.zero_point != 0):
             raise ValueError(f"layer {name!r}: weight zero-points must be 0 (symmetric int8 weights, "
                              "onnxruntime's WeightSymmetric); got non-zero ones")
-        transposed = node.op_type == "QLinearMatMul" or not node.attrs.get("transB", 0)
-        n_out = model.params[name].shape[1 if transposed else 0]
+        w = model.params[name]
+        n_out = kernel.weight_nk(w).shape[0]
         s = np.broadcast_to(kernel.bq.scale.astype(np.float64).reshape(-1), (n_out,))
-        s_max, s_min = float(s.max()), float(s.min())
-        out.append(Int8Layer(
-            name, i, transposed, kernel.aq.zp, float(kernel.aq.scale) * float(node.attrs.get("alpha", 1.0)),
-            s_max, _fixed_ratios([float(v) / s_max for v in s], CHANNEL_BITS),
-            _fixed_ratios([s_min / float(v) for v in s], RATIO_BITS), s.copy(), name in names))
+        out.append(Int8Layer(name, layer.index, kernel.weight_nk(w) is not w,
+                             quant.fixed_point_ratios(float(s.min()) / s, RATIO_BITS), s.copy()))
     return out
-
-
-def _fixed_ratios(reals: list[float], bits: int) -> np.ndarray:
-    """R3: ratios in (0, 1] as Q``bits`` int64, rounded half away from zero."""
-    return np.array([math.floor(r * 2.0 ** bits + 0.5) for r in reals], dtype=np.int64)
-
-
-def quantize_input(model: Model, x: np.ndarray) -> np.ndarray:
-    """The graph's own input QuantizeLinear: where the float data becomes int8."""
-    return model.kernels[0].run(np.asarray(x, dtype=np.float32), None, None)
 
 
 @dataclass
@@ -157,52 +138,27 @@ class Signals:
 
 def error_signals(model: Model, targets: Sequence[Int8Layer], xq: np.ndarray, y: np.ndarray,
                   batch: int = 256) -> dict[str, Signals]:
-    """Integer forward of ``xq`` (the quantised input) and integer backward from the
-    per-sample loss down to the first target layer (steps 1–3 of the module docstring),
-    over ``targets = layers(model, names)``; returns the target layers' signals.
-    The backward runs on all samples at once, so that each layer's error shares one shift."""
-    nodes = model.nodes
-    first, last = min(t.index for t in targets), len(nodes) - 1
-    need = {t for n in nodes[first:last] for t in (n.inputs[0], n.outputs[0])}
+    """Integer forward of ``xq`` (the quantised input) and the integer backward
+    (:func:`edgetrain.int_autodiff.backward`, errors to ``ERR_BITS`` bits by R1) from the
+    per-sample loss down to the first target layer, over ``targets = layers(model, names)``;
+    returns the target layers' signals. The backward runs on all samples at once, so that
+    each layer's error shares one shift (one real scale)."""
+    first, last = min(t.index for t in targets), model.integer_span()[1]
+    need = {t for n in model.nodes[first:last] for t in (*n.inputs, n.outputs[0]) if t and t not in model.params}
     parts = {t: [] for t in need}
     for lo in range(0, len(xq), batch):
-        env = model.execute({nodes[0].outputs[0]: xq[lo:lo + batch]}, start=1, stop=last, keep=need)
+        env = model.execute({model.nodes[0].outputs[0]: xq[lo:lo + batch]}, start=1, stop=last, keep=need)
         for t in need:
             parts[t].append(env[t])
     env = {t: np.concatenate(v) for t, v in parts.items()}
-    dq = nodes[-1]
-    loss = IntCrossEntropy(float(model.params[dq.inputs[1]]), int(model.params[dq.inputs[2]].reshape(-1)[0]))
-    err = loss(env[dq.inputs[0]], y)[1]  # p − onehot, Q7, int64
-    eps = 2.0 ** -LOSS_ERR_BITS
-    by_index = {t.index: t for t in targets}
-    out = {}
-    for idx in range(last - 1, first - 1, -1):
-        node, kernel = nodes[idx], model.kernels[idx]
-        x_in, y_out = env[node.inputs[0]], env[node.outputs[0]]
-        if node.op_type in _PASS_OPS:
-            err = err.reshape(x_in.shape)
-            continue
-        if node.op_type == "Clip":
-            err = np.where(x_in == y_out, err, 0)
-            continue
-        if node.op_type not in INT8_FC_OPS:
-            raise ValueError(f"node {node.name!r} ({node.op_type}) lies between the target layers and the "
-                             f"output; the int8 backward runs through {sorted(INT8_FC_OPS)}, Flatten, Reshape "
-                             "and Clip only — choose later layers")
-        yq = kernel.yq
-        err = np.where((y_out == yq.qmin) | (y_out == yq.qmax), 0, err)  # saturated (incl. folded Relu)
-        t = by_index[idx]
-        if t.target:
-            act = x_in.astype(np.int64)
-            act -= t.a_zp
-            out[t.name] = Signals(err, act, eps * t.gamma_scale)
-        if idx > first:
-            w = model.params[node.inputs[3]].astype(np.int64)
-            d = (err * t.channel_q16) @ (w.T if t.transposed else w)  # exact: 2^(15+16+7)·N
-            shift = max(0, quant.bit_length(d) - ERR_BITS)
-            err = quant.rounding_shift_right(d, shift)  # R1
-            eps *= t.s_max * float(node.attrs.get("alpha", 1.0)) * 2.0 ** (shift - CHANNEL_BITS)
-    return out
+    err = model.int_loss()(env[model.nodes[last].inputs[0]], y)[1]  # p − onehot, Q7, int64
+    wanted = {t.index: t.name for t in targets}
+    try:
+        return {wanted[s.index]: Signals(s.err, s.act, s.gamma)
+                for s in int_autodiff.backward(model, env, err, start=first, stop=last, scale=2.0 ** -LOSS_ERR_BITS,
+                                               err_bits=ERR_BITS) if s.index in wanted}
+    except ValueError as e:
+        raise ValueError(f"{e}: it lies between the target layers and the output — choose later layers") from None
 
 
 def gradient_rows(sig: Signals, layer: Int8Layer, lo: int, hi: int) -> np.ndarray:
@@ -218,10 +174,10 @@ def per_sample_gradients(model: Model, x: np.ndarray, y: np.ndarray, names: Sequ
     """Host-side view of the integer gradients: per slice of ``batch`` samples,
     ``{name: (n, size) float64}`` real ``∂L/∂W`` (``W = s·q`` the dequantised weights)."""
     targets = layers(model, names)
-    sig = error_signals(model, targets, quantize_input(model, x), y)
+    sig = error_signals(model, targets, model.quantize_input(x), y)
     for lo in range(0, len(x), batch):
         hi = min(len(x), lo + batch)
-        yield {t.name: gradient_rows(sig[t.name], t, lo, hi) * sig[t.name].gamma for t in targets if t.target}
+        yield {t.name: gradient_rows(sig[t.name], t, lo, hi) * sig[t.name].gamma for t in targets}
 
 
 def dequantized(model: Model, name: str) -> np.ndarray:
@@ -250,7 +206,7 @@ def inverse_fisher(model: Model, targets: Sequence[Int8Layer], xq: np.ndarray, y
     sig = error_signals(model, targets, xq, y)
     m = len(xq)
     out = {}
-    for t in (t for t in targets if t.target):
+    for t in targets:
         size = model.params[t.name].size
         nb = -(-size // block)
         h = np.zeros((nb, block, block), dtype=np.int64)
@@ -294,21 +250,14 @@ def fisher_update(h: np.ndarray, grads: np.ndarray, lam_table: np.ndarray) -> No
         whole = live.size == nb
         hl, gl = (h, g) if whole else (h[live], g[live])
         u = np.einsum("bij,bj->bi", hl, gl)  # exact: 2^32·2^23·64 < 2^63
-        t = np.maximum(leading_bit(np.maximum(np.abs(u).max(axis=1), 1)) + 1 - U_BITS, 0)
+        t = np.maximum(quant.leading_bit(np.maximum(np.abs(u).max(axis=1), 1)) + 1 - U_BITS, 0)
         u = quant.rounding_shift_right(u, t[:, None])  # R1: |u| ≤ 2^30
         gu = quant.rounding_shift_right(np.einsum("bi,bi->b", gl, u), t)  # ≤ 2^(23+30+6)
         d = np.maximum(lam_table[t] + gu, 1)[:, None, None]  # ≥ 1 (gᵀHg ≥ 0 up to rounding)
         update = u[:, :, None] * u[:, None, :]  # |u_i·u_j| ≤ 2^60
-        hl -= div_round(update, d, out=update)  # R2; symmetric: u_i·u_j = u_j·u_i
+        hl -= quant.div_round_half_up(update, d, out=update)  # R2; symmetric: u_i·u_j = u_j·u_i
         if not whole:
             h[live] = hl
-
-
-def div_round(n: np.ndarray, d: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """R2: ``n / d`` for int64 ``n`` and positive int64 ``d`` to nearest, ties toward +∞:
-    ``⌊(n + ⌊d/2⌋) / d⌋`` (needs |n| + d/2 < 2^63). ``out=n`` works in place."""
-    out = np.add(n, d >> 1, out=out)
-    return np.floor_divide(out, d, out=out)
 
 
 def to_prover_fisher(h: np.ndarray, layer: Int8Layer, shape, fisher_bits: int) -> np.ndarray:
@@ -325,7 +274,7 @@ def to_prover_fisher(h: np.ndarray, layer: Int8Layer, shape, fisher_bits: int) -
     rr = quant.rounding_shift_right(r[:, :, None] * r[:, None, :], RATIO_BITS)  # Q30, ≤ 2^30
     x = quant.rounding_shift_right(h * rr, RATIO_BITS)  # |h|·rr ≤ 2^62; symmetric as h and rr are
     peak = np.maximum(np.abs(x).max(axis=(1, 2)), 1)
-    return div_round(x << fisher_bits, peak[:, None, None])  # |x| ≤ 2^32: x·2^fb < 2^63
+    return quant.div_round_half_up(x << fisher_bits, peak[:, None, None])  # |x| ≤ 2^32: x·2^fb < 2^63
 
 
 def inverse_fisher_fixed(model: Model, targets: Sequence[Int8Layer], xq: np.ndarray, y: np.ndarray, block: int,

@@ -131,9 +131,9 @@ def unlearn(model: Model, mask: dict[str, np.ndarray], data: tuple, block: int =
         scale_bits = INT8_SCALE_BITS if scale_bits is None else scale_bits
         if not 1 <= fisher_bits <= fx.FISHER_VALUE_BITS - 2:  # as fisher_to_fixed checks
             raise ValueError(f"fisher_bits={fisher_bits!r} must be in [1, {fx.FISHER_VALUE_BITS - 2}]")
-        new = Model(model.to_proto(), exact_float=False, source=model.source)  # integer GEMMs: no float array
+        new = Model(model.to_proto(), float_gemm=False, source=model.source)  # integer GEMMs: no float array
         targets = int8.layers(new, names)  # constants from the float scales, before any data (R3)
-        a_int = int8.inverse_fisher_fixed(new, targets, int8.quantize_input(new, x), y, block, damp, fisher_bits)
+        a_int = int8.inverse_fisher_fixed(new, targets, new.quantize_input(x), y, block, damp, fisher_bits)
         w_ints = {n: model.params[n].astype(np.int64) for n in names}
     else:
         scale_bits = 16 if scale_bits is None else scale_bits
@@ -173,7 +173,7 @@ def unlearn(model: Model, mask: dict[str, np.ndarray], data: tuple, block: int =
             new.params[n][...] = (flat / 2.0 ** scale_bits).reshape(shape)
         witnesses.append(LayerWitness(n, shape, block, scale_bits, w_int, a_int.pop(n), keep, step["w_new"]))
     if quantized:
-        new.set_exact_float(True)
+        new.float_gemm = model.float_gemm
     return new, witnesses
 
 

@@ -17,6 +17,7 @@ import time
 import numpy as np
 
 from . import datasets
+from .trainer import DEFAULTS
 
 
 def _log(*parts):
@@ -77,8 +78,10 @@ def cmd_train(args) -> dict:
     if args.resume:
         trainer = Trainer.load(args.resume)
     else:
-        trainer = Trainer(load(args.model), method=args.method, cut=args.cut, lr=args.lr, zo_lr=args.zo_lr,
-                          eps=args.eps, batch_size=args.batch_size, seed=args.seed, q=args.q)
+        hyper = {k: getattr(args, k) for k in ("lr", "zo_lr", "eps", "q", "lr_bits", "zo_shift", "eps_lsb")
+                 if getattr(args, k) is not None}
+        trainer = Trainer(load(args.model), method=args.method, cut=args.cut, batch_size=args.batch_size,
+                          seed=args.seed, **hyper)
     history = trainer.fit(x, y, epochs=args.epochs, val=val, checkpoint=args.checkpoint)
     result = {"model": args.model, "method": trainer.method, "cut": trainer.cut, "steps": trainer.step_count,
               "history": history}
@@ -285,14 +288,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("--data", required=True, help=f"an .npz with x and y, or a built-in set {datasets.BUILTIN}")
     s.add_argument("--val", help="validation data (.npz with x, y, or a built-in set's test split)")
-    s.add_argument("--method", default="elasticzo", choices=["bp", "zo", "elasticzo", "elasticzo-int8"])
+    s.add_argument("--method", default="elasticzo", choices=list(DEFAULTS))
     s.add_argument("--cut", type=int, default=1, help="trailing layers trained with backprop (default: %(default)s)")
     s.add_argument("--epochs", type=int, default=1)
     s.add_argument("--batch-size", type=int, default=32)
-    s.add_argument("--lr", type=float, help="BP step (int8: update bits); default per method")
-    s.add_argument("--zo-lr", type=float, help="ZO step (int8: a power of two); default per method")
-    s.add_argument("--eps", type=float, help="ZO perturbation (int8: in weight LSBs)")
-    s.add_argument("--q", type=int, default=1, help="ZO directions per step")
+    fp32, int8 = DEFAULTS["elasticzo"], DEFAULTS["elasticzo-int8"]
+    for flag, kind, what in (("--lr", float, "fp32 methods: the BP step"), ("--zo-lr", float, "fp32 methods: the ZO step"),
+                             ("--eps", float, "fp32 methods: the ZO perturbation"),
+                             ("--q", int, "fp32 methods: ZO directions per step"),
+                             ("--lr-bits", int, "elasticzo-int8: the BP tail's update bit-width"),
+                             ("--zo-shift", int, "elasticzo-int8: ΔL·z is shifted right by this many bits"),
+                             ("--eps-lsb", int, "elasticzo-int8: the ZO perturbation in weight LSBs")):
+        key = flag[2:].replace("-", "_")
+        s.add_argument(flag, type=kind, help=f"{what} (default {fp32.get(key, int8.get(key))})")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--checkpoint", help="save a checkpoint here after every epoch")
     s.add_argument("--resume", help="continue from this checkpoint (MODEL is then only a label)")

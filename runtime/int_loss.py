@@ -13,6 +13,8 @@ import math
 
 import numpy as np
 
+from . import quant
+
 FRAC_BITS = 16   # loss and base-2 logits are Q16
 EXP_BITS = 15    # 2^(−d) table entries are Q15
 ERR_BITS = 7     # error p − onehot is Q7 (|err| ≤ 127)
@@ -22,19 +24,9 @@ _EXP2_Q15 = np.array([round(2 ** (-k / 256) * (1 << EXP_BITS)) for k in range(25
 _LOG2_Q16 = np.array([round(math.log2(1 + k / 256) * (1 << FRAC_BITS)) for k in range(256)], dtype=np.int64)
 
 
-def leading_bit(v: np.ndarray) -> np.ndarray:
-    """Index of the highest set bit of each positive int64 (binary search, integers only)."""
-    v = np.asarray(v, dtype=np.int64)
-    pos = np.zeros(v.shape, dtype=np.int64)
-    for step in (32, 16, 8, 4, 2, 1):
-        higher = (v >> (pos + step)) > 0
-        pos += higher * step
-    return pos
-
-
 def log2_q16(v: np.ndarray) -> np.ndarray:
     """``log2(v)`` in Q16 for positive int64 ``v`` (table on the 8 bits after the leading one)."""
-    msb = leading_bit(v)
+    msb = quant.leading_bit(v)
     # normalise to 9 significant bits: the leading one plus an 8-bit table index
     shift = msb - 8
     top = np.where(shift >= 0, v >> np.maximum(shift, 0), v << np.maximum(-shift, 0))
@@ -61,7 +53,7 @@ class IntCrossEntropy:
         total = e.sum(axis=1)                                     # ≥ 2^15 (the max term)
         rows = np.arange(len(y))
         loss = d[rows, y] + log2_q16(total) - (EXP_BITS << FRAC_BITS)
-        p = ((e << ERR_BITS) + (total[:, None] >> 1)) // total[:, None]  # Q7, rounded
+        p = quant.div_round_half_up(e << ERR_BITS, total[:, None])  # Q7
         err = p
         err[rows, y] -= 1 << ERR_BITS
         correct = int((d[rows, y] == 0).sum())  # the label's logit is a maximum

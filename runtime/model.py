@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections import Counter
+from dataclasses import dataclass
 
 import numpy as np
 import onnx
@@ -16,6 +17,7 @@ from onnx import helper, numpy_helper
 
 from .errors import ModelFormatError
 from .graph_rewrite import fold_batchnorm, fold_qdq, prune_dead
+from .int_loss import IntCrossEntropy
 from .kernels import KERNELS, Node, supported_ops
 
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT8: np.int8,
@@ -24,10 +26,19 @@ _ONNX_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT8: np.in
 _DOMAINS = ("", "ai.onnx", "com.microsoft")
 
 
+@dataclass(frozen=True)
+class Layer:
+    """A parametrised node: its index in ``Model.nodes`` and its weight / bias names."""
+    index: int
+    name: str
+    weight: str
+    bias: str | None
+
+
 class Model:
     """A loaded ONNX graph. ``run(x)`` returns the first graph output."""
 
-    def __init__(self, proto: onnx.ModelProto, *, exact_float: bool = True, source: str = "<model>"):
+    def __init__(self, proto: onnx.ModelProto, *, float_gemm: bool = True, source: str = "<model>"):
         self.source = source
         graph = proto.graph
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
@@ -61,16 +72,22 @@ class Model:
         for node in nodes:
             consts = [self.params.get(name) if name else None for name in node.inputs]
             try:
-                self.kernels.append(KERNELS[node.op_type](node, consts, exact_float=exact_float,
+                self.kernels.append(KERNELS[node.op_type](node, consts, float_gemm=float_gemm,
                                                           opset=self.opset))
             except ValueError as e:
                 raise ModelFormatError(f"{source}: {e}") from None
         self._last_use = _last_uses(nodes, self.output_names)
 
-    def set_exact_float(self, exact_float: bool) -> None:
-        """Choose the GEMM path of integer kernels: exact float32 BLAS (True) or pure integer."""
+    @property
+    def float_gemm(self) -> bool:
+        """The route of integer GEMMs: exact float32 BLAS (True) or numpy's integer matmul,
+        which creates no float array (False). Both give the same bits."""
+        return all(k.float_gemm for k in self.kernels)
+
+    @float_gemm.setter
+    def float_gemm(self, on: bool) -> None:
         for k in self.kernels:
-            k.exact_float = exact_float
+            k.float_gemm = bool(on)
 
     def to_proto(self) -> onnx.ModelProto:
         """The graph as it runs (after load-time rewrites) with the current parameters."""
@@ -94,6 +111,40 @@ class Model:
         """True when floats exist only at the graph's edges (input quantise, output dequantise)."""
         return (any(n.op_type == "QuantizeLinear" for n in self.nodes)
                 and not any(k.numeric == "float" for k in self.kernels))
+
+    def layers(self) -> list[Layer]:
+        """The parametrised nodes (their kernel declares a weight input) whose weight is an
+        initializer, in graph order."""
+        out = []
+        for i, (node, kernel) in enumerate(zip(self.nodes, self.kernels)):
+            w, b = kernel.weight_input, kernel.bias_input
+            if w is not None and node.inputs[w] in self.params:
+                bias = node.inputs[b] if b is not None and len(node.inputs) > b and node.inputs[b] else None
+                out.append(Layer(i, node.name, node.inputs[w], bias))
+        return out
+
+    # -- the integer graph: what int8 training and unlearning ask ---------------
+    def integer_span(self) -> tuple[int, int]:
+        """``(first, last)``: nodes ``first:last`` compute on integers, between the graph's
+        input QuantizeLinear (node ``first − 1``) and output DequantizeLinear (node ``last``).
+        ModelFormatError for a graph that is not integer-only in that form."""
+        if not (self.integer_only and self.nodes[0].op_type == "QuantizeLinear"
+                and self.nodes[-1].op_type == "DequantizeLinear"):
+            raise ModelFormatError(f"{self.source}: not an integer-only int8 graph (QuantizeLinear … "
+                                   "DequantizeLinear); quantise it first")
+        return 1, len(self.nodes) - 1
+
+    def quantize_input(self, x: np.ndarray) -> np.ndarray:
+        """The graph's own input QuantizeLinear applied to ``x``: where float data becomes int8."""
+        self.integer_span()
+        name, shape, dtype = self.inputs[0]
+        return self.kernels[0].run(self._check_input(x, name, shape, dtype), None, None)
+
+    def int_loss(self) -> IntCrossEntropy:
+        """The integer cross-entropy of the int8 logits (the output DequantizeLinear's input),
+        at that DequantizeLinear's scale and zero-point."""
+        qp = self.kernels[self.integer_span()[1]].qp
+        return IntCrossEntropy(float(qp.scale), qp.zp)
 
     # -- execution ---------------------------------------------------------
     def run(self, x: np.ndarray) -> np.ndarray:
@@ -145,10 +196,10 @@ class Model:
         return x
 
 
-def load(path: str | os.PathLike, *, exact_float: bool = True) -> Model:
+def load(path: str | os.PathLike, *, float_gemm: bool = True) -> Model:
     """Load an ONNX model (fp32, or int8 in QOperator or QDQ form) from ``path``.
 
-    ``exact_float=False`` makes integer GEMMs use numpy's pure-integer matmul
+    ``float_gemm=False`` makes integer GEMMs use numpy's pure-integer matmul
     instead of the (bit-identical, faster) exact float32-BLAS path.
     """
     path = os.fspath(path)
@@ -161,7 +212,7 @@ def load(path: str | os.PathLike, *, exact_float: bool = True) -> Model:
                                f"format?): {type(e).__name__}: {e}") from None
     if not proto.graph.node:
         raise ModelFormatError(f"{path}: not an ONNX model with a graph (no nodes found)")
-    return Model(proto, exact_float=exact_float, source=path)
+    return Model(proto, float_gemm=float_gemm, source=path)
 
 
 def _constant_value(node, name):

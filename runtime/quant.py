@@ -53,6 +53,13 @@ def quantize_multipliers_shared(reals: list[float]) -> tuple[list[int], int]:
     return mults, shift
 
 
+def fixed_point_ratios(reals, bits: int) -> np.ndarray:
+    """Positive reals as Q``bits`` int64, rounded half away from zero (as
+    :func:`quantize_multiplier` rounds its mantissa); computed once, at load, from the
+    model's scales."""
+    return np.array([math.floor(float(r) * 2.0 ** bits + 0.5) for r in np.ravel(reals)], dtype=np.int64)
+
+
 def rounding_shift_right(x: np.ndarray, bits: np.ndarray) -> np.ndarray:
     """``x / 2^bits`` rounded to nearest, ties away from zero (int64 in, int64 out).
 
@@ -112,6 +119,12 @@ def requantize(acc: np.ndarray, multiplier_q31: np.ndarray, shift: np.ndarray,
     return y
 
 
+def requantize_workspace(n_out: int) -> int:
+    """Bytes :func:`requantize` allocates for ``n_out`` values: the 8-bit result plus one
+    slab's int64 product, its sign mask and the ufunc's int64 cast buffer for that mask."""
+    return n_out + 17 * min(n_out, REQUANT_SLAB)
+
+
 def _requantize_block(acc, mult, shift, out):
     scaled = multiply_by_quantized_multiplier(acc, mult, shift)  # a fresh int64 array
     scaled += out.zp
@@ -151,7 +164,7 @@ def _per_axis(v: np.ndarray, ndim: int, axis: int) -> np.ndarray:
     return v.reshape(shape)
 
 
-def int_matmul(a: np.ndarray, b: np.ndarray, exact_float: bool = True) -> np.ndarray:
+def int_matmul(a: np.ndarray, b: np.ndarray, float_gemm: bool = True) -> np.ndarray:
     """Exact ``a @ b`` as int32 for operands that are int8 values or int8 minus
     an 8-bit zero-point (so ``|a_ik|, |b_kj| ≤ 256``) and an inner dimension
     below 2^15 (so no sum of products reaches 2^31).
@@ -159,13 +172,13 @@ def int_matmul(a: np.ndarray, b: np.ndarray, exact_float: bool = True) -> np.nda
     numpy's integer matmul does not use BLAS, so by default the product runs
     through float32 BLAS over inner-dimension chunks of at most
     ``FLOAT32_EXACT_K`` terms: every partial sum then stays below 2^24 and is
-    exact in float32, whatever order BLAS adds in. ``exact_float=False`` runs
+    exact in float32, whatever order BLAS adds in. ``float_gemm=False`` runs
     numpy's integer matmul; a test shows both give identical bits.
     """
     k = a.shape[-1]
     if k >= 1 << 15:
         raise ValueError(f"int_matmul: inner dimension {k} ≥ 2^15 could overflow int32 sums")
-    if not exact_float:
+    if not float_gemm:
         return np.matmul(a.astype(np.int32, copy=False), b.astype(np.int32, copy=False))
     af = a.astype(np.float32, copy=False)
     bf = b.astype(np.float32, copy=False)
@@ -215,6 +228,26 @@ class QParams:
         return int(self.zero_point.reshape(-1)[0])
 
 
+def div_round_half_up(n: np.ndarray, d: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """``n / d`` for integer ``n`` and positive integer ``d``, to nearest with ties toward +∞:
+    ``⌊(n + ⌊d/2⌋) / d⌋`` (for odd ``d`` there are no ties). Needs ``|n| + d/2`` inside the
+    dtype; ``out=n`` works in place."""
+    out = np.add(n, np.asarray(d) >> 1, out=out)
+    return np.floor_divide(out, d, out=out)
+
+
+def shift_to_bits(x: np.ndarray, bits: int, noise=None) -> tuple[np.ndarray, int]:
+    """Shift int64 ``x`` right by the fewest bits ``k`` that bring every ``|value|`` below
+    ``2^bits`` before rounding (so to at most ``2^bits`` after it); returns ``(shifted, k)``.
+    Rounds to nearest, ties away from zero
+    (:func:`rounding_shift_right`), or stochastically when ``noise(k, shape)`` gives the
+    uniform ``[0, 2^k)`` integers (:func:`stochastic_shift_right`)."""
+    k = max(0, bit_length(x) - bits)
+    if noise is None:
+        return rounding_shift_right(x, k), k
+    return stochastic_shift_right(x, k, noise(k, np.shape(x))), k
+
+
 def stochastic_shift_right(x: np.ndarray, bits: int, noise: np.ndarray) -> np.ndarray:
     """``x / 2^bits`` with stochastic rounding: ``(x + r) >> bits`` for ``r`` uniform in
     ``[0, 2^bits)`` (``noise``, from :mod:`edgetrain.prng`). Unbiased: E[result] = x / 2^bits."""
@@ -228,3 +261,13 @@ def bit_length(x: np.ndarray) -> int:
     if np.size(x) == 0:
         return 0
     return max(int(np.max(x)), -int(np.min(x))).bit_length()
+
+
+def leading_bit(v: np.ndarray) -> np.ndarray:
+    """Index of the highest set bit of each positive int64 (binary search, integers only)."""
+    v = np.asarray(v, dtype=np.int64)
+    pos = np.zeros(v.shape, dtype=np.int64)
+    for step in (32, 16, 8, 4, 2, 1):
+        higher = (v >> (pos + step)) > 0
+        pos += higher * step
+    return pos

@@ -81,10 +81,10 @@ def test_integer_inverse_fisher_equals_numpys_inverse_of_the_damped_fisher(quant
     """h / (2^32·λ) against float64 ``inv(λ·I + G Gᵀ/m)`` per block, G the real gradient
     rows and λ = damp·mean(G²) (relative damping): relative error (max over the block / max
     of the block) below 1e-6 (measured ~1e-8)."""
-    q8 = edgetrain.load(quantized(), exact_float=False)
+    q8 = edgetrain.load(quantized(), float_gemm=False)
     x, y = mnist.x_train[:150], mnist.y_train[:150]
     targets = int8.layers(q8, prover.target_layers(q8)[1:])  # 9 and 11: 158 + 14 blocks, both padded
-    xq = int8.quantize_input(q8, x)
+    xq = q8.quantize_input(x)
     fishers = int8.inverse_fisher(q8, targets, xq, y, 64, damp)
     signals = int8.error_signals(q8, targets, xq, y)
     for t in targets:
@@ -107,10 +107,10 @@ def test_integer_inverse_fisher_equals_numpys_inverse_of_the_damped_fisher(quant
 def test_provers_a_is_fisher_to_fixed_of_the_fisher_in_int8_coordinates(quantized, mnist, per_channel):
     """``A_q = S⁻¹·A_W·S⁻¹`` normalised per block, in integers, equals fisher_to_fixed of the
     float rescaling to ±1 and is exactly symmetric."""
-    q8 = edgetrain.load(quantized(per_channel=per_channel), exact_float=False)
+    q8 = edgetrain.load(quantized(per_channel=per_channel), float_gemm=False)
     targets = int8.layers(q8, prover.target_layers(q8)[1:])
     x, y = mnist.x_train[:100], mnist.y_train[:100]
-    fishers = int8.inverse_fisher(q8, targets, int8.quantize_input(q8, x), y, 64, 1e-3)
+    fishers = int8.inverse_fisher(q8, targets, q8.quantize_input(x), y, 64, 1e-3)
     for t in targets:
         h, shape = fishers[t.name].h, q8.params[t.name].shape
         s = np.full(h.shape[0] * 64, t.scales.min())  # padding is treated as the finest channel
@@ -125,10 +125,10 @@ def test_provers_a_is_fisher_to_fixed_of_the_fisher_in_int8_coordinates(quantize
 def test_int8_gradients_and_fisher_create_no_float_array(quantized, mnist, monkeypatch, forbid_float_arrays):
     """From the quantised input to the prover's A: integers only (the test_trainer approach).
     The step itself is the shared fixed_point.integer_step, whose y-solve is not in scope."""
-    q8 = edgetrain.load(quantized(), exact_float=False)
+    q8 = edgetrain.load(quantized(), float_gemm=False)
     targets = int8.layers(q8, prover.target_layers(q8))  # constants from the float scales, before data
     x, y = mnist.x_train[:40], mnist.y_train[:40]
-    xq = int8.quantize_input(q8, x)  # floats end here, as in inference
+    xq = q8.quantize_input(x)  # floats end here, as in inference
     for t in targets:
         q8.params[t.name] = q8.params[t.name].view(IntegerOnly)
     forbid_float_arrays("einsum", "matmul", "floor_divide")

@@ -96,7 +96,7 @@ def test_int_matmul_float_path_is_bit_exact(k):
     b[:, 0] = -128
     exact = a.astype(np.int64) @ b.astype(np.int64)
     assert np.array_equal(quant.int_matmul(a.astype(np.int16), b.astype(np.int16)), exact)
-    assert np.array_equal(quant.int_matmul(a.astype(np.int16), b.astype(np.int16), exact_float=False), exact)
+    assert np.array_equal(quant.int_matmul(a.astype(np.int16), b.astype(np.int16), float_gemm=False), exact)
 
 
 @pytest.mark.parametrize("scale", [0.0, -1.0, float("nan")])

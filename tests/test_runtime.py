@@ -117,7 +117,7 @@ def test_pure_integer_gemm_gives_identical_bits(quantized, mnist):
     path = quantized("rescnn", "qdq", True)
     x = mnist.x_test[:50]
     fast = edgetrain.load(path).run_all(x)
-    slow = edgetrain.load(path, exact_float=False).run_all(x)
+    slow = edgetrain.load(path, float_gemm=False).run_all(x)
     assert fast.keys() == slow.keys()
     for k in fast:
         assert fast[k].dtype == slow[k].dtype and np.array_equal(fast[k], slow[k]), k

@@ -10,7 +10,8 @@ import pytest
 
 import edgetrain
 from edgetrain import autodiff
-from edgetrain.trainer import Trainer, TrainingError, gaussian_direction, spsa_gradient
+from edgetrain.trainer import Trainer, TrainingError
+from edgetrain.zo import GaussianPerturbation, gaussian_direction, two_point
 from conftest import IntegerOnly
 
 torch = pytest.importorskip("torch")
@@ -58,7 +59,7 @@ def test_elasticzo_tail_gets_exact_gradient_and_head_moves_along_z(mnist, traine
     env = reference.run_all(x)
     _, dlogits = autodiff.cross_entropy(env[reference.output_names[0]], y)
     trainer = Trainer(edgetrain.load(trained_onnx("lenet5")), method="elasticzo", cut=2, lr=0.05, zo_lr=1e-3)
-    tail = {n for l in trainer.bp_layers for n in (l.weight, l.bias)}
+    tail = {n for l in trainer.plan.bp_layers for n in (l.weight, l.bias)}
     grads = autodiff.backward(reference, env, dlogits, wrt=tail)
     before = weights(trainer)
     m = trainer.step(x, y)
@@ -66,7 +67,8 @@ def test_elasticzo_tail_gets_exact_gradient_and_head_moves_along_z(mnist, traine
     for name in tail:  # BP tail: θ − lr·∇θ, with ∇ from a clean pass
         np.testing.assert_allclose(after[name], before[name] - 0.05 * grads[name], rtol=0, atol=1e-6)
     seed = edgetrain.prng.step_seed(edgetrain.prng.step_seed(0, 0), 0, salt=1)
-    for k, name in enumerate(trainer._zo_params()):  # ZO head: θ − zo_lr·g·z
+    head = [n for l in trainer.plan.zo_layers for n in (l.weight, l.bias)]
+    for k, name in enumerate(head):  # ZO head: θ − zo_lr·g·z
         z = gaussian_direction(seed, k, before[name].shape)
         np.testing.assert_allclose(after[name], before[name] - 1e-3 * m["zo_grad"] * z, rtol=0, atol=1e-5)
 
@@ -104,7 +106,8 @@ def test_zo_estimate_matches_true_directional_derivative(tmp_path):
     estimate = {n: np.zeros(model.params[n].shape) for n in names}
     seeds = range(4000)
     for seed in seeds:
-        g = spsa_gradient(model.params, names, seed, 1e-3, loss)[0]
+        plus, minus = two_point(GaussianPerturbation(model.params, names, seed, 1e-3), loss)
+        g = (plus[0] - minus[0]) / 2e-3
         zs = [gaussian_direction(seed, k, model.params[n].shape) for k, n in enumerate(names)]
         exact = sum(float((grads[n] * z).sum()) for n, z in zip(names, zs))
         assert g == pytest.approx(exact, rel=1e-2, abs=1e-3)
@@ -120,9 +123,9 @@ def test_zo_estimate_matches_true_directional_derivative(tmp_path):
 # -- int8 ----------------------------------------------------------------------------
 
 def test_int8_step_creates_no_float_array(mnist, lenet5_int8, monkeypatch, forbid_float_arrays):
-    trainer = Trainer(edgetrain.load(lenet5_int8), method="elasticzo-int8", cut=2)
+    trainer = Trainer(edgetrain.load(lenet5_int8, float_gemm=False), method="elasticzo-int8", cut=2)
     x, y = batch(mnist)
-    xq = trainer.model.kernels[0].run(x, None, None)  # the input quantisation happens first
+    xq = trainer.model.quantize_input(x)  # the input quantisation happens first
     params = trainer.model.params
     for l in trainer.layers:
         for n in (l.weight, l.bias):
@@ -130,7 +133,7 @@ def test_int8_step_creates_no_float_array(mnist, lenet5_int8, monkeypatch, forbi
                 params[n] = params[n].view(IntegerOnly)
     forbid_float_arrays()
     before = {n: np.asarray(v).copy() for n, v in params.items() if v.dtype == np.int8}
-    m = trainer._step_int8_core(xq.view(IntegerOnly), y, seed=123)
+    m = trainer._step.core(xq.view(IntegerOnly), y, seed=123)
     monkeypatch.undo()
     assert isinstance(m["loss_q16"], int) and m["loss_q16"] > 0
     changed = [n for n, v in before.items() if not np.array_equal(v, params[n])]
@@ -140,18 +143,31 @@ def test_int8_step_creates_no_float_array(mnist, lenet5_int8, monkeypatch, forbi
 def test_int8_float_gemm_trains_bit_identically(mnist, lenet5_int8):
     runs = []
     for float_gemm in (False, True):
-        trainer = Trainer(edgetrain.load(lenet5_int8), method="elasticzo-int8", cut=2, float_gemm=float_gemm)
+        trainer = Trainer(edgetrain.load(lenet5_int8, float_gemm=float_gemm), method="elasticzo-int8", cut=2)
         trainer.fit(mnist.x_train[:128], mnist.y_train[:128], epochs=1, progress=False)
         runs.append(weights(trainer))
     assert all(np.array_equal(runs[0][n], runs[1][n]) for n in runs[0])
 
 
 def test_int8_perturbation_is_undone_exactly(mnist, lenet5_int8):
-    trainer = Trainer(edgetrain.load(lenet5_int8), method="elasticzo-int8", cut=0, zo_lr=2.0 ** -60)
+    """At zo_shift 60 the update rounds to 0: what remains is the ±ε walk, undone exactly, after
+    the step's projection of the head into [−(127 − ε), 127 − ε] (so w ± ε never saturates)."""
+    trainer = Trainer(edgetrain.load(lenet5_int8), method="elasticzo-int8", cut=0, zo_shift=60, eps_lsb=2)
     before = weights(trainer)
-    trainer.step(*batch(mnist))  # update rounds to 0 at this tiny rate: only the ±ε walk happened
+    assert any(np.abs(v).max() > 125 for n, v in before.items() if v.dtype == np.int8)  # the clip is exercised
+    trainer.step(*batch(mnist))
     for n, v in weights(trainer).items():
-        assert np.array_equal(v, before[n]), n
+        assert np.array_equal(v, np.clip(before[n], -125, 125) if v.dtype == np.int8 else before[n]), n
+
+
+@pytest.mark.parametrize("method", ["elasticzo", "elasticzo-int8"])
+def test_constructing_a_trainer_changes_nothing_in_the_model(method, mnist, trained_onnx, lenet5_int8):
+    model = edgetrain.load(lenet5_int8 if method.endswith("int8") else trained_onnx("lenet5"))
+    params = {n: v.copy() for n, v in model.params.items()}
+    before = model.run(mnist.x_test[:100])
+    Trainer(model, method=method, cut=2)
+    assert all(np.array_equal(v, params[n]) for n, v in model.params.items())
+    assert np.array_equal(model.run(mnist.x_test[:100]), before)
 
 
 # -- robustness ------------------------------------------------------------------------
@@ -177,7 +193,7 @@ def test_bad_batches_raise_and_touch_nothing(bad, match, method, mnist, trained_
 
 def test_non_finite_loss_is_rolled_back(mnist, trained_onnx):
     trainer = Trainer(edgetrain.load(trained_onnx("lenet5")), method="elasticzo", cut=1)
-    last = trainer.bp_layers[-1].weight
+    last = trainer.plan.bp_layers[-1].weight
     trainer.model.params[last][0, 0] = np.float32(3e38)  # logits overflow to inf
     before = weights(trainer)
     m = trainer.step(*batch(mnist))
@@ -266,6 +282,81 @@ def test_bad_configuration_names_the_argument(trained_onnx, lenet5_int8):
         Trainer(edgetrain.load(lenet5_int8), method="elasticzo")
     with pytest.raises(TrainingError, match="integer BP supports"):
         Trainer(edgetrain.load(lenet5_int8), method="elasticzo-int8", cut=5)
+
+
+@pytest.mark.parametrize("method, kwargs, match", [
+    ("elasticzo", {"lr": -1.0}, r"lr=-1\.0 must be a finite real > 0"),
+    ("elasticzo", {"lr": float("nan")}, r"lr=nan must be"),
+    ("elasticzo", {"zo_lr": float("inf")}, r"zo_lr=inf must be"),
+    ("zo", {"eps": 0.0}, r"eps=0\.0 must be"),
+    ("elasticzo", {"q": 0}, r"q=0 must be an int ≥ 1"),
+    ("elasticzo", {"q": 2.0}, r"q=2\.0 must be an int"),
+    ("bp", {"zo_lr": 1e-3}, r"zo_lr=0\.001: method='bp' takes \['lr'\]"),
+    ("elasticzo", {"lr_bits": 3}, r"lr_bits=3: method='elasticzo' takes"),
+    ("elasticzo-int8", {"lr": 0.05}, r"lr=0\.05: method='elasticzo-int8' takes \['eps_lsb', 'lr_bits', 'zo_shift'\]"),
+    ("elasticzo-int8", {"q": 2}, r"q=2: method='elasticzo-int8' takes"),
+    ("elasticzo-int8", {"zo_shift": 2.5}, r"zo_shift=2\.5 must be an int in \[0, 62\]"),
+    ("elasticzo-int8", {"eps_lsb": 127}, r"eps_lsb=127 must be an int in \[1, 63\]"),
+    ("elasticzo-int8", {"lr_bits": 0}, r"lr_bits=0 must be an int in \[1, 7\]"),
+    ("elasticzo", {"batch_size": 0}, r"batch_size=0 must be a positive int"),
+])
+def test_step_parameters_are_checked_with_their_units(method, kwargs, match, trained_onnx, lenet5_int8):
+    """A number that would be rounded, ignored or diverge at once is refused, naming it."""
+    model = edgetrain.load(lenet5_int8 if method.endswith("int8") else trained_onnx("lenet5"))
+    with pytest.raises(TrainingError, match=match):
+        Trainer(model, method=method, **kwargs)
+
+
+@pytest.mark.parametrize("method", ["elasticzo", "elasticzo-int8"])
+def test_memory_report_measures_a_step_and_leaves_the_trainer_as_it_was(method, mnist, trained_onnx, lenet5_int8):
+    trainer = Trainer(edgetrain.load(lenet5_int8 if method.endswith("int8") else trained_onnx("lenet5")),
+                      method=method, cut=2)
+    before = {n: v.copy() for n, v in trainer.model.params.items()}
+    report = trainer.memory_report(*batch(mnist))
+    assert report["step_traced_bytes"] > report["inference_traced_bytes"] > 0
+    assert trainer.step_count == 0
+    assert all(np.array_equal(v, before[n]) for n, v in trainer.model.params.items())
+
+
+def _damaged(data: bytes, how: str) -> bytes:
+    if how == "truncated":
+        return data[:len(data) // 2]
+    if how == "empty":
+        return b""
+    if how == "not a zip":
+        return b"PK but not really a zip file" * 10
+    if how == "flipped byte":  # inside a parameter array: the zip's CRC notices
+        i = data.index(b"param/") + 200
+        return data[:i] + bytes([data[i] ^ 0xFF]) + data[i + 1:]
+    # a whole, readable file whose weight changed but whose digest did not: the digest notices
+    import io
+    with np.load(io.BytesIO(data)) as f:
+        arrays = {k: f[k].copy() for k in f.files}
+    name = next(k for k in arrays if k.startswith("param/"))
+    arrays[name].flat[0] += 1
+    out = io.BytesIO()
+    np.savez(out, **arrays)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("how", ["truncated", "empty", "not a zip", "flipped byte", "altered weight"])
+def test_a_damaged_checkpoint_raises_training_error(how, trained_onnx, tmp_path):
+    ck = tmp_path / "ck.npz"
+    Trainer(edgetrain.load(trained_onnx("mlp16")), method="elasticzo", cut=1).save(ck)
+    assert Trainer.load(ck).step_count == 0
+    ck.write_bytes(_damaged(ck.read_bytes(), how))
+    with pytest.raises(TrainingError, match="ck.npz" + (".*SHA-256" if how == "altered weight" else "")):
+        Trainer.load(ck)
+
+
+def test_a_checkpoint_of_another_format_version_is_refused(trained_onnx, tmp_path, monkeypatch):
+    from edgetrain import checkpoint
+    ck = tmp_path / "ck.npz"
+    monkeypatch.setattr(checkpoint, "FORMAT", 99)
+    Trainer(edgetrain.load(trained_onnx("mlp16")), method="elasticzo", cut=1).save(ck)
+    monkeypatch.undo()
+    with pytest.raises(TrainingError, match="format 99; this edgetrain reads format 2"):
+        Trainer.load(ck)
 
 
 def test_trainable_freezes_the_rest(mnist, trained_onnx):

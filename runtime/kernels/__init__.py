@@ -44,11 +44,13 @@ class Kernel:
     numeric: str = "float"
     #: a fully connected layer (Gemm, MatMul and their int8 forms)
     fully_connected: bool = False
+    #: ``run`` returns a view of its input: no new buffer
+    returns_view: bool = False
 
     def __init__(self, node: Node, consts: list[np.ndarray | None], *,
-                 exact_float: bool = True, opset: int = 17):
+                 float_gemm: bool = True, opset: int = 17):
         self.node = node
-        self.exact_float = exact_float  # int GEMMs through exact float BLAS (see quant.int_matmul)
+        self.float_gemm = float_gemm  # int GEMMs through exact float BLAS (see quant.int_matmul)
         self.opset = opset  # of the node's domain; a few ops changed meaning across opsets
         for i in self.const_inputs:
             if i < len(consts) and node.inputs[i] and consts[i] is None:
@@ -74,8 +76,46 @@ class Kernel:
         raise NotImplementedError(f"node {self.node.name!r}: op {self.node.op_type} has no "
                                   "gradient (backprop runs on fp32 ops only)")
 
+    def workspace(self, shapes: dict, dtypes: dict, out_bytes: int) -> int:
+        """Bytes of the temporaries one ``run`` makes beyond its output, at the tensor shapes
+        and dtypes given (by name): :mod:`edgetrain.memory`'s prediction. It mirrors ``run``
+        and must change with it. Here: element-wise float ops, about one temporary the size
+        of the output."""
+        return out_bytes
+
+    def grad_workspace(self, shapes: dict, need_input: bool) -> int:
+        """Bytes of the temporaries one fp32 ``grad`` makes beyond the output's gradient and
+        the parameter gradients it returns; here about one input- and one output-sized array."""
+        return 4 * (_size(shapes[self.node.outputs[0]]) + _size(shapes[self.node.inputs[0]]))
+
+    def int_grad(self, err: np.ndarray, inputs: list[np.ndarray | None], y: np.ndarray,
+                 need_input: bool = True) -> "IntGrad":
+        """Integer reverse mode (int8 graphs): ``err`` is the output's error signal (int64,
+        in units of some real scale ε), ``inputs`` and ``y`` the integers ``run`` saw and
+        gave. Returns the error for the data input (input 0) exactly, in int64, and its
+        real scale relative to ε; weighted ops also return the output error the weight
+        sees and their input minus its zero-point, from which the weight gradient
+        ``err_outᵀ·act`` follows. Never rounds: the caller decides how to renormalise.
+        """
+        raise NotImplementedError(f"node {self.node.name!r}: op {self.node.op_type} has no integer "
+                                  "gradient")
+
     def attr(self, name: str, default: Any = None) -> Any:
         return self.node.attrs.get(name, default)
+
+
+@dataclass
+class IntGrad:
+    """What :meth:`Kernel.int_grad` returns; arrays are exact int64."""
+    err_in: np.ndarray | None        # error for input 0 (None when not asked for)
+    in_scale: float                  # err_in's real scale per unit of the output error's
+    err_out: np.ndarray              # the output error as the weight sees it (0 where y saturated)
+    act: np.ndarray | None = None    # weighted ops: input 0 minus its zero-point
+    act_scale: float = 0.0           # weighted ops: real ∂L/∂W[n, k] = ε·act_scale·err_out[n]·act[k]
+
+
+def _size(shape) -> int:
+    return int(np.prod(shape, dtype=np.int64))
 
 
 def sum_to_shape(g: np.ndarray, shape) -> np.ndarray:

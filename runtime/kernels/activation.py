@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Kernel, register
+from . import IntGrad, Kernel, register
 
 
 @register("Relu")
 class Relu(Kernel):
     numeric = "any"
+
+    def workspace(self, shapes, dtypes, out_bytes):
+        return 0
 
     def run(self, x):
         return np.maximum(x, np.zeros((), dtype=x.dtype))
@@ -21,6 +24,7 @@ class Relu(Kernel):
 class Clip(Kernel):
     """Clip with optional ``min``/``max`` inputs (opset ≥ 11) or attributes (older)."""
     numeric = "any"
+    workspace = Relu.workspace
 
     def run(self, x, lo=None, hi=None):
         lo = self.attr("min") if lo is None else lo
@@ -43,3 +47,7 @@ class Clip(Kernel):
         if hi is not None:
             inside &= x < hi
         return [gy * inside] + [None] * (len(inputs) - 1)
+
+    def int_grad(self, err, inputs, y, need_input=True):
+        """The error passes where the value was not clipped (integer tensors)."""
+        return IntGrad(np.where(inputs[0] == y, err, 0), 1.0, err)

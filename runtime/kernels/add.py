@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import quant
-from . import Kernel, register, sum_to_shape
+from . import Kernel, _size, register, sum_to_shape
 
 
 @register("Add")
@@ -31,6 +31,9 @@ class QLinearAdd(Kernel):
         c = float(self.cq.scale)
         (self.ma, self.mb), self.shift = quant.quantize_multipliers_shared(
             [float(self.aq.scale) / c, float(self.bq.scale) / c])
+
+    def workspace(self, shapes, dtypes, out_bytes):
+        return 24 * _size(shapes[self.node.inputs[0]])  # the int64 terms and their sum
 
     def run(self, a, a_scale, a_zp, b, b_scale, b_zp, c_scale, c_zp):
         total = (self.ma * (a.astype(np.int64) - self.aq.zp)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import quant
-from . import Kernel, register
+from . import Kernel, _size, register
 from ._window import col2im_t, im2col_t, window_geometry
 
 
@@ -46,6 +46,32 @@ def _conv(x, w, attrs, where, product, cols_dtype, out_dtype):
     return y
 
 
+def _conv_workspace(kernel: Kernel, shapes, integer: bool) -> int:
+    """What :func:`_conv` and its ``product`` allocate beyond the output (memory model)."""
+    node = kernel.node
+    x_shape, w_shape = shapes[node.inputs[0]], shapes[node.inputs[kernel.weight_input]]
+    m, cg, kh, kw = w_shape
+    _, _, pads, out_hw = window_geometry((kh, kw), node.attrs, x_shape[2:], node.name)
+    per_image = kh * kw * cg * out_hw[0] * out_hw[1] * 4
+    block = min(x_shape[0], max(1, COLS_BLOCK_BYTES // per_image))
+    padded_hw = (x_shape[2] + pads[0] + pads[2]) * (x_shape[3] + pads[1] + pads[3])
+    padded_all = x_shape[0] * x_shape[1] * padded_hw if any(pads) else 0  # the input padded once
+    in_block = block * cg * padded_hw
+    cols = per_image * block
+    out_block = (m // kernel.attr("group", 1)) * block * out_hw[0] * out_hw[1]
+    if integer:
+        shifted = 2 * _size(x_shape) + 2 * padded_all  # x − zx as int16 (and padded), held throughout
+        weights = (2 + 2 + 4) * _size(w_shape)     # int16 copy, reordered, working type
+        im2col = 2 * in_block + cols
+        # the GEMM's float32 result and its int32 copy, then the int32 block being requantised
+        gemm = cols + max(4 * out_block * (2 if kernel.float_gemm else 1),
+                          4 * out_block + quant.requantize_workspace(out_block))
+        return shifted + weights + max(im2col, gemm)
+    im2col = 4 * in_block + cols
+    gemm = cols + 4 * out_block * 2                 # the product and its bias-added copy
+    return 4 * padded_all + 4 * _size(w_shape) + max(im2col, gemm)
+
+
 @register("Conv")
 class Conv(Kernel):
     weight_input, bias_input = 1, 2
@@ -57,6 +83,16 @@ class Conv(Kernel):
             out = w2d @ cols
             return out if b is None else out + b[g * mg:(g + 1) * mg, None]
         return _conv(x, w, self.node.attrs, self.node.name, product, x.dtype, x.dtype)
+
+    def workspace(self, shapes, dtypes, out_bytes):
+        return _conv_workspace(self, shapes, integer=False)
+
+    def grad_workspace(self, shapes, need_input):
+        """The im2col columns (for dW, and for dx), the output and input-sized temporaries."""
+        w = shapes[self.node.inputs[1]]
+        out, x = 4 * _size(shapes[self.node.outputs[0]]), 4 * _size(shapes[self.node.inputs[0]])
+        cols = w[1] * w[2] * w[3] * out // w[0]
+        return out + cols + 2 * x + (cols + 3 * x if need_input else 0)
 
     def grad(self, gy, inputs, y, needs):
         """Per group, with the im2col product Y = W·cols: dW = gY·colsᵀ, dx = col2im(Wᵀ·gY);
@@ -104,12 +140,15 @@ class QLinearConv(Kernel):
         xs -= np.int16(self.xq.zp)
         ws = w.astype(np.int16) - self.wq.zero_point.reshape(-1, 1, 1, 1).astype(np.int16)  # reordered once in _conv
         mg = w.shape[0] // self.attr("group", 1)
-        cols_dtype = np.float32 if self.exact_float else np.int32
+        cols_dtype = np.float32 if self.float_gemm else np.int32
 
         def product(g, w2d, cols):  # int32 accumulator of one block, requantised at once
             rows = slice(g * mg, (g + 1) * mg)
-            acc = quant.int_matmul(w2d, cols, self.exact_float)
+            acc = quant.int_matmul(w2d, cols, self.float_gemm)
             if b is not None:
                 acc += b[rows, None]
             return quant.requantize(acc, self.mult[rows], self.shift[rows], self.yq)
         return _conv(xs, ws, self.node.attrs, self.node.name, product, cols_dtype, self.yq.dtype)
+
+    def workspace(self, shapes, dtypes, out_bytes):
+        return _conv_workspace(self, shapes, integer=True)

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import quant
-from . import Kernel, register, sum_to_shape
+from . import IntGrad, Kernel, _size, register, sum_to_shape
 
 
 @register("MatMul")
@@ -24,6 +24,12 @@ class MatMul(Kernel):
         da = sum_to_shape(g @ np.swapaxes(b2, -1, -2), a2.shape).reshape(a.shape) if needs[0] else None
         db = sum_to_shape(np.swapaxes(a2, -1, -2) @ g, b2.shape).reshape(b.shape) if needs[1] else None
         return [da, db]
+
+    def workspace(self, shapes, dtypes, out_bytes):
+        return 2 * out_bytes  # the product, then the bias/scale pass
+
+    def grad_workspace(self, shapes, need_input):
+        return 4 * _size(shapes[self.node.outputs[0]]) + (4 * _size(shapes[self.node.inputs[0]]) if need_input else 0)
 
 
 @register("Gemm")
@@ -59,6 +65,12 @@ class Gemm(Kernel):
             grads[2] = sum_to_shape(gy * beta if beta != 1.0 else gy, c.shape)
         return grads
 
+    workspace, grad_workspace = MatMul.workspace, MatMul.grad_workspace
+
+
+# int_grad weighs each output channel's error by its weight scale relative to the largest, in Q16
+CHANNEL_BITS = 16
+
 
 class _IntegerMatMul(Kernel):
     """Shared integer path: acc = Σ (a − za)(b − zb) [+ bias], then requantise.
@@ -77,18 +89,50 @@ class _IntegerMatMul(Kernel):
             raise ValueError(f"node {node.name!r} ({node.op_type}): float output (no y_scale) "
                              "is not supported; the runtime keeps integer ops integer")
         self.yq = quant.QParams.from_consts(consts[self.y_pos], consts[self.y_pos + 1], f"{node.name} Y")
+        alpha = float(self.attr("alpha", 1.0))
         real = (self.aq.scale.astype(np.float64) * self.bq.scale.astype(np.float64)
-                / float(self.yq.scale) * self.attr("alpha", 1.0))
+                / float(self.yq.scale) * alpha)
         self.mult, self.shift = quant.quantize_multipliers(np.atleast_1d(real))
+        # for int_grad: the real weight is s_n·q[n, k]; c_n = s_n / max s in Q16 (R3 of prover/int8.py)
+        s_max = float(np.max(self.bq.scale))
+        self.channel_q16 = quant.fixed_point_ratios(self.bq.scale.astype(np.float64) / s_max, CHANNEL_BITS)
+        self.in_scale = alpha * s_max * 2.0 ** -CHANNEL_BITS
+        self.act_scale = alpha * float(self.aq.scale)
+
+    def weight_nk(self, w: np.ndarray) -> np.ndarray:
+        """The weight as (N outputs, K inputs): B transposed unless it is stored so (transB)."""
+        return w if self.attr("transB", 0) else w.T
+
+    def int_grad(self, err, inputs, y, need_input=True):
+        """Exact: the output error is 0 where y saturated (a Relu folded into the range
+        included); the input's error is ``(err·c) @ q``, real scale ``ε·alpha·max s·2^−16``."""
+        err = np.where((y == self.yq.qmin) | (y == self.yq.qmax), 0, err)
+        act = inputs[0].astype(np.int64)
+        act -= self.aq.zp
+        err_in = None
+        if need_input:
+            err_in = (err * self.channel_q16) @ self.weight_nk(inputs[self.weight_input]).astype(np.int64)
+        return IntGrad(err_in, self.in_scale, err, act, self.act_scale)
+
+    def workspace(self, shapes, dtypes, out_bytes):
+        """The shifted operands in the GEMM's working type and its product (twice when it adds
+        chunks or copies to int32), or the int32 accumulator and requantisation."""
+        a, b = shapes[self.node.inputs[0]], shapes[self.node.inputs[self.weight_input]]
+        rows, k = _size(a[:-1]), a[-1]
+        n = b[0] if self.attr("transB", 0) else b[-1]
+        chunks = (k + quant.FLOAT32_EXACT_K - 1) // quant.FLOAT32_EXACT_K
+        operands = 4 * rows * k + 4 * k * n                   # shifted copies, freed before requantising
+        product = 4 * rows * n * (2 if self.float_gemm else 1) * (2 if chunks > 1 else 1)
+        return max(operands + product, 4 * rows * n + quant.requantize_workspace(rows * n))
 
     def accumulate(self, a, b, bias=None):
         # shifted operands in the GEMM's working type (float32 holds them exactly)
-        work = np.float32 if self.exact_float else np.int32
+        work = np.float32 if self.float_gemm else np.int32
         a = a.astype(work)
         a -= work(self.aq.zp)
         b = b.astype(work)
         b -= self.bq.zero_point.astype(work)  # per-column zero-points broadcast
-        acc = quant.int_matmul(a, b, self.exact_float)
+        acc = quant.int_matmul(a, b, self.float_gemm)
         if bias is not None:
             acc += bias.astype(np.int32)
         return acc

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import quant
-from . import Kernel, register
+from . import Kernel, _size, register
 from ._window import window_geometry, window_reduce, window_scatter, window_slices
 
 
@@ -20,10 +20,23 @@ def _check_2d(kernel: Kernel, x):
         raise ValueError(f"node {kernel.node.name!r}: channels_last=1 is not supported")
 
 
+class _Pool(Kernel):
+    """What the float pools share for the memory model: a padded copy of the input, if any."""
+
+    def workspace(self, shapes, dtypes, out_bytes):
+        x = shapes[self.node.inputs[0]]
+        _, _, pads, _ = window_geometry(self.attr("kernel_shape"), self.node.attrs, x[2:], self.node.name)
+        padded = x[0] * x[1] * (x[2] + pads[0] + pads[2]) * (x[3] + pads[1] + pads[3])
+        return padded * np.dtype(dtypes[self.node.inputs[0]]).itemsize if any(pads) else 0
+
+    def grad_workspace(self, shapes, need_input):
+        return 8 * (_size(shapes[self.node.outputs[0]]) + _size(shapes[self.node.inputs[0]]))
+
+
 @register("MaxPool")
-class MaxPool(Kernel):
-    numeric = "any"
+class MaxPool(_Pool):
     """Max over each window; padding never wins (it is the dtype's lowest value)."""
+    numeric = "any"
 
     def run(self, x):
         _check_2d(self, x)
@@ -72,7 +85,7 @@ def _window_sums_and_counts(k: Kernel, x):
 
 
 @register("AveragePool")
-class AveragePool(Kernel):
+class AveragePool(_Pool):
     def run(self, x):
         _check_2d(self, x)
         sums, counts = _window_sums_and_counts(self, x)
@@ -111,6 +124,9 @@ class _IntegerMean(Kernel):
         self.xq = quant.QParams.from_consts(consts[1], consts[2], f"{node.name} x")
         self.yq = quant.QParams.from_consts(consts[3], consts[4], f"{node.name} y")
         self._mults: dict[int, tuple[int, int]] = {}
+
+    def workspace(self, shapes, dtypes, out_bytes):
+        return 24 * _size(shapes[self.node.inputs[0]])  # int64 sums and their requantisation
 
     def multipliers(self, counts: np.ndarray):
         for c in np.unique(counts):

@@ -3,7 +3,7 @@ integer graph (per-tensor or per-axis)."""
 from __future__ import annotations
 
 from .. import quant
-from . import Kernel, register
+from . import Kernel, _size, register
 
 
 class _Boundary(Kernel):
@@ -19,6 +19,9 @@ class _Boundary(Kernel):
 
 @register("QuantizeLinear")
 class QuantizeLinear(_Boundary):
+    def workspace(self, shapes, dtypes, out_bytes):
+        return 4 * _size(shapes[self.node.inputs[0]])  # the float32 quotient
+
     def run(self, x, scale, zp=None):
         axis = self.axis + x.ndim if self.axis < 0 else self.axis
         return quant.quantize_float(x, self.qp, axis)
@@ -26,6 +29,9 @@ class QuantizeLinear(_Boundary):
 
 @register("DequantizeLinear")
 class DequantizeLinear(_Boundary):
+    def workspace(self, shapes, dtypes, out_bytes):
+        return 12 * _size(shapes[self.node.inputs[0]])  # int64 values minus the zero-point, float32
+
     def run(self, x, scale, zp=None):
         axis = self.axis + x.ndim if self.axis < 0 else self.axis
         return quant.dequantize(x, self.qp, axis)

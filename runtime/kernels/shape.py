@@ -3,26 +3,34 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import Kernel, register
+from . import IntGrad, Kernel, register
+
+
+class _View(Kernel):
+    """A reshape of input 0: gradients are reshaped back, and no new buffer is made."""
+    numeric, returns_view = "any", True
+
+    def grad(self, gy, inputs, y, needs):
+        return [gy.reshape(inputs[0].shape)] + [None] * (len(inputs) - 1)
+
+    def int_grad(self, err, inputs, y, need_input=True):
+        return IntGrad(err.reshape(inputs[0].shape), 1.0, err)
+
+    def grad_workspace(self, shapes, need_input):
+        return 0
 
 
 @register("Flatten")
-class Flatten(Kernel):
-    numeric = "any"
-
+class Flatten(_View):
     def run(self, x):
         axis = self.attr("axis", 1)
         axis = axis + x.ndim if axis < 0 else axis
         return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
 
-    def grad(self, gy, inputs, y, needs):
-        return [gy.reshape(inputs[0].shape)]
-
 
 @register("Reshape")
-class Reshape(Kernel):
+class Reshape(_View):
     """ONNX Reshape: 0 copies the input dimension (unless ``allowzero``), −1 is inferred."""
-    numeric = "any"
 
     def run(self, x, shape):
         shape = [int(s) for s in shape]
@@ -33,6 +41,3 @@ class Reshape(Kernel):
         except ValueError:
             raise ValueError(f"node {self.node.name!r} (Reshape): cannot reshape {x.shape} "
                              f"to {shape}") from None
-
-    def grad(self, gy, inputs, y, needs):
-        return [gy.reshape(inputs[0].shape), None]

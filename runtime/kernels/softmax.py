@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import quant
-from . import Kernel, register
+from . import Kernel, _size, register
 
 # exp table entries carry this many fractional bits.
 _EXP_BITS = 20
@@ -51,6 +51,9 @@ class QLinearSoftmax(Kernel):
         self.exp_table = np.round(np.exp(-float(self.xq.scale) * d) * (1 << _EXP_BITS)).astype(np.int64)
         self.inv_y = quant.quantize_multiplier(1.0 / float(self.yq.scale))  # 1/s_y = m·2^(shift−31)
 
+    def workspace(self, shapes, dtypes, out_bytes):
+        return 24 * _size(shapes[self.node.inputs[0]])  # int64 values, table lookups, quotients
+
     def run(self, x, x_scale, x_zp, y_scale, y_zp):
         v, restore = _softmax_axes(self, x.astype(np.int64))
         e = self.exp_table[v.max(axis=-1, keepdims=True) - v]
@@ -61,5 +64,5 @@ class QLinearSoftmax(Kernel):
             num = num << (shift - 31)
         else:
             den = den << (31 - shift)
-        y = (2 * num + den) // (2 * den)  # round half up; everything is non-negative
+        y = quant.div_round_half_up(num, den)
         return restore(quant.saturate(y + self.yq.zp, self.yq))

@@ -1,0 +1,102 @@
+"""One ElasticZO-INT8 step (DESIGN.md §4), in integers from the input quantisation on.
+
+* The BP tail: a clean integer forward keeps the tail's activations; the integer
+  cross-entropy gives ``p − onehot`` in Q7; the integer walk (:mod:`edgetrain.int_autodiff`)
+  carries it back with int8-range errors (shifted to 7 bits with stochastic rounding), and
+  each tail weight takes the NITI-style update: its int64 gradient shifted to ``lr_bits``
+  bits with stochastic rounding, subtracted, clipped to int8.
+* The ZO head: MeZO's two-point sequence with ±1 directions of ``eps_lsb`` LSBs; the update
+  is ``SR(ΔL·z / 2^zo_shift)`` with the integer loss difference ``ΔL``.
+
+Rounding noise and directions come from the counter PRNG and the step's seed, so a step
+is a pure function of (weights, batch, seed).
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from . import int_autodiff, prng, quant, zo
+from .int_loss import ERR_BITS
+from .model import Model
+from .plan import Plan
+
+TAIL_ERR_BITS = 7  # the tail's error signals are int8-range
+_ERR_STREAM, _UPDATE_STREAM = 3000, 2000  # PRNG streams of the tail's rounding noise (+ node index)
+
+
+class Int8Step:
+    def __init__(self, model: Model, plan: Plan, lr_bits: int, zo_shift: int, eps_lsb: int):
+        self.model, self.plan = model, plan
+        self.lr_bits, self.zo_shift, self.eps_lsb = lr_bits, zo_shift, eps_lsb
+        self.loss = model.int_loss()
+        self.zo_names = [l.weight for l in plan.zo_layers]
+        # what the BP tail reads: the clean pass keeps these activations only
+        self.tail_reads = {i for n in model.nodes[plan.tail_start:plan.last] for i in n.inputs if i}
+
+    def __call__(self, x: np.ndarray, y: np.ndarray, seed: int) -> dict:
+        return self.core(self.model.quantize_input(x), y, seed)
+
+    def core(self, xq: np.ndarray, y: np.ndarray, seed: int) -> dict:
+        """Everything after the input quantisation: integers only."""
+        metrics = {}
+        updates = {}
+        if self.plan.bp_layers:
+            env = self._forward(xq, keep=self.tail_reads)
+            loss, err, correct = self.loss(env[self.model.nodes[self.plan.last].inputs[0]], y)
+            updates = self._tail_updates(env, err, seed)
+            del env, err  # the ZO passes below need none of it
+            metrics.update(loss_q16=loss, correct=correct)
+        if self.zo_names:
+            head = zo.SignPerturbation(self.model.params, self.zo_names, seed, self.eps_lsb)
+            head.clip()
+            (lp, cp), (lm, cm) = zo.two_point(head, lambda: self._loss(xq, y))
+            head.update(lp - lm, self.zo_shift)
+            metrics.setdefault("loss_q16", (lp + lm) // 2)
+            metrics.setdefault("correct", (cp + cm) // 2)
+            metrics["zo_delta_loss_q16"] = lp - lm
+        for name, value in updates.items():
+            self.model.params[name][...] = value
+        n = len(y)
+        return {"loss": metrics["loss_q16"] * math.log(2) / (n << 16), "accuracy": metrics["correct"] / n,
+                **metrics}
+
+    def _forward(self, xq, keep):
+        env = {self.model.nodes[0].outputs[0]: xq}
+        return self.model.execute(env, start=self.plan.first, stop=self.plan.last, keep=keep)
+
+    def _loss(self, xq, y):
+        env = self._forward(xq, keep=False)
+        loss, _, correct = self.loss(env[self.model.nodes[self.plan.last].inputs[0]], y)
+        return loss, correct
+
+    def _tail_updates(self, env, err, seed):
+        """The new int8 weights of the tail (not applied yet)."""
+        def noise(index, k, shape):
+            return prng.uniform_below_pow2(seed, _ERR_STREAM + index, int(np.prod(shape)), k).reshape(shape)
+        updates = {}
+        signals = int_autodiff.backward(self.model, env, err, start=self.plan.tail_start, stop=self.plan.last,
+                                        scale=2.0 ** -ERR_BITS, err_bits=TAIL_ERR_BITS, noise=noise)
+        for sig in signals:
+            kernel, node = self.model.kernels[sig.index], self.model.nodes[sig.index]
+            name = node.inputs[kernel.weight_input]
+            new = _tail_update(kernel.weight_nk(self.model.params[name]), sig.weight_gradient(), self.lr_bits,
+                               seed, _UPDATE_STREAM + sig.index)
+            updates[name] = kernel.weight_nk(new)  # the same transpose takes (N, K) back to storage
+        return updates
+
+
+def _tail_update(w_nk: np.ndarray, grad: np.ndarray, bits: int, seed: int, stream: int) -> np.ndarray:
+    """``clip(w − SR(G / 2^shift))`` with the shift that leaves ``bits`` bits of the int64
+    gradient ``G`` (N, K) — the NITI update, normalised per tensor — a slab of rows at a
+    time (the rounding noise is indexed by position, so slabs do not change it)."""
+    new = np.empty(w_nk.shape, dtype=np.int8)
+    shift = max(0, quant.bit_length(grad) - bits)
+    k = w_nk.shape[1]
+    rows = max(1, zo.INT_CHUNK // k)
+    for r in range(0, w_nk.shape[0], rows):
+        part = grad[r:r + rows]
+        noise = prng.uniform_below_pow2(seed, stream, part.size, shift, start=r * k).reshape(part.shape)
+        new[r:r + rows] = np.clip(w_nk[r:r + rows] - quant.stochastic_shift_right(part, shift, noise), -127, 127)
+    return new
