@@ -298,7 +298,7 @@ def memory_worker(key: str, workdir: Path) -> dict:
 
 def peak_of(fn):
     """(tracemalloc peak, VmHWM) of one call, the RSS peak reset first, as
-    edgetrain.trainer.measure_peak does; kept here because the onnxruntime-training
+    edgetrain.memory.measure_peak does; kept here because the onnxruntime-training
     child runs in its own venv, without edgetrain."""
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
