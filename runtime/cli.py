@@ -3,13 +3,15 @@
 Every command takes ``--json``: its results then go to stdout as one JSON
 object on the last line, and everything else to stderr. Exit codes: 0 done,
 1 a negative outcome (``verify``: the proof does not verify, ``"verified":
-false``), 2 an error in the arguments or files. Host commands
-(export, quantize, demo) import torch/onnxruntime lazily, so the device-side
-install runs ``run`` and ``info`` with numpy and onnx alone.
+false``), 2 an error in the arguments or files. Host commands (export,
+quantize, demo) and the built-in data sets import the host package lazily, so
+the device-side install (numpy and onnx) runs every other command; there a
+host command exits 2 with one line naming the extra to install.
 """
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -18,27 +20,48 @@ import numpy as np
 
 from . import datasets
 
+HOST_EXTRA = 'pip install "edgetrain[host]"'
+
 
 def _log(*parts):
     print(*parts, file=sys.stderr, flush=True)
 
 
+def _host(module: str, what: str):
+    """``edgetrain.{module}`` from the host package; on a device install (no torch,
+    onnxruntime, ...) an ImportError in one line naming the extra."""
+    try:
+        return importlib.import_module(f"{__package__}.{module}")
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] == __package__:
+            raise  # our own module is missing: a broken install, not a device
+        raise ImportError(f"{what} needs the host tools ({e.name} is not installed): {HOST_EXTRA}") from None
+
+
+def _data(spec: str, *, split: str = "train", need_labels: bool = False):
+    """``(x, y)`` from a built-in set's ``split`` (host side) or an ``.npz`` file."""
+    if spec in datasets.BUILTIN:
+        s = _host("export.datasets", f"the built-in data set {spec!r}").load(spec)
+        return (s.x_train, s.y_train) if split == "train" else (s.x_test, s.y_test)
+    return datasets.load_npz(spec, need_labels=need_labels)
+
+
 # -- commands ------------------------------------------------------------------
 
 def cmd_export(args) -> dict:
-    from .export import export_onnx
-    real = datasets.load("mnist").x_test[:64] if args.check_mnist else None
-    return export_onnx(args.source, args.output, opset=args.opset, check=not args.no_check,
-                       real_inputs=real, seed=args.seed)
+    export = _host("export", "export")
+    real = _data("mnist", split="test")[0][:64] if args.check_mnist else None
+    return export.export_onnx(args.source, args.output, opset=args.opset, check=not args.no_check,
+                              real_inputs=real, seed=args.seed)
 
 
 def cmd_quantize(args) -> dict:
-    from .export import quantize
-    x, _ = datasets.load_arrays(args.calib)
+    export = _host("export", "quantize")
+    x, _ = _data(args.calib)
     if args.samples < 1:
         raise ValueError(f"--samples={args.samples} must be ≥ 1")
-    return quantize(args.model, args.output, x[:args.samples], method=args.method,
-                    per_channel=not args.per_tensor, fmt=args.format, percentile=args.percentile)
+    return export.quantize(args.model, args.output, x[:args.samples], method=args.method,
+                           per_channel=not args.per_tensor, fmt=args.format, percentile=args.percentile)
 
 
 def cmd_info(args) -> dict:
@@ -53,7 +76,7 @@ def cmd_run(args) -> dict:
     """Run a model over a data set; report accuracy when labels exist, and time per sample."""
     from . import load
     model = load(args.model)
-    x, y = datasets.load_arrays(args.data, split=args.split)
+    x, y = _data(args.data, split=args.split)
     start = time.perf_counter()
     logits = np.concatenate([model.run(x[i:i + args.batch_size]) for i in range(0, len(x), args.batch_size)])
     seconds = time.perf_counter() - start
@@ -65,15 +88,14 @@ def cmd_run(args) -> dict:
 
 
 def cmd_demo(args) -> dict:
-    from .export.demo import run_demo
-    return run_demo(workdir=args.workdir, epochs=args.epochs, seed=args.seed)
+    return _host("export.demo", "demo").run_demo(workdir=args.workdir, epochs=args.epochs, seed=args.seed)
 
 
 def cmd_train(args) -> dict:
     """Train a model on the device runtime; optional checkpoint/resume and ONNX export."""
     from . import Trainer, load
-    x, y = datasets.load_arrays(args.data, split="train", need_labels=True)
-    val = datasets.load_arrays(args.val, split="test", need_labels=True) if args.val else None
+    x, y = _data(args.data, split="train", need_labels=True)
+    val = _data(args.val, split="test", need_labels=True) if args.val else None
     if args.resume:
         trainer = Trainer.load(args.resume)
     else:
@@ -99,19 +121,8 @@ def _proof_files(proof: str) -> tuple[str, str, str]:
     return proof, f"{proof}.inputs", f"{proof}.vk"
 
 
-def _open_npz(path: str, flag: str):
-    try:
-        f = np.load(path)
-    except (OSError, ValueError, EOFError) as e:  # missing, truncated, pickled
-        raise ValueError(f"{flag} {path!r} is not a readable .npz file: {e}") from None
-    if not isinstance(f, np.lib.npyio.NpzFile):
-        raise ValueError(f"{flag} {path!r} is a single .npy array; expected an .npz file")
-    return f
-
-
 def _load_mask(path: str) -> dict[str, np.ndarray]:
-    with _open_npz(path, "--mask") as f:
-        mask = {name: f[name].astype(bool) for name in f.files}
+    mask = {name: a.astype(bool) for name, a in datasets.read_npz(path, "--mask").items()}
     if not mask:
         raise ValueError(f"--mask {path!r} holds no arrays; expected one bool array per weight name")
     return mask
@@ -122,8 +133,8 @@ def cmd_mask(args) -> dict:
     from . import load
     from .prover import make_mask
     model = load(args.model)
-    forget = datasets.load_arrays(args.forget, need_labels=True)
-    retain = datasets.load_arrays(args.retain, need_labels=True)
+    forget = _data(args.forget, need_labels=True)
+    retain = _data(args.retain, need_labels=True)
     mask = make_mask(model, forget=forget, retain=retain, fraction=args.fraction, layers=args.layers)
     np.savez(args.output, **mask)
     return {"mask": args.output, "layers": {n: {"shape": list(m.shape), "masked": int(m.sum())}
@@ -137,7 +148,7 @@ def cmd_unlearn(args) -> dict:
     from .prover import unlearn
     model = load(args.model)
     mask = _load_mask(args.mask)
-    data = datasets.load_arrays(args.data, need_labels=True)
+    data = _data(args.data, need_labels=True)
     start = time.perf_counter()
     new, witnesses = unlearn(model, mask, data=data, block=args.block, damp=args.damp)
     seconds = time.perf_counter() - start
@@ -156,12 +167,12 @@ def cmd_unlearn(args) -> dict:
 
 def _load_witness(path: str):
     from .prover import LayerWitness
+    f = datasets.read_npz(path, "--witness")
     try:
-        with _open_npz(path, "--witness") as f:
-            block, scale_bits = int(f["block"]), int(f["scale_bits"])
-            return [LayerWitness(str(name), tuple(int(d) for d in f[f"shape{i}"]), block, scale_bits, f[f"w{i}"],
-                                 f[f"a{i}"], f[f"keep{i}"].astype(bool), f[f"w_new{i}"])
-                    for i, name in enumerate(f["layers"])]
+        block, scale_bits = int(f["block"]), int(f["scale_bits"])
+        return [LayerWitness(str(name), tuple(int(d) for d in f[f"shape{i}"]), block, scale_bits, f[f"w{i}"],
+                             f[f"a{i}"], f[f"keep{i}"].astype(bool), f[f"w_new{i}"])
+                for i, name in enumerate(f["layers"])]
     except KeyError as e:
         raise ValueError(f"--witness {path!r} lacks {e}: expected the file `edgetrain unlearn` writes") from None
 
@@ -240,21 +251,26 @@ def cmd_verify(args) -> dict:
 # -- parser ----------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgetrain", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="edgetrain", description=__doc__.splitlines()[0],
+                                epilog=f"(host): needs the host tools, {HOST_EXTRA}; so do the built-in data sets "
+                                       f"{datasets.BUILTIN}. Every other command runs on a device install.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def add(name, func, help_):
+    def add(name, func, help_, host=False):
+        help_ = f"(host) {help_}" if host else help_
         s = sub.add_parser(name, help=help_, description=help_)
         s.add_argument("--json", action="store_true", help="print results as one JSON object (last stdout line)")
         s.set_defaults(func=func)
         return s
 
-    s = add("demo", cmd_demo, "the whole pipeline on the built-in MNIST set: train, export, quantise, run int8")
+    s = add("demo", cmd_demo, "the whole pipeline on the built-in MNIST set: train, export, quantise, run int8",
+            host=True)
     s.add_argument("--workdir", default="edgetrain-demo", help="where the model files go (default: %(default)s)")
     s.add_argument("--epochs", type=int, default=5, help="host training epochs (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0)
 
-    s = add("export", cmd_export, "torch module (zoo name or package.module:callable) → ONNX, checked with onnxruntime")
+    s = add("export", cmd_export, "torch module (zoo name or package.module:callable) → ONNX, checked with onnxruntime",
+            host=True)
     s.add_argument("source")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--opset", type=int, default=17)
@@ -262,7 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch check")
     s.add_argument("--check-mnist", action="store_true", help="also check on 64 MNIST test images")
 
-    s = add("quantize", cmd_quantize, "static int8 post-training quantisation with a calibration set")
+    s = add("quantize", cmd_quantize, "static int8 post-training quantisation with a calibration set", host=True)
     s.add_argument("model")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--calib", required=True, help=f"an .npz with x, or a built-in set {datasets.BUILTIN}")
