@@ -69,24 +69,6 @@ def test_console_script_entry_point(tmp_path):
     assert json.loads(out.stdout.strip().splitlines()[-1])["ops"]["Gemm"] == 2
 
 
-def test_device_side_runs_without_torch_or_onnxruntime(tmp_path):
-    """The runtime imports and runs int8 with torch and onnxruntime made unimportable."""
-    from edgetrain.export import export_onnx, quantize
-    fp32, int8 = tmp_path / "m.onnx", tmp_path / "m.int8.onnx"
-    export_onnx("lenet5", fp32)
-    quantize(fp32, int8, np.random.default_rng(0).random((16, 1, 28, 28), dtype=np.float32))
-    code = (
-        "import sys\n"
-        "for m in ('torch', 'onnxruntime', 'sklearn', 'mlxtend'): sys.modules[m] = None\n"
-        "import numpy as np, edgetrain\n"
-        f"y = edgetrain.load({str(int8)!r}).run(np.zeros((2, 1, 28, 28), np.float32))\n"
-        "assert y.shape == (2, 10)\n"
-        "assert not any(m.startswith(('torch', 'onnxruntime')) for m in sys.modules if sys.modules[m])\n"
-        "print('ok')\n")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    assert out.stdout.strip() == "ok", out.stderr
-
-
 @pytest.fixture(scope="module")
 def small_mlp(trained_onnx):
     """784 → 16 → 10, briefly trained: a last layer of 160 weights keeps real proofs fast."""
