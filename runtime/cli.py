@@ -112,10 +112,9 @@ def cmd_train(args) -> dict:
 
 # -- provable unlearning (DESIGN.md §6) ------------------------------------------
 # Files: a mask is an .npz of bool arrays keyed by weight name (True = remove); a
-# witness is an .npz holding, per layer i, w{i}, a{i}, keep{i}, w_new{i}, shape{i}
-# (LayerWitness's integers) plus `layers`, `block`, `scale_bits`; `prove -o P`
-# writes three files: P (proof), P.inputs (public inputs) and P.vk (verifying
-# key), each in prover.proof's versioned byte format.
+# witness is the versioned .npz of LayerWitness.save; `prove -o P` writes three
+# files: P (proof), P.inputs (public inputs) and P.vk (verifying key), each in
+# prover.proof's versioned byte format.
 
 def _proof_files(proof: str) -> tuple[str, str, str]:
     return proof, f"{proof}.inputs", f"{proof}.vk"
@@ -145,7 +144,7 @@ def cmd_unlearn(args) -> dict:
     """Device: the group-OBS step on the masked layers; writes the new model and the witness."""
     import onnx
     from . import load
-    from .prover import unlearn
+    from .prover import LayerWitness, unlearn
     model = load(args.model)
     mask = _load_mask(args.mask)
     data = _data(args.data, need_labels=True)
@@ -154,33 +153,16 @@ def cmd_unlearn(args) -> dict:
     seconds = time.perf_counter() - start
     onnx.save(new.to_proto(), args.output)
     witness = args.witness or f"{args.output}.witness.npz"
-    arrays = {"layers": np.array([w.name for w in witnesses]), "block": witnesses[0].block,
-              "scale_bits": witnesses[0].scale_bits}
-    for i, w in enumerate(witnesses):
-        arrays.update({f"w{i}": w.w, f"a{i}": w.a, f"keep{i}": w.keep, f"w_new{i}": w.w_new,
-                       f"shape{i}": np.array(w.shape, dtype=np.int64)})
-    np.savez(witness, **arrays)
+    LayerWitness.save(witness, witnesses)
     return {"model": args.output, "witness": witness, "samples": len(data[0]), "block": args.block,
             "seconds": seconds, "layers": {w.name: {"weights": w.size, "masked": int((~w.keep).sum())}
                                            for w in witnesses}}
 
 
-def _load_witness(path: str):
-    from .prover import LayerWitness
-    f = datasets.read_npz(path, "--witness")
-    try:
-        block, scale_bits = int(f["block"]), int(f["scale_bits"])
-        return [LayerWitness(str(name), tuple(int(d) for d in f[f"shape{i}"]), block, scale_bits, f[f"w{i}"],
-                             f[f"a{i}"], f[f"keep{i}"].astype(bool), f[f"w_new{i}"])
-                for i, name in enumerate(f["layers"])]
-    except KeyError as e:
-        raise ValueError(f"--witness {path!r} lacks {e}: expected the file `edgetrain unlearn` writes") from None
-
-
 def cmd_prove(args) -> dict:
     """Device: prove the step recorded in a witness; writes proof, public inputs and key."""
-    from .prover import commitments, prove
-    witnesses = _load_witness(args.witness)
+    from .prover import LayerWitness, commitments, prove
+    witnesses = LayerWitness.load(args.witness)
     if args.blocks_per_proof is not None and args.blocks_per_proof < 1:
         raise ValueError(f"--blocks-per-proof={args.blocks_per_proof} must be ≥ 1")
     out = prove(witnesses, blocks_per_proof=args.blocks_per_proof, params_cache=args.params_cache)
