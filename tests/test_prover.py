@@ -267,6 +267,24 @@ def test_another_mask_cannot_verify(honest):
                                       mask={wit.name: ~wit.keep.reshape(-1)})
 
 
+def test_a_proof_short_of_the_mask_does_not_verify_against_it(honest):
+    """prove(max_blocks=1) covers block 0 of two; the mask has 2 weights removed in each."""
+    wit, _ = honest
+    out = prover.prove([wit], blocks_per_proof=1, max_blocks=1)
+    removed = ~wit.keep.reshape(-1)
+    within = removed & (np.arange(removed.size) < B)
+    args = out["proof"], out["public_inputs"], out["verifying_key"]
+    assert out["weights"] == B and within.sum() == 2 and removed.sum() == 4
+    assert edgetrain.verify_proof(*args, mask={wit.name: within})
+    assert prover.uncovered(out["public_inputs"], {wit.name: removed}) == {wit.name: 2}
+    assert not edgetrain.verify_proof(*args, mask={wit.name: removed})
+    # a masked weight in a layer the proof has no segment for
+    other = {wit.name: within, "fc2.weight": np.eye(3, dtype=bool)}
+    assert prover.uncovered(out["public_inputs"], other) == {"fc2.weight": 3}
+    assert not edgetrain.verify_proof(*args, mask=other)
+    assert edgetrain.verify_proof(*args, mask={**other, "fc2.weight": np.zeros((3, 3), bool)})
+
+
 def test_proofs_for_another_model_or_key_do_not_verify(honest):
     wit, out = honest
     other = prover.prove([_witness(5)], blocks_per_proof=1)
