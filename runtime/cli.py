@@ -11,6 +11,7 @@ host command exits 2 with one line naming the extra to install.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import sys
@@ -116,6 +117,20 @@ def cmd_train(args) -> dict:
 # files: P (proof), P.inputs (public inputs) and P.vk (verifying key), each in
 # prover.proof's versioned byte format.
 
+class ProverError(Exception):
+    """The binding's backend failed (halo2, or a Rust panic it caught): its RuntimeError."""
+
+
+@contextlib.contextmanager
+def _binding_errors():
+    """Calls into the edgetrain_zk binding: its RuntimeError becomes a ProverError, which
+    main reports in one line (exit 2) like any other error."""
+    try:
+        yield
+    except RuntimeError as e:
+        raise ProverError(f"the prover failed: {e}") from None
+
+
 def _proof_files(proof: str) -> tuple[str, str, str]:
     return proof, f"{proof}.inputs", f"{proof}.vk"
 
@@ -165,12 +180,13 @@ def cmd_prove(args) -> dict:
     witnesses = LayerWitness.load(args.witness)
     if args.blocks_per_proof is not None and args.blocks_per_proof < 1:
         raise ValueError(f"--blocks-per-proof={args.blocks_per_proof} must be ≥ 1")
-    out = prove(witnesses, blocks_per_proof=args.blocks_per_proof, params_cache=args.params_cache)
+    with _binding_errors():
+        out = prove(witnesses, blocks_per_proof=args.blocks_per_proof, params_cache=args.params_cache)
+        digests = commitments(witnesses, out["blocks_per_proof"])
     paths = _proof_files(args.output)
     for path, key in zip(paths, ("proof", "public_inputs", "verifying_key")):
         with open(path, "wb") as f:
             f.write(out[key])
-    digests = commitments(witnesses, out["blocks_per_proof"])
     return {"proof": paths[0], "public_inputs": paths[1], "verifying_key": paths[2],
             "proof_bytes": len(out["proof"]), "weights": out["weights"], "prove_seconds": out["prove_seconds"],
             "setup_seconds": out["setup_seconds"],
@@ -189,44 +205,45 @@ def _digests(values: list[str] | None, flag: str, layers) -> dict[str, bytes] | 
                 raise ValueError(f"{flag} {v!r}: the mask has layers {list(layers)}; write NAME=HEX")
             name = next(iter(layers))
         try:
-            out[name] = bytes.fromhex(hexed)
+            digest = bytes.fromhex(hexed)
         except ValueError:
-            raise ValueError(f"{flag} {v!r}: expected a 64-digit hex digest") from None
+            digest = b""
+        if len(digest) != 32:
+            raise ValueError(f"{flag} {v!r}: expected a 64-digit hex digest")
+        out[name] = digest
     return out
 
 
 def cmd_verify(args) -> dict:
-    """Provider: does the proof show the masked weights removed as prescribed? Any
-    failure, malformed files included, gives verified false (and a non-zero exit)."""
-    from .prover import proof_info, verify_proof
+    """Provider: does the proof show the masked weights removed as prescribed, each of
+    them inside a proven segment? verified false (exit 1) when not; files that are
+    not a mask, proof, public inputs or key are errors (exit 2)."""
+    from .prover import ProofFormatError, proof_info, uncovered, verify_proof
     if len(args.proof) not in (1, 3):
         raise ValueError(f"expected PROOF (with PROOF.inputs, PROOF.vk beside it) or PROOF INPUTS KEY, got "
                          f"{len(args.proof)} paths")
     paths = _proof_files(args.proof[0]) if len(args.proof) == 1 else tuple(args.proof)
+    mask = _load_mask(args.mask)
+    expected = {key: _digests(getattr(args, key), f"--{key.replace('_', '-')}", mask)
+                for key in ("h_w", "h_w_new", "h_a")}
+    blobs = []
+    for path in paths:
+        with open(path, "rb") as f:
+            blobs.append(f.read())
     try:
-        mask = _load_mask(args.mask)
-        expected = {key: _digests(getattr(args, key), f"--{key.replace('_', '-')}", mask)
-                    for key in ("h_w", "h_w_new", "h_a")}
-        blobs = []
-        for path in paths:
-            with open(path, "rb") as f:
-                blobs.append(f.read())
-        start = time.perf_counter()
-        verified = verify_proof(*blobs, mask=mask, **expected)
-        seconds = time.perf_counter() - start
-        proven = {s["name"]: s for s in proof_info(blobs[1])}
-    except (OSError, ValueError) as e:  # ProofFormatError is a ValueError
-        return {"ok": False, "verified": False, "error": f"{type(e).__name__}: {e}"}
-    # every masked weight must be inside a proven segment, else the proof says nothing about it
-    unproven = {n: int(m.reshape(-1)[proven[n]["weights"]:].sum()) if n in proven else int(m.sum())
-                for n, m in mask.items()}
-    unproven = {n: c for n, c in unproven.items() if c}
-    verified = verified and not unproven
+        with _binding_errors():
+            start = time.perf_counter()
+            verified = verify_proof(*blobs, mask=mask, **expected)
+            seconds = time.perf_counter() - start
+            proven = proof_info(blobs[1])
+            outside = uncovered(blobs[1], mask)
+    except ProofFormatError as e:
+        raise ValueError(f"{e} (in {', '.join(paths)})") from None
     result = {"ok": verified, "verified": verified, "seconds": seconds,
-              "weights": sum(s["weights"] for s in proven.values()),
+              "weights": sum(s["weights"] for s in proven),
               "masked": sum(int(m.sum()) for m in mask.values()), "proof_bytes": len(blobs[0])}
-    if unproven:
-        result["error"] = f"masked weights outside the proof: {unproven}"
+    if outside:
+        result["error"] = f"masked weights outside the proof: {outside}"
     return result
 
 
@@ -334,10 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, NotImplementedError, ImportError) as e:
-        _log(f"edgetrain {args.command}: error: {e}")
+    except (ValueError, TypeError, OSError, NotImplementedError, ImportError, ProverError) as e:
+        message = " ".join(str(e).split())  # one line, whatever the exception held
+        _log(f"edgetrain {args.command}: error: {message}")
         if args.json:
-            print(json.dumps({"ok": False, "error": str(e)}))
+            print(json.dumps({"ok": False, "error": message}))
         return 2
     result = {"ok": True, **result}  # a command reports a negative outcome (verify) with ok False: exit 1
     if not result["ok"]:

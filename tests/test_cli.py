@@ -108,5 +108,46 @@ def test_mask_unlearn_prove_verify_chain_and_a_tampered_proof(capsys, tmp_path, 
     code, r = run_json(capsys, "verify", str(tmp_path / "bad.bin"), f"{proof}.inputs", f"{proof}.vk",
                        "--mask", str(mask))
     assert code == 1 and r["verified"] is False
+
+    # a well-formed proof that does not reach every masked weight: verified false, exit 1
+    first = edgetrain.prover.target_layers(edgetrain.load(small_mlp))[0]
+    wider = tmp_path / "wider.npz"
+    np.savez(wider, **{last: removed, first: np.eye(16, 784, dtype=bool)})
+    code, r = run_json(capsys, "verify", str(proof), "--mask", str(wider))
+    assert code == 1 and r["verified"] is False and r["error"] == f"masked weights outside the proof: {{{first!r}: 16}}"
+
+    # files that are not what they claim: exit 2, naming the file
     code, r = run_json(capsys, "verify", str(proof), f"{proof}.inputs", str(tmp_path / "bad.bin"), "--mask", str(mask))
-    assert code == 1 and r["verified"] is False and "ProofFormatError" in r["error"]
+    assert code == 2 and "bad.bin" in r["error"] and "verifying key" in r["error"]
+    (tmp_path / "cut.npz").write_bytes(mask.read_bytes()[:40])
+    code, r = run_json(capsys, "verify", str(proof), "--mask", str(tmp_path / "cut.npz"))
+    assert code == 2 and "--mask" in r["error"] and "cut.npz" in r["error"]
+    code, r = run_json(capsys, "verify", str(proof), "--mask", str(mask), "--h-w", "abcd")
+    assert code == 2 and "--h-w 'abcd'" in r["error"]
+
+
+def _raise_runtime_error(*args, **kwargs):
+    raise RuntimeError("prover error: Synthesis\n  at circuit.rs:42")  # as the binding's backend errors read
+
+
+def test_a_binding_runtime_error_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path):
+    import edgetrain_zk
+    from edgetrain.prover import LayerWitness, proof
+    wit = LayerWitness("fc.weight", (8,), 8, 16, np.zeros((1, 8), np.int64), np.eye(8, dtype=np.int64)[None],
+                       np.ones((1, 8), bool), np.zeros((1, 8), np.int64))
+    LayerWitness.save(tmp_path / "w.npz", [wit])
+    monkeypatch.setattr(edgetrain_zk, "keygen", _raise_runtime_error)
+    assert main(["prove", "--witness", str(tmp_path / "w.npz"), "-o", str(tmp_path / "p.bin"),
+                 "--blocks-per-proof", "1"]) == 2
+    err = capsys.readouterr().err
+    assert err == "edgetrain prove: error: the prover failed: prover error: Synthesis at circuit.rs:42\n"
+
+    head = {"name": "fc.weight", "size": 8, "digests": (b"\0" * 32,) * 3}
+    (tmp_path / "p.bin").write_bytes(proof._encode_proof([[b"chunk"]]))
+    (tmp_path / "p.bin.inputs").write_bytes(proof._encode_public([(head, [b"chunk"])]))
+    (tmp_path / "p.bin.vk").write_bytes(b"ETZKV\x01")
+    np.savez(tmp_path / "mask.npz", **{"fc.weight": np.zeros(8, bool)})
+    proof._verifier.cache_clear()
+    monkeypatch.setattr(edgetrain_zk, "Verifier", _raise_runtime_error)
+    assert main(["verify", str(tmp_path / "p.bin"), "--mask", str(tmp_path / "mask.npz")]) == 2
+    assert capsys.readouterr().err == "edgetrain verify: error: the prover failed: prover error: Synthesis at circuit.rs:42\n"
