@@ -45,6 +45,9 @@ _DIGEST = 32
 # Default circuit size: 2^15 rows hold 637 blocks of 8 weights and prove in
 # ~2.5 GB here (bench/prove.py); 2^16 rows take twice the memory.
 PROOF_K = 15
+# The inverse Fisher of a padding block is PAD_FISHER·I. Every weight of a padding block is
+# kept, so its δ is 0 whatever A holds: any symmetric A in the committed 16-bit range proves.
+PAD_FISHER = 1 << 14
 
 
 def _zk():
@@ -97,7 +100,7 @@ def _segments(witness: LayerWitness, per_proof: int, max_blocks: int | None):
     w = np.concatenate([witness.w[:nb], np.zeros((pad, b), np.int64)])
     w_new = np.concatenate([witness.w_new[:nb], np.zeros((pad, b), np.int64)])
     keep = np.concatenate([witness.keep[:nb], np.ones((pad, b), bool)])
-    eye = np.broadcast_to(np.eye(b, dtype=np.int64) << 14, (pad, b, b))
+    eye = np.broadcast_to(np.eye(b, dtype=np.int64) * PAD_FISHER, (pad, b, b))
     a = np.concatenate([witness.a[:nb], eye])
     return 0, nb, w, a, keep, w_new
 

@@ -188,8 +188,8 @@ def cmd_prove(args) -> dict:
         with open(path, "wb") as f:
             f.write(out[key])
     return {"proof": paths[0], "public_inputs": paths[1], "verifying_key": paths[2],
-            "proof_bytes": len(out["proof"]), "weights": out["weights"], "prove_seconds": out["prove_seconds"],
-            "setup_seconds": out["setup_seconds"],
+            "proof_bytes": len(out["proof"]), "weights": out["weights"], "blocks_per_proof": out["blocks_per_proof"],
+            "prove_seconds": out["prove_seconds"], "setup_seconds": out["setup_seconds"],
             "commitments": {n: {k: v.hex() for k, v in d.items()} for n, d in digests.items()}}
 
 
@@ -335,7 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--witness", required=True, help="the witness .npz from `edgetrain unlearn`")
     s.add_argument("-o", "--output", required=True, help="the proof file; public inputs and key go beside it")
     s.add_argument("--blocks-per-proof", type=int,
-                   help="blocks per chunk proof (default: as many as 2^15 rows hold, 637 of 8 weights)")
+                   help="blocks per chunk proof (default: as many as one proof of the default circuit size "
+                        "holds for the witness's block size, found at run time and reported as blocks_per_proof)")
     s.add_argument("--params-cache", help="directory caching the IPA parameters between runs")
 
     s = add("verify", cmd_verify, "provider: check an unlearning proof against the mask; exit 0 iff it verifies")
