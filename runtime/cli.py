@@ -150,7 +150,8 @@ def cmd_mask(args) -> dict:
     forget = _data(args.forget, need_labels=True)
     retain = _data(args.retain, need_labels=True)
     mask = make_mask(model, forget=forget, retain=retain, fraction=args.fraction, layers=args.layers)
-    np.savez(args.output, **mask)
+    with open(args.output, "wb") as f:  # np.savez(path) would append .npz to another name
+        np.savez(f, **mask)
     return {"mask": args.output, "layers": {n: {"shape": list(m.shape), "masked": int(m.sum())}
                                             for n, m in mask.items()}}
 

@@ -84,7 +84,7 @@ def test_mask_unlearn_prove_verify_chain_and_a_tampered_proof(capsys, tmp_path, 
     np.savez(tmp_path / "forget.npz", x=x[y == 3], y=y[y == 3])
     np.savez(tmp_path / "retain.npz", x=x[y != 3], y=y[y != 3])
     last = edgetrain.prover.target_layers(edgetrain.load(small_mlp))[-1]
-    mask, out, proof = tmp_path / "mask.npz", tmp_path / "out.onnx", tmp_path / "p.bin"
+    mask, out, proof = tmp_path / "mask", tmp_path / "out.onnx", tmp_path / "p.bin"  # no .npz: written as named
     code, r = run_json(capsys, "mask", str(small_mlp), "--forget", str(tmp_path / "forget.npz"), "--retain",
                        str(tmp_path / "retain.npz"), "--fraction", "0.1", "--layers", last, "-o", str(mask))
     assert code == 0 and r["layers"][last] == {"shape": [10, 16], "masked": 16}
