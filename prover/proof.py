@@ -275,7 +275,8 @@ def uncovered(public_inputs: bytes, mask: dict[str, np.ndarray]) -> dict[str, in
     reaches (layers where every masked weight is reached are left out). A segment
     states the keep bits of its layer's first weights; a masked weight past them,
     or in a layer without a segment, is one the proof says nothing about, and
-    :func:`verify_proof` with this ``mask`` is then False."""
+    :func:`verify_proof` with this ``mask`` is then False. Bytes that are not
+    public inputs raise :class:`ProofFormatError`."""
     segments = _decode_public(public_inputs)
     z = _zk()
     return _uncovered(mask, segments, [_keep_bits(publics, z) for _, publics in segments])

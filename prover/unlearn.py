@@ -115,27 +115,27 @@ class LayerWitness:
                 of = "" if layer is None else f" (layer {layer})"
                 raise ValueError(f"{where} lacks the array {key!r}{of}; expected a file LayerWitness.save "
                                  "(`edgetrain unlearn`) writes")
-            if f[key].dtype.kind not in kind or f[key].ndim != ndim:
+            if f[key].dtype.kind not in {"int": "iu", "bool": "b", "str": "U"}[kind] or f[key].ndim != ndim:
                 raise ValueError(f"{where}: {key!r} is a {f[key].ndim}-d {f[key].dtype} array, expected "
-                                 f"{ndim}-d of kind {kind!r}")
+                                 f"{ndim}-d {kind}")
             return f[key]
 
-        if str(get("format", "U", 0)) != LayerWitness.FORMAT:
+        if str(get("format", "str", 0)) != LayerWitness.FORMAT:
             raise ValueError(f"{where}: format {str(f['format'])!r}, expected {LayerWitness.FORMAT!r}")
-        if int(get("version", "iu", 0)) != LayerWitness.VERSION:
+        if int(get("version", "int", 0)) != LayerWitness.VERSION:
             raise ValueError(f"{where}: format version {int(f['version'])}, this build reads {LayerWitness.VERSION}")
-        names = get("layers", "U", 1)
+        names = get("layers", "str", 1)
         if not len(names):
             raise ValueError(f"{where} holds no layers")
         out = []
         for i, name in enumerate(names):
-            shape = tuple(int(d) for d in get(f"shape{i}", "iu", 1, i))
-            block, scale_bits = int(get(f"block{i}", "iu", 0, i)), int(get(f"scale_bits{i}", "iu", 0, i))
+            shape = tuple(int(d) for d in get(f"shape{i}", "int", 1, i))
+            block, scale_bits = int(get(f"block{i}", "int", 0, i)), int(get(f"scale_bits{i}", "int", 0, i))
             if block < 1:
                 raise ValueError(f"{where}: block{i} = {block}, expected ≥ 1")
-            wit = LayerWitness(str(name), shape, block, scale_bits, get(f"w{i}", "iu", 2, i).astype(np.int64),
-                               get(f"a{i}", "iu", 3, i).astype(np.int64), get(f"keep{i}", "b", 2, i),
-                               get(f"w_new{i}", "iu", 2, i).astype(np.int64))
+            wit = LayerWitness(str(name), shape, block, scale_bits, get(f"w{i}", "int", 2, i).astype(np.int64),
+                               get(f"a{i}", "int", 3, i).astype(np.int64), get(f"keep{i}", "bool", 2, i),
+                               get(f"w_new{i}", "int", 2, i).astype(np.int64))
             n_blocks = -(-wit.size // block)
             for field, expected in (("w", (n_blocks, block)), ("a", (n_blocks, block, block)),
                                     ("keep", (n_blocks, block)), ("w_new", (n_blocks, block))):

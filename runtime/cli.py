@@ -269,8 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=5, help="host training epochs (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0)
 
-    s = add("export", cmd_export, "torch module (zoo name or package.module:callable) → ONNX, checked with onnxruntime",
-            host=True)
+    s = add("export", cmd_export,
+            "torch module (zoo name or package.module:callable) → ONNX, checked with onnxruntime", host=True)
     s.add_argument("source")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--opset", type=int, default=17)

@@ -144,7 +144,8 @@ def test_a_binding_runtime_error_is_one_line_and_exit_2(capsys, monkeypatch, tmp
     assert main(["prove", "--witness", str(tmp_path / "w.npz"), "-o", str(tmp_path / "p.bin"),
                  "--blocks-per-proof", "1"]) == 2
     err = capsys.readouterr().err
-    assert err == "edgetrain prove: error: the prover failed: prover error: Synthesis at circuit.rs:42\n"
+    one_line = "error: the prover failed: prover error: Synthesis at circuit.rs:42\n"
+    assert err == f"edgetrain prove: {one_line}"
 
     head = {"name": "fc.weight", "size": 8, "digests": (b"\0" * 32,) * 3}
     (tmp_path / "p.bin").write_bytes(proof._encode_proof([[b"chunk"]]))
@@ -154,4 +155,4 @@ def test_a_binding_runtime_error_is_one_line_and_exit_2(capsys, monkeypatch, tmp
     proof._verifier.cache_clear()
     monkeypatch.setattr(edgetrain_zk, "Verifier", _raise_runtime_error)
     assert main(["verify", str(tmp_path / "p.bin"), "--mask", str(tmp_path / "mask.npz")]) == 2
-    assert capsys.readouterr().err == "edgetrain verify: error: the prover failed: prover error: Synthesis at circuit.rs:42\n"
+    assert capsys.readouterr().err == f"edgetrain verify: {one_line}"

@@ -148,7 +148,8 @@ def test_witness_file_rejects_truncated_foreign_and_inconsistent_files(tmp_path)
              (variant("v2.npz", version=np.array(2)), "format version 2, this build reads 1"),
              (variant("no_a.npz", a0=None), r"lacks the array 'a0' \(layer 0\)"),
              (variant("short.npz", w0=arrays["w0"][:1]), r"w0 has shape \(1, 8\); layer 'fc.weight' of shape \(16,\)"),
-             (variant("float.npz", keep0=arrays["keep0"].astype(float)), "'keep0' is a 2-d float64 array")]
+             (variant("float.npz", keep0=arrays["keep0"].astype(float)),
+              "'keep0' is a 2-d float64 array, expected 2-d bool")]
     for bad, match in cases:
         with pytest.raises(ValueError, match=f"witness file '{re.escape(str(bad))}'.*{match}"):
             LayerWitness.load(bad)
