@@ -32,7 +32,7 @@ MODELS = ("lenet5", "rescnn")
 def prepare(workdir: Path) -> dict:
     """Train each model for 2 epochs, export and quantise; returns (model, precision) → path."""
     import torch
-    from edgetrain import datasets
+    from edgetrain.export import datasets
     from edgetrain.export import build, export_onnx, quantize
     from edgetrain.export.train_torch import train
     data = datasets.load("mnist")

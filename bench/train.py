@@ -81,7 +81,7 @@ def prepare(workdir: Path, seeds: list, pretrain_epochs: int) -> dict:
     """Data arrays, per seed the initial and the pretrained lenet5 as torch weights,
     fp32 ONNX and int8 ONNX (calibrated on 256 clean training samples)."""
     import torch
-    from edgetrain import datasets
+    from edgetrain.export import datasets
     from edgetrain.export import build, export_onnx, quantize
     from edgetrain.export.train_torch import accuracy, train
     d = datasets.load("mnist")

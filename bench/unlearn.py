@@ -31,7 +31,8 @@ from pathlib import Path
 import numpy as np
 
 import edgetrain
-from edgetrain import datasets, prover
+from edgetrain import prover
+from edgetrain.export import datasets
 
 # (label, target layers: "all" FC weights or the "last" one, mask fraction)
 TARGETS = (("all FC", "all", 0.04), ("last FC", "last", 0.10))

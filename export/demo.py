@@ -16,7 +16,8 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from .. import Trainer, datasets, estimate_memory, load, prover, verify_proof
+from .. import Trainer, estimate_memory, load, prover, verify_proof
+from . import datasets
 from .onnx_export import export_onnx
 from .quantize import quantize
 from .train_torch import accuracy, train

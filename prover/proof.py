@@ -45,6 +45,9 @@ _DIGEST = 32
 # Default circuit size: 2^15 rows hold 637 blocks of 8 weights and prove in
 # ~2.5 GB here (bench/prove.py); 2^16 rows take twice the memory.
 PROOF_K = 15
+# The inverse Fisher of a padding block is PAD_FISHER·I. Every weight of a padding block is
+# kept, so its δ is 0 whatever A holds: any symmetric A in the committed 16-bit range proves.
+PAD_FISHER = 1 << 14
 
 
 def _zk():
@@ -88,15 +91,6 @@ def _key_k(verifying_key: bytes) -> int:
     return key[7]
 
 
-def _key_shape(verifying_key: bytes) -> tuple[int, int, int]:
-    """(block, blocks per proof, scale bits) of a verifying key."""
-    key = bytes(verifying_key)
-    if len(key) < 17:
-        raise ProofFormatError(f"verifying key: {len(key)} bytes, too short")
-    block, per_proof = struct.unpack_from("<II", key, 8)
-    return block, per_proof, key[16]
-
-
 def _segments(witness: LayerWitness, per_proof: int, max_blocks: int | None):
     """(first block, blocks, padded w, a, keep, w_new) of the segment proven for a layer
     (it starts at block 0)."""
@@ -106,7 +100,7 @@ def _segments(witness: LayerWitness, per_proof: int, max_blocks: int | None):
     w = np.concatenate([witness.w[:nb], np.zeros((pad, b), np.int64)])
     w_new = np.concatenate([witness.w_new[:nb], np.zeros((pad, b), np.int64)])
     keep = np.concatenate([witness.keep[:nb], np.ones((pad, b), bool)])
-    eye = np.broadcast_to(np.eye(b, dtype=np.int64) << 14, (pad, b, b))
+    eye = np.broadcast_to(np.eye(b, dtype=np.int64) * PAD_FISHER, (pad, b, b))
     a = np.concatenate([witness.a[:nb], eye])
     return 0, nb, w, a, keep, w_new
 
@@ -222,7 +216,9 @@ def verify_proof(proof: bytes, public_inputs: bytes, verifying_key: bytes, *,
     ``mask`` it sent (``{layer: bool array, True = removed}``) and the digests the
     device published (``h_w`` before, ``h_a`` of its Fisher blocks, ``h_w_new`` of the
     model it deploys, each ``{layer: 32 bytes}``, see :func:`commitments`); a segment
-    that differs from any of them gives False.
+    that differs from any of them gives False, and so does a masked weight that no
+    segment reaches (:func:`uncovered`: a proof made with ``max_blocks`` short of
+    the mask, or without the layer). Only with ``mask`` is coverage checked.
 
     Never crashes: bytes that are not of these formats raise
     :class:`ProofFormatError`; anything else that does not verify gives False.
@@ -230,19 +226,20 @@ def verify_proof(proof: bytes, public_inputs: bytes, verifying_key: bytes, *,
     z = _zk()  # a missing binding is reported before anything else
     proofs = _decode_proof(proof)
     segments = _decode_public(public_inputs)
-    block, _, _ = _key_shape(verifying_key)
     verifier = _verifier(bytes(verifying_key), None if params is None else bytes(params))
     if len(proofs) != len(segments):
         return False
-    for seg_proofs, (head, seg_publics) in zip(proofs, segments):
-        if mask is not None and not _mask_matches(mask, head, seg_publics, block, z):
+    keeps = [_keep_bits(seg_publics, z) for _, seg_publics in segments]
+    if mask is not None and _uncovered(mask, segments, keeps):
+        return False
+    for seg_proofs, (head, seg_publics), keep in zip(proofs, segments, keeps):
+        if mask is not None and not _mask_matches(mask, head, keep):
             return False
         for i, expected in enumerate((h_w, h_w_new, h_a)):
             if expected is not None and expected.get(head["name"]) != head["digests"][i]:
                 return False
         try:
-            keep = [bool(k) for q in seg_publics for k in z.public_inputs_info(q)["keep"]]
-            if not verifier.verify_chain(seg_proofs, seg_publics, *head["digests"], keep):
+            if not verifier.verify_chain(seg_proofs, seg_publics, *head["digests"], keep.tolist()):
                 return False
         except ProofFormatError:
             raise
@@ -265,7 +262,7 @@ def proof_info(public_inputs: bytes) -> list[dict]:
     z = _zk()
     out = []
     for head, publics in _decode_public(public_inputs):
-        keep = np.array([k for q in publics for k in z.public_inputs_info(q)["keep"]], dtype=bool)
+        keep = _keep_bits(publics, z)
         info = z.public_inputs_info(publics[0]) if publics else {}
         n = min(keep.size, head["size"])
         out.append({**head, "removed": ~keep[:n], "weights": n, "scale_bits": info.get("scale_bits"),
@@ -273,15 +270,42 @@ def proof_info(public_inputs: bytes) -> list[dict]:
     return out
 
 
-def _mask_matches(mask, head, publics, block, z):
+def uncovered(public_inputs: bytes, mask: dict[str, np.ndarray]) -> dict[str, int]:
+    """``{layer: count}`` of the masked weights that no segment of ``public_inputs``
+    reaches (layers where every masked weight is reached are left out). A segment
+    states the keep bits of its layer's first weights; a masked weight past them,
+    or in a layer without a segment, is one the proof says nothing about, and
+    :func:`verify_proof` with this ``mask`` is then False. Bytes that are not
+    public inputs raise :class:`ProofFormatError`."""
+    segments = _decode_public(public_inputs)
+    z = _zk()
+    return _uncovered(mask, segments, [_keep_bits(publics, z) for _, publics in segments])
+
+
+def _uncovered(mask, segments, keeps) -> dict[str, int]:
+    reach = {}
+    for (head, _), keep in zip(segments, keeps):
+        reach[head["name"]] = max(reach.get(head["name"], 0), keep.size)
+    counts = {name: int(np.asarray(m, dtype=bool).reshape(-1)[reach.get(name, 0):].sum())
+              for name, m in mask.items()}
+    return {name: n for name, n in counts.items() if n}
+
+
+def _keep_bits(publics, z) -> np.ndarray:
+    """A segment's keep bits over all its chunks (True = kept), from the layer's first weight."""
+    return np.array([k for q in publics for k in z.public_inputs_info(q)["keep"]], dtype=bool)
+
+
+def _mask_matches(mask, head, keep):
+    """The segment's keep bits say "removed" exactly where the mask does (padding past
+    the layer's end: kept)."""
     name = head["name"]
     if name not in mask:
         return False
     removed = np.asarray(mask[name], dtype=bool).reshape(-1)
     if removed.size != head["size"]:
         return False
-    keep = np.array([k for q in publics for k in z.public_inputs_info(q)["keep"]], dtype=bool)
-    want = np.ones(keep.size, bool)  # beyond the layer: padding, kept
+    want = np.ones(keep.size, bool)
     covered = min(keep.size, removed.size)
     want[:covered] = ~removed[:covered]
     return np.array_equal(keep, want)

@@ -69,7 +69,12 @@ def obs_step(w: np.ndarray, a: np.ndarray, keep: np.ndarray, eps: float = 0.0) -
 
 @dataclass
 class LayerWitness:
-    """One target layer in integers: everything the proof of its step needs."""
+    """One target layer in integers: everything the proof of its step needs.
+
+    File format (:meth:`save`, :meth:`load`): one ``.npz`` for a list of layers,
+    ``format`` = ``"edgetrain-witness"``, ``version`` = 1, ``layers`` (the names),
+    and per layer ``i``: ``shape{i}``, ``block{i}``, ``scale_bits{i}``, ``w{i}``,
+    ``a{i}``, ``keep{i}``, ``w_new{i}`` (the fields below, dtypes as stated)."""
     name: str
     shape: tuple
     block: int
@@ -79,9 +84,66 @@ class LayerWitness:
     keep: np.ndarray  # (n_blocks, B) bool, False = masked
     w_new: np.ndarray  # (n_blocks, B) int64, the weights after
 
+    FORMAT, VERSION = "edgetrain-witness", 1
+
     @property
     def size(self) -> int:
         return int(np.prod(self.shape))
+
+    @staticmethod
+    def save(path, witnesses: Sequence["LayerWitness"]) -> None:
+        """Write ``witnesses`` to ``path`` (exactly that path: no ``.npz`` is appended)."""
+        arrays = {"format": np.array(LayerWitness.FORMAT), "version": np.array(LayerWitness.VERSION),
+                  "layers": np.array([w.name for w in witnesses], dtype=str)}
+        for i, wit in enumerate(witnesses):
+            arrays.update({f"shape{i}": np.array(wit.shape, np.int64), f"block{i}": np.array(wit.block),
+                           f"scale_bits{i}": np.array(wit.scale_bits), f"w{i}": wit.w, f"a{i}": wit.a,
+                           f"keep{i}": wit.keep, f"w_new{i}": wit.w_new})
+        with open(path, "wb") as f:
+            np.savez(f, **arrays)
+
+    @staticmethod
+    def load(path) -> list["LayerWitness"]:
+        """The witnesses :meth:`save` wrote; a ValueError naming the file and what is
+        missing or wrong when it is not such a file."""
+        from ..datasets import read_npz
+        where = f"witness file {str(path)!r}"
+        f = read_npz(path, "witness file")
+
+        def get(key, kind, ndim, layer=None):
+            if key not in f:
+                of = "" if layer is None else f" (layer {layer})"
+                raise ValueError(f"{where} lacks the array {key!r}{of}; expected a file LayerWitness.save "
+                                 "(`edgetrain unlearn`) writes")
+            if f[key].dtype.kind not in {"int": "iu", "bool": "b", "str": "U"}[kind] or f[key].ndim != ndim:
+                raise ValueError(f"{where}: {key!r} is a {f[key].ndim}-d {f[key].dtype} array, expected "
+                                 f"{ndim}-d {kind}")
+            return f[key]
+
+        if str(get("format", "str", 0)) != LayerWitness.FORMAT:
+            raise ValueError(f"{where}: format {str(f['format'])!r}, expected {LayerWitness.FORMAT!r}")
+        if int(get("version", "int", 0)) != LayerWitness.VERSION:
+            raise ValueError(f"{where}: format version {int(f['version'])}, this build reads {LayerWitness.VERSION}")
+        names = get("layers", "str", 1)
+        if not len(names):
+            raise ValueError(f"{where} holds no layers")
+        out = []
+        for i, name in enumerate(names):
+            shape = tuple(int(d) for d in get(f"shape{i}", "int", 1, i))
+            block, scale_bits = int(get(f"block{i}", "int", 0, i)), int(get(f"scale_bits{i}", "int", 0, i))
+            if block < 1:
+                raise ValueError(f"{where}: block{i} = {block}, expected ≥ 1")
+            wit = LayerWitness(str(name), shape, block, scale_bits, get(f"w{i}", "int", 2, i).astype(np.int64),
+                               get(f"a{i}", "int", 3, i).astype(np.int64), get(f"keep{i}", "bool", 2, i),
+                               get(f"w_new{i}", "int", 2, i).astype(np.int64))
+            n_blocks = -(-wit.size // block)
+            for field, expected in (("w", (n_blocks, block)), ("a", (n_blocks, block, block)),
+                                    ("keep", (n_blocks, block)), ("w_new", (n_blocks, block))):
+                if getattr(wit, field).shape != expected:
+                    raise ValueError(f"{where}: {field}{i} has shape {getattr(wit, field).shape}; layer {wit.name!r} "
+                                     f"of shape {shape} in blocks of {block} needs {expected}")
+            out.append(wit)
+        return out
 
 
 # int8 weights are O(2^7) instead of O(2^16·|w|): y gets its precision from the scale instead

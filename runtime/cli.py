@@ -3,13 +3,16 @@
 Every command takes ``--json``: its results then go to stdout as one JSON
 object on the last line, and everything else to stderr. Exit codes: 0 done,
 1 a negative outcome (``verify``: the proof does not verify, ``"verified":
-false``), 2 an error in the arguments or files. Host commands
-(export, quantize, demo) import torch/onnxruntime lazily, so the device-side
-install runs ``run`` and ``info`` with numpy and onnx alone.
+false``), 2 an error in the arguments or files. Host commands (export,
+quantize, demo) and the built-in data sets import the host package lazily, so
+the device-side install (numpy and onnx) runs every other command; there a
+host command exits 2 with one line naming the extra to install.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import sys
 import time
@@ -19,27 +22,48 @@ import numpy as np
 from . import datasets
 from .trainer import DEFAULTS
 
+HOST_EXTRA = 'pip install "edgetrain[host]"'
+
 
 def _log(*parts):
     print(*parts, file=sys.stderr, flush=True)
 
 
+def _host(module: str, what: str):
+    """``edgetrain.{module}`` from the host package; on a device install (no torch,
+    onnxruntime, ...) an ImportError in one line naming the extra."""
+    try:
+        return importlib.import_module(f"{__package__}.{module}")
+    except ModuleNotFoundError as e:
+        if (e.name or "").partition(".")[0] == __package__:
+            raise  # our own module is missing: a broken install, not a device
+        raise ImportError(f"{what} needs the host tools ({e.name} is not installed): {HOST_EXTRA}") from None
+
+
+def _data(spec: str, *, split: str = "train", need_labels: bool = False):
+    """``(x, y)`` from a built-in set's ``split`` (host side) or an ``.npz`` file."""
+    if spec in datasets.BUILTIN:
+        s = _host("export.datasets", f"the built-in data set {spec!r}").load(spec)
+        return (s.x_train, s.y_train) if split == "train" else (s.x_test, s.y_test)
+    return datasets.load_npz(spec, need_labels=need_labels)
+
+
 # -- commands ------------------------------------------------------------------
 
 def cmd_export(args) -> dict:
-    from .export import export_onnx
-    real = datasets.load("mnist").x_test[:64] if args.check_mnist else None
-    return export_onnx(args.source, args.output, opset=args.opset, check=not args.no_check,
-                       real_inputs=real, seed=args.seed)
+    export = _host("export", "export")
+    real = _data("mnist", split="test")[0][:64] if args.check_mnist else None
+    return export.export_onnx(args.source, args.output, opset=args.opset, check=not args.no_check,
+                              real_inputs=real, seed=args.seed)
 
 
 def cmd_quantize(args) -> dict:
-    from .export import quantize
-    x, _ = datasets.load_arrays(args.calib)
+    export = _host("export", "quantize")
+    x, _ = _data(args.calib)
     if args.samples < 1:
         raise ValueError(f"--samples={args.samples} must be ≥ 1")
-    return quantize(args.model, args.output, x[:args.samples], method=args.method,
-                    per_channel=not args.per_tensor, fmt=args.format, percentile=args.percentile)
+    return export.quantize(args.model, args.output, x[:args.samples], method=args.method,
+                           per_channel=not args.per_tensor, fmt=args.format, percentile=args.percentile)
 
 
 def cmd_info(args) -> dict:
@@ -54,7 +78,7 @@ def cmd_run(args) -> dict:
     """Run a model over a data set; report accuracy when labels exist, and time per sample."""
     from . import load
     model = load(args.model)
-    x, y = datasets.load_arrays(args.data, split=args.split)
+    x, y = _data(args.data, split=args.split)
     start = time.perf_counter()
     logits = np.concatenate([model.run(x[i:i + args.batch_size]) for i in range(0, len(x), args.batch_size)])
     seconds = time.perf_counter() - start
@@ -66,15 +90,14 @@ def cmd_run(args) -> dict:
 
 
 def cmd_demo(args) -> dict:
-    from .export.demo import run_demo
-    return run_demo(workdir=args.workdir, epochs=args.epochs, seed=args.seed)
+    return _host("export.demo", "demo").run_demo(workdir=args.workdir, epochs=args.epochs, seed=args.seed)
 
 
 def cmd_train(args) -> dict:
     """Train a model on the device runtime; optional checkpoint/resume and ONNX export."""
     from . import Trainer, load
-    x, y = datasets.load_arrays(args.data, split="train", need_labels=True)
-    val = datasets.load_arrays(args.val, split="test", need_labels=True) if args.val else None
+    x, y = _data(args.data, split="train", need_labels=True)
+    val = _data(args.val, split="test", need_labels=True) if args.val else None
     if args.resume:
         trainer = Trainer.load(args.resume)
     else:
@@ -93,28 +116,30 @@ def cmd_train(args) -> dict:
 
 # -- provable unlearning (DESIGN.md §6) ------------------------------------------
 # Files: a mask is an .npz of bool arrays keyed by weight name (True = remove); a
-# witness is an .npz holding, per layer i, w{i}, a{i}, keep{i}, w_new{i}, shape{i}
-# (LayerWitness's integers) plus `layers`, `block`, `scale_bits`; `prove -o P`
-# writes three files: P (proof), P.inputs (public inputs) and P.vk (verifying
-# key), each in prover.proof's versioned byte format.
+# witness is the versioned .npz of LayerWitness.save; `prove -o P` writes three
+# files: P (proof), P.inputs (public inputs) and P.vk (verifying key), each in
+# prover.proof's versioned byte format.
+
+class ProverError(Exception):
+    """The binding's backend failed (halo2, or a Rust panic it caught): its RuntimeError."""
+
+
+@contextlib.contextmanager
+def _binding_errors():
+    """Calls into the edgetrain_zk binding: its RuntimeError becomes a ProverError, which
+    main reports in one line (exit 2) like any other error."""
+    try:
+        yield
+    except RuntimeError as e:
+        raise ProverError(f"the prover failed: {e}") from None
+
 
 def _proof_files(proof: str) -> tuple[str, str, str]:
     return proof, f"{proof}.inputs", f"{proof}.vk"
 
 
-def _open_npz(path: str, flag: str):
-    try:
-        f = np.load(path)
-    except (OSError, ValueError, EOFError) as e:  # missing, truncated, pickled
-        raise ValueError(f"{flag} {path!r} is not a readable .npz file: {e}") from None
-    if not isinstance(f, np.lib.npyio.NpzFile):
-        raise ValueError(f"{flag} {path!r} is a single .npy array; expected an .npz file")
-    return f
-
-
 def _load_mask(path: str) -> dict[str, np.ndarray]:
-    with _open_npz(path, "--mask") as f:
-        mask = {name: f[name].astype(bool) for name in f.files}
+    mask = {name: a.astype(bool) for name, a in datasets.read_npz(path, "--mask").items()}
     if not mask:
         raise ValueError(f"--mask {path!r} holds no arrays; expected one bool array per weight name")
     return mask
@@ -125,10 +150,11 @@ def cmd_mask(args) -> dict:
     from . import load
     from .prover import make_mask
     model = load(args.model)
-    forget = datasets.load_arrays(args.forget, need_labels=True)
-    retain = datasets.load_arrays(args.retain, need_labels=True)
+    forget = _data(args.forget, need_labels=True)
+    retain = _data(args.retain, need_labels=True)
     mask = make_mask(model, forget=forget, retain=retain, fraction=args.fraction, layers=args.layers)
-    np.savez(args.output, **mask)
+    with open(args.output, "wb") as f:  # np.savez(path) would append .npz to another name
+        np.savez(f, **mask)
     return {"mask": args.output, "layers": {n: {"shape": list(m.shape), "masked": int(m.sum())}
                                             for n, m in mask.items()}}
 
@@ -137,53 +163,37 @@ def cmd_unlearn(args) -> dict:
     """Device: the group-OBS step on the masked layers; writes the new model and the witness."""
     import onnx
     from . import load
-    from .prover import unlearn
+    from .prover import LayerWitness, unlearn
     model = load(args.model)
     mask = _load_mask(args.mask)
-    data = datasets.load_arrays(args.data, need_labels=True)
+    data = _data(args.data, need_labels=True)
     start = time.perf_counter()
     new, witnesses = unlearn(model, mask, data=data, block=args.block, damp=args.damp)
     seconds = time.perf_counter() - start
     onnx.save(new.to_proto(), args.output)
     witness = args.witness or f"{args.output}.witness.npz"
-    arrays = {"layers": np.array([w.name for w in witnesses]), "block": witnesses[0].block,
-              "scale_bits": witnesses[0].scale_bits}
-    for i, w in enumerate(witnesses):
-        arrays.update({f"w{i}": w.w, f"a{i}": w.a, f"keep{i}": w.keep, f"w_new{i}": w.w_new,
-                       f"shape{i}": np.array(w.shape, dtype=np.int64)})
-    np.savez(witness, **arrays)
+    LayerWitness.save(witness, witnesses)
     return {"model": args.output, "witness": witness, "samples": len(data[0]), "block": args.block,
             "seconds": seconds, "layers": {w.name: {"weights": w.size, "masked": int((~w.keep).sum())}
                                            for w in witnesses}}
 
 
-def _load_witness(path: str):
-    from .prover import LayerWitness
-    try:
-        with _open_npz(path, "--witness") as f:
-            block, scale_bits = int(f["block"]), int(f["scale_bits"])
-            return [LayerWitness(str(name), tuple(int(d) for d in f[f"shape{i}"]), block, scale_bits, f[f"w{i}"],
-                                 f[f"a{i}"], f[f"keep{i}"].astype(bool), f[f"w_new{i}"])
-                    for i, name in enumerate(f["layers"])]
-    except KeyError as e:
-        raise ValueError(f"--witness {path!r} lacks {e}: expected the file `edgetrain unlearn` writes") from None
-
-
 def cmd_prove(args) -> dict:
     """Device: prove the step recorded in a witness; writes proof, public inputs and key."""
-    from .prover import commitments, prove
-    witnesses = _load_witness(args.witness)
+    from .prover import LayerWitness, commitments, prove
+    witnesses = LayerWitness.load(args.witness)
     if args.blocks_per_proof is not None and args.blocks_per_proof < 1:
         raise ValueError(f"--blocks-per-proof={args.blocks_per_proof} must be ≥ 1")
-    out = prove(witnesses, blocks_per_proof=args.blocks_per_proof, params_cache=args.params_cache)
+    with _binding_errors():
+        out = prove(witnesses, blocks_per_proof=args.blocks_per_proof, params_cache=args.params_cache)
+        digests = commitments(witnesses, out["blocks_per_proof"])
     paths = _proof_files(args.output)
     for path, key in zip(paths, ("proof", "public_inputs", "verifying_key")):
         with open(path, "wb") as f:
             f.write(out[key])
-    digests = commitments(witnesses, out["blocks_per_proof"])
     return {"proof": paths[0], "public_inputs": paths[1], "verifying_key": paths[2],
-            "proof_bytes": len(out["proof"]), "weights": out["weights"], "prove_seconds": out["prove_seconds"],
-            "setup_seconds": out["setup_seconds"],
+            "proof_bytes": len(out["proof"]), "weights": out["weights"], "blocks_per_proof": out["blocks_per_proof"],
+            "prove_seconds": out["prove_seconds"], "setup_seconds": out["setup_seconds"],
             "commitments": {n: {k: v.hex() for k, v in d.items()} for n, d in digests.items()}}
 
 
@@ -199,65 +209,71 @@ def _digests(values: list[str] | None, flag: str, layers) -> dict[str, bytes] | 
                 raise ValueError(f"{flag} {v!r}: the mask has layers {list(layers)}; write NAME=HEX")
             name = next(iter(layers))
         try:
-            out[name] = bytes.fromhex(hexed)
+            digest = bytes.fromhex(hexed)
         except ValueError:
-            raise ValueError(f"{flag} {v!r}: expected a 64-digit hex digest") from None
+            digest = b""
+        if len(digest) != 32:
+            raise ValueError(f"{flag} {v!r}: expected a 64-digit hex digest")
+        out[name] = digest
     return out
 
 
 def cmd_verify(args) -> dict:
-    """Provider: does the proof show the masked weights removed as prescribed? Any
-    failure, malformed files included, gives verified false (and a non-zero exit)."""
-    from .prover import proof_info, verify_proof
+    """Provider: does the proof show the masked weights removed as prescribed, each of
+    them inside a proven segment? verified false (exit 1) when not; files that are
+    not a mask, proof, public inputs or key are errors (exit 2)."""
+    from .prover import ProofFormatError, proof_info, uncovered, verify_proof
     if len(args.proof) not in (1, 3):
         raise ValueError(f"expected PROOF (with PROOF.inputs, PROOF.vk beside it) or PROOF INPUTS KEY, got "
                          f"{len(args.proof)} paths")
     paths = _proof_files(args.proof[0]) if len(args.proof) == 1 else tuple(args.proof)
+    mask = _load_mask(args.mask)
+    expected = {key: _digests(getattr(args, key), f"--{key.replace('_', '-')}", mask)
+                for key in ("h_w", "h_w_new", "h_a")}
+    blobs = []
+    for path in paths:
+        with open(path, "rb") as f:
+            blobs.append(f.read())
     try:
-        mask = _load_mask(args.mask)
-        expected = {key: _digests(getattr(args, key), f"--{key.replace('_', '-')}", mask)
-                    for key in ("h_w", "h_w_new", "h_a")}
-        blobs = []
-        for path in paths:
-            with open(path, "rb") as f:
-                blobs.append(f.read())
-        start = time.perf_counter()
-        verified = verify_proof(*blobs, mask=mask, **expected)
-        seconds = time.perf_counter() - start
-        proven = {s["name"]: s for s in proof_info(blobs[1])}
-    except (OSError, ValueError) as e:  # ProofFormatError is a ValueError
-        return {"ok": False, "verified": False, "error": f"{type(e).__name__}: {e}"}
-    # every masked weight must be inside a proven segment, else the proof says nothing about it
-    unproven = {n: int(m.reshape(-1)[proven[n]["weights"]:].sum()) if n in proven else int(m.sum())
-                for n, m in mask.items()}
-    unproven = {n: c for n, c in unproven.items() if c}
-    verified = verified and not unproven
+        with _binding_errors():
+            start = time.perf_counter()
+            verified = verify_proof(*blobs, mask=mask, **expected)
+            seconds = time.perf_counter() - start
+            proven = proof_info(blobs[1])
+            outside = uncovered(blobs[1], mask)
+    except ProofFormatError as e:
+        raise ValueError(f"{e} (in {', '.join(paths)})") from None
     result = {"ok": verified, "verified": verified, "seconds": seconds,
-              "weights": sum(s["weights"] for s in proven.values()),
+              "weights": sum(s["weights"] for s in proven),
               "masked": sum(int(m.sum()) for m in mask.values()), "proof_bytes": len(blobs[0])}
-    if unproven:
-        result["error"] = f"masked weights outside the proof: {unproven}"
+    if outside:
+        result["error"] = f"masked weights outside the proof: {outside}"
     return result
 
 
 # -- parser ----------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgetrain", description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(prog="edgetrain", description=__doc__.splitlines()[0],
+                                epilog=f"(host): needs the host tools, {HOST_EXTRA}; so do the built-in data sets "
+                                       f"{datasets.BUILTIN}. Every other command runs on a device install.")
     sub = p.add_subparsers(dest="command", required=True)
 
-    def add(name, func, help_):
+    def add(name, func, help_, host=False):
+        help_ = f"(host) {help_}" if host else help_
         s = sub.add_parser(name, help=help_, description=help_)
         s.add_argument("--json", action="store_true", help="print results as one JSON object (last stdout line)")
         s.set_defaults(func=func)
         return s
 
-    s = add("demo", cmd_demo, "the whole pipeline on the built-in MNIST set: train, export, quantise, run int8")
+    s = add("demo", cmd_demo, "the whole pipeline on the built-in MNIST set: train, export, quantise, run int8",
+            host=True)
     s.add_argument("--workdir", default="edgetrain-demo", help="where the model files go (default: %(default)s)")
     s.add_argument("--epochs", type=int, default=5, help="host training epochs (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0)
 
-    s = add("export", cmd_export, "torch module (zoo name or package.module:callable) → ONNX, checked with onnxruntime")
+    s = add("export", cmd_export,
+            "torch module (zoo name or package.module:callable) → ONNX, checked with onnxruntime", host=True)
     s.add_argument("source")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--opset", type=int, default=17)
@@ -265,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch check")
     s.add_argument("--check-mnist", action="store_true", help="also check on 64 MNIST test images")
 
-    s = add("quantize", cmd_quantize, "static int8 post-training quantisation with a calibration set")
+    s = add("quantize", cmd_quantize, "static int8 post-training quantisation with a calibration set", host=True)
     s.add_argument("model")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--calib", required=True, help=f"an .npz with x, or a built-in set {datasets.BUILTIN}")
@@ -328,7 +344,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--witness", required=True, help="the witness .npz from `edgetrain unlearn`")
     s.add_argument("-o", "--output", required=True, help="the proof file; public inputs and key go beside it")
     s.add_argument("--blocks-per-proof", type=int,
-                   help="blocks per chunk proof (default: as many as 2^15 rows hold, 637 of 8 weights)")
+                   help="blocks per chunk proof (default: as many as one proof of the default circuit size "
+                        "holds for the witness's block size, found at run time and reported as blocks_per_proof)")
     s.add_argument("--params-cache", help="directory caching the IPA parameters between runs")
 
     s = add("verify", cmd_verify, "provider: check an unlearning proof against the mask; exit 0 iff it verifies")
@@ -344,10 +361,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         result = args.func(args)
-    except (ValueError, TypeError, FileNotFoundError, NotImplementedError, ImportError) as e:
-        _log(f"edgetrain {args.command}: error: {e}")
+    except (ValueError, TypeError, OSError, NotImplementedError, ImportError, ProverError) as e:
+        message = " ".join(str(e).split())  # one line, whatever the exception held
+        _log(f"edgetrain {args.command}: error: {message}")
         if args.json:
-            print(json.dumps({"ok": False, "error": str(e)}))
+            print(json.dumps({"ok": False, "error": message}))
         return 2
     result = {"ok": True, **result}  # a command reports a negative outcome (verify) with ok False: exit 1
     if not result["ok"]:

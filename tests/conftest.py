@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgetrain import datasets
+from edgetrain.export import datasets
 
 DATA = Path(__file__).resolve().parent / "data"
 

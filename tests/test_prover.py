@@ -1,5 +1,7 @@
 """ZK-APEX unlearning: the math against numpy references, the fixed-point step
 against the crate's witness, and real proofs (small shapes) for the provider."""
+import re
+
 import edgetrain_zk as zk  # the binding: the README's setup installs it (pip install ./rust)
 import numpy as np
 import pytest
@@ -117,6 +119,42 @@ def _witness(seed, mask_seed=None, name="fc.weight"):
     return LayerWitness(name, (2 * B,), B, 16, w_int, a_int, keep, w_new)
 
 
+def test_witness_file_round_trips_exactly(tmp_path):
+    first = _witness(0)
+    second = LayerWitness("fc2.weight", (3, 5), B, 24, first.w[:, ::-1].copy(), first.a, ~first.keep, first.w)
+    LayerWitness.save(tmp_path / "wit", [first, second])  # exactly this path, no .npz appended
+    loaded = LayerWitness.load(tmp_path / "wit")
+    assert len(loaded) == 2
+    for want, got in zip((first, second), loaded):
+        assert (got.name, got.shape, got.block, got.scale_bits) == (want.name, want.shape, want.block, want.scale_bits)
+        for field in ("w", "a", "keep", "w_new"):
+            assert getattr(got, field).dtype == getattr(want, field).dtype, field
+            assert np.array_equal(getattr(got, field), getattr(want, field)), field
+
+
+def test_witness_file_rejects_truncated_foreign_and_inconsistent_files(tmp_path):
+    path = tmp_path / "wit.npz"
+    LayerWitness.save(path, [_witness(0)])
+    arrays = dict(np.load(path))
+
+    def variant(name, **change):
+        out = tmp_path / name
+        np.savez(out, **{k: v for k, v in {**arrays, **change}.items() if v is not None})
+        return out
+    (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
+    cases = [(tmp_path / "cut.npz", "is not a readable .npz file"),
+             (variant("data.npz", format=None, version=None, x=np.zeros(3)), "lacks the array 'format'"),
+             (variant("other.npz", format=np.array("mask")), "format 'mask', expected 'edgetrain-witness'"),
+             (variant("v2.npz", version=np.array(2)), "format version 2, this build reads 1"),
+             (variant("no_a.npz", a0=None), r"lacks the array 'a0' \(layer 0\)"),
+             (variant("short.npz", w0=arrays["w0"][:1]), r"w0 has shape \(1, 8\); layer 'fc.weight' of shape \(16,\)"),
+             (variant("float.npz", keep0=arrays["keep0"].astype(float)),
+              "'keep0' is a 2-d float64 array, expected 2-d bool")]
+    for bad, match in cases:
+        with pytest.raises(ValueError, match=f"witness file '{re.escape(str(bad))}'.*{match}"):
+            LayerWitness.load(bad)
+
+
 @pytest.fixture(scope="module")
 def honest():
     wit = _witness(0)
@@ -228,6 +266,24 @@ def test_another_mask_cannot_verify(honest):
     proof2 = prover.prove([other], blocks_per_proof=1)
     assert not edgetrain.verify_proof(proof2["proof"], proof2["public_inputs"], proof2["verifying_key"],
                                       mask={wit.name: ~wit.keep.reshape(-1)})
+
+
+def test_a_proof_short_of_the_mask_does_not_verify_against_it(honest):
+    """prove(max_blocks=1) covers block 0 of two; the mask has 2 weights removed in each."""
+    wit, _ = honest
+    out = prover.prove([wit], blocks_per_proof=1, max_blocks=1)
+    removed = ~wit.keep.reshape(-1)
+    within = removed & (np.arange(removed.size) < B)
+    args = out["proof"], out["public_inputs"], out["verifying_key"]
+    assert out["weights"] == B and within.sum() == 2 and removed.sum() == 4
+    assert edgetrain.verify_proof(*args, mask={wit.name: within})
+    assert prover.uncovered(out["public_inputs"], {wit.name: removed}) == {wit.name: 2}
+    assert not edgetrain.verify_proof(*args, mask={wit.name: removed})
+    # a masked weight in a layer the proof has no segment for
+    other = {wit.name: within, "fc2.weight": np.eye(3, dtype=bool)}
+    assert prover.uncovered(out["public_inputs"], other) == {"fc2.weight": 3}
+    assert not edgetrain.verify_proof(*args, mask=other)
+    assert edgetrain.verify_proof(*args, mask={**other, "fc2.weight": np.zeros((3, 3), bool)})
 
 
 def test_proofs_for_another_model_or_key_do_not_verify(honest):

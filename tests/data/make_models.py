@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from edgetrain import datasets
+from edgetrain.export import datasets
 from edgetrain.export import build, export_onnx, quantize
 from edgetrain.export.train_torch import train
 

