@@ -71,6 +71,21 @@ def _round_shift_inplace(v: np.ndarray, bits: np.ndarray) -> np.ndarray:
     return v
 
 
+def divide_round_half_even(num: np.ndarray, den: np.ndarray, add: int = 0) -> np.ndarray:
+    """``num / den + add`` rounded to nearest, ties to even (int64 in and out, ``den > 0``,
+    ``add`` an integer: it moves which results are even, so ties can go either way).
+
+    The rounding of ``rint`` applied to the exact quotient: floor division, then up
+    when the remainder is over half, or exactly half with an odd result. ``2·den``
+    must fit int64.
+    """
+    q, r = np.divmod(np.asarray(num, dtype=np.int64), np.asarray(den, dtype=np.int64))
+    q += add
+    twice = 2 * r
+    q += (twice > den) | ((twice == den) & (q % 2 == 1))
+    return q
+
+
 def multiply_by_quantized_multiplier(x: np.ndarray, multiplier_q31: np.ndarray,
                                      shift: np.ndarray) -> np.ndarray:
     """``round(x · multiplier_q31 · 2^(shift − 31))`` for int32 ``x``, in int64 arithmetic.

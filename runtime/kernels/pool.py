@@ -97,11 +97,18 @@ class GlobalAveragePool(Kernel):
         return [np.broadcast_to(gy / int(np.prod(x.shape[2:])), x.shape).copy()]
 
 
-class _IntegerMean(Kernel):
-    """Integer mean: Σ(x − zx) times ``s_x / (s_y · count)`` as a Q31 multiplier.
+# the most values one integer mean may average (Σ·mult and count·2^bits stay in int64)
+_MAX_COUNT = 1 << 22
 
-    Multipliers depend on the window count, known only from the input shape,
-    so they are derived once per distinct count and cached.
+
+class _IntegerMean(Kernel):
+    """Integer mean: ``Σ(x − zx) · M / count + zy`` with ``M = s_x/s_y`` as a Q31 multiplier,
+    divided once, exactly, and rounded half to even as onnxruntime's ``rint`` does.
+
+    Ties are common: onnxruntime's QDQ quantiser gives an AveragePool the input's
+    scale (M = 1), so a 2×2 mean lands on .5 for a quarter of the windows. Where
+    onnxruntime's float32 arithmetic is exact it breaks them to even; elsewhere
+    float noise decides (tests/test_runtime.py bounds the difference).
     """
     const_inputs = (1, 2, 3, 4)
     numeric = "int"
@@ -110,17 +117,20 @@ class _IntegerMean(Kernel):
         super().__init__(node, consts, **opts)
         self.xq = quant.QParams.from_consts(consts[1], consts[2], f"{node.name} x")
         self.yq = quant.QParams.from_consts(consts[3], consts[4], f"{node.name} y")
-        self._mults: dict[int, tuple[int, int]] = {}
+        self.mult, shift = quant.quantize_multiplier(float(self.xq.scale) / float(self.yq.scale))
+        # past 2^40 every |Σ·mult| / (count·2^bits) < 255·2^31 / 2^40 < 1/2 rounds to 0 anyway
+        self.bits = min(31 - shift, 40)
 
-    def multipliers(self, counts: np.ndarray):
-        for c in np.unique(counts):
-            if int(c) not in self._mults:
-                self._mults[int(c)] = quant.quantize_multiplier(
-                    float(self.xq.scale) / (float(self.yq.scale) * int(c)))
-        pairs = [self._mults[int(c)] for c in np.ravel(counts)]
-        shape = np.shape(counts)
-        return (np.array([p[0] for p in pairs], np.int64).reshape(shape),
-                np.array([p[1] for p in pairs], np.int64).reshape(shape))
+    def mean(self, sums: np.ndarray, counts, even_output: bool) -> np.ndarray:
+        """``even_output``: ties go to an even output (zy added before rounding, as
+        onnxruntime's QLinearAveragePool does) rather than to an even mean (its global pool)."""
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.max() >= _MAX_COUNT:
+            raise ValueError(f"node {self.node.name!r} ({self.node.op_type}): a window of "
+                             f"{int(counts.max())} values; at most {_MAX_COUNT - 1} are supported")
+        zp = self.yq.zp if even_output else 0
+        q = quant.divide_round_half_even(sums * self.mult, counts << self.bits, zp)
+        return quant.saturate(q + (self.yq.zp - zp), self.yq)
 
 
 @register("QLinearGlobalAveragePool")
@@ -128,8 +138,7 @@ class QLinearGlobalAveragePool(_IntegerMean):
     def run(self, x, x_scale, x_zp, y_scale, y_zp):
         _check_2d(self, x)
         sums = (x.astype(np.int64) - self.xq.zp).sum(axis=(2, 3), keepdims=True)
-        mult, shift = self.multipliers(np.array(x.shape[2] * x.shape[3]))
-        return quant.requantize(sums, mult, shift, self.yq)
+        return self.mean(sums, x.shape[2] * x.shape[3], even_output=False)
 
 
 @register("QLinearAveragePool")
@@ -137,5 +146,8 @@ class QLinearAveragePool(_IntegerMean):
     def run(self, x, x_scale, x_zp, y_scale, y_zp):
         _check_2d(self, x)
         sums, counts = _window_sums_and_counts(self, x.astype(np.int64) - self.xq.zp)
-        mult, shift = self.multipliers(counts)
-        return quant.requantize(sums, mult, shift, self.yq)
+        # onnxruntime runs a window over the whole unpadded input as its global pool
+        kernel = self.attr("kernel_shape")
+        pads = window_geometry(kernel, self.node.attrs, x.shape[2:], self.node.name)[2]
+        whole = list(x.shape[2:]) == list(kernel) and not any(pads)
+        return self.mean(sums, counts, even_output=not whole)
