@@ -142,13 +142,23 @@ def _save(proto, tmp_path, name="m.onnx"):
     return path
 
 
-rng = np.random.default_rng(0)
+def _normal(*shape):
+    return lambda rng: rng.standard_normal(shape).astype(np.float32)
+
+
+def _positive(n, offset):
+    return lambda rng: rng.random(n).astype(np.float32) + offset
+
+
+def _const(value):
+    return lambda rng: value
+
+
+# case → (op, attributes, weight makers: each gets the case's own generator)
 OP_CASES = {
     "conv-strided-dilated-grouped": ("Conv", dict(strides=[2, 1], dilations=[1, 2], pads=[1, 0, 2, 1], group=3),
-                                     [rng.standard_normal((6, 1, 3, 3)).astype(np.float32),
-                                      rng.standard_normal(6).astype(np.float32)]),
-    "conv-same-upper": ("Conv", dict(auto_pad="SAME_UPPER", strides=[2, 2]),
-                        [rng.standard_normal((4, 3, 2, 2)).astype(np.float32)]),
+                                     [_normal(6, 1, 3, 3), _normal(6)]),
+    "conv-same-upper": ("Conv", dict(auto_pad="SAME_UPPER", strides=[2, 2]), [_normal(4, 3, 2, 2)]),
     "maxpool-ceil": ("MaxPool", dict(kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1), []),
     "maxpool-pads": ("MaxPool", dict(kernel_shape=[2, 2], pads=[1, 1, 1, 1]), []),
     "avgpool-exclude-pad": ("AveragePool", dict(kernel_shape=[3, 3], pads=[1, 1, 1, 1], strides=[2, 2]), []),
@@ -156,29 +166,30 @@ OP_CASES = {
     "avgpool-ceil": ("AveragePool", dict(kernel_shape=[2, 2], strides=[2, 2], ceil_mode=1), []),
     "global-avgpool": ("GlobalAveragePool", {}, []),
     "batchnorm": ("BatchNormalization", dict(epsilon=1e-3),
-                  [rng.random(3).astype(np.float32) + 0.5, rng.standard_normal(3).astype(np.float32),
-                   rng.standard_normal(3).astype(np.float32), rng.random(3).astype(np.float32) + 0.1]),
+                  [_positive(3, 0.5), _normal(3), _normal(3), _positive(3, 0.1)]),
     "softmax": ("Softmax", dict(axis=1), []),
     "relu": ("Relu", {}, []),
-    "clip": ("Clip", {}, [np.float32(-0.5), np.float32(0.7)]),
+    "clip": ("Clip", {}, [_const(np.float32(-0.5)), _const(np.float32(0.7))]),
     "flatten": ("Flatten", dict(axis=2), []),
-    "reshape": ("Reshape", {}, [np.array([0, -1, 3], dtype=np.int64)]),
-    "add-broadcast": ("Add", {}, [rng.standard_normal((3, 1, 9)).astype(np.float32)]),
-    "matmul": ("MatMul", {}, [rng.standard_normal((9, 4)).astype(np.float32)]),
+    "reshape": ("Reshape", {}, [_const(np.array([0, -1, 3], dtype=np.int64))]),
+    "add-broadcast": ("Add", {}, [_normal(3, 1, 9)]),
+    "matmul": ("MatMul", {}, [_normal(9, 4)]),
 }
 
 
 @pytest.mark.parametrize("case", sorted(OP_CASES))
 def test_single_op_matches_onnxruntime(case, tmp_path):
-    op, attrs, weights = OP_CASES[case]
-    path = _save(single_op_model(op, attrs, weights=weights), tmp_path)
-    x = np.random.default_rng(2).standard_normal((2, 3, 9, 9)).astype(np.float32)
+    op, attrs, makers = OP_CASES[case]
+    rng = np.random.default_rng(0)
+    path = _save(single_op_model(op, attrs, weights=[make(rng) for make in makers]), tmp_path)
+    x = rng.standard_normal((2, 3, 9, 9)).astype(np.float32)
     ours, ref = edgetrain.load(path).run(x), ort_run(path, x)
     assert ours.shape == ref.shape
     assert rel_err(ours, ref) <= 1e-5
 
 
 def test_gemm_attributes_match_onnxruntime(tmp_path):
+    rng = np.random.default_rng(5)
     w = rng.standard_normal((5, 7)).astype(np.float32)
     c = rng.standard_normal(5).astype(np.float32)
     proto = single_op_model("Gemm", dict(transB=1, alpha=0.5, beta=2.0), in_shape=(4, 7), weights=[w, c])
@@ -187,7 +198,7 @@ def test_gemm_attributes_match_onnxruntime(tmp_path):
     assert rel_err(edgetrain.load(path).run(x), ort_run(path, x)) <= 1e-5
 
 
-def conv_bn_model():
+def conv_bn_model(rng):
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     b = rng.standard_normal(4).astype(np.float32)
     bn = [rng.random(4).astype(np.float32) + 0.5, rng.standard_normal(4).astype(np.float32),
@@ -202,7 +213,8 @@ def conv_bn_model():
 
 
 def test_batchnorm_after_conv_is_folded_and_exact(tmp_path):
-    path = _save(conv_bn_model(), tmp_path)
+    rng = np.random.default_rng(6)
+    path = _save(conv_bn_model(rng), tmp_path)
     model = edgetrain.load(path)
     assert model.op_counts() == {"Conv": 1}
     x = rng.standard_normal((3, 3, 9, 9)).astype(np.float32)
