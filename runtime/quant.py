@@ -212,11 +212,13 @@ class QParams:
     def from_consts(cls, scale: np.ndarray, zero_point: np.ndarray | None,
                     where: str) -> "QParams":
         scale = np.asarray(scale, dtype=np.float32)
+        scale = scale.reshape(()) if scale.size == 1 else scale  # a 1-element vector is per-tensor
         if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
             raise ValueError(f"{where}: scales must be finite and > 0, got {scale.ravel()[:8]}")
         if zero_point is None:  # ONNX default: uint8 zero-point 0
             zero_point = np.zeros((), dtype=np.uint8)
         zero_point = np.asarray(zero_point)
+        zero_point = zero_point.reshape(()) if zero_point.size == 1 else zero_point
         if zero_point.dtype not in (np.int8, np.uint8, np.int32):
             raise ValueError(f"{where}: zero-point dtype must be int8, uint8 or int32, "
                              f"got {zero_point.dtype}")
