@@ -4,10 +4,12 @@ from __future__ import annotations
 import numpy as np
 
 from . import Kernel, register
+from .declare import ANY_NUMBER, Float
 
 
 @register("Relu")
 class Relu(Kernel):
+    input_types = (ANY_NUMBER,)
     numeric = "any"
 
     def run(self, x):
@@ -20,6 +22,9 @@ class Relu(Kernel):
 @register("Clip")
 class Clip(Kernel):
     """Clip with optional ``min``/``max`` inputs (opset ≥ 11) or attributes (older)."""
+    inputs = (1, 3)
+    input_types = (ANY_NUMBER, ANY_NUMBER, ANY_NUMBER)
+    attributes = {"min": Float(), "max": Float()}
     numeric = "any"
 
     def run(self, x, lo=None, hi=None):

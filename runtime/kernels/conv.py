@@ -6,6 +6,7 @@ import numpy as np
 from .. import quant
 from . import Kernel, register
 from ._window import col2im_t, im2col_t, window_geometry
+from .declare import FLOAT, INT8, INT32, SCALE, WINDOW, Int
 
 
 # im2col columns are built for a block of images at a time, holding at most about this many
@@ -48,6 +49,10 @@ def _conv(x, w, attrs, where, product, cols_dtype, out_dtype):
 
 @register("Conv")
 class Conv(Kernel):
+    inputs = (2, 3)
+    input_types = (FLOAT, FLOAT, FLOAT)
+    input_ranks = {0: 4, 1: 4, 2: 1}
+    attributes = {**WINDOW, "group": Int(lo=1)}
     weight_input, bias_input = 1, 2
 
     def run(self, x, w, b=None):
@@ -86,7 +91,11 @@ class Conv(Kernel):
 @register("QLinearConv")
 class QLinearConv(Kernel):
     """y = requant(Σ (x − zx)(w − zw) + b) with ``M_c = s_x·s_w[c]/s_y`` in Q31 form."""
+    inputs = (8, 9)
     const_inputs = (1, 2, 4, 5, 6, 7)
+    input_types = (INT8, SCALE, INT8, INT8, SCALE, INT8, SCALE, INT8, INT32)
+    input_ranks = {0: 4, 3: 4, 8: 1}
+    attributes = Conv.attributes
     weight_input, bias_input, numeric = 3, 8, "int"
 
     def __init__(self, node, consts, **opts):

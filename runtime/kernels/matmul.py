@@ -5,10 +5,13 @@ import numpy as np
 
 from .. import quant
 from . import Kernel, register, sum_to_shape
+from .declare import FLOAT, INT8, INT32, SCALE, Float, OneOf
 
 
 @register("MatMul")
 class MatMul(Kernel):
+    inputs = (2, 2)
+    input_types = (FLOAT, FLOAT)
     weight_input, fully_connected = 1, True
 
     def run(self, a, b):
@@ -29,6 +32,10 @@ class MatMul(Kernel):
 @register("Gemm")
 class Gemm(Kernel):
     """y = alpha · A' · B' + beta · C, with A', B' optionally transposed."""
+    inputs = (2, 3)
+    input_types = (FLOAT, FLOAT, FLOAT)
+    input_ranks = {0: 2, 1: 2}
+    attributes = {"alpha": Float(), "beta": Float(), "transA": OneOf(0, 1), "transB": OneOf(0, 1)}
     weight_input, bias_input, fully_connected = 1, 2, True
 
     def run(self, a, b, c=None):
@@ -97,7 +104,9 @@ class _IntegerMatMul(Kernel):
 @register("QLinearMatMul")
 class QLinearMatMul(_IntegerMatMul):
     # a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp
+    inputs = (8, 8)
     const_inputs = (1, 2, 4, 5, 6, 7)
+    input_types = (INT8, SCALE, INT8, INT8, SCALE, INT8, SCALE, INT8)
     a_pos, b_pos, y_pos = 0, 3, 6
 
     def run(self, a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp):
@@ -107,7 +116,11 @@ class QLinearMatMul(_IntegerMatMul):
 @register("QGemm")
 class QGemm(_IntegerMatMul):
     # A, a_scale, a_zp, B, b_scale, b_zp, C (int32 bias), y_scale, y_zp
+    inputs = (8, 9)  # y_scale is required: the runtime keeps integer ops integer
     const_inputs = (1, 2, 4, 5, 7, 8)
+    input_types = (INT8, SCALE, INT8, INT8, SCALE, INT8, INT32, SCALE, INT8)
+    input_ranks = {0: 2, 3: 2}
+    attributes = {"alpha": Float(), "beta": OneOf(1.0), "transA": OneOf(0), "transB": OneOf(0, 1)}
     a_pos, b_pos, y_pos = 0, 3, 7
     bias_input = 6
 

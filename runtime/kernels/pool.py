@@ -6,6 +6,7 @@ import numpy as np
 from .. import quant
 from . import Kernel, register
 from ._window import window_geometry, window_reduce, window_scatter, window_slices
+from .declare import ANY_NUMBER, FLOAT, INT8, POOL, SCALE, OneOf
 
 
 def _lowest(dtype):
@@ -22,8 +23,11 @@ def _check_2d(kernel: Kernel, x):
 
 @register("MaxPool")
 class MaxPool(Kernel):
-    numeric = "any"
     """Max over each window; padding never wins (it is the dtype's lowest value)."""
+    input_types = (ANY_NUMBER,)
+    input_ranks = {0: 4}
+    attributes = {**POOL, "storage_order": OneOf(0)}
+    numeric = "any"
 
     def run(self, x):
         _check_2d(self, x)
@@ -73,6 +77,10 @@ def _window_sums_and_counts(k: Kernel, x):
 
 @register("AveragePool")
 class AveragePool(Kernel):
+    input_types = (FLOAT,)
+    input_ranks = {0: 4}
+    attributes = {**POOL, "count_include_pad": OneOf(0, 1)}
+
     def run(self, x):
         _check_2d(self, x)
         sums, counts = _window_sums_and_counts(self, x)
@@ -89,6 +97,8 @@ class AveragePool(Kernel):
 
 @register("GlobalAveragePool")
 class GlobalAveragePool(Kernel):
+    input_types = (FLOAT,)
+
     def run(self, x):
         return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=np.float32).astype(x.dtype)
 
@@ -110,7 +120,10 @@ class _IntegerMean(Kernel):
     onnxruntime's float32 arithmetic is exact it breaks them to even; elsewhere
     float noise decides (tests/test_runtime.py bounds the difference).
     """
+    inputs = (5, 5)
     const_inputs = (1, 2, 3, 4)
+    input_types = (INT8, SCALE, INT8, SCALE, INT8)
+    input_ranks = {0: 4}
     numeric = "int"
 
     def __init__(self, node, consts, **opts):
@@ -135,6 +148,8 @@ class _IntegerMean(Kernel):
 
 @register("QLinearGlobalAveragePool")
 class QLinearGlobalAveragePool(_IntegerMean):
+    attributes = {"channels_last": OneOf(0)}
+
     def run(self, x, x_scale, x_zp, y_scale, y_zp):
         _check_2d(self, x)
         sums = (x.astype(np.int64) - self.xq.zp).sum(axis=(2, 3), keepdims=True)
@@ -143,6 +158,8 @@ class QLinearGlobalAveragePool(_IntegerMean):
 
 @register("QLinearAveragePool")
 class QLinearAveragePool(_IntegerMean):
+    attributes = {**AveragePool.attributes, "channels_last": OneOf(0)}
+
     def run(self, x, x_scale, x_zp, y_scale, y_zp):
         _check_2d(self, x)
         sums, counts = _window_sums_and_counts(self, x.astype(np.int64) - self.xq.zp)

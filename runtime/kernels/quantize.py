@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from .. import quant
 from . import Kernel, register
+from .declare import FLOAT, INT8, INT32, SCALE, Int, OneOf
 
 
 class _Boundary(Kernel):
+    inputs = (2, 3)
     const_inputs = (1, 2)
+    attributes = {"axis": Int(), "block_size": OneOf(0)}  # blocked scales are not supported
     numeric = "boundary"
 
     def __init__(self, node, consts, **opts):
@@ -19,6 +22,9 @@ class _Boundary(Kernel):
 
 @register("QuantizeLinear")
 class QuantizeLinear(_Boundary):
+    input_types = (FLOAT, SCALE, INT8)
+    attributes = {**_Boundary.attributes, "saturate": OneOf(0, 1), "output_dtype": OneOf(0)}
+
     def run(self, x, scale, zp=None):
         axis = self.axis + x.ndim if self.axis < 0 else self.axis
         return quant.quantize_float(x, self.qp, axis)
@@ -26,6 +32,9 @@ class QuantizeLinear(_Boundary):
 
 @register("DequantizeLinear")
 class DequantizeLinear(_Boundary):
+    input_types = (INT8 + INT32, SCALE, INT8 + INT32)
+    attributes = {**_Boundary.attributes, "output_dtype": OneOf(0)}
+
     def run(self, x, scale, zp=None):
         axis = self.axis + x.ndim if self.axis < 0 else self.axis
         return quant.dequantize(x, self.qp, axis)

@@ -4,10 +4,13 @@ from __future__ import annotations
 import numpy as np
 
 from . import Kernel, register
+from .declare import ANY_NUMBER, INT64, Int, OneOf
 
 
 @register("Flatten")
 class Flatten(Kernel):
+    input_types = (ANY_NUMBER,)
+    attributes = {"axis": Int()}
     numeric = "any"
 
     def run(self, x):
@@ -22,6 +25,11 @@ class Flatten(Kernel):
 @register("Reshape")
 class Reshape(Kernel):
     """ONNX Reshape: 0 copies the input dimension (unless ``allowzero``), −1 is inferred."""
+    inputs = (2, 2)
+    const_inputs = (1,)  # the target shape is known at load
+    input_types = (ANY_NUMBER, INT64)
+    input_ranks = {1: 1}
+    attributes = {"allowzero": OneOf(0, 1)}
     numeric = "any"
 
     def run(self, x, shape):
