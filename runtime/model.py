@@ -1,7 +1,7 @@
 """Load an ONNX file into a runnable graph of kernels.
 
 Loading validates everything it can once (ops, wiring, every node against its
-kernel's declaration with the types and ranks ONNX shape inference finds,
+kernel's declaration with the types and shapes ONNX shape inference finds,
 initializers, quantisation parameters), rewrites the graph into the form the kernels run (constants
 inlined, BatchNormalization folded into Conv, QDQ patterns folded into integer
 ops), and binds one kernel per node. Running then only checks the input.
@@ -62,7 +62,9 @@ class Model:
         self.nodes = nodes
         self.kernels = []
         for node in nodes:
-            consts = [self.params.get(name) if name else None for name in node.inputs]
+            # absent optional inputs (dropped or trailing) are None up to the kernel's most
+            kernel_inputs = node.inputs + [""] * (KERNELS[node.op_type].inputs[1] - len(node.inputs))
+            consts = [self.params.get(name) if name else None for name in kernel_inputs]
             try:
                 self.kernels.append(KERNELS[node.op_type](node, consts, exact_float=exact_float,
                                                           opset=self.opset))
@@ -186,7 +188,7 @@ def _check_ops(nodes, source):
 
 
 def _check_declarations(proto, nodes, params, source):
-    """Every node against its kernel's declaration, with the element types and ranks
+    """Every node against its kernel's declaration, with the element types and shapes
     that ONNX's strict shape inference finds (it also checks each standard op's
     shape rules; com.microsoft ops and what follows them stay unknown to it)."""
     try:
@@ -194,7 +196,7 @@ def _check_declarations(proto, nodes, params, source):
     except Exception as e:  # InferenceError, or the checker's errors on a broken graph
         raise ModelFormatError(f"{source}: shape inference failed: {e}") from None
     dtypes = {name: v.dtype for name, v in params.items()}
-    ranks = {name: v.ndim for name, v in params.items()}
+    shapes = {name: v.shape for name, v in params.items()}
     g = inferred.graph
     for info in [*g.input, *g.value_info, *g.output]:
         t = info.type.tensor_type
@@ -204,10 +206,10 @@ def _check_declarations(proto, nodes, params, source):
             # a type the runtime has no array for keeps its ONNX name (no kernel accepts it)
             dtypes[info.name] = _ONNX_DTYPES.get(t.elem_type) or onnx.TensorProto.DataType.Name(t.elem_type)
         if t.HasField("shape"):
-            ranks[info.name] = len(t.shape.dim)
+            shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
     for n in nodes:
         try:
-            check_node(KERNELS[n.op_type], n, dtypes, ranks, params)
+            check_node(KERNELS[n.op_type], n, dtypes, shapes, params)
         except ValueError as e:
             raise ModelFormatError(f"{source}: {e}") from None
 

@@ -213,6 +213,8 @@ class QParams:
                     where: str) -> "QParams":
         scale = np.asarray(scale, dtype=np.float32)
         scale = scale.reshape(()) if scale.size == 1 else scale  # a 1-element vector is per-tensor
+        if scale.size == 0 or (zero_point is not None and np.size(zero_point) == 0):
+            raise ValueError(f"{where}: empty scale or zero-point")
         if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
             raise ValueError(f"{where}: scales must be finite and > 0, got {scale.ravel()[:8]}")
         if zero_point is None:  # ONNX default: uint8 zero-point 0

@@ -40,8 +40,14 @@ class Kernel:
     input_types: tuple = ()
     #: input position → the number of dimensions the kernel handles
     input_ranks: dict[int, int] = {}
+    #: input position → ``declare.Size`` of a parameter input (scalars, per-channel vectors)
+    input_sizes: dict = {}
     #: every attribute the kernel reads, name → ``declare.Attr``; others are refused
     attributes: dict = {}
+
+    @classmethod
+    def check_constants(cls, node: Node, consts: list, shapes: list) -> None:
+        """Load-time check of constant inputs' values beyond their declaration (ValueError)."""
 
     #: input positions whose values must be initializers (quantisation params, say)
     const_inputs: tuple[int, ...] = ()

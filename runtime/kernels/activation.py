@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import Kernel, register
-from .declare import ANY_NUMBER, Float
+from .declare import ANY_NUMBER, Float, Size
 
 
 @register("Relu")
@@ -24,6 +24,7 @@ class Clip(Kernel):
     """Clip with optional ``min``/``max`` inputs (opset ≥ 11) or attributes (older)."""
     inputs = (1, 3)
     input_types = (ANY_NUMBER, ANY_NUMBER, ANY_NUMBER)
+    input_sizes = {1: Size(), 2: Size()}  # the bounds are scalars
     attributes = {"min": Float(), "max": Float()}
     numeric = "any"
 

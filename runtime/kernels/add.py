@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import quant
 from . import Kernel, register, sum_to_shape
-from .declare import ANY_NUMBER, INT8, SCALE
+from .declare import ANY_NUMBER, INT8, SCALE, Size
 
 
 @register("Add")
@@ -26,6 +26,7 @@ class QLinearAdd(Kernel):
     ``s_a/s_c`` and ``s_b/s_c`` become Q31 mantissas over a shared exponent."""
     inputs = (8, 8)
     input_types = (INT8, SCALE, INT8, INT8, SCALE, INT8, SCALE, INT8)
+    input_sizes = dict.fromkeys((1, 2, 4, 5, 6, 7), Size())
     numeric = "int"
     const_inputs = (1, 2, 4, 5, 6, 7)
 

@@ -6,7 +6,7 @@ import numpy as np
 from .. import quant
 from . import Kernel, register
 from ._window import window_geometry, window_reduce, window_scatter, window_slices
-from .declare import ANY_NUMBER, FLOAT, INT8, POOL, SCALE, OneOf
+from .declare import ANY_NUMBER, FLOAT, INT8, POOL, SCALE, OneOf, Size
 
 
 def _lowest(dtype):
@@ -124,6 +124,7 @@ class _IntegerMean(Kernel):
     const_inputs = (1, 2, 3, 4)
     input_types = (INT8, SCALE, INT8, SCALE, INT8)
     input_ranks = {0: 4}
+    input_sizes = dict.fromkeys((1, 2, 3, 4), Size())
     numeric = "int"
 
     def __init__(self, node, consts, **opts):

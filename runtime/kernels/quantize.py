@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from .. import quant
 from . import Kernel, register
-from .declare import FLOAT, INT8, INT32, SCALE, Int, OneOf
+from .declare import FLOAT, INT8, INT32, SCALE, Axis, OneOf, Size
 
 
 class _Boundary(Kernel):
     inputs = (2, 3)
     const_inputs = (1, 2)
-    attributes = {"axis": Int(), "block_size": OneOf(0)}  # blocked scales are not supported
+    input_sizes = {1: Size(of=0, axis="axis"), 2: Size(of=0, axis="axis")}  # per tensor or per axis
+    attributes = {"axis": Axis(0), "block_size": OneOf(0)}  # blocked scales are not supported
     numeric = "boundary"
 
     def __init__(self, node, consts, **opts):

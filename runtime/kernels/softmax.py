@@ -5,7 +5,7 @@ import numpy as np
 
 from .. import quant
 from . import Kernel, register
-from .declare import FLOAT, INT8, SCALE, Int
+from .declare import FLOAT, INT8, SCALE, Axis, Int, Size
 
 # exp table entries carry this many fractional bits.
 _EXP_BITS = 20
@@ -25,7 +25,7 @@ def _softmax_axes(k: Kernel, x):
 @register("Softmax")
 class Softmax(Kernel):
     input_types = (FLOAT,)
-    attributes = {"axis": Int()}
+    attributes = {"axis": Axis(0)}
 
     def run(self, x):
         v, restore = _softmax_axes(self, x)
@@ -46,7 +46,8 @@ class QLinearSoftmax(Kernel):
     inputs = (5, 5)
     const_inputs = (1, 2, 3, 4)
     input_types = (INT8, SCALE, INT8, SCALE, INT8)
-    attributes = {"axis": Int(), "opset": Int()}
+    input_sizes = dict.fromkeys((1, 2, 3, 4), Size())
+    attributes = {"axis": Axis(0), "opset": Int(lo=1)}  # the float graph's opset: axis rules
     numeric = "int"
 
     def __init__(self, node, consts, **opts):
