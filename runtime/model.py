@@ -1,7 +1,8 @@
 """Load an ONNX file into a runnable graph of kernels.
 
-Loading validates everything it can once (ops, initializers, quantisation
-parameters), rewrites the graph into the form the kernels run (constants
+Loading validates everything it can once (ops, wiring, every node against its
+kernel's declaration with the types and shapes ONNX shape inference finds,
+initializers, quantisation parameters), rewrites the graph into the form the kernels run (constants
 inlined, BatchNormalization folded into Conv, QDQ patterns folded into integer
 ops), and binds one kernel per node. Running then only checks the input.
 """
@@ -19,6 +20,7 @@ from .errors import ModelFormatError
 from .graph_rewrite import fold_batchnorm, fold_qdq, prune_dead
 from .int_loss import IntCrossEntropy
 from .kernels import KERNELS, Node, supported_ops
+from .kernels.declare import check_node
 
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT8: np.int8,
                 onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT64: np.int64,
@@ -61,6 +63,7 @@ class Model:
         if not self.inputs or not self.output_names:
             raise ModelFormatError(f"{source}: the graph needs at least one input and one output")
         _check_wiring(nodes, {n for n, _, _ in self.inputs} | set(self.params), self.output_names, source)
+        _check_declarations(proto, nodes, self.params, source)
 
         nodes = fold_batchnorm(nodes, self.params, self.output_names)
         nodes = fold_qdq(nodes, self.params, self.output_names)
@@ -70,7 +73,9 @@ class Model:
         self.nodes = nodes
         self.kernels = []
         for node in nodes:
-            consts = [self.params.get(name) if name else None for name in node.inputs]
+            # absent optional inputs (dropped or trailing) are None up to the kernel's most
+            kernel_inputs = node.inputs + [""] * (KERNELS[node.op_type].inputs[1] - len(node.inputs))
+            consts = [self.params.get(name) if name else None for name in kernel_inputs]
             try:
                 self.kernels.append(KERNELS[node.op_type](node, consts, float_gemm=float_gemm,
                                                           opset=self.opset))
@@ -231,6 +236,33 @@ def _check_ops(nodes, source):
     if bad:
         raise ModelFormatError(f"{source}: unsupported op(s): {', '.join(bad)}. "
                                f"Supported: {', '.join(supported_ops())}")
+
+
+def _check_declarations(proto, nodes, params, source):
+    """Every node against its kernel's declaration, with the element types and shapes
+    that ONNX's strict shape inference finds (it also checks each standard op's
+    shape rules; com.microsoft ops and what follows them stay unknown to it)."""
+    try:
+        inferred = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=True, data_prop=True)
+    except Exception as e:  # InferenceError, or the checker's errors on a broken graph
+        raise ModelFormatError(f"{source}: shape inference failed: {e}") from None
+    dtypes = {name: v.dtype for name, v in params.items()}
+    shapes = {name: v.shape for name, v in params.items()}
+    g = inferred.graph
+    for info in [*g.input, *g.value_info, *g.output]:
+        t = info.type.tensor_type
+        if info.name in params or not info.type.HasField("tensor_type"):
+            continue
+        if t.elem_type:
+            # a type the runtime has no array for keeps its ONNX name (no kernel accepts it)
+            dtypes[info.name] = _ONNX_DTYPES.get(t.elem_type) or onnx.TensorProto.DataType.Name(t.elem_type)
+        if t.HasField("shape"):
+            shapes[info.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in t.shape.dim)
+    for n in nodes:
+        try:
+            check_node(KERNELS[n.op_type], n, dtypes, shapes, params)
+        except ValueError as e:
+            raise ModelFormatError(f"{source}: {e}") from None
 
 
 def _check_wiring(nodes, available, outputs, source):

@@ -78,6 +78,21 @@ def _round_shift_inplace(v: np.ndarray, bits: np.ndarray) -> np.ndarray:
     return v
 
 
+def divide_round_half_even(num: np.ndarray, den: np.ndarray, add: int = 0) -> np.ndarray:
+    """``num / den + add`` rounded to nearest, ties to even (int64 in and out, ``den > 0``,
+    ``add`` an integer: it moves which results are even, so ties can go either way).
+
+    The rounding of ``rint`` applied to the exact quotient: floor division, then up
+    when the remainder is over half, or exactly half with an odd result. ``2·den``
+    must fit int64.
+    """
+    q, r = np.divmod(np.asarray(num, dtype=np.int64), np.asarray(den, dtype=np.int64))
+    q += add
+    twice = 2 * r
+    q += (twice > den) | ((twice == den) & (q % 2 == 1))
+    return q
+
+
 def multiply_by_quantized_multiplier(x: np.ndarray, multiplier_q31: np.ndarray,
                                      shift: np.ndarray) -> np.ndarray:
     """``round(x · multiplier_q31 · 2^(shift − 31))`` for int32 ``x``, in int64 arithmetic.
@@ -210,11 +225,15 @@ class QParams:
     def from_consts(cls, scale: np.ndarray, zero_point: np.ndarray | None,
                     where: str) -> "QParams":
         scale = np.asarray(scale, dtype=np.float32)
+        scale = scale.reshape(()) if scale.size == 1 else scale  # a 1-element vector is per-tensor
+        if scale.size == 0 or (zero_point is not None and np.size(zero_point) == 0):
+            raise ValueError(f"{where}: empty scale or zero-point")
         if not np.all(np.isfinite(scale)) or np.any(scale <= 0):
             raise ValueError(f"{where}: scales must be finite and > 0, got {scale.ravel()[:8]}")
         if zero_point is None:  # ONNX default: uint8 zero-point 0
             zero_point = np.zeros((), dtype=np.uint8)
         zero_point = np.asarray(zero_point)
+        zero_point = zero_point.reshape(()) if zero_point.size == 1 else zero_point
         if zero_point.dtype not in (np.int8, np.uint8, np.int32):
             raise ValueError(f"{where}: zero-point dtype must be int8, uint8 or int32, "
                              f"got {zero_point.dtype}")

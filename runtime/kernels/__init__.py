@@ -29,9 +29,25 @@ class Node:
 class Kernel:
     """Base class: keeps the node; subclasses implement ``run``.
 
-    The class attributes declare what the op is, so that the trainer, the prover,
-    the memory model and the loader ask the kernel instead of keeping op tables.
+    The class attributes declare what the op is and what it takes, so that the
+    trainer, the prover, the memory model and the loader ask the kernel instead of
+    keeping op tables; the loader holds every node to them (``declare.check_node``).
     """
+
+    #: (fewest, most) inputs; trailing optional inputs may be absent
+    inputs: tuple[int, int] = (1, 1)
+    #: allowed element types per input position (a ``declare`` group; None: any)
+    input_types: tuple = ()
+    #: input position → the number of dimensions the kernel handles
+    input_ranks: dict[int, int] = {}
+    #: input position → ``declare.Size`` of a parameter input (scalars, per-channel vectors)
+    input_sizes: dict = {}
+    #: every attribute the kernel reads, name → ``declare.Attr``; others are refused
+    attributes: dict = {}
+
+    @classmethod
+    def check_constants(cls, node: Node, consts: list, shapes: list) -> None:
+        """Load-time check of constant inputs' values beyond their declaration (ValueError)."""
 
     #: input positions whose values must be initializers (quantisation params, say)
     const_inputs: tuple[int, ...] = ()
@@ -52,10 +68,6 @@ class Kernel:
         self.node = node
         self.float_gemm = float_gemm  # int GEMMs through exact float BLAS (see quant.int_matmul)
         self.opset = opset  # of the node's domain; a few ops changed meaning across opsets
-        for i in self.const_inputs:
-            if i < len(consts) and node.inputs[i] and consts[i] is None:
-                raise ValueError(f"node {node.name!r} ({node.op_type}): input {i} "
-                                 f"({node.inputs[i]!r}) must be an initializer")
 
     def run(self, *inputs: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError

@@ -4,10 +4,12 @@ from __future__ import annotations
 import numpy as np
 
 from . import IntGrad, Kernel, register
+from .declare import ANY_NUMBER, Float, Size
 
 
 @register("Relu")
 class Relu(Kernel):
+    input_types = (ANY_NUMBER,)
     numeric = "any"
 
     def workspace(self, shapes, dtypes, out_bytes):
@@ -23,6 +25,10 @@ class Relu(Kernel):
 @register("Clip")
 class Clip(Kernel):
     """Clip with optional ``min``/``max`` inputs (opset ≥ 11) or attributes (older)."""
+    inputs = (1, 3)
+    input_types = (ANY_NUMBER, ANY_NUMBER, ANY_NUMBER)
+    input_sizes = {1: Size(), 2: Size()}  # the bounds are scalars
+    attributes = {"min": Float(), "max": Float()}
     numeric = "any"
     workspace = Relu.workspace
 

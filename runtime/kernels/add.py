@@ -5,10 +5,14 @@ import numpy as np
 
 from .. import quant
 from . import Kernel, _size, register, sum_to_shape
+from .declare import ANY_NUMBER, INT8, SCALE, Size
 
 
 @register("Add")
 class Add(Kernel):
+    inputs = (2, 2)
+    input_types = (ANY_NUMBER, ANY_NUMBER)
+
     def run(self, a, b):
         return a + b
 
@@ -20,6 +24,9 @@ class Add(Kernel):
 class QLinearAdd(Kernel):
     """c = (s_a(a − za) + s_b(b − zb)) / s_c + zc, in integers with one rounding:
     ``s_a/s_c`` and ``s_b/s_c`` become Q31 mantissas over a shared exponent."""
+    inputs = (8, 8)
+    input_types = (INT8, SCALE, INT8, INT8, SCALE, INT8, SCALE, INT8)
+    input_sizes = dict.fromkeys((1, 2, 4, 5, 6, 7), Size())
     numeric = "int"
     const_inputs = (1, 2, 4, 5, 6, 7)
 

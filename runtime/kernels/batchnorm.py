@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from . import Kernel, register
+from .declare import FLOAT, Float, OneOf, Size
 
 
 def batchnorm_affine(scale, bias, mean, var, epsilon):
@@ -15,6 +16,11 @@ def batchnorm_affine(scale, bias, mean, var, epsilon):
 
 @register("BatchNormalization")
 class BatchNormalization(Kernel):
+    inputs = (5, 5)
+    input_types = (FLOAT,) * 5
+    input_sizes = dict.fromkeys((1, 2, 3, 4), Size(of=0, axis=1, one_ok=False))  # one per channel
+    attributes = {"epsilon": Float(lo=0), "momentum": Float(), "training_mode": OneOf(0)}
+
     def run(self, x, scale, bias, mean, var):
         if self.attr("training_mode", 0):
             raise ValueError(f"node {self.node.name!r}: training_mode=1 BatchNormalization "

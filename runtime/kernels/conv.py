@@ -6,6 +6,7 @@ import numpy as np
 from .. import quant
 from . import Kernel, _size, register
 from ._window import col2im_t, im2col_t, window_geometry
+from .declare import FLOAT, INT8, INT32, SCALE, WINDOW, Int, Size
 
 
 # im2col columns are built for a block of images at a time, holding at most about this many
@@ -74,7 +75,21 @@ def _conv_workspace(kernel: Kernel, shapes, integer: bool) -> int:
 
 @register("Conv")
 class Conv(Kernel):
+    inputs = (2, 3)
+    input_types = (FLOAT, FLOAT, FLOAT)
+    input_ranks = {0: 4, 1: 4, 2: 1}
+    input_sizes = {2: Size(of=1, one_ok=False)}  # a bias per output channel
+    attributes = {**WINDOW, "group": Int(lo=1)}
     weight_input, bias_input = 1, 2
+
+    @classmethod
+    def check_constants(cls, node, consts, shapes):
+        """Groups split both the input channels (C = group·Cg) and the output channels."""
+        x, w, group = shapes[0], shapes[cls.weight_input], node.attrs.get("group", 1)
+        if x is not None and w is not None and len(x) == len(w) == 4 and x[1] is not None \
+                and (x[1] != w[1] * group or w[0] % group):
+            raise ValueError(f"node {node.name!r} ({node.op_type}): attribute 'group' is {group}, which does "
+                             f"not split input channels {x[1]} and weight {list(w)}")
 
     def run(self, x, w, b=None):
         mg = w.shape[0] // self.attr("group", 1)
@@ -122,7 +137,13 @@ class Conv(Kernel):
 @register("QLinearConv")
 class QLinearConv(Kernel):
     """y = requant(Σ (x − zx)(w − zw) + b) with ``M_c = s_x·s_w[c]/s_y`` in Q31 form."""
+    inputs = (8, 9)
     const_inputs = (1, 2, 4, 5, 6, 7)
+    input_types = (INT8, SCALE, INT8, INT8, SCALE, INT8, SCALE, INT8, INT32)
+    input_ranks = {0: 4, 3: 4, 8: 1}
+    input_sizes = {**dict.fromkeys((1, 2, 6, 7), Size()), 4: Size(of=3), 5: Size(of=3), 8: Size(of=3, one_ok=False)}
+    attributes = Conv.attributes
+    check_constants = classmethod(Conv.check_constants.__func__)  # the same group rule
     weight_input, bias_input, numeric = 3, 8, "int"
 
     def __init__(self, node, consts, **opts):

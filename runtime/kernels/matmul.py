@@ -5,10 +5,13 @@ import numpy as np
 
 from .. import quant
 from . import IntGrad, Kernel, _size, register, sum_to_shape
+from .declare import FLOAT, INT8, INT32, SCALE, Float, OneOf, Size
 
 
 @register("MatMul")
 class MatMul(Kernel):
+    inputs = (2, 2)
+    input_types = (FLOAT, FLOAT)
     weight_input, fully_connected = 1, True
 
     def run(self, a, b):
@@ -35,7 +38,22 @@ class MatMul(Kernel):
 @register("Gemm")
 class Gemm(Kernel):
     """y = alpha · A' · B' + beta · C, with A', B' optionally transposed."""
+    inputs = (2, 3)
+    input_types = (FLOAT, FLOAT, FLOAT)
+    input_ranks = {0: 2, 1: 2}
+    input_sizes = {2: Size(of=1, axis=("transB", 1, 0), max_ndim=2)}  # C broadcasts over the rows
+    attributes = {"alpha": Float(), "beta": Float(), "transA": OneOf(0, 1), "transB": OneOf(0, 1)}
     weight_input, bias_input, fully_connected = 1, 2, True
+
+    @classmethod
+    def check_constants(cls, node, consts, shapes):
+        """A 2-D C has one row, or as many as A' (known only for a fixed batch)."""
+        a, c = shapes[0], shapes[2] if len(shapes) > 2 else None
+        if a is not None and c is not None and len(c) == 2 and c[0] != 1:
+            rows = a[1 if node.attrs.get("transA", 0) else 0]
+            if c[0] != rows:
+                raise ValueError(f"node {node.name!r} (Gemm): input 2 has shape {list(c)}, expected 1 or "
+                                 f"{'?' if rows is None else rows} row(s)")
 
     def run(self, a, b, c=None):
         a = a.T if self.attr("transA", 0) else a
@@ -141,7 +159,10 @@ class _IntegerMatMul(Kernel):
 @register("QLinearMatMul")
 class QLinearMatMul(_IntegerMatMul):
     # a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp
+    inputs = (8, 8)
     const_inputs = (1, 2, 4, 5, 6, 7)
+    input_types = (INT8, SCALE, INT8, INT8, SCALE, INT8, SCALE, INT8)
+    input_sizes = {**dict.fromkeys((1, 2, 6, 7), Size()), 4: Size(of=3, axis=-1), 5: Size(of=3, axis=-1)}
     a_pos, b_pos, y_pos = 0, 3, 6
 
     def run(self, a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp):
@@ -151,7 +172,13 @@ class QLinearMatMul(_IntegerMatMul):
 @register("QGemm")
 class QGemm(_IntegerMatMul):
     # A, a_scale, a_zp, B, b_scale, b_zp, C (int32 bias), y_scale, y_zp
+    inputs = (8, 9)  # y_scale is required: the runtime keeps integer ops integer
     const_inputs = (1, 2, 4, 5, 7, 8)
+    input_types = (INT8, SCALE, INT8, INT8, SCALE, INT8, INT32, SCALE, INT8)
+    input_ranks = {0: 2, 3: 2}
+    input_sizes = {**dict.fromkeys((1, 2, 7, 8), Size()), **dict.fromkeys((4, 5), Size(of=3, axis=("transB", 1, 0))),
+                   6: Size(of=3, axis=("transB", 1, 0), one_ok=False)}
+    attributes = {"alpha": Float(), "beta": OneOf(1.0), "transA": OneOf(0), "transB": OneOf(0, 1)}
     a_pos, b_pos, y_pos = 0, 3, 7
     bias_input = 6
 

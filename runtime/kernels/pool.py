@@ -6,6 +6,7 @@ import numpy as np
 from .. import quant
 from . import Kernel, _size, register
 from ._window import window_geometry, window_reduce, window_scatter, window_slices
+from .declare import ANY_NUMBER, FLOAT, INT8, POOL, SCALE, OneOf, Size
 
 
 def _lowest(dtype):
@@ -36,6 +37,9 @@ class _Pool(Kernel):
 @register("MaxPool")
 class MaxPool(_Pool):
     """Max over each window; padding never wins (it is the dtype's lowest value)."""
+    input_types = (ANY_NUMBER,)
+    input_ranks = {0: 4}
+    attributes = {**POOL, "storage_order": OneOf(0)}
     numeric = "any"
 
     def run(self, x):
@@ -86,6 +90,10 @@ def _window_sums_and_counts(k: Kernel, x):
 
 @register("AveragePool")
 class AveragePool(_Pool):
+    input_types = (FLOAT,)
+    input_ranks = {0: 4}
+    attributes = {**POOL, "count_include_pad": OneOf(0, 1)}
+
     def run(self, x):
         _check_2d(self, x)
         sums, counts = _window_sums_and_counts(self, x)
@@ -102,6 +110,8 @@ class AveragePool(_Pool):
 
 @register("GlobalAveragePool")
 class GlobalAveragePool(Kernel):
+    input_types = (FLOAT,)
+
     def run(self, x):
         return x.mean(axis=tuple(range(2, x.ndim)), keepdims=True, dtype=np.float32).astype(x.dtype)
 
@@ -110,48 +120,68 @@ class GlobalAveragePool(Kernel):
         return [np.broadcast_to(gy / int(np.prod(x.shape[2:])), x.shape).copy()]
 
 
-class _IntegerMean(Kernel):
-    """Integer mean: Σ(x − zx) times ``s_x / (s_y · count)`` as a Q31 multiplier.
+# the most values one integer mean may average (Σ·mult and count·2^bits stay in int64)
+_MAX_COUNT = 1 << 22
 
-    Multipliers depend on the window count, known only from the input shape,
-    so they are derived once per distinct count and cached.
+
+class _IntegerMean(Kernel):
+    """Integer mean: ``Σ(x − zx) · M / count + zy`` with ``M = s_x/s_y`` as a Q31 multiplier,
+    divided once, exactly, and rounded half to even as onnxruntime's ``rint`` does.
+
+    Ties are common: onnxruntime's QDQ quantiser gives an AveragePool the input's
+    scale (M = 1), so a 2×2 mean lands on .5 for a quarter of the windows. Where
+    onnxruntime's float32 arithmetic is exact it breaks them to even; elsewhere
+    float noise decides (tests/test_runtime.py bounds the difference).
     """
+    inputs = (5, 5)
     const_inputs = (1, 2, 3, 4)
+    input_types = (INT8, SCALE, INT8, SCALE, INT8)
+    input_ranks = {0: 4}
+    input_sizes = dict.fromkeys((1, 2, 3, 4), Size())
     numeric = "int"
 
     def __init__(self, node, consts, **opts):
         super().__init__(node, consts, **opts)
         self.xq = quant.QParams.from_consts(consts[1], consts[2], f"{node.name} x")
         self.yq = quant.QParams.from_consts(consts[3], consts[4], f"{node.name} y")
-        self._mults: dict[int, tuple[int, int]] = {}
+        self.mult, shift = quant.quantize_multiplier(float(self.xq.scale) / float(self.yq.scale))
+        # past 2^40 every |Σ·mult| / (count·2^bits) < 255·2^31 / 2^40 < 1/2 rounds to 0 anyway
+        self.bits = min(31 - shift, 40)
 
     def workspace(self, shapes, dtypes, out_bytes):
         return 24 * _size(shapes[self.node.inputs[0]])  # int64 sums and their requantisation
 
-    def multipliers(self, counts: np.ndarray):
-        for c in np.unique(counts):
-            if int(c) not in self._mults:
-                self._mults[int(c)] = quant.quantize_multiplier(
-                    float(self.xq.scale) / (float(self.yq.scale) * int(c)))
-        pairs = [self._mults[int(c)] for c in np.ravel(counts)]
-        shape = np.shape(counts)
-        return (np.array([p[0] for p in pairs], np.int64).reshape(shape),
-                np.array([p[1] for p in pairs], np.int64).reshape(shape))
+    def mean(self, sums: np.ndarray, counts, even_output: bool) -> np.ndarray:
+        """``even_output``: ties go to an even output (zy added before rounding, as
+        onnxruntime's QLinearAveragePool does) rather than to an even mean (its global pool)."""
+        counts = np.asarray(counts, dtype=np.int64)
+        if counts.max() >= _MAX_COUNT:
+            raise ValueError(f"node {self.node.name!r} ({self.node.op_type}): a window of "
+                             f"{int(counts.max())} values; at most {_MAX_COUNT - 1} are supported")
+        zp = self.yq.zp if even_output else 0
+        q = quant.divide_round_half_even(sums * self.mult, counts << self.bits, zp)
+        return quant.saturate(q + (self.yq.zp - zp), self.yq)
 
 
 @register("QLinearGlobalAveragePool")
 class QLinearGlobalAveragePool(_IntegerMean):
+    attributes = {"channels_last": OneOf(0)}
+
     def run(self, x, x_scale, x_zp, y_scale, y_zp):
         _check_2d(self, x)
         sums = (x.astype(np.int64) - self.xq.zp).sum(axis=(2, 3), keepdims=True)
-        mult, shift = self.multipliers(np.array(x.shape[2] * x.shape[3]))
-        return quant.requantize(sums, mult, shift, self.yq)
+        return self.mean(sums, x.shape[2] * x.shape[3], even_output=False)
 
 
 @register("QLinearAveragePool")
 class QLinearAveragePool(_IntegerMean):
+    attributes = {**AveragePool.attributes, "channels_last": OneOf(0)}
+
     def run(self, x, x_scale, x_zp, y_scale, y_zp):
         _check_2d(self, x)
         sums, counts = _window_sums_and_counts(self, x.astype(np.int64) - self.xq.zp)
-        mult, shift = self.multipliers(counts)
-        return quant.requantize(sums, mult, shift, self.yq)
+        # onnxruntime runs a window over the whole unpadded input as its global pool
+        kernel = self.attr("kernel_shape")
+        pads = window_geometry(kernel, self.node.attrs, x.shape[2:], self.node.name)[2]
+        whole = list(x.shape[2:]) == list(kernel) and not any(pads)
+        return self.mean(sums, counts, even_output=not whole)

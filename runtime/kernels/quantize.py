@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from .. import quant
 from . import Kernel, _size, register
+from .declare import FLOAT, INT8, INT32, SCALE, Axis, OneOf, Size
 
 
 class _Boundary(Kernel):
+    inputs = (2, 3)
     const_inputs = (1, 2)
+    input_sizes = {1: Size(of=0, axis="axis"), 2: Size(of=0, axis="axis")}  # per tensor or per axis
+    attributes = {"axis": Axis(0), "block_size": OneOf(0)}  # blocked scales are not supported
     numeric = "boundary"
 
     def __init__(self, node, consts, **opts):
@@ -19,6 +23,9 @@ class _Boundary(Kernel):
 
 @register("QuantizeLinear")
 class QuantizeLinear(_Boundary):
+    input_types = (FLOAT, SCALE, INT8)
+    attributes = {**_Boundary.attributes, "saturate": OneOf(0, 1), "output_dtype": OneOf(0)}
+
     def workspace(self, shapes, dtypes, out_bytes):
         return 4 * _size(shapes[self.node.inputs[0]])  # the float32 quotient
 
@@ -29,6 +36,9 @@ class QuantizeLinear(_Boundary):
 
 @register("DequantizeLinear")
 class DequantizeLinear(_Boundary):
+    input_types = (INT8 + INT32, SCALE, INT8 + INT32)
+    attributes = {**_Boundary.attributes, "output_dtype": OneOf(0)}
+
     def workspace(self, shapes, dtypes, out_bytes):
         return 12 * _size(shapes[self.node.inputs[0]])  # int64 values minus the zero-point, float32
 

@@ -5,6 +5,7 @@ import numpy as np
 
 from .. import quant
 from . import Kernel, _size, register
+from .declare import FLOAT, INT8, SCALE, Axis, Int, Size
 
 # exp table entries carry this many fractional bits.
 _EXP_BITS = 20
@@ -23,6 +24,9 @@ def _softmax_axes(k: Kernel, x):
 
 @register("Softmax")
 class Softmax(Kernel):
+    input_types = (FLOAT,)
+    attributes = {"axis": Axis(0)}
+
     def run(self, x):
         v, restore = _softmax_axes(self, x)
         e = np.exp(v - v.max(axis=-1, keepdims=True))
@@ -39,7 +43,11 @@ class Softmax(Kernel):
 class QLinearSoftmax(Kernel):
     """Integer softmax: ``e_d = round(2^20 · exp(−s_x·d))`` for ``d = max − x`` from a
     table built at load, then ``y = round(e / (Σe · s_y)) + zy`` by integer division."""
+    inputs = (5, 5)
     const_inputs = (1, 2, 3, 4)
+    input_types = (INT8, SCALE, INT8, SCALE, INT8)
+    input_sizes = dict.fromkeys((1, 2, 3, 4), Size())
+    attributes = {"axis": Axis(0), "opset": Int(lo=1)}  # the float graph's opset: axis rules
     numeric = "int"
 
     def __init__(self, node, consts, **opts):
