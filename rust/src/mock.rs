@@ -8,14 +8,11 @@
 //! rejected for another reason, or for more reasons, fails the test.
 
 use halo2_proofs::{
-    circuit::Value,
     dev::{metadata, FailureLocation, MockProver, VerifyFailure},
-    plonk::{
-        Advice, Any, Assigned, Assignment, Circuit, Column, ConstraintSystem, Error, Fixed, FloorPlanner, Instance,
-        Selector,
-    },
+    plonk::{Any, Circuit, ConstraintSystem, FloorPlanner},
 };
 
+use crate::proof::LayoutPass;
 use crate::Fp;
 
 /// A [`VerifyFailure`] without the cell values of a failed constraint (they
@@ -124,9 +121,12 @@ pub fn region_names<C: Circuit<Fp>>(circuit: &C) -> Vec<String> {
     let config = C::configure(&mut cs);
     // Constants land outside regions, so any fixed column serves to list names.
     let constants = vec![cs.fixed_column()];
-    let mut names = RegionNames(vec![]);
-    C::FloorPlanner::synthesize(&mut names, circuit, config, constants).expect("the circuit lays out");
-    names.0
+    let mut layout = LayoutPass {
+        rows: 0,
+        regions: Some(vec![]),
+    };
+    C::FloorPlanner::synthesize(&mut layout, circuit, config, constants).expect("the circuit lays out");
+    layout.regions.unwrap_or_default()
 }
 
 /// Index of the `nth` (from 0) region named `name`, with its name, as [`at`] takes it.
@@ -139,51 +139,4 @@ pub fn nth_region<'a>(names: &[String], name: &'a str, nth: usize) -> (usize, &'
         .unwrap_or_else(|| panic!("no region {nth} named {name:?}"))
         .0;
     (index, name)
-}
-
-/// An [`Assignment`] that records only region names.
-struct RegionNames(Vec<String>);
-
-impl Assignment<Fp> for RegionNames {
-    fn enter_region<NR: Into<String>, N: FnOnce() -> NR>(&mut self, name: N) {
-        self.0.push(name().into());
-    }
-    fn exit_region(&mut self) {}
-    fn enable_selector<A: FnOnce() -> AR, AR: Into<String>>(
-        &mut self,
-        _: A,
-        _: &Selector,
-        _: usize,
-    ) -> Result<(), Error> {
-        Ok(())
-    }
-    fn query_instance(&self, _: Column<Instance>, _: usize) -> Result<Value<Fp>, Error> {
-        Ok(Value::unknown())
-    }
-    fn assign_advice<V, VR, A, AR>(&mut self, _: A, _: Column<Advice>, _: usize, _: V) -> Result<(), Error>
-    where
-        V: FnOnce() -> Value<VR>,
-        VR: Into<Assigned<Fp>>,
-        A: FnOnce() -> AR,
-        AR: Into<String>,
-    {
-        Ok(())
-    }
-    fn assign_fixed<V, VR, A, AR>(&mut self, _: A, _: Column<Fixed>, _: usize, _: V) -> Result<(), Error>
-    where
-        V: FnOnce() -> Value<VR>,
-        VR: Into<Assigned<Fp>>,
-        A: FnOnce() -> AR,
-        AR: Into<String>,
-    {
-        Ok(())
-    }
-    fn copy(&mut self, _: Column<Any>, _: usize, _: Column<Any>, _: usize) -> Result<(), Error> {
-        Ok(())
-    }
-    fn fill_from_row(&mut self, _: Column<Fixed>, _: usize, _: Value<Assigned<Fp>>) -> Result<(), Error> {
-        Ok(())
-    }
-    fn push_namespace<NR: Into<String>, N: FnOnce() -> NR>(&mut self, _: N) {}
-    fn pop_namespace(&mut self, _: Option<String>) {}
 }

@@ -232,9 +232,13 @@ mod tests {
     /// Lane l's `z_m = 0` gate is gate l (each lane adds its lookup, then its gate).
     const LAST_Z: &str = "range: last z = 0";
 
+    /// Checks `values` (value, bits, signed) through the chip; `forged` is a
+    /// prover that writes its own running sum `[z_0, z_1, z_2]` into lane 0 in
+    /// the chip's 16-bit layout (limbs `z_i − 2^8·z_{i+1}` looked up, `z_2 = 0` gated).
     #[derive(Clone, Default)]
     struct TestCircuit {
         values: Vec<(i128, usize, bool)>,
+        forged: Option<[i128; 3]>,
     }
 
     impl Circuit<Fp> for TestCircuit {
@@ -249,12 +253,36 @@ mod tests {
             RangeCheckChip::configure(meta, &zs, c)
         }
         fn synthesize(&self, config: Self::Config, mut layouter: impl Layouter<Fp>) -> Result<(), Error> {
-            let chip = RangeCheckChip::construct(config);
+            let chip = RangeCheckChip::construct(config.clone());
             chip.load_table(&mut layouter)?;
             for (v, bits, signed) in &self.values {
                 chip.witness_checked(&mut layouter, Value::known(fp_from_i128(*v)), *bits, *signed)?;
             }
+            if let Some(z) = self.forged {
+                let lane = config.lanes[0];
+                layouter.assign_region(
+                    || "forged range check",
+                    |mut region| {
+                        for (row, z) in z.iter().enumerate() {
+                            region.assign_advice(|| "z", lane.z, row, || Value::known(fp_from_i128(*z)))?;
+                        }
+                        for row in 0..2 {
+                            lane.q_lookup.enable(&mut region, row)?;
+                            region.assign_fixed(|| "mul", lane.mul, row, || Value::known(Fp::ONE))?;
+                            region.assign_fixed(|| "shift", lane.shift, row, || Value::known(Fp::ZERO))?;
+                        }
+                        lane.q_end.enable(&mut region, 2)
+                    },
+                )?;
+            }
             Ok(())
+        }
+    }
+
+    fn forged(z: [i128; 3]) -> TestCircuit {
+        TestCircuit {
+            values: vec![],
+            forged: Some(z),
         }
     }
 
@@ -262,6 +290,7 @@ mod tests {
     fn rejected(value: i128, bits: usize, signed: bool) -> (Vec<Failure>, Vec<String>) {
         let c = TestCircuit {
             values: vec![(value, bits, signed)],
+            forged: None,
         };
         (failures(K, &c, vec![]), region_names(&c))
     }
@@ -279,6 +308,7 @@ mod tests {
                 (-(1 << 12), 13, true),
                 ((1 << 47) - 1, 48, true),
             ],
+            forged: None,
         };
         assert_eq!(MockProver::run(K, &c, vec![]).unwrap().verify(), Ok(()));
     }
@@ -312,52 +342,15 @@ mod tests {
         }
     }
 
-    /// A prover that writes its own running sum into lane 0 (16-bit layout):
-    /// `z = [z_0, z_1, z_2]`, limbs `z_i − 2^8·z_{i+1}` looked up, `z_2 = 0` gated.
-    #[derive(Clone, Default)]
-    struct ForgedCircuit {
-        z: [i128; 3],
-    }
-
-    impl Circuit<Fp> for ForgedCircuit {
-        type Config = RangeCheckConfig;
-        type FloorPlanner = SimpleFloorPlanner;
-        fn without_witnesses(&self) -> Self {
-            self.clone()
-        }
-        fn configure(meta: &mut ConstraintSystem<Fp>) -> Self::Config {
-            TestCircuit::configure(meta)
-        }
-        fn synthesize(&self, config: Self::Config, mut layouter: impl Layouter<Fp>) -> Result<(), Error> {
-            let chip = RangeCheckChip::construct(config.clone());
-            chip.load_table(&mut layouter)?;
-            let lane = config.lanes[0];
-            layouter.assign_region(
-                || "forged range check",
-                |mut region| {
-                    for (row, z) in self.z.iter().enumerate() {
-                        region.assign_advice(|| "z", lane.z, row, || Value::known(fp_from_i128(*z)))?;
-                    }
-                    for row in 0..2 {
-                        lane.q_lookup.enable(&mut region, row)?;
-                        region.assign_fixed(|| "mul", lane.mul, row, || Value::known(Fp::ONE))?;
-                        region.assign_fixed(|| "shift", lane.shift, row, || Value::known(Fp::ZERO))?;
-                    }
-                    lane.q_end.enable(&mut region, 2)
-                },
-            )
-        }
-    }
-
     #[test]
     fn a_forged_running_sum_needs_a_limb_outside_the_table() {
         // The layout replica accepts the honest running sum of 2^16 − 1 …
-        let honest = ForgedCircuit { z: [65535, 255, 0] };
+        let honest = forged([65535, 255, 0]);
         assert_eq!(MockProver::run(K, &honest, vec![]).unwrap().verify(), Ok(()));
         // … and 2^16 can end in z_2 = 0 only through a limb of 256 (row 1:
         // 256 − 2^8·0), which lookup 0 (lane 0's) rejects; the end gate holds.
-        let forged = ForgedCircuit { z: [65536, 256, 0] };
-        let region = nth_region(&region_names(&forged), "forged range check", 0);
-        assert_failures(failures(K, &forged, vec![]), vec![lookup(0, at(region, 1))]);
+        let cheat = forged([65536, 256, 0]);
+        let region = nth_region(&region_names(&cheat), "forged range check", 0);
+        assert_failures(failures(K, &cheat, vec![]), vec![lookup(0, at(region, 1))]);
     }
 }
