@@ -340,12 +340,59 @@ fn assign_from_instance(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::mock::{assert_failures, at, constraint, failures, nth_region, permutation, region_names, Failure};
     use crate::witness::honest_witness;
-    use halo2_proofs::dev::MockProver;
+    use halo2_proofs::dev::{FailureLocation, MockProver};
+    use halo2_proofs::plonk::Any;
     use rand_chacha::ChaCha8Rng;
     use rand_core::{RngCore, SeedableRng};
 
     pub const K: u32 = 11;
+
+    // Gate indices in configure order: six range lanes (0–5), the W and A
+    // commitment chips (pack first, pack and Pow5's three gates each: 6–15),
+    // then MAC first, MAC, floor (16–18), solve (19), update (20).
+    const FLOOR: (usize, &str) = (18, "floor: 2^s·δ + r + P = 0");
+    const SOLVE: (usize, &str) = (19, "solve: (1−keep)(P − 2^s·w − e) = 0, e+τ");
+    const UPDATE: (usize, &str) = (20, "update: keep bool, w' = keep(w+δ), keep·y = 0");
+    /// Constraint 0 of the solve gate; constraint 1 of the update gate.
+    const SOLVE_EQ: (usize, &str) = (0, "");
+    const W_NEW_EQ: (usize, &str) = (1, "");
+
+    /// Advice columns of each commitment chip's Pow5 state_0, which ends in the digest.
+    const W_STATE_0: usize = 2;
+    const A_STATE_0: usize = COMMIT_COLUMNS + 2;
+    /// Permutations per vector at small_shape (one H16 step of 8 each): W, W', A.
+    const PERMUTATIONS: usize = 8;
+
+    /// A region of `UnlearnCircuit` by name and occurrence.
+    struct Layout(Vec<String>);
+
+    impl Layout {
+        fn of(sh: Shape) -> Self {
+            Layout(region_names(&UnlearnCircuit {
+                shape: sh,
+                witness: None,
+            }))
+        }
+
+        fn at(&self, name: &str, nth: usize, offset: usize) -> FailureLocation {
+            at(nth_region(&self.0, name, nth), offset)
+        }
+
+        /// The copy of a digest to its instance row (`ROW_W_OUT`, `ROW_W_NEW_OUT`
+        /// or `ROW_A_OUT`) broken, at both cells: the instance cell and state_0
+        /// of the vector's last permutation, on row 36 (4 + 28 + 4 rounds).
+        fn digest_mismatch(&self, row: usize) -> [Failure; 2] {
+            let vector = row / 2; // W, W', A in synthesis order
+            let state_0 = if row == ROW_A_OUT { A_STATE_0 } else { W_STATE_0 };
+            let last = (vector + 1) * PERMUTATIONS - 1;
+            [
+                permutation((Any::Advice, state_0), self.at("permute state", last, 36)),
+                permutation((Any::Instance, 0), FailureLocation::OutsideRegion { row }),
+            ]
+        }
+    }
 
     pub fn small_shape() -> Shape {
         Shape {
@@ -377,15 +424,17 @@ pub(crate) mod tests {
         (sh, w, a, keep)
     }
 
-    fn mock_ok(sh: Shape, wit: Witness, public: &PublicInputs) -> bool {
-        let c = UnlearnCircuit {
+    fn circuit(sh: Shape, wit: Witness) -> UnlearnCircuit {
+        UnlearnCircuit {
             shape: sh,
             witness: Some(wit),
-        };
-        MockProver::run(K, &c, vec![public.to_instance()])
-            .unwrap()
-            .verify()
-            .is_ok()
+        }
+    }
+
+    /// Asserts that `wit` under `public` fails exactly `expected`.
+    #[track_caller]
+    fn assert_rejected(sh: Shape, wit: Witness, public: &PublicInputs, expected: Vec<Failure>) {
+        assert_failures(failures(K, &circuit(sh, wit), vec![public.to_instance()]), expected);
     }
 
     #[test]
@@ -396,7 +445,8 @@ pub(crate) mod tests {
             assert_eq!(wit.w_new[2], 0);
             assert_ne!(wit.w_new[0], wit.w[0], "kept weights are compensated");
             let public = PublicInputs::from_witness(&sh, &wit, None).unwrap();
-            assert!(mock_ok(sh, wit, &public), "seed {seed}");
+            let prover = MockProver::run(K, &circuit(sh, wit), vec![public.to_instance()]).unwrap();
+            assert_eq!(prover.verify(), Ok(()), "seed {seed}");
         }
     }
 
@@ -405,41 +455,81 @@ pub(crate) mod tests {
         let (sh, w, a, keep) = example(7);
         let honest = honest_witness(&sh, &w, &a, &keep).unwrap();
         let public = PublicInputs::from_witness(&sh, &honest, None).unwrap();
+        let layout = Layout::of(sh);
+        let b = sh.block;
 
-        // (a) zero the mask without compensating, with self-consistent digests.
+        // (a) zero the mask without compensating, with self-consistent digests:
+        // δ = r = 0 breaks the floor equation of every weight whose P = Σ A·y ≠ 0
+        // (all of them here); the update w' = keep·(w + 0) and the solve hold.
         let mut lazy = honest.clone();
         lazy.delta = vec![0; w.len()];
         lazy.remainder = vec![0; w.len()];
         lazy.w_new = w.iter().zip(&keep).map(|(w, k)| if *k { *w } else { 0 }).collect();
         let lazy_public = PublicInputs::from_witness(&sh, &lazy, None).unwrap();
-        assert!(!mock_ok(sh, lazy.clone(), &lazy_public));
-        assert!(!mock_ok(sh, lazy, &public));
+        assert!((0..b).all(|i| (0..b).map(|j| a[i * b + j] * honest.y[j]).sum::<i64>() != 0));
+        let floors = || -> Vec<Failure> {
+            (0..b)
+                .map(|i| constraint(FLOOR, (0, ""), layout.at("floor rescale", i, 0)))
+                .collect()
+        };
+        assert_rejected(sh, lazy.clone(), &lazy_public, floors());
+        // Under the honest digests, W' (instance row 3) does not match either.
+        let mut expected = floors();
+        expected.extend(layout.digest_mismatch(ROW_W_NEW_OUT));
+        assert_rejected(sh, lazy, &public, expected);
 
-        // (b) one weight changed after the update.
+        // (b) one weight changed after the update: weight 0's w' = keep·(w + δ)
+        // fails, and W' no longer matches the honest digest.
         let mut tweaked = honest.clone();
         tweaked.w_new[0] += 1;
-        assert!(!mock_ok(sh, tweaked.clone(), &public));
+        let update_0 = || constraint(UPDATE, W_NEW_EQ, layout.at("masked update", 0, 0));
+        let mut expected = vec![update_0()];
+        expected.extend(layout.digest_mismatch(ROW_W_NEW_OUT));
+        assert_rejected(sh, tweaked.clone(), &public, expected);
         let tweaked_public = PublicInputs::from_witness(&sh, &tweaked, None).unwrap();
-        assert!(!mock_ok(sh, tweaked, &tweaked_public));
+        assert_rejected(sh, tweaked, &tweaked_public, vec![update_0()]);
 
-        // (c) a different A than committed, witness recomputed honestly for it.
+        // (c) a different A than committed, witness recomputed honestly for it:
+        // every gate holds, the A digest (row 5) does not, nor W' (row 3), which
+        // the other A moved.
         let mut a2 = a.clone();
         a2[2 * 8 + 2] += 64;
         let other_a = honest_witness(&sh, &w, &a2, &keep).unwrap();
-        assert!(!mock_ok(sh, other_a, &public));
+        assert_ne!(other_a.w_new, honest.w_new);
+        let mut expected = Vec::from(layout.digest_mismatch(ROW_W_NEW_OUT));
+        expected.extend(layout.digest_mismatch(ROW_A_OUT));
+        assert_rejected(sh, other_a, &public, expected);
 
-        // (d) another mask claimed for the honest witness.
+        // (d) another mask claimed for the honest witness: weight 3 is now
+        // masked, so its nonzero w' breaks the update and its P − 2^s·w (with
+        // e = 0, as kept rows carry) breaks the solve equation.
         let mut other_mask = public.clone();
         other_mask.keep[3] = false;
-        assert!(!mock_ok(sh, honest.clone(), &other_mask));
+        assert_rejected(
+            sh,
+            honest.clone(),
+            &other_mask,
+            vec![
+                constraint(SOLVE, SOLVE_EQ, layout.at("solve check", 3, 0)),
+                constraint(UPDATE, W_NEW_EQ, layout.at("masked update", 3, 0)),
+            ],
+        );
 
-        // Scale or tolerance other than the circuit's.
+        // Scale or tolerance other than the circuit's: the constant's copy cycle
+        // (fixed constant → advice cell → instance row) breaks on both sides of
+        // the instance cell, whose value alone differs.
+        let constant_copied = |column, row| {
+            vec![
+                permutation((Any::Advice, column), layout.at("scale and tolerance", 0, 0)),
+                permutation((Any::Instance, 0), FailureLocation::OutsideRegion { row }),
+            ]
+        };
         let mut other_scale = public.clone();
         other_scale.scale_bits += 1;
-        assert!(!mock_ok(sh, honest.clone(), &other_scale));
+        assert_rejected(sh, honest.clone(), &other_scale, constant_copied(0, ROW_SCALE));
         let mut other_tol = public.clone();
         other_tol.tol += 1;
-        assert!(!mock_ok(sh, honest, &other_tol));
+        assert_rejected(sh, honest, &other_tol, constant_copied(1, ROW_TOL));
     }
 
     #[test]

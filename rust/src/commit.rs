@@ -316,12 +316,15 @@ impl CommitChip {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::mock::{assert_failures, at, constraint, failures, nth_region, permutation, region_names};
     use crate::range::RangeCheckChip;
     use halo2_proofs::{
         circuit::SimpleFloorPlanner,
-        dev::MockProver,
-        plonk::{Circuit, Instance},
+        dev::{FailureLocation, MockProver, VerifyFailure},
+        plonk::{Any, Circuit, Instance},
     };
+
+    const K: u32 = 11;
 
     /// Commits `values` with [`WEIGHTS`] or, with `fisher`, [`FISHER`].
     #[derive(Clone, Default)]
@@ -392,13 +395,18 @@ mod tests {
             .collect()
     }
 
-    fn mock(values: Vec<i64>, fisher: bool, digest: Fp) -> bool {
-        let c = TestCircuit {
+    fn circuit(values: Vec<i64>, fisher: bool) -> TestCircuit {
+        TestCircuit {
             acc_in: initial_acc(values.len()),
             values,
             fisher,
-        };
-        MockProver::run(11, &c, vec![vec![digest]]).unwrap().verify().is_ok()
+        }
+    }
+
+    fn verify(values: Vec<i64>, fisher: bool, digest: Fp) -> Result<(), Vec<VerifyFailure>> {
+        MockProver::run(K, &circuit(values, fisher), vec![vec![digest]])
+            .unwrap()
+            .verify()
     }
 
     #[test]
@@ -407,7 +415,7 @@ mod tests {
             for n in [1usize, 10, 13, 150, 170] {
                 let vals = values(n, packing);
                 let digest = commit(&vals, packing).unwrap();
-                assert!(mock(vals, fisher, digest), "{packing:?}, n = {n}");
+                assert_eq!(verify(vals, fisher, digest), Ok(()), "{packing:?}, n = {n}");
             }
         }
     }
@@ -460,20 +468,47 @@ mod tests {
 
     #[test]
     fn wrong_digest_or_out_of_range_value_fails_mock_prover() {
-        for (packing, fisher) in [(WEIGHTS, false), (FISHER, true)] {
+        // The test circuit's columns: W's state_0 is advice 2, A's advice 8.
+        for (packing, fisher, state_0) in [(WEIGHTS, false, 2), (FISHER, true, 8)] {
             let vals = values(13, packing);
             let digest = commit(&vals, packing).unwrap();
+
+            // Another value: the chain computes another digest, and only the copy
+            // of the last permutation's state_0 (row 36: 4 + 28 + 4 rounds) to
+            // instance row 0 breaks, reported at both of its cells. One step of
+            // 15 elements is 8 permutations of Pow5 (rate 2).
             let mut other = vals.clone();
             other[3] += 1;
-            assert!(!mock(other, fisher, digest));
-            // A value out of range cannot be smuggled in, even with the "right" packing.
+            let c = circuit(other, fisher);
+            let last_permutation = nth_region(&region_names(&c), "permute state", 7);
+            assert_failures(
+                failures(K, &c, vec![vec![digest]]),
+                vec![
+                    permutation((Any::Advice, state_0), at(last_permutation, 36)),
+                    permutation((Any::Instance, 0), FailureLocation::OutsideRegion { row: 0 }),
+                ],
+            );
+
+            // A value out of range cannot be smuggled in, even with the "right"
+            // packing: its digest matches, and its range check (lane 0, gate 0)
+            // ends in z_m = 1 on its last row.
             let mut bad = vals.clone();
             bad[0] = packing.end();
             let mut packed_equiv = bad.clone();
             packed_equiv[0] = packing.min(); // u = 2^bits wraps into the next slot's low bit
             packed_equiv[1] += 1;
             let d2 = commit(&packed_equiv, packing).unwrap();
-            assert!(!mock(bad, fisher, d2), "{packing:?}");
+            let c = circuit(bad, fisher);
+            let name = format!("range check {} bits", packing.bits);
+            let check = nth_region(&region_names(&c), &name, 0);
+            assert_failures(
+                failures(K, &c, vec![vec![d2]]),
+                vec![constraint(
+                    (0, "range: last z = 0"),
+                    (0, ""),
+                    at(check, packing.bits / 8),
+                )],
+            );
         }
     }
 }

@@ -176,14 +176,19 @@ impl FixedPointChip {
 mod tests {
     use super::*;
     use crate::field::fp_from_i128;
+    use crate::mock::{assert_failures, at, constraint, failures, nth_region, region_names, Failure};
     use ff::Field;
     use halo2_proofs::{
         circuit::SimpleFloorPlanner,
-        dev::MockProver,
+        dev::{MockProver, VerifyFailure},
         plonk::{Circuit, Instance},
     };
 
     const S: usize = 6;
+    const K: u32 = 9;
+    /// Gate indices in configure order: the range chip's one lane first.
+    const LAST_Z: (usize, &str) = (0, "range: last z = 0");
+    const FLOOR: (usize, &str) = (3, "floor: 2^s·δ + r + P = 0");
 
     /// δ = ⌊−a·y / 2^S⌋ exposed as the only public instance.
     #[derive(Clone, Default)]
@@ -248,12 +253,13 @@ mod tests {
         }
     }
 
-    fn ok(c: &TestCircuit) -> bool {
-        ok_with(c, c.delta)
+    fn verify(c: &TestCircuit) -> Result<(), Vec<VerifyFailure>> {
+        MockProver::run(K, c, vec![vec![c.delta]]).unwrap().verify()
     }
 
-    fn ok_with(c: &TestCircuit, delta: Fp) -> bool {
-        MockProver::run(9, c, vec![vec![delta]]).unwrap().verify().is_ok()
+    /// The failures of `c` with its δ as the public instance, and its region names.
+    fn rejected(c: &TestCircuit) -> (Vec<Failure>, Vec<String>) {
+        (failures(K, c, vec![vec![c.delta]]), region_names(c))
     }
 
     #[test]
@@ -270,9 +276,13 @@ mod tests {
             bound_delta: false,
             ..c
         };
-        assert!(ok(&cheat));
+        assert_eq!(verify(&cheat), Ok(()));
         cheat.bound_delta = true;
-        assert!(!ok(&cheat));
+        // δ ≈ p/2^6 decomposes into five bytes with a nonzero rest: the 40-bit
+        // check's end gate fails on its last row.
+        let (fs, names) = rejected(&cheat);
+        let bound = nth_region(&names, "range check 40 bits", 0);
+        assert_failures(fs, vec![constraint(LAST_Z, (0, ""), at(bound, 5))]);
     }
 
     #[test]
@@ -283,7 +293,7 @@ mod tests {
             (vec![1], vec![1]),
         ] {
             let c = honest(a, y);
-            assert!(ok(&c), "honest δ = {:?} r = {} rejected", c.delta, c.r);
+            assert_eq!(verify(&c), Ok(()), "honest δ = {:?} r = {}", c.delta, c.r);
         }
     }
 
@@ -291,29 +301,43 @@ mod tests {
     fn rounding_other_than_floor_is_rejected() {
         let c = honest(vec![3, -7, 11, 5, 2], vec![101, 250, -3, 7, 9]);
         assert!(c.r != 0);
-        // δ+1 needs r − 2^s < 0: ceil/round-to-nearest fail the remainder range check.
+        // The remainder's 6-bit check: x in 8 bits, then x·2^2 in 8 bits.
+        let names = region_names(&c);
+        let r_check = |nth| at(nth_region(&names, "range check 6 bits", nth), 1);
+        let floor = || at(nth_region(&names, "floor rescale", 0), 0);
+
+        // δ+1 (ceil, or round-to-nearest upwards) needs r − 2^s < 0: a field
+        // element near p fails both halves of the remainder check; the floor
+        // equation itself holds.
         let up = TestCircuit {
             delta: c.delta + Fp::ONE,
             r: c.r - (1 << S),
             ..c.clone()
         };
-        assert!(!ok(&up));
-        // Remainder out of [0, 2^s) with δ−1.
+        assert_failures(
+            rejected(&up).0,
+            vec![
+                constraint(LAST_Z, (0, ""), r_check(0)),
+                constraint(LAST_Z, (0, ""), r_check(1)),
+            ],
+        );
+        // δ−1 needs r + 2^s ∈ [2^6, 2^7): below 2^8, so only the scaled half fails.
         let down = TestCircuit {
             delta: c.delta - Fp::ONE,
             r: c.r + (1 << S),
             ..c.clone()
         };
-        assert!(!ok(&down));
-        // δ that does not satisfy the equation at all.
+        assert_failures(rejected(&down).0, vec![constraint(LAST_Z, (0, ""), r_check(1))]);
+        // δ that does not satisfy the equation at all, with an honest remainder.
         let wrong = TestCircuit {
             delta: c.delta + Fp::from(3u64),
             ..c.clone()
         };
-        assert!(!ok(&wrong));
-        // A product that differs from the one the prover claims.
+        assert_failures(rejected(&wrong).0, vec![constraint(FLOOR, (0, ""), floor())]);
+        // A product other than the one δ and r were computed for: the MAC rows
+        // hold for the tampered y, the floor equation does not.
         let mut tampered = c.clone();
         tampered.y[0] += 1;
-        assert!(!ok(&tampered));
+        assert_failures(rejected(&tampered).0, vec![constraint(FLOOR, (0, ""), floor())]);
     }
 }

@@ -10,6 +10,8 @@ pub mod circuit;
 pub mod commit;
 pub mod field;
 pub mod fixed_point;
+#[cfg(test)]
+mod mock;
 pub mod proof;
 pub mod range;
 pub mod solve;

@@ -303,11 +303,11 @@ pub fn rows_needed(shape: &Shape) -> Result<usize, ZkError> {
         shape: *shape,
         witness: None,
     };
-    let mut rows = RowCounter(0);
-    SimpleFloorPlanner::synthesize(&mut rows, &blank, config, constants).map_err(backend)?;
+    let mut layout = LayoutPass::default();
+    SimpleFloorPlanner::synthesize(&mut layout, &blank, config, constants).map_err(backend)?;
     let instance_rows = crate::circuit::ROW_MASK + shape.n_weights();
     // halo2 reserves blinding_factors + 1 rows at the end of every column.
-    Ok(rows.0.max(instance_rows) + cs.blinding_factors() + 1)
+    Ok(layout.rows.max(instance_rows) + cs.blinding_factors() + 1)
 }
 
 /// Checks, without any key generation, that the circuit of `kp` fits 2^k rows.
@@ -374,19 +374,30 @@ pub fn max_blocks(k: u32, shape: &Shape) -> Result<usize, ZkError> {
     Ok(n)
 }
 
-/// An [`Assignment`] that only records the highest row any cell, selector or
-/// copy touches: the floor planner's layout without a witness.
-struct RowCounter(usize);
+/// An [`Assignment`] that records only the floor planner's layout, without a
+/// witness: the rows any cell, selector or copy touches and, if asked (tests),
+/// the regions' names in the order the planner enters them (MockProver's
+/// region indices).
+#[derive(Default)]
+pub(crate) struct LayoutPass {
+    /// One past the highest row touched.
+    pub rows: usize,
+    pub regions: Option<Vec<String>>,
+}
 
-impl RowCounter {
+impl LayoutPass {
     fn touch(&mut self, row: usize) -> Result<(), Error> {
-        self.0 = self.0.max(row + 1);
+        self.rows = self.rows.max(row + 1);
         Ok(())
     }
 }
 
-impl Assignment<Fp> for RowCounter {
-    fn enter_region<NR: Into<String>, N: FnOnce() -> NR>(&mut self, _: N) {}
+impl Assignment<Fp> for LayoutPass {
+    fn enter_region<NR: Into<String>, N: FnOnce() -> NR>(&mut self, name: N) {
+        if let Some(regions) = &mut self.regions {
+            regions.push(name().into());
+        }
+    }
     fn exit_region(&mut self) {}
     fn enable_selector<A: FnOnce() -> AR, AR: Into<String>>(
         &mut self,

@@ -225,11 +225,20 @@ enum Source<'a> {
 mod tests {
     use super::*;
     use crate::field::fp_from_i128;
+    use crate::mock::{assert_failures, at, constraint, failures, lookup, nth_region, region_names, Failure};
     use halo2_proofs::{circuit::SimpleFloorPlanner, dev::MockProver, plonk::Circuit};
 
+    const K: u32 = 10;
+    /// Lane l's `z_m = 0` gate is gate l (each lane adds its lookup, then its gate).
+    const LAST_Z: &str = "range: last z = 0";
+
+    /// Checks `values` (value, bits, signed) through the chip; `forged` is a
+    /// prover that writes its own running sum `[z_0, z_1, z_2]` into lane 0 in
+    /// the chip's 16-bit layout (limbs `z_i − 2^8·z_{i+1}` looked up, `z_2 = 0` gated).
     #[derive(Clone, Default)]
     struct TestCircuit {
         values: Vec<(i128, usize, bool)>,
+        forged: Option<[i128; 3]>,
     }
 
     impl Circuit<Fp> for TestCircuit {
@@ -244,41 +253,104 @@ mod tests {
             RangeCheckChip::configure(meta, &zs, c)
         }
         fn synthesize(&self, config: Self::Config, mut layouter: impl Layouter<Fp>) -> Result<(), Error> {
-            let chip = RangeCheckChip::construct(config);
+            let chip = RangeCheckChip::construct(config.clone());
             chip.load_table(&mut layouter)?;
             for (v, bits, signed) in &self.values {
                 chip.witness_checked(&mut layouter, Value::known(fp_from_i128(*v)), *bits, *signed)?;
+            }
+            if let Some(z) = self.forged {
+                let lane = config.lanes[0];
+                layouter.assign_region(
+                    || "forged range check",
+                    |mut region| {
+                        for (row, z) in z.iter().enumerate() {
+                            region.assign_advice(|| "z", lane.z, row, || Value::known(fp_from_i128(*z)))?;
+                        }
+                        for row in 0..2 {
+                            lane.q_lookup.enable(&mut region, row)?;
+                            region.assign_fixed(|| "mul", lane.mul, row, || Value::known(Fp::ONE))?;
+                            region.assign_fixed(|| "shift", lane.shift, row, || Value::known(Fp::ZERO))?;
+                        }
+                        lane.q_end.enable(&mut region, 2)
+                    },
+                )?;
             }
             Ok(())
         }
     }
 
-    fn run(values: Vec<(i128, usize, bool)>) -> bool {
-        let c = TestCircuit { values };
-        MockProver::run(10, &c, vec![]).unwrap().verify().is_ok()
+    fn forged(z: [i128; 3]) -> TestCircuit {
+        TestCircuit {
+            values: vec![],
+            forged: Some(z),
+        }
+    }
+
+    /// The failures of one value's check.
+    fn rejected(value: i128, bits: usize, signed: bool) -> (Vec<Failure>, Vec<String>) {
+        let c = TestCircuit {
+            values: vec![(value, bits, signed)],
+            forged: None,
+        };
+        (failures(K, &c, vec![]), region_names(&c))
     }
 
     #[test]
     fn accepts_boundary_values() {
-        assert!(run(vec![
-            (0, 8, false),
-            (255, 8, false),
-            ((1 << 24) - 1, 24, false),
-            (-(1 << 23), 24, true),
-            ((1 << 23) - 1, 24, true),
-            ((1 << 13) - 1, 13, false),
-            (-(1 << 12), 13, true),
-            ((1 << 47) - 1, 48, true),
-        ]));
+        let c = TestCircuit {
+            values: vec![
+                (0, 8, false),
+                (255, 8, false),
+                ((1 << 24) - 1, 24, false),
+                (-(1 << 23), 24, true),
+                ((1 << 23) - 1, 24, true),
+                ((1 << 13) - 1, 13, false),
+                (-(1 << 12), 13, true),
+                ((1 << 47) - 1, 48, true),
+            ],
+            forged: None,
+        };
+        assert_eq!(MockProver::run(K, &c, vec![]).unwrap().verify(), Ok(()));
     }
 
     #[test]
-    fn rejects_one_past_each_boundary() {
-        assert!(!run(vec![(256, 8, false)]));
-        assert!(!run(vec![(-1, 8, false)]));
-        assert!(!run(vec![(1 << 23, 24, true)]));
-        assert!(!run(vec![(-(1 << 23) - 1, 24, true)]));
-        assert!(!run(vec![(1 << 13, 13, false)]));
-        assert!(!run(vec![(1 << 12, 13, true)]));
+    fn one_past_a_byte_multiple_width_leaves_a_nonzero_last_z() {
+        // The honest decomposition of x = v + shift ≥ 2^(8m) (or of a negative x,
+        // a field element near p) ends in z_m ≠ 0: lane 0's end gate fails
+        // on the region's last row, offset m; every limb is in the table.
+        for (value, bits, signed) in [
+            (256, 8, false),
+            (-1, 8, false),
+            (1 << 23, 24, true),
+            (-(1 << 23) - 1, 24, true),
+        ] {
+            let (fs, names) = rejected(value, bits, signed);
+            let name = format!("range check {bits} bits");
+            let region = nth_region(&names, &name, 0);
+            assert_failures(fs, vec![constraint((0, LAST_Z), (0, ""), at(region, bits / 8))]);
+        }
+    }
+
+    #[test]
+    fn one_past_an_odd_width_fails_only_the_scaled_check() {
+        // x < 2^16 passes the 16-bit check on lane 0; x·2^3 = 2^16 leaves z_2 = 1
+        // in the second, scaled check, on lane 1 (gate 1).
+        for (value, signed) in [(1 << 13, false), (1 << 12, true)] {
+            let (fs, names) = rejected(value, 13, signed);
+            let scaled = nth_region(&names, "range check 13 bits", 1);
+            assert_failures(fs, vec![constraint((1, LAST_Z), (0, ""), at(scaled, 2))]);
+        }
+    }
+
+    #[test]
+    fn a_forged_running_sum_needs_a_limb_outside_the_table() {
+        // The layout replica accepts the honest running sum of 2^16 − 1 …
+        let honest = forged([65535, 255, 0]);
+        assert_eq!(MockProver::run(K, &honest, vec![]).unwrap().verify(), Ok(()));
+        // … and 2^16 can end in z_2 = 0 only through a limb of 256 (row 1:
+        // 256 − 2^8·0), which lookup 0 (lane 0's) rejects; the end gate holds.
+        let cheat = forged([65536, 256, 0]);
+        let region = nth_region(&region_names(&cheat), "forged range check", 0);
+        assert_failures(failures(K, &cheat, vec![]), vec![lookup(0, at(region, 1))]);
     }
 }

@@ -119,10 +119,15 @@ impl SolveCheckChip {
 mod tests {
     use super::*;
     use crate::field::fp_from_i128;
+    use crate::mock::{assert_failures, at, constraint, failures, nth_region, region_names, Failure};
     use halo2_proofs::{circuit::SimpleFloorPlanner, dev::MockProver, plonk::Circuit};
 
     const S: usize = 4;
     const TAU: u64 = 8;
+    const K: u32 = 9;
+    /// Gate indices in configure order: the range chip's one lane first.
+    const LAST_Z: (usize, &str) = (0, "range: last z = 0");
+    const SOLVE: (usize, &str) = (1, "solve: (1−keep)(P − 2^s·w − e) = 0, e+τ");
 
     #[derive(Clone, Default)]
     struct TestCircuit {
@@ -161,22 +166,28 @@ mod tests {
         }
     }
 
-    fn ok(rows: Vec<(bool, i128, i128, i128)>) -> bool {
-        MockProver::run(9, &TestCircuit { rows }, vec![])
-            .unwrap()
-            .verify()
-            .is_ok()
+    /// What MockProver reports for one masked row (keep = 0) with P, w, e.
+    fn assert_row_fails(p: i128, w: i128, e: i128, expected: impl FnOnce(&[String]) -> Vec<Failure>) {
+        let c = TestCircuit {
+            rows: vec![(false, p, w, e)],
+        };
+        let names = region_names(&c);
+        assert_failures(failures(K, &c, vec![]), expected(&names));
     }
 
     #[test]
     fn residuals_within_tolerance_verify() {
         // P − 16·w = e for masked rows; kept rows are unconstrained.
-        assert!(ok(vec![
+        let rows = vec![
             (false, 16 * 7 + 7, 7, 7),
             (false, 16 * -7 - 8, -7, -8),
             (false, 0, 0, 0),
             (true, 12345, 3, 0),
-        ]));
+        ];
+        assert_eq!(
+            MockProver::run(K, &TestCircuit { rows }, vec![]).unwrap().verify(),
+            Ok(())
+        );
         assert_eq!(tol_bits(8), Some(4));
         assert_eq!(tol_bits(10), None);
         assert_eq!(tol_bits(0), None);
@@ -184,13 +195,24 @@ mod tests {
 
     #[test]
     fn residual_beyond_tolerance_or_wrong_is_rejected() {
-        assert!(!ok(vec![(false, 16 * 7 + 8, 7, 8)]));
-        assert!(!ok(vec![(false, 16 * 7 - 9, 7, -9)]));
-        // e that does not match P − 2^s·w.
-        assert!(!ok(vec![(false, 16 * 7 + 3, 7, 2)]));
-        // A y far from the solve: P unrelated to w.
-        assert!(!ok(vec![(false, 5000, 7, 0)]));
-        // A consistent residual far beyond τ.
-        assert!(!ok(vec![(false, 16 * 7 + 40, 7, 40)]));
+        // e + τ must lie in [0, 2τ) = [0, 16), a 4-bit check: x in 8 bits on
+        // row 1 of its first region, then x·2^4 in 8 bits in the second.
+        let bound = |names: &[String], nth| at(nth_region(names, "range check 4 bits", nth), 1);
+        let equation = |names: &[String]| at(nth_region(names, "solve check", 0), 0);
+        // e = τ: e + τ = 16 < 2^8, but 16·2^4 = 2^8.
+        assert_row_fails(16 * 7 + 8, 7, 8, |n| vec![constraint(LAST_Z, (0, ""), bound(n, 1))]);
+        // e = −τ − 1: e + τ = −1 is p − 1, which neither half holds.
+        assert_row_fails(16 * 7 - 9, 7, -9, |n| {
+            vec![
+                constraint(LAST_Z, (0, ""), bound(n, 0)),
+                constraint(LAST_Z, (0, ""), bound(n, 1)),
+            ]
+        });
+        // A consistent residual far beyond τ: e + τ = 48, 48·2^4 ≥ 2^8.
+        assert_row_fails(16 * 7 + 40, 7, 40, |n| vec![constraint(LAST_Z, (0, ""), bound(n, 1))]);
+        // e within τ that does not match P − 2^s·w: the solve constraint (0) fails.
+        assert_row_fails(16 * 7 + 3, 7, 2, |n| vec![constraint(SOLVE, (0, ""), equation(n))]);
+        // A y far from the solve: P unrelated to w, with a claimed e = 0.
+        assert_row_fails(5000, 7, 0, |n| vec![constraint(SOLVE, (0, ""), equation(n))]);
     }
 }

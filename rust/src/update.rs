@@ -84,11 +84,19 @@ impl MaskedUpdateChip {
 mod tests {
     use super::*;
     use crate::field::fp_from_i128;
+    use crate::mock::{assert_failures, at, constraint, failures, nth_region, region_names};
     use halo2_proofs::{
         circuit::{SimpleFloorPlanner, Value},
         dev::MockProver,
         plonk::Circuit,
     };
+
+    const K: u32 = 5;
+    const UPDATE: (usize, &str) = (0, "update: keep bool, w' = keep(w+δ), keep·y = 0");
+    /// The gate's constraints, in order.
+    const BOOL: (usize, &str) = (0, "");
+    const STEP: (usize, &str) = (1, "");
+    const Y_OFF_S: (usize, &str) = (2, "");
 
     #[derive(Clone, Default)]
     struct TestCircuit {
@@ -125,30 +133,48 @@ mod tests {
         }
     }
 
-    fn ok(rows: Vec<(i128, i128, i128, i128)>, mask: Vec<u64>) -> bool {
-        let inst = mask.into_iter().map(Fp::from).collect();
-        MockProver::run(5, &TestCircuit { rows }, vec![inst])
-            .unwrap()
-            .verify()
-            .is_ok()
+    fn instance(mask: &[u64]) -> Vec<Vec<Fp>> {
+        vec![mask.iter().map(|k| Fp::from(*k)).collect()]
+    }
+
+    /// Asserts that the rows (w, δ, w', y) under `mask` fail exactly the
+    /// update constraints `(constraint, weight)`, each in that weight's region.
+    #[track_caller]
+    fn assert_fails(rows: Vec<(i128, i128, i128, i128)>, mask: Vec<u64>, expected: &[((usize, &'static str), usize)]) {
+        let c = TestCircuit { rows };
+        let names = region_names(&c);
+        let expected = expected
+            .iter()
+            .map(|(which, weight)| constraint(UPDATE, *which, at(nth_region(&names, "masked update", *weight), 0)))
+            .collect();
+        assert_failures(failures(K, &c, instance(&mask)), expected);
     }
 
     #[test]
     fn kept_weights_move_by_delta_and_masked_weights_are_zero() {
-        assert!(ok(vec![(10, -3, 7, 0), (-4, 4, 0, 9), (5, 0, 5, 0)], vec![1, 0, 1]));
+        let c = TestCircuit {
+            rows: vec![(10, -3, 7, 0), (-4, 4, 0, 9), (5, 0, 5, 0)],
+        };
+        assert_eq!(MockProver::run(K, &c, instance(&[1, 0, 1])).unwrap().verify(), Ok(()));
     }
 
     #[test]
     fn wrong_updates_and_masks_are_rejected() {
         // Masked weight left non-zero (only the compensation applied).
-        assert!(!ok(vec![(-4, 4, 1, 9)], vec![0]));
+        assert_fails(vec![(-4, 4, 1, 9)], vec![0], &[(STEP, 0)]);
         // Kept weight not compensated.
-        assert!(!ok(vec![(10, -3, 10, 0)], vec![1]));
+        assert_fails(vec![(10, -3, 10, 0)], vec![1], &[(STEP, 0)]);
         // y non-zero on a kept weight.
-        assert!(!ok(vec![(10, -3, 7, 1)], vec![1]));
-        // A non-boolean "mask bit" that would scale the update.
-        assert!(!ok(vec![(10, -3, 14, 0)], vec![2]));
-        // Same witness under another mask.
-        assert!(!ok(vec![(10, -3, 7, 0), (-4, 4, 0, 9)], vec![0, 1]));
+        assert_fails(vec![(10, -3, 7, 1)], vec![1], &[(Y_OFF_S, 0)]);
+        // A non-boolean "mask bit" that would scale the update: 2·(w + δ) = w'
+        // holds, only booleanity fails.
+        assert_fails(vec![(10, -3, 14, 0)], vec![2], &[(BOOL, 0)]);
+        // Same witness under another mask: weight 0 is now masked but kept its
+        // value; weight 1 is now kept (w + δ = 0 = w' holds) but carries a y.
+        assert_fails(
+            vec![(10, -3, 7, 0), (-4, 4, 0, 9)],
+            vec![0, 1],
+            &[(STEP, 0), (Y_OFF_S, 1)],
+        );
     }
 }
