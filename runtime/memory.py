@@ -47,13 +47,11 @@ def forward_profile(model, batch_size: int, keep: frozenset = frozenset()):
 
 
 def _shapes(model, batch_size):
-    cache = model.__dict__.setdefault("_shape_cache", {})
-    if "one" not in cache:
-        name, shape, dtype = model.inputs[0]
-        probe = np.zeros((1,) + tuple(1 if d is None else d for d in shape[1:]), dtype=dtype)
-        env = model.run_all(probe)
-        cache["one"] = ({k: v.shape for k, v in env.items()}, {k: v.dtype for k, v in env.items()})
-    one_shapes, dtypes = cache["one"]
+    if model.probe is None:
+        raise ValueError(f"{model.source}: the input has dimensions known only at run time; "
+                         "the memory prediction needs them fixed")
+    one_shapes = {k: s for k, (s, _) in model.probe.items()}
+    dtypes = {k: d for k, (_, d) in model.probe.items()}
     shapes = {k: ((batch_size,) + s[1:] if len(s) else s) for k, s in one_shapes.items()}
     shapes.update({k: v.shape for k, v in model.params.items()})
     dtypes = {**dtypes, **{k: v.dtype for k, v in model.params.items()}}

@@ -82,6 +82,24 @@ class Model:
             except ValueError as e:
                 raise ModelFormatError(f"{source}: {e}") from None
         self._last_use = _last_uses(nodes, self.output_names)
+        self.probe = self._probe()
+
+    def _probe(self) -> dict[str, tuple[tuple, np.dtype]] | None:
+        """Run all-zero samples through the graph at load — two when the batch is dynamic, so
+        a node that mixes samples across the batch shows — and what shape inference cannot
+        check (ops it does not know, such as com.microsoft's, and what follows them) fails
+        here, naming the node. Returns each tensor's (shape, dtype) at that batch, or None
+        when the input has other dimensions only known at run time."""
+        name, shape, dtype = self.inputs[0]
+        if len(self.inputs) != 1 or any(d is None for d in shape[1:]):
+            return None
+        x = np.zeros((2 if shape[0] is None else shape[0], *shape[1:]) if shape else (), dtype=dtype)
+        try:
+            with np.errstate(all="ignore"):
+                env = self.run_all(x)
+        except ValueError as e:  # execute names the node
+            raise ModelFormatError(f"{e} (on an all-zero input of shape {x.shape}, at load)") from None
+        return {k: (v.shape, v.dtype) for k, v in env.items()}
 
     @property
     def float_gemm(self) -> bool:

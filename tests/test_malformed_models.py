@@ -87,8 +87,8 @@ def mutate(model: onnx.ModelProto, rng: np.random.Generator) -> str:
     return f"initializer {t.name}: {a.dtype}{list(a.shape)} → {new.dtype}{list(new.shape)}"
 
 
-def mutants():
-    rng = np.random.default_rng(8)
+def mutants(seed):
+    rng = np.random.default_rng(seed)
     bases = [(stem, onnx.load(str(DATA / f"{stem}.onnx"))) for stem in PINNED] + list(single_op_graphs())
     for stem, base in bases:
         for _ in range(MUTANTS_PER_MODEL):
@@ -97,10 +97,11 @@ def mutants():
             yield stem, mutate(m, rng), m
 
 
-def test_every_mutant_fails_at_load_or_runs(tmp_path):
+@pytest.mark.parametrize("seed", [8, 1, 2])
+def test_every_mutant_fails_at_load_or_runs(seed, tmp_path):
     refused = ran = 0
     problems = []
-    for i, (stem, what, model) in enumerate(mutants()):
+    for i, (stem, what, model) in enumerate(mutants(seed)):
         path = tmp_path / f"m{i}.onnx"
         path.write_bytes(model.SerializeToString())
         try:

@@ -86,7 +86,7 @@ class Conv(Kernel):
     def check_constants(cls, node, consts, shapes):
         """Groups split both the input channels (C = group·Cg) and the output channels."""
         x, w, group = shapes[0], shapes[cls.weight_input], node.attrs.get("group", 1)
-        if x is not None and w is not None and len(x) == len(w) == 4 and x[1] is not None \
+        if x is not None and w is not None and len(x) == len(w) == 4 and None not in (x[1], w[0], w[1]) \
                 and (x[1] != w[1] * group or w[0] % group):
             raise ValueError(f"node {node.name!r} ({node.op_type}): attribute 'group' is {group}, which does "
                              f"not split input channels {x[1]} and weight {list(w)}")
