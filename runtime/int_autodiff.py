@@ -31,7 +31,11 @@ class LayerSignal:
     gamma: float        # real ∂L/∂W[n, k] of sample i = gamma·err[i, n]·act[i, k]
 
     def weight_gradient(self) -> np.ndarray:
-        """``Σ_i err[i, n]·act[i, k]``, (N, K) int64, exact."""
+        """``Σ_i err[i, n]·act[i, k]``, (N, K), exact: int32 when no sum can reach 2^31
+        (half the memory of int64, which it falls back to)."""
+        bits = quant.bit_length(self.err) + quant.bit_length(self.act) + max(len(self.err) - 1, 0).bit_length()
+        if bits < 31:
+            return self.err.T.astype(np.int32) @ self.act.astype(np.int32)
         return self.err.T @ self.act
 
 

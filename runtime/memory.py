@@ -98,7 +98,7 @@ def _backward_bytes(model, bp, tail_start, batch_size, int8):
     size = lambda name: int(np.prod(shapes[name]))  # noqa: E731
     if int8:  # int8_step / int_autodiff, per tail layer from the last: its int64 input minus the
         # zero-point, output error and input error; while int_grad runs, the weighted error and
-        # an int64 copy of the weight; then the int64 gradient, the new int8 weight and one
+        # an int64 copy of the weight; then the int32 gradient, the new int8 weight and one
         # slab's noise and rounding; the new weights of the layers before are held
         held, peak = 0, 0
         for l in reversed(bp):
@@ -106,7 +106,7 @@ def _backward_bytes(model, bp, tail_start, batch_size, int8):
             n_in, n_out = size(model.nodes[l.index].inputs[0]), size(model.nodes[l.index].outputs[0])
             need_input = l.index > tail_start
             live = 8 * (n_in + n_out + (n_in if need_input else 0))
-            grad = max(8 * (n_out + w) if need_input else 2 * n_out, 9 * w + 32 * min(w, INT_CHUNK))
+            grad = max(8 * (n_out + w) if need_input else 2 * n_out, 5 * w + 32 * min(w, INT_CHUNK))
             peak = max(peak, held + live + grad)
             held += w
         return peak
