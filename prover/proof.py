@@ -164,13 +164,15 @@ def _chain_digest(blocks: np.ndarray, per_chunk: int) -> bytes:
     return bytes(acc)
 
 
-# What a proof costs per row of its circuit, measured with bench/prove.py on a 2-core x86
-# machine (k = 11 to 15). halo2 works on the whole domain of 2^k rows, so cost follows 2^k,
-# not the rows the circuit fills: generating the IPA parameters (cached on disk after the
-# first time), the proving key, one chunk proof; peak memory on top of Python and numpy.
-COST_SECONDS_PER_ROW = {"params": 1.0e-3, "keys": 0.8e-3, "chunk": 1.0e-3}
-COST_BYTES_PER_ROW = 78 << 10
-COST_BASE_BYTES = 120 << 20
+# What a proof costs per row of its circuit. halo2 works on the whole domain of 2^k rows, so
+# cost follows 2^k, not the rows the circuit fills. Seconds: generating the IPA parameters
+# (cached on disk after the first time), the proving key, one chunk proof, fitted to the
+# README's bench/prove.py table (k = 13, 15, 16 on 2 x86 cores, one of them partly busy;
+# each row's total within 6 %). Peak memory (the process's VmHWM, Python and numpy
+# included), bench/prove.py at k = 11, 13, 14, 15, 16: 64 MiB + 77 KiB per row, within 5 %.
+COST_SECONDS_PER_ROW = {"params": 1.25e-3, "keys": 0.8e-3, "chunk": 0.95e-3}
+COST_BYTES_PER_ROW = 77 << 10
+COST_BASE_BYTES = 64 << 20
 
 
 def plan(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None, *,
@@ -213,8 +215,8 @@ def describe(todo: dict) -> str:
     took = f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
     memory = f"{m / 2**30:.1f} GiB" if m >= 2**30 else f"{m / 2**20:.0f} MiB"
     return (f"{todo['chunks']} chunk proof(s) of {todo['blocks_per_proof']} blocks ({todo['weights']} weights) in a "
-            f"circuit of 2^{todo['k']} rows: about {took} and {memory} of memory (estimated from the rows"
-            f"{'' if todo['params_cached'] else ', parameters not cached yet'})")
+            f"circuit of 2^{todo['k']} rows: about {took} and {memory} of memory (estimated from the rows and "
+            f"costs measured on 2 x86 cores{'' if todo['params_cached'] else '; parameters not cached yet'})")
 
 
 def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None, *,
@@ -245,6 +247,7 @@ def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None
     proofs, publics = [], []
     t0 = time.perf_counter()
     with _progress.bar(progress, total=todo["chunks"], desc="proving", unit="chunk") as bar:
+        bar.set_postfix_str(f"estimated {(1 << todo['k']) * COST_SECONDS_PER_ROW['chunk']:.0f} s per chunk")
         for wit in witnesses:
             w, a, keep, w_new = _segments(wit, chunk, max_blocks)
             n_fisher = len(w) * wit.block * (wit.block + 1) // 2  # the lower triangles

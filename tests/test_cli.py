@@ -7,6 +7,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -356,3 +357,46 @@ def test_ctrl_c_during_prove_exits_130_at_once_and_writes_nothing(tmp_path, inpu
     assert code == 130 and seconds < 3, seconds  # not after the native call it interrupted
     assert err.splitlines()[-1] == "edgetrain prove: interrupted (Ctrl-C): no output was written"
     assert len(err.splitlines()) == 2 and os.listdir(tmp_path) == []
+
+
+# -- the demo's plumbing (the demo itself runs in the README's first command) -------
+
+def _fake_demo_result():
+    acc = {"before": 0.95, "mask_only": 0.0, "after": 0.0}
+    return {"torch_fp32_accuracy": 0.94, "edgetrain_fp32_accuracy": 0.94, "edgetrain_int8_accuracy": 0.941,
+            "onnxruntime_int8_accuracy": 0.941, "int8_integer_only": True,
+            "int8_argmax_agreement_with_onnxruntime": 1.0, "int8_outputs_identical_to_onnxruntime": 0.9998,
+            "int8_ms_per_sample_batch1000": 0.4, "seconds": 100.0,
+            "personalisation": {"cut": 3, "user_samples": 500, "shifted_accuracy_before": 0.72,
+                                "shifted_accuracy_after": 0.89, "recovered_fraction": 0.77,
+                                "clean_accuracy_before": 0.94, "clean_accuracy_after": 0.92,
+                                "step_peak_bytes": 900 << 10, "inference_peak_bytes": 750 << 10,
+                                "estimated_step_peak_bytes": 820 << 10},
+            "unlearning": {"forget_class": 3, "layer": "11.weight", "masked_weights": 84, "block": 8,
+                           "forget_set_accuracy": acc, "forget_class_test_accuracy": acc,
+                           "retain_test_accuracy": {"before": 0.94, "mask_only": 0.95, "after": 0.95},
+                           "proof_weights": 840, "model_weights": 61706, "proof_chunks": 1, "proof_bytes": 9144,
+                           "prove_seconds": 8.0, "setup_seconds": 15.0, "verified": True, "verify_seconds": 0.3,
+                           "verify_key_and_proof_seconds": 4.0}}
+
+
+def test_demo_prints_its_summary_once_and_writes_only_into_out(capsys, tmp_path, monkeypatch):
+    from edgetrain.export import demo
+
+    def fake(out, epochs, seed, key_cache, show):
+        (Path(out) / demo.REPORT).write_text("# report\n")
+        return _fake_demo_result()
+    monkeypatch.setattr(demo, "run_demo", fake)
+    monkeypatch.chdir(tmp_path)
+    assert main(["demo", "--out", "d"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.count("test accuracy on 1000 MNIST images") == 1 and captured.err == ""
+    assert captured.out.rstrip().endswith(f"report with charts: {os.path.join('d', demo.REPORT)}")
+    assert os.listdir(tmp_path) == ["d"] and os.listdir(tmp_path / "d") == [demo.REPORT]
+
+    def failing(out, **kwargs):
+        (Path(out) / "lenet5.onnx").write_bytes(b"half")
+        raise ValueError("a stage failed")
+    monkeypatch.setattr(demo, "run_demo", failing)
+    code, r = run_json(capsys, "demo", "--out", "e")
+    assert code == 2 and r["error"] == "a stage failed" and os.listdir(tmp_path) == ["d"]
