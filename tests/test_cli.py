@@ -142,6 +142,12 @@ BAD_INPUTS = {
     "quantize-calib-truncated": (["quantize", M, "-o", "q.onnx", "--calib", "{trunc.npz}"], ["--calib", "trunc.npz"]),
     "export-train-truncated": (["export", "mlp", "-o", "m.onnx", "--train", "{trunc.npz}"], ["--train", "trunc.npz"]),
     # model files
+    "info-missing": (["info", "missing.onnx"], ["MODEL", "missing.onnx", "does not exist"]),
+    "train-model-missing": (["train", "missing.onnx", "--data", GOOD], ["MODEL", "missing.onnx", "does not exist"]),
+    "unlearn-model-missing": (["unlearn", "missing.onnx", "--mask", "{mask.npz}", "--data", GOOD, "-o", "u.onnx"],
+                              ["MODEL", "missing.onnx", "does not exist"]),
+    "prove-witness-missing": (["prove", "--witness", "missing.npz", "-o", "p.bin"],
+                              ["--witness", "missing.npz", "does not exist"]),
     "info-not-onnx": (["info", "{random.bin}"], ["random.bin", "ONNX"]),
     "info-folder": (["info", "{folder}"], ["MODEL", "directory"]),
     "quantize-not-onnx": (["quantize", "{random.bin}", "-o", "q.onnx", "--calib", GOOD],
