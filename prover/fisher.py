@@ -90,15 +90,19 @@ def per_sample_gradients(model: Model, x: np.ndarray, y: np.ndarray, names: Sequ
         yield grads
 
 
-def gradient_moments(model: Model, x: np.ndarray, y: np.ndarray, names: Sequence[str]) -> tuple[dict, dict]:
+def gradient_moments(model: Model, x: np.ndarray, y: np.ndarray, names: Sequence[str],
+                     tick=None) -> tuple[dict, dict]:
     """Mean gradient ḡ and diagonal empirical Fisher (mean of g²) per weight tensor,
-    each shaped like the tensor, over the samples ``(x, y)``."""
+    each shaped like the tensor, over the samples ``(x, y)``. ``tick(n)``, if given, is
+    called after each slice of n samples (a progress bar's ``update``)."""
     mean = {name: np.zeros(model.params[name].size) for name in names}
     sq = {name: np.zeros(model.params[name].size) for name in names}
     for grads in per_sample_gradients(model, x, y, names):
         for name, g in grads.items():
             mean[name] += g.sum(0)
             sq[name] += (g * g).sum(0)
+        if tick:
+            tick(len(g))
     shape = lambda d: {k: (v / len(x)).reshape(model.params[k].shape) for k, v in d.items()}
     return shape(mean), shape(sq)
 

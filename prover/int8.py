@@ -197,12 +197,13 @@ class IntegerFisher:
 
 
 def inverse_fisher(model: Model, targets: Sequence[Int8Layer], xq: np.ndarray, y: np.ndarray, block: int,
-                   damp: float, slab: int = 16) -> dict[str, IntegerFisher]:
+                   damp: float, slab: int = 16, tick=None) -> dict[str, IntegerFisher]:
     """Steps 1–4: the integer inverse Fisher blocks of each target layer (``targets =
     layers(model, names)``) over the samples ``(xq, y)`` (``xq`` already quantised), one
     Sherman–Morrison update per sample. ``damp`` is relative to the layer's mean
     empirical-Fisher diagonal: ``λ = damp·(1/(m·size))·Σ_i |g_i|²``, with
-    ``|G_i|² = |err_i|²·|act_i|²`` summed exactly in Python integers."""
+    ``|G_i|² = |err_i|²·|act_i|²`` summed exactly in Python integers. ``tick(n)``, if
+    given, is called after each slab of n samples of each layer (a progress bar's ``update``)."""
     sig = error_signals(model, targets, xq, y)
     m = len(xq)
     out = {}
@@ -219,6 +220,8 @@ def inverse_fisher(model: Model, targets: Sequence[Int8Layer], xq: np.ndarray, y
         lam = _lambda_table(damp, sum_sq, size, t.name)
         for lo in range(0, m, slab):
             fisher_update(h, gradient_rows(s, t, lo, min(m, lo + slab)), lam)
+            if tick:
+                tick(min(m, lo + slab) - lo)
         out[t.name] = IntegerFisher(h, s.gamma, damp * s.gamma ** 2 * sum_sq / (m * size))
     return out
 
@@ -278,9 +281,10 @@ def to_prover_fisher(h: np.ndarray, layer: Int8Layer, shape, fisher_bits: int) -
 
 
 def inverse_fisher_fixed(model: Model, targets: Sequence[Int8Layer], xq: np.ndarray, y: np.ndarray, block: int,
-                         damp: float, fisher_bits: int) -> dict[str, np.ndarray]:
+                         damp: float, fisher_bits: int, tick=None) -> dict[str, np.ndarray]:
     """Steps 1–5: ``{name: A}`` in the prover's convention for the step on the int8 weights
-    (``targets = layers(model, names)``, ``xq`` the quantised input)."""
-    fishers = inverse_fisher(model, targets, xq, y, block, damp)
+    (``targets = layers(model, names)``, ``xq`` the quantised input; ``tick`` as in
+    :func:`inverse_fisher`)."""
+    fishers = inverse_fisher(model, targets, xq, y, block, damp, tick=tick)
     by_name = {t.name: t for t in targets}
     return {n: to_prover_fisher(f.h, by_name[n], model.params[n].shape, fisher_bits) for n, f in fishers.items()}

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from .. import progress as _progress
 from .unlearn import LayerWitness
 
 try:
@@ -59,22 +60,31 @@ def _zk():
     return edgetrain_zk
 
 
+@functools.lru_cache(maxsize=16)
 def keygen(block: int, blocks_per_proof: int = 1, scale_bits: int = 16, k: int | None = None) -> bytes:
     """The verifying-key bytes for chunks of ``blocks_per_proof`` blocks of ``block``
-    weights (``k = None``: the smallest circuit size that fits)."""
+    weights (``k = None``: the smallest circuit size that fits, a layout pass; kept
+    per process)."""
     from .fixed_point import TOL, Y_BITS
-    return bytes(_zk().keygen(k, block, blocks_per_proof, scale_bits=scale_bits, tol=TOL, y_bits=Y_BITS))
+    return bytes(_progress.wait(_zk().keygen, k, block, blocks_per_proof, scale_bits=scale_bits, tol=TOL,
+                                y_bits=Y_BITS))
 
 
-def params(verifying_key: bytes, cache_dir: str | os.PathLike | None = None) -> bytes:
+def _params_path(cache_dir, k: int) -> str | None:
+    return os.path.join(os.fspath(cache_dir), f"ipa-k{k}.bin") if cache_dir else None
+
+
+def params(verifying_key: bytes, cache_dir: str | os.PathLike | None = None, progress: bool = False) -> bytes:
     """The IPA parameters for the key's circuit size (deterministic, no setup); cached
-    as ``ipa-k{k}.bin`` in ``cache_dir`` when given, since large k take a while."""
+    as ``ipa-k{k}.bin`` in ``cache_dir`` when given, since large k take a while
+    (``progress``: a bar while they are made)."""
     k = _key_k(verifying_key)
-    path = os.path.join(os.fspath(cache_dir), f"ipa-k{k}.bin") if cache_dir else None
+    path = _params_path(cache_dir, k)
     if path and os.path.isfile(path):
         with open(path, "rb") as f:
             return f.read()
-    data = bytes(_zk().params(k))
+    with _progress.bar(progress, desc=f"IPA parameters (2^{k} rows)") as bar:
+        data = bytes(_progress.wait(_zk().params, k, ticking=bar))
     if path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp"
@@ -92,8 +102,8 @@ def _key_k(verifying_key: bytes) -> int:
 
 
 def _segments(witness: LayerWitness, per_proof: int, max_blocks: int | None):
-    """(first block, blocks, padded w, a, keep, w_new) of the segment proven for a layer
-    (it starts at block 0)."""
+    """(w, a, keep, w_new) of the segment proven for a layer: its first ``max_blocks``
+    blocks (all: None), padded to whole chunks."""
     nb = len(witness.w) if max_blocks is None else min(max_blocks, len(witness.w))
     pad = -nb % per_proof
     b = witness.block
@@ -102,7 +112,7 @@ def _segments(witness: LayerWitness, per_proof: int, max_blocks: int | None):
     keep = np.concatenate([witness.keep[:nb], np.ones((pad, b), bool)])
     eye = np.broadcast_to(np.eye(b, dtype=np.int64) * PAD_FISHER, (pad, b, b))
     a = np.concatenate([witness.a[:nb], eye])
-    return 0, nb, w, a, keep, w_new
+    return w, a, keep, w_new
 
 
 def blocks_per_proof_for(witnesses: Sequence[LayerWitness], k: int | None = None) -> int:
@@ -121,7 +131,7 @@ def blocks_per_proof_for(witnesses: Sequence[LayerWitness], k: int | None = None
 @functools.lru_cache(maxsize=16)
 def _max_blocks(k: int, block: int, scale_bits: int) -> int:
     from .fixed_point import TOL, Y_BITS
-    return _zk().max_blocks(k, block, scale_bits=scale_bits, tol=TOL, y_bits=Y_BITS)  # a few layout passes
+    return _progress.wait(_zk().max_blocks, k, block, scale_bits=scale_bits, tol=TOL, y_bits=Y_BITS)  # layouts
 
 
 def commitments(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None,
@@ -136,7 +146,7 @@ def commitments(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None 
     blocks_per_proof = blocks_per_proof or blocks_per_proof_for(witnesses)
     out = {}
     for wit in witnesses:
-        _, _, w, a, _, w_new = _segments(wit, blocks_per_proof, max_blocks)
+        w, a, _, w_new = _segments(wit, blocks_per_proof, max_blocks)
         out[wit.name] = {"w": _chain_digest(w, blocks_per_proof), "w_new": _chain_digest(w_new, blocks_per_proof),
                          "a": _chain_digest(a, blocks_per_proof)}
     return out
@@ -154,57 +164,113 @@ def _chain_digest(blocks: np.ndarray, per_chunk: int) -> bytes:
     return bytes(acc)
 
 
-def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None, *,
-          max_blocks: int | None = None, k: int | None = None,
-          params_cache: str | os.PathLike | None = None) -> dict:
-    """Proves the step of every layer in ``witnesses`` (from :func:`unlearn`); with
-    ``max_blocks``, only the first ``max_blocks`` blocks of each layer (a segment).
-    Each chunk proof covers ``blocks_per_proof`` blocks (None: as many as 2^k rows
-    hold, :func:`blocks_per_proof_for`; k = None then means :data:`PROOF_K`).
+# What a proof costs per row of its circuit. halo2 works on the whole domain of 2^k rows, so
+# cost follows 2^k, not the rows the circuit fills. Seconds: generating the IPA parameters
+# (cached on disk after the first time), the proving key, one chunk proof, fitted to the
+# README's bench/prove.py table (k = 13, 15, 16 on 2 x86 cores, one of them partly busy;
+# each row's total within 6 %). Peak memory (the process's VmHWM, Python and numpy
+# included), bench/prove.py at k = 11, 13, 14, 15, 16: 64 MiB + 77 KiB per row, within 5 %.
+COST_SECONDS_PER_ROW = {"params": 1.25e-3, "keys": 0.8e-3, "chunk": 0.95e-3}
+COST_BYTES_PER_ROW = 77 << 10
+COST_BASE_BYTES = 64 << 20
 
-    Returns ``{"proof", "public_inputs", "verifying_key"}`` (bytes) plus
-    ``"weights"`` (how many real weights the proof covers), ``"prove_seconds"`` (the
-    proving itself) and ``"setup_seconds"`` (parameters and proving key). The
-    crate recomputes the witness; a mismatch with ``unlearn``'s integers is an error.
-    """
+
+def plan(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None, *,
+         max_blocks: int | None = None, k: int | None = None,
+         params_cache: str | os.PathLike | None = None) -> dict:
+    """What :func:`prove` will do with the same arguments, found without proving: it
+    proves ``chunks`` chunks of ``blocks_per_proof`` blocks each in a circuit of 2^``k``
+    rows (the smallest that holds a chunk, from the crate's row count), covering
+    ``weights`` weights. ``seconds`` and ``memory_bytes`` estimate its time (parameters,
+    unless ``params_cached``, keys and every chunk) and its peak memory from 2^k and
+    the measured costs per row above; ``verifying_key`` is the key's bytes."""
     if not witnesses:
         raise ValueError("witnesses is empty: nothing to prove")
-    z = _zk()
     block, scale_bits = witnesses[0].block, witnesses[0].scale_bits
     for wit in witnesses:
         if (wit.block, wit.scale_bits) != (block, scale_bits):
             raise ValueError(f"layer {wit.name!r} has block={wit.block}, scale_bits={wit.scale_bits}; all layers "
                              f"of one proof need the same (block={block}, scale_bits={scale_bits})")
-    t0 = time.perf_counter()
     if blocks_per_proof is None:
         blocks_per_proof = blocks_per_proof_for(witnesses, k)
     vk = keygen(block, blocks_per_proof, scale_bits, k)
-    prover = z.Prover(vk, params(vk, params_cache))
-    setup = time.perf_counter() - t0
-    chunk = blocks_per_proof
-    proofs, publics, covered = [], [], 0
-    t0 = time.perf_counter()
+    rows = 1 << _key_k(vk)
+    chunks, weights = 0, 0
     for wit in witnesses:
-        first, nb, w, a, keep, w_new = _segments(wit, chunk, max_blocks)
-        n_fisher = len(w) * wit.block * (wit.block + 1) // 2  # the lower triangles
-        acc = (z.initial_acc(w.size), z.initial_acc(w.size), z.initial_acc(n_fisher))
-        seg_proofs, seg_publics = [], []
-        for c in range(0, len(w), chunk):
-            p, q, proven = prover.prove(w[c:c + chunk].reshape(-1).tolist(), a[c:c + chunk].reshape(-1).tolist(),
-                                        keep[c:c + chunk].reshape(-1).tolist(), acc_in=acc)
-            if not np.array_equal(np.asarray(proven), w_new[c:c + chunk].reshape(-1)):
-                raise ValueError(f"layer {wit.name!r}, blocks {c}..{c + chunk - 1}: the prover's w' differs from "
-                                 "unlearn's (a tie in rounding y); unlearn again with another damp")
-            info = z.public_inputs_info(q)
-            acc = (info["w_out"], info["w_new_out"], info["a_out"])
-            seg_proofs.append(bytes(p))
-            seg_publics.append(bytes(q))
-        head = {"name": wit.name, "size": wit.size, "digests": tuple(bytes(d) for d in acc)}
-        proofs.append(seg_proofs)
-        publics.append((head, seg_publics))
-        covered += min(nb * wit.block, wit.size - first * wit.block)
+        nb = len(wit.w) if max_blocks is None else min(max_blocks, len(wit.w))
+        chunks += -(-nb // blocks_per_proof)
+        weights += min(nb * block, wit.size)
+    path = _params_path(params_cache, _key_k(vk))
+    cached = bool(path and os.path.isfile(path))
+    cost = COST_SECONDS_PER_ROW
+    seconds = rows * ((0 if cached else cost["params"]) + cost["keys"] + chunks * cost["chunk"])
+    return {"chunks": chunks, "blocks_per_proof": blocks_per_proof, "k": _key_k(vk), "weights": weights,
+            "seconds": seconds, "memory_bytes": COST_BASE_BYTES + rows * COST_BYTES_PER_ROW,
+            "params_cached": cached, "verifying_key": vk}
+
+
+def describe(todo: dict) -> str:
+    """A :func:`plan` in one line of words."""
+    s, m = todo["seconds"], todo["memory_bytes"]
+    took = f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min" if s < 7200 else f"{s / 3600:.1f} h"
+    memory = f"{m / 2**30:.1f} GiB" if m >= 2**30 else f"{m / 2**20:.0f} MiB"
+    return (f"{todo['chunks']} chunk proof(s) of {todo['blocks_per_proof']} blocks ({todo['weights']} weights) in a "
+            f"circuit of 2^{todo['k']} rows: about {took} and {memory} of memory (estimated from the rows and "
+            f"costs measured on 2 x86 cores{'' if todo['params_cached'] else '; parameters not cached yet'})")
+
+
+def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None, *,
+          max_blocks: int | None = None, k: int | None = None,
+          params_cache: str | os.PathLike | None = None, progress: bool = False) -> dict:
+    """Proves the step of every layer in ``witnesses`` (from :func:`unlearn`); with
+    ``max_blocks``, only the first ``max_blocks`` blocks of each layer (a segment).
+    Each chunk proof covers ``blocks_per_proof`` blocks (None: as many as 2^k rows
+    hold, :func:`blocks_per_proof_for`; k = None then means :data:`PROOF_K`);
+    :func:`plan` says beforehand what that costs. ``progress``: bars on stderr
+    (:mod:`edgetrain.progress`); a Ctrl-C interrupts at once in any case.
+
+    Returns ``{"proof", "public_inputs", "verifying_key"}`` (bytes) plus
+    ``"weights"`` (how many real weights the proof covers), ``"chunks"``,
+    ``"blocks_per_proof"``, ``"prove_seconds"`` (the proving itself) and
+    ``"setup_seconds"`` (parameters and proving key). The crate recomputes the
+    witness; a mismatch with ``unlearn``'s integers is an error.
+    """
+    z = _zk()
+    t0 = time.perf_counter()
+    todo = plan(witnesses, blocks_per_proof, max_blocks=max_blocks, k=k, params_cache=params_cache)
+    vk, chunk = todo["verifying_key"], todo["blocks_per_proof"]
+    _progress.note(progress, f"proving {describe(todo)}")
+    pp = params(vk, params_cache, progress)
+    with _progress.bar(progress, desc=f"proving key (2^{todo['k']} rows)") as bar:
+        prover = _progress.wait(z.Prover, vk, pp, ticking=bar)
+    setup = time.perf_counter() - t0
+    proofs, publics = [], []
+    t0 = time.perf_counter()
+    with _progress.bar(progress, total=todo["chunks"], desc="proving", unit="chunk") as bar:
+        bar.set_postfix_str(f"estimated {(1 << todo['k']) * COST_SECONDS_PER_ROW['chunk']:.0f} s per chunk")
+        for wit in witnesses:
+            w, a, keep, w_new = _segments(wit, chunk, max_blocks)
+            n_fisher = len(w) * wit.block * (wit.block + 1) // 2  # the lower triangles
+            acc = (z.initial_acc(w.size), z.initial_acc(w.size), z.initial_acc(n_fisher))
+            seg_proofs, seg_publics = [], []
+            for c in range(0, len(w), chunk):
+                p, q, proven = _progress.wait(prover.prove, w[c:c + chunk].reshape(-1).tolist(),
+                                              a[c:c + chunk].reshape(-1).tolist(),
+                                              keep[c:c + chunk].reshape(-1).tolist(), acc, ticking=bar)
+                if not np.array_equal(np.asarray(proven), w_new[c:c + chunk].reshape(-1)):
+                    raise ValueError(f"layer {wit.name!r}, blocks {c}..{c + chunk - 1}: the prover's w' differs "
+                                     "from unlearn's (a tie in rounding y); unlearn again with another damp")
+                info = z.public_inputs_info(q)
+                acc = (info["w_out"], info["w_new_out"], info["a_out"])
+                seg_proofs.append(bytes(p))
+                seg_publics.append(bytes(q))
+                bar.update(1)
+            head = {"name": wit.name, "size": wit.size, "digests": tuple(bytes(d) for d in acc)}
+            proofs.append(seg_proofs)
+            publics.append((head, seg_publics))
     return {"proof": _encode_proof(proofs), "public_inputs": _encode_public(publics), "verifying_key": vk,
-            "weights": covered, "blocks_per_proof": blocks_per_proof, "chunks": sum(map(len, proofs)), "prove_seconds": time.perf_counter() - t0, "setup_seconds": setup}
+            "weights": todo["weights"], "blocks_per_proof": chunk, "chunks": todo["chunks"],
+            "prove_seconds": time.perf_counter() - t0, "setup_seconds": setup}
 
 
 def verify_proof(proof: bytes, public_inputs: bytes, verifying_key: bytes, *,
@@ -219,33 +285,58 @@ def verify_proof(proof: bytes, public_inputs: bytes, verifying_key: bytes, *,
     that differs from any of them gives False, and so does a masked weight that no
     segment reaches (:func:`uncovered`: a proof made with ``max_blocks`` short of
     the mask, or without the layer). Only with ``mask`` is coverage checked.
+    :func:`verify_failure` says which check failed.
 
     Never crashes: bytes that are not of these formats raise
     :class:`ProofFormatError`; anything else that does not verify gives False.
     """
+    return verify_failure(proof, public_inputs, verifying_key, mask=mask, h_w=h_w, h_w_new=h_w_new, h_a=h_a,
+                          params=params) is None
+
+
+_DIGESTS = (("h_w", "the weights before"), ("h_w_new", "the weights after"), ("h_a", "the inverse-Fisher blocks"))
+
+
+def verify_failure(proof: bytes, public_inputs: bytes, verifying_key: bytes, *,
+                   mask: dict[str, np.ndarray] | None = None, h_w: dict[str, bytes] | None = None,
+                   h_w_new: dict[str, bytes] | None = None, h_a: dict[str, bytes] | None = None,
+                   params: bytes | None = None, progress: bool = False) -> str | None:
+    """:func:`verify_proof`'s checks, in its order; None when they all pass, else the
+    first that failed in one line: the segment count, coverage, the mask of a layer,
+    a published digest of a layer, or a chunk proof of a layer (which chunk). Making
+    the verifying key (seconds) shows a bar with ``progress``."""
     z = _zk()  # a missing binding is reported before anything else
     proofs = _decode_proof(proof)
     segments = _decode_public(public_inputs)
-    verifier = _verifier(bytes(verifying_key), None if params is None else bytes(params))
+    with _progress.bar(progress, desc=f"verifying key (2^{_key_k(verifying_key)} rows)") as bar:
+        verifier = _progress.wait(_verifier, bytes(verifying_key), None if params is None else bytes(params),
+                                  ticking=bar)
     if len(proofs) != len(segments):
-        return False
+        return f"the proof holds {len(proofs)} segment(s), its public inputs {len(segments)}"
     keeps = [_keep_bits(seg_publics, z) for _, seg_publics in segments]
-    if mask is not None and _uncovered(mask, segments, keeps):
-        return False
+    outside = _uncovered(mask, segments, keeps) if mask is not None else {}
+    if outside:
+        return "coverage: masked weights outside the proof: " + ", ".join(f"{n!r} {c}" for n, c in outside.items())
     for seg_proofs, (head, seg_publics), keep in zip(proofs, segments, keeps):
-        if mask is not None and not _mask_matches(mask, head, keep):
-            return False
-        for i, expected in enumerate((h_w, h_w_new, h_a)):
-            if expected is not None and expected.get(head["name"]) != head["digests"][i]:
-                return False
+        name = head["name"]
+        wrong = _mask_mismatch(mask, head, keep) if mask is not None else None
+        if wrong:
+            return f"the mask: layer {name!r}: {wrong}"
+        for (key, what), expected, got in zip(_DIGESTS, (h_w, h_w_new, h_a), head["digests"]):
+            if expected is not None and expected.get(name) != got:
+                return f"a digest: layer {name!r}: {key} ({what}) differs from the published one"
         try:
-            if not verifier.verify_chain(seg_proofs, seg_publics, *head["digests"], keep.tolist()):
-                return False
+            if verifier.verify_chain(seg_proofs, seg_publics, *head["digests"], keep.tolist()):
+                continue
         except ProofFormatError:
             raise
-        except ValueError:  # e.g. chunk counts differ between the proof and the inputs
-            return False
-    return True
+        except ValueError as e:  # e.g. chunk counts differ between the proof and the inputs
+            return f"layer {name!r}: {' '.join(str(e).split())}"
+        for i, (p, q) in enumerate(zip(seg_proofs, seg_publics)):
+            if not verifier.verify(p, q):
+                return f"layer {name!r}: chunk {i + 1} of {len(seg_proofs)} does not verify"
+        return f"layer {name!r}: the chunks' digests do not chain from the layer's start to its published digests"
+    return None
 
 
 @functools.lru_cache(maxsize=4)
@@ -296,19 +387,20 @@ def _keep_bits(publics, z) -> np.ndarray:
     return np.array([k for q in publics for k in z.public_inputs_info(q)["keep"]], dtype=bool)
 
 
-def _mask_matches(mask, head, keep):
-    """The segment's keep bits say "removed" exactly where the mask does (padding past
-    the layer's end: kept)."""
+def _mask_mismatch(mask, head, keep) -> str | None:
+    """Why the segment's keep bits do not say "removed" exactly where the mask does
+    (padding past the layer's end: kept), or None when they do."""
     name = head["name"]
     if name not in mask:
-        return False
+        return f"not in the mask (it holds {sorted(mask)})"
     removed = np.asarray(mask[name], dtype=bool).reshape(-1)
     if removed.size != head["size"]:
-        return False
+        return f"the proof is about {head['size']} weights, the mask has {removed.size}"
     want = np.ones(keep.size, bool)
     covered = min(keep.size, removed.size)
     want[:covered] = ~removed[:covered]
-    return np.array_equal(keep, want)
+    differ = int((keep != want).sum())
+    return f"the proof removes other weights than the mask ({differ} differ)" if differ else None
 
 
 # -- bytes ---------------------------------------------------------------------

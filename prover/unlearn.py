@@ -8,11 +8,14 @@ fixed-point form that :mod:`edgetrain.prover.proof` proves.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from numbers import Real
 
 import numpy as np
 
+from .. import progress as _progress
 from ..model import Model
 from . import fixed_point as fx
 from . import int8
@@ -21,7 +24,8 @@ from .fisher import (_check_data, fisher_update, gradient_moments, initial_inver
 
 
 def make_mask(model: Model, forget: tuple, retain: tuple, fraction: float = 0.04,
-              layers: Sequence[str] | None = None, c: float = 0.5, eps: float = 1e-12) -> dict[str, np.ndarray]:
+              layers: Sequence[str] | None = None, c: float = 0.5, eps: float = 1e-12,
+              progress: bool = False) -> dict[str, np.ndarray]:
     """The provider's mask: ``{weight name: bool array, True = remove}`` over the target
     layers (default: the fully connected weights), the global top ``fraction``.
 
@@ -31,15 +35,17 @@ def make_mask(model: Model, forget: tuple, retain: tuple, fraction: float = 0.04
     the weight is set to zero, so the mask takes the weights the forget data needs
     most relative to what the retain data needs. On an int8 model w is the
     dequantised weight and the gradients are the int8 path's, in real units.
+    ``progress``: a bar on stderr over the samples scored (:mod:`edgetrain.progress`).
     """
     if not 0 < fraction < 1:
         raise ValueError(f"fraction={fraction!r} must be in (0, 1)")
     names = target_layers(model, layers)
     w = {n: weight_values(model, n) for n in names}
     saliency = {}
-    for key, (x, y) in (("forget", forget), ("retain", retain)):
-        g, f = gradient_moments(model, x, y, names)
-        saliency[key] = {n: np.abs(g[n] * w[n] - c * f[n] * w[n] ** 2) for n in names}
+    with _progress.bar(progress, total=len(forget[0]) + len(retain[0]), desc="mask: scoring", unit="sample") as bar:
+        for key, (x, y) in (("forget", forget), ("retain", retain)):
+            g, f = gradient_moments(model, x, y, names, tick=bar.update)
+            saliency[key] = {n: np.abs(g[n] * w[n] - c * f[n] * w[n] ** 2) for n in names}
     scores = {n: saliency["forget"][n] / (saliency["retain"][n] + eps) for n in names}
     flat = np.concatenate([scores[n].reshape(-1) for n in names])
     k = max(1, int(round(fraction * flat.size)))
@@ -103,12 +109,15 @@ class LayerWitness:
             np.savez(f, **arrays)
 
     @staticmethod
-    def load(path) -> list["LayerWitness"]:
-        """The witnesses :meth:`save` wrote; a ValueError naming the file and what is
-        missing or wrong when it is not such a file."""
+    def load(path, what: str = "witness file") -> list["LayerWitness"]:
+        """The witnesses :meth:`save` wrote; a ValueError naming ``what`` and the file, and
+        what is missing or wrong, when it is not such a file. The step is checked too:
+        each layer's ``w_new`` must be what :func:`fixed_point.integer_step` makes of its
+        ``w``, ``a`` and ``keep``, so a file changed after :func:`unlearn` wrote it fails
+        here, not after the minutes a proof takes."""
         from ..datasets import read_npz
-        where = f"witness file {str(path)!r}"
-        f = read_npz(path, "witness file")
+        where = f"{what} {str(path)!r}"
+        f = read_npz(path, what)
 
         def get(key, kind, ndim, layer=None):
             if key not in f:
@@ -142,8 +151,29 @@ class LayerWitness:
                 if getattr(wit, field).shape != expected:
                     raise ValueError(f"{where}: {field}{i} has shape {getattr(wit, field).shape}; layer {wit.name!r} "
                                      f"of shape {shape} in blocks of {block} needs {expected}")
+            wrong = wit._step_error()
+            if wrong:
+                raise ValueError(f"{where}: layer {wit.name!r}: {wrong}; it is not the file `edgetrain unlearn` "
+                                 "wrote, or it was changed since")
             out.append(wit)
         return out
+
+    def _step_error(self) -> str | None:
+        """What keeps ``w_new`` from being the integer step of ``w``, ``a`` and ``keep``
+        within the widths the circuit checks, or None."""
+        for name, v, bits in (("w", self.w, fx.VALUE_BITS), ("a", self.a, fx.FISHER_VALUE_BITS)):
+            if v.size and (v.min() < -2 ** (bits - 1) or v.max() >= 2 ** (bits - 1)):
+                return f"{name} holds values outside signed {bits} bit"
+        if not np.array_equal(self.a, self.a.transpose(0, 2, 1)):
+            return "its inverse-Fisher blocks a are not symmetric"
+        try:
+            expected = fx.integer_step(self.w, self.a, self.keep, self.scale_bits)["w_new"]
+        except ValueError as e:
+            return f"its step does not fit the circuit ({e})"
+        bad = np.flatnonzero((expected != self.w_new).any(axis=1))
+        if bad.size:
+            return f"w_new is not the step of w, a and keep in {bad.size} block(s) (first: block {int(bad[0])})"
+        return None
 
 
 # int8 weights are O(2^7) instead of O(2^16·|w|): y gets its precision from the scale instead
@@ -151,7 +181,8 @@ INT8_SCALE_BITS = 24
 
 
 def unlearn(model: Model, mask: dict[str, np.ndarray], data: tuple, block: int = 64, damp: float = 1.0,
-            scale_bits: int | None = None, fisher_bits: int = 14) -> tuple[Model, list[LayerWitness]]:
+            scale_bits: int | None = None, fisher_bits: int = 14,
+            progress: bool = False) -> tuple[Model, list[LayerWitness]]:
     """The device's step: per masked layer, the inverse Fisher blocks of its own
     ``data = (x, y)`` (per-sample gradients, Sherman–Morrison), the group-OBS step
     block by block in fixed point (:mod:`edgetrain.prover.fixed_point`), masked
@@ -177,9 +208,13 @@ def unlearn(model: Model, mask: dict[str, np.ndarray], data: tuple, block: int =
     The new model is int8 with ``w'_int``; a compensated weight outside
     [-128, 127] raises ValueError naming the layer and index (it is not clipped:
     the proof states ``w' = w + δ`` exactly).
+
+    ``progress``: a bar on stderr over the samples of the Fisher passes (:mod:`edgetrain.progress`).
     """
     if not isinstance(block, int) or not 1 <= block <= 64:
         raise ValueError(f"block={block!r} must be an int in [1, 64]")
+    if not (isinstance(damp, Real) and math.isfinite(damp) and damp > 0):
+        raise ValueError(f"damp={damp!r} must be a finite real > 0 (it keeps the Fisher invertible)")
     if not isinstance(mask, dict) or not mask:
         raise ValueError("mask must be a non-empty {weight name: bool array} dict (see make_mask)")
     names = target_layers(model, list(mask))
@@ -189,34 +224,39 @@ def unlearn(model: Model, mask: dict[str, np.ndarray], data: tuple, block: int =
     x, y = data
     _check_data(model, x, y)
     quantized = is_int8(model, names)
-    if quantized:
-        scale_bits = INT8_SCALE_BITS if scale_bits is None else scale_bits
-        if not 1 <= fisher_bits <= fx.FISHER_VALUE_BITS - 2:  # as fisher_to_fixed checks
-            raise ValueError(f"fisher_bits={fisher_bits!r} must be in [1, {fx.FISHER_VALUE_BITS - 2}]")
-        new = Model(model.to_proto(), float_gemm=False, source=model.source)  # integer GEMMs: no float array
-        targets = int8.layers(new, names)  # constants from the float scales, before any data (R3)
-        a_int = int8.inverse_fisher_fixed(new, targets, new.quantize_input(x), y, block, damp, fisher_bits)
-        w_ints = {n: model.params[n].astype(np.int64) for n in names}
-    else:
-        scale_bits = 16 if scale_bits is None else scale_bits
-        # Two streamed passes (no samples × weights array): the damping needs the
-        # Fisher's mean diagonal before the first rank-1 update.
-        sum_sq = dict.fromkeys(names, 0.0)
-        for slab in per_sample_gradients(model, x, y, names):
+    passes = len(names) if quantized else 2  # int8: one pass per layer; fp32: two over all layers
+    with _progress.bar(progress, total=passes * len(x), desc="unlearn: Fisher", unit="sample") as bar:
+        if quantized:
+            scale_bits = INT8_SCALE_BITS if scale_bits is None else scale_bits
+            if not 1 <= fisher_bits <= fx.FISHER_VALUE_BITS - 2:  # as fisher_to_fixed checks
+                raise ValueError(f"fisher_bits={fisher_bits!r} must be in [1, {fx.FISHER_VALUE_BITS - 2}]")
+            new = Model(model.to_proto(), float_gemm=False, source=model.source)  # integer GEMMs: no float array
+            targets = int8.layers(new, names)  # constants from the float scales, before any data (R3)
+            a_int = int8.inverse_fisher_fixed(new, targets, new.quantize_input(x), y, block, damp, fisher_bits,
+                                              tick=bar.update)
+            w_ints = {n: model.params[n].astype(np.int64) for n in names}
+        else:
+            scale_bits = 16 if scale_bits is None else scale_bits
+            # Two streamed passes (no samples × weights array): the damping needs the
+            # Fisher's mean diagonal before the first rank-1 update.
+            sum_sq = dict.fromkeys(names, 0.0)
+            for slab in per_sample_gradients(model, x, y, names):
+                for n in names:
+                    sum_sq[n] += float(np.einsum("ij,ij->", slab[n], slab[n]))
+                bar.update(len(slab[names[0]]))
+            lam = {n: damp * sum_sq[n] / (len(x) * model.params[n].size) for n in names}
             for n in names:
-                sum_sq[n] += float(np.einsum("ij,ij->", slab[n], slab[n]))
-        lam = {n: damp * sum_sq[n] / (len(x) * model.params[n].size) for n in names}
-        for n in names:
-            if not lam[n] > 0:
-                raise ValueError(f"layer {n!r}: every per-sample gradient is zero on these samples; no Fisher to "
-                                 "build")
-        fisher = {n: initial_inverse(model.params[n].size, block, lam[n]) for n in names}
-        for slab in per_sample_gradients(model, x, y, names):
-            for n in names:
-                fisher_update(fisher[n], slab[n], len(x))
-        a_int = {n: fx.fisher_to_fixed(fisher.pop(n), fisher_bits) for n in names}
-        w_ints = {n: fx.to_fixed(model.params[n], scale_bits) for n in names}
-        new = Model(model.to_proto(), source=model.source)
+                if not lam[n] > 0:
+                    raise ValueError(f"layer {n!r}: every per-sample gradient is zero on these samples; no Fisher "
+                                     "to build")
+            fisher = {n: initial_inverse(model.params[n].size, block, lam[n]) for n in names}
+            for slab in per_sample_gradients(model, x, y, names):
+                for n in names:
+                    fisher_update(fisher[n], slab[n], len(x))
+                bar.update(len(slab[names[0]]))
+            a_int = {n: fx.fisher_to_fixed(fisher.pop(n), fisher_bits) for n in names}
+            w_ints = {n: fx.to_fixed(model.params[n], scale_bits) for n in names}
+            new = Model(model.to_proto(), source=model.source)
     witnesses = []
     for n in names:
         shape, size = model.params[n].shape, model.params[n].size

@@ -17,6 +17,7 @@ import os
 import numpy as np
 import onnx
 
+from .datasets import read_npz
 from .errors import TrainingError
 
 FORMAT = 2
@@ -52,6 +53,8 @@ def save(path: str | os.PathLike, model: onnx.ModelProto, config: dict, step: in
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as e:  # named by the checkpoint's path, not the temp file's
+        raise TrainingError(f"checkpoint {path!r} cannot be written ({e.strerror})") from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -67,15 +70,15 @@ def load(path: str | os.PathLike) -> tuple[onnx.ModelProto, dict, int, dict[str,
     TrainingError, naming the file, for anything else: missing, truncated, damaged
     (digest), another format version."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise TrainingError(f"checkpoint {path!r} does not exist (or is not a file)")
     try:
-        with np.load(path, allow_pickle=False) as f:
-            model_bytes, state_bytes, digest = f["model"].tobytes(), f["state"].tobytes(), f["sha256"].tobytes()
-            params = {k[len("param/"):]: f[k] for k in f.files if k.startswith("param/")}
-    except Exception as e:  # zip, npy and key errors of every kind: the file is not ours or is damaged
-        raise TrainingError(f"checkpoint {path!r} is not a readable edgetrain checkpoint "
-                            f"({type(e).__name__}: {e})") from None
+        arrays = read_npz(path, "checkpoint")
+    except ValueError as e:
+        raise TrainingError(str(e)) from None
+    missing = sorted({"model", "state", "sha256"} - set(arrays))
+    if missing:
+        raise TrainingError(f"checkpoint {path!r} is not an edgetrain checkpoint: it lacks {missing}")
+    model_bytes, state_bytes, digest = (arrays[k].tobytes() for k in ("model", "state", "sha256"))
+    params = {k[len("param/"):]: v for k, v in arrays.items() if k.startswith("param/")}
     if digest != _digest(model_bytes, state_bytes, params):
         raise TrainingError(f"checkpoint {path!r} is damaged: its contents do not match its SHA-256")
     try:

@@ -1,116 +1,180 @@
 """The `edgetrain` command line.
 
-Every command takes ``--json``: its results then go to stdout as one JSON
-object on the last line, and everything else to stderr. Exit codes: 0 done,
-1 a negative outcome (``verify``: the proof does not verify, ``"verified":
-false``), 2 an error in the arguments or files. Host commands (export,
-quantize, demo) and the built-in data sets import the host package lazily, so
-the device-side install (numpy and onnx) runs every other command; there a
-host command exits 2 with one line naming the extra to install.
+Results go to stdout: aligned text, or with ``--json`` one JSON object on the
+last line (strict JSON: a value that is not finite is null). Progress and notes
+go to stderr (bars only on a terminal; nothing but errors with ``--json``).
+Exit codes: 0 done; 1 a check that ran and said no (``verify``: the proof does
+not verify, and which check failed); 2 an error in the arguments or input files,
+one line on stderr naming the argument, found before any work; 130 Ctrl-C. A
+command that fails or is interrupted leaves no output file behind (a training
+checkpoint of a finished epoch stays). Host commands import the host package
+lazily, so the device install (numpy and onnx) runs every other command; there
+a host command exits 2 naming the extra to install.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib
-import json
+import math
+import os
+import re
 import sys
 import time
 
 import numpy as np
 
-from . import datasets
+from . import cli_io, datasets, progress
+from .cli_io import HOST_EXTRA, PROVIDER_EXTRA, Outputs, data, host
 from .trainer import DEFAULTS
 
-HOST_EXTRA = 'pip install "edgetrain[host]"'
+
+def cache_dir() -> str:
+    """Where prove and verify keep the IPA parameters by default: ``$EDGETRAIN_CACHE``,
+    else ``$XDG_CACHE_HOME/edgetrain``, else ``~/.cache/edgetrain``."""
+    if os.environ.get("EDGETRAIN_CACHE"):
+        return os.environ["EDGETRAIN_CACHE"]
+    return os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "edgetrain")
 
 
-def _log(*parts):
-    print(*parts, file=sys.stderr, flush=True)
-
-
-def _host(module: str, what: str):
-    """``edgetrain.{module}`` from the host package; on a device install (no torch,
-    onnxruntime, ...) an ImportError in one line naming the extra."""
-    try:
-        return importlib.import_module(f"{__package__}.{module}")
-    except ModuleNotFoundError as e:
-        if (e.name or "").partition(".")[0] == __package__:
-            raise  # our own module is missing: a broken install, not a device
-        raise ImportError(f"{what} needs the host tools ({e.name} is not installed): {HOST_EXTRA}") from None
-
-
-def _data(spec: str, *, split: str = "train", need_labels: bool = False):
-    """``(x, y)`` from a built-in set's ``split`` (host side) or an ``.npz`` file."""
-    if spec in datasets.BUILTIN:
-        s = _host("export.datasets", f"the built-in data set {spec!r}").load(spec)
-        return (s.x_train, s.y_train) if split == "train" else (s.x_test, s.y_test)
-    return datasets.load_npz(spec, need_labels=need_labels)
-
-
-# -- commands ------------------------------------------------------------------
-
-def cmd_export(args) -> dict:
-    export = _host("export", "export")
-    real = _data("mnist", split="test")[0][:64] if args.check_mnist else None
-    return export.export_onnx(args.source, args.output, opset=args.opset, check=not args.no_check,
-                              real_inputs=real, seed=args.seed)
-
-
-def cmd_quantize(args) -> dict:
-    export = _host("export", "quantize")
-    x, _ = _data(args.calib)
-    if args.samples < 1:
-        raise ValueError(f"--samples={args.samples} must be ≥ 1")
-    return export.quantize(args.model, args.output, x[:args.samples], method=args.method,
-                           per_channel=not args.per_tensor, fmt=args.format, percentile=args.percentile)
-
-
-def cmd_info(args) -> dict:
+def _model(path: str):
     from . import load
-    model = load(args.model)
-    return {"path": args.model, "inputs": [{"name": n, "shape": list(s)} for n, s, _ in model.inputs],
+    return load(cli_io.input_file(path, "MODEL"))
+
+
+# -- host: data, models -----------------------------------------------------------
+
+def cmd_data(args, out: Outputs) -> dict:
+    """A built-in set as an .npz (x, y): a split, its first samples, some classes, shifted."""
+    path = out.file(args.output, "-o")
+    x, y = data(args.name, "NAME", split=args.split)
+    if args.first is not None:
+        x, y = x[:args.first], y[:args.first]
+    if args.only is not None:
+        x, y = x[np.isin(y, args.only)], y[np.isin(y, args.only)]
+    if args.without is not None:
+        x, y = x[~np.isin(y, args.without)], y[~np.isin(y, args.without)]
+    if len(x) == 0:
+        raise ValueError(f"--only {args.only} / --without {args.without} leave no sample of {args.name!r}")
+    if args.shift:
+        x = host("export.datasets", "--shift").shifted(x, args.shift)
+    with open(path, "wb") as f:  # np.savez(path) would append .npz to a name without it
+        np.savez(f, x=x, y=y)
+    return {"data": args.output, "samples": len(x), "classes": np.bincount(y).tolist(), "shape": list(x.shape[1:])}
+
+
+def cmd_export(args, out: Outputs) -> dict:
+    export = host("export.onnx_export", "export")
+    from .export.train_torch import train
+    from .export.zoo import ZOO
+    path = out.file(args.output, "-o")
+    module = export.load_module(args.source, args.seed)
+    x, y = data(args.train, "--train", labels=True) if args.train else (None, None)
+    real = data("mnist", "--check-mnist", split="test")[0][:64] if args.check_mnist else None
+    trained = None
+    if args.train:
+        train(module, x, y, epochs=args.epochs, lr=args.lr, seed=args.seed, progress=not args.json)
+        trained = {"data": args.train, "epochs": args.epochs, "samples": len(x)}
+    elif args.source in ZOO:
+        _note(args, f"note: {args.source} is exported with its initial, untrained weights (about 10 % accuracy); "
+                    f"add --train mnist to train it first")
+    result = export.export_onnx(module, path, opset=args.opset, check=not args.no_check, real_inputs=real,
+                                seed=args.seed)
+    return {**result, "path": args.output, "trained": trained}
+
+
+def cmd_quantize(args, out: Outputs) -> dict:
+    quantize = host("export.quantization", "quantize", PROVIDER_EXTRA).quantize
+    path = out.file(args.output, "-o")
+    x, _ = data(args.calib, "--calib")
+    result = quantize(cli_io.input_file(args.model, "MODEL"), path, x[:args.samples], method=args.method,
+                      per_channel=not args.per_tensor, fmt=args.format, percentile=args.percentile)
+    return {**result, "path": args.output}
+
+
+# -- device: run, train --------------------------------------------------------------
+
+def cmd_info(args, out: Outputs) -> dict:
+    model = _model(args.model)
+    return {"path": args.model, "inputs": {n: ["N" if d is None else d for d in s] for n, s, _ in model.inputs},
             "ops": dict(model.op_counts()), "integer_only": model.integer_only,
             "n_params": int(sum(np.size(v) for v in model.params.values()))}
 
 
-def cmd_run(args) -> dict:
+def cmd_run(args, out: Outputs) -> dict:
     """Run a model over a data set; report accuracy when labels exist, and time per sample."""
-    from . import load
-    model = load(args.model)
-    x, y = _data(args.data, split=args.split)
+    model = _model(args.model)
+    x, y = data(args.data, "--data", model, split=args.split)
     start = time.perf_counter()
-    logits = np.concatenate([model.run(x[i:i + args.batch_size]) for i in range(0, len(x), args.batch_size)])
+    with progress.bar(not args.json, total=len(x), desc="run", unit="sample") as bar:
+        logits = []
+        for i in range(0, len(x), args.batch_size):
+            logits.append(model.run(x[i:i + args.batch_size]))
+            bar.update(len(logits[-1]))
+    logits = np.concatenate(logits)
     seconds = time.perf_counter() - start
-    result = {"model": args.model, "samples": len(x), "seconds": seconds,
-              "ms_per_sample": 1e3 * seconds / len(x)}
+    result = {"model": args.model, "samples": len(x), "seconds": seconds, "ms_per_sample": 1e3 * seconds / len(x)}
     if y is not None:
         result["accuracy"] = float((logits.argmax(1) == y).mean())
     return result
 
 
-def cmd_demo(args) -> dict:
-    return _host("export.demo", "demo").run_demo(workdir=args.workdir, epochs=args.epochs, seed=args.seed)
+TRAIN_CONFIG = ("method", "cut", "batch_size", "seed", "lr", "zo_lr", "eps", "q", "lr_bits", "zo_shift", "eps_lsb")
 
 
-def cmd_train(args) -> dict:
-    """Train a model on the device runtime; optional checkpoint/resume and ONNX export."""
-    from . import Trainer, load
-    x, y = _data(args.data, split="train", need_labels=True)
-    val = _data(args.val, split="test", need_labels=True) if args.val else None
+def cmd_train(args, out: Outputs) -> dict:
+    """Train on the device runtime; checkpoints, resume, ONNX export and a plot of the curves."""
+    from . import Trainer
+    if (args.model is None) == (args.resume is None):
+        raise ValueError("give MODEL to start training, or --resume CHECKPOINT to continue (not both)")
+    given = [f"--{k.replace('_', '-')}" for k in TRAIN_CONFIG if getattr(args, k) is not None]
+    if args.resume and given:
+        raise ValueError(f"{', '.join(given)}: with --resume the checkpoint's configuration is used; "
+                         "start a new run from MODEL to change it")
+    model = trainer = None
     if args.resume:
-        trainer = Trainer.load(args.resume)
+        trainer = Trainer.load(cli_io.input_file(args.resume, "--resume"))
+        model = trainer.model
     else:
-        hyper = {k: getattr(args, k) for k in ("lr", "zo_lr", "eps", "q", "lr_bits", "zo_shift", "eps_lsb")
-                 if getattr(args, k) is not None}
-        trainer = Trainer(load(args.model), method=args.method, cut=args.cut, batch_size=args.batch_size,
-                          seed=args.seed, **hyper)
-    history = trainer.fit(x, y, epochs=args.epochs, val=val, checkpoint=args.checkpoint)
-    result = {"model": args.model, "method": trainer.method, "cut": trainer.cut, "steps": trainer.step_count,
-              "history": history}
-    if args.output:
-        trainer.export(args.output)
+        model = _model(args.model)
+    x, y = data(args.data, "--data", model, labels=True, split="train")
+    val = data(args.val, "--val", model, labels=True, split="test") if args.val else None
+    exported = out.file(args.output, "-o") if args.output else None
+    plot = out.file(args.plot, "--plot") if args.plot else None
+    if plot:
+        plots = host("export.plots", "--plot", 'pip install matplotlib (or "edgetrain[host]")')
+        plots.check_format(args.plot, "--plot")
+    if args.checkpoint:
+        cli_io.check_writable(args.checkpoint, "--checkpoint")
+    if trainer is None:
+        config = {k: getattr(args, k) for k in TRAIN_CONFIG if getattr(args, k) is not None}
+        config.setdefault("method", "elasticzo")
+        trainer = Trainer(model, **config)
+    per_epoch = len(x) // trainer.batch_size
+    if per_epoch == 0:
+        raise ValueError(f"--data {args.data!r}: {len(x)} samples make no batch of --batch-size {trainer.batch_size}")
+    done = trainer.step_count // per_epoch  # --epochs counts the epochs of this run
+    try:
+        history = trainer.fit(x, y, epochs=done + args.epochs, val=val, checkpoint=args.checkpoint,
+                              progress=not args.json)
+    except KeyboardInterrupt:
+        kept = (f"the checkpoint {args.checkpoint!r} holds the last whole epoch (--resume it)"
+                if args.checkpoint and os.path.exists(args.checkpoint) else "no checkpoint was written")
+        raise KeyboardInterrupt(kept) from None
+    result = {"model": args.model or args.resume, "method": trainer.method, "cut": trainer.cut,
+              "steps": trainer.step_count, "epochs_done": trainer.step_count // per_epoch, "history": history}
+    diverged = [h["epoch"] for h in history if not math.isfinite(h["loss"])]
+    if sum(h["rolled_back"] for h in history) == per_epoch * len(history):
+        result["warning"] = "every step was rolled back (its loss or update was not finite): nothing was trained"
+    elif diverged:
+        result["warning"] = f"the loss is not finite in epoch(s) {diverged}: the step size is too large"
+    if "warning" in result:
+        _note(args, f"warning: {result['warning']}")
+    if exported:
+        trainer.export(exported)
         result["exported"] = args.output
+    if plot:
+        plots.training_curves(history, plot, title=f"{result['model']}: {trainer.method}")
+        result["plot"] = args.plot
     return result
 
 
@@ -139,61 +203,89 @@ def _proof_files(proof: str) -> tuple[str, str, str]:
 
 
 def _load_mask(path: str) -> dict[str, np.ndarray]:
-    mask = {name: a.astype(bool) for name, a in datasets.read_npz(path, "--mask").items()}
-    if not mask:
+    arrays = datasets.read_npz(path, "--mask")
+    if not arrays:
         raise ValueError(f"--mask {path!r} holds no arrays; expected one bool array per weight name")
-    return mask
+    wrong = [n for n, a in arrays.items() if a.dtype.kind != "b"]
+    if wrong:
+        raise ValueError(f"--mask {path!r}: {wrong} are not bool arrays; expected the file `edgetrain mask` writes")
+    return arrays
 
 
-def cmd_mask(args) -> dict:
+def _key_cache(args) -> str | None:
+    """--key-cache, checked; by default :func:`cache_dir`, or None (no cache) if it cannot be made."""
+    if args.key_cache is not None:
+        if not os.path.isdir(args.key_cache):
+            raise ValueError(f"--key-cache {args.key_cache!r} is not a folder")
+        cli_io.check_writable(os.path.join(args.key_cache, "ipa.bin"), "--key-cache")
+        return args.key_cache
+    try:
+        os.makedirs(cache_dir(), exist_ok=True)
+        return cache_dir()
+    except OSError:
+        return None
+
+
+def cmd_mask(args, out: Outputs) -> dict:
     """Provider: score the target weights on forget vs retain data and save the mask."""
-    from . import load
-    from .prover import make_mask
-    model = load(args.model)
-    forget = _data(args.forget, need_labels=True)
-    retain = _data(args.retain, need_labels=True)
-    mask = make_mask(model, forget=forget, retain=retain, fraction=args.fraction, layers=args.layers)
-    with open(args.output, "wb") as f:  # np.savez(path) would append .npz to another name
+    from .prover import make_mask, target_layers
+    model = _model(args.model)
+    path = out.file(args.output, "-o")
+    forget = data(args.forget, "--forget", model, labels=True)
+    retain = data(args.retain, "--retain", model, labels=True)
+    layers = args.layers or target_layers(model)[-1:]
+    mask = make_mask(model, forget=forget, retain=retain, fraction=args.fraction, layers=layers,
+                     progress=not args.json)
+    with open(path, "wb") as f:  # np.savez(path) would append .npz to a name without it
         np.savez(f, **mask)
     return {"mask": args.output, "layers": {n: {"shape": list(m.shape), "masked": int(m.sum())}
                                             for n, m in mask.items()}}
 
 
-def cmd_unlearn(args) -> dict:
+def cmd_unlearn(args, out: Outputs) -> dict:
     """Device: the group-OBS step on the masked layers; writes the new model and the witness."""
     import onnx
-    from . import load
     from .prover import LayerWitness, unlearn
-    model = load(args.model)
+    model = _model(args.model)
     mask = _load_mask(args.mask)
-    data = _data(args.data, need_labels=True)
-    start = time.perf_counter()
-    new, witnesses = unlearn(model, mask, data=data, block=args.block, damp=args.damp)
-    seconds = time.perf_counter() - start
-    onnx.save(new.to_proto(), args.output)
+    path = out.file(args.output, "-o")
     witness = args.witness or f"{args.output}.witness.npz"
-    LayerWitness.save(witness, witnesses)
-    return {"model": args.output, "witness": witness, "samples": len(data[0]), "block": args.block,
+    witness_path = out.file(witness, "--witness")
+    x, y = data(args.data, "--data", model, labels=True)
+    start = time.perf_counter()
+    new, witnesses = unlearn(model, mask, data=(x, y), block=args.block, damp=args.damp, progress=not args.json)
+    seconds = time.perf_counter() - start
+    onnx.save(new.to_proto(), path)
+    LayerWitness.save(witness_path, witnesses)
+    return {"model": args.output, "witness": witness, "samples": len(x), "block": args.block,
             "seconds": seconds, "layers": {w.name: {"weights": w.size, "masked": int((~w.keep).sum())}
                                            for w in witnesses}}
 
 
-def cmd_prove(args) -> dict:
+def cmd_prove(args, out: Outputs) -> dict:
     """Device: prove the step recorded in a witness; writes proof, public inputs and key."""
-    from .prover import LayerWitness, commitments, prove
-    witnesses = LayerWitness.load(args.witness)
-    if args.blocks_per_proof is not None and args.blocks_per_proof < 1:
-        raise ValueError(f"--blocks-per-proof={args.blocks_per_proof} must be ≥ 1")
+    from .prover import LayerWitness, commitments, describe, plan, prove
+    witnesses = LayerWitness.load(cli_io.input_file(args.witness, "--witness"), "--witness")
+    paths = [out.file(p, "-o") for p in _proof_files(args.output)]
+    cache = _key_cache(args)
+    with _binding_errors(), progress.bar(not args.json, desc="prove: sizing the circuit") as bar:
+        todo = progress.wait(plan, witnesses, args.blocks_per_proof, params_cache=cache, ticking=bar)
+    for flag, limit, need, unit in (("--max-minutes", args.max_minutes, todo["seconds"] / 60, (1, "min")),
+                                    ("--max-memory", args.max_memory, todo["memory_bytes"], (2**20, "MiB"))):
+        if limit is not None and need > limit:
+            raise ValueError(f"{flag} {limit / unit[0]:g} {unit[1]}: proving takes {describe(todo)}; raise {flag}, "
+                             "or prove fewer weights (mask fewer layers)")
     with _binding_errors():
-        out = prove(witnesses, blocks_per_proof=args.blocks_per_proof, params_cache=args.params_cache)
-        digests = commitments(witnesses, out["blocks_per_proof"])
-    paths = _proof_files(args.output)
+        proof = prove(witnesses, todo["blocks_per_proof"], params_cache=cache, progress=not args.json)
+        digests = commitments(witnesses, proof["blocks_per_proof"])
     for path, key in zip(paths, ("proof", "public_inputs", "verifying_key")):
         with open(path, "wb") as f:
-            f.write(out[key])
-    return {"proof": paths[0], "public_inputs": paths[1], "verifying_key": paths[2],
-            "proof_bytes": len(out["proof"]), "weights": out["weights"], "blocks_per_proof": out["blocks_per_proof"],
-            "prove_seconds": out["prove_seconds"], "setup_seconds": out["setup_seconds"],
+            f.write(proof[key])
+    plan_out = {k: v for k, v in todo.items() if k != "verifying_key"}
+    return {"proof": args.output, "public_inputs": f"{args.output}.inputs", "verifying_key": f"{args.output}.vk",
+            "proof_bytes": len(proof["proof"]), "weights": proof["weights"], "chunks": proof["chunks"],
+            "blocks_per_proof": proof["blocks_per_proof"], "prove_seconds": proof["prove_seconds"],
+            "setup_seconds": proof["setup_seconds"], "plan": plan_out,
             "commitments": {n: {k: v.hex() for k, v in d.items()} for n, d in digests.items()}}
 
 
@@ -218,76 +310,145 @@ def _digests(values: list[str] | None, flag: str, layers) -> dict[str, bytes] | 
     return out
 
 
-def cmd_verify(args) -> dict:
+def cmd_verify(args, out: Outputs) -> dict:
     """Provider: does the proof show the masked weights removed as prescribed, each of
-    them inside a proven segment? verified false (exit 1) when not; files that are
-    not a mask, proof, public inputs or key are errors (exit 2)."""
-    from .prover import ProofFormatError, proof_info, uncovered, verify_proof
+    them inside a proven segment? verified false (exit 1, naming the check that
+    failed) when not; files that are not a mask, proof, public inputs or key are
+    errors (exit 2)."""
+    from .prover import ProofFormatError, proof, proof_info, verify_failure
     if len(args.proof) not in (1, 3):
-        raise ValueError(f"expected PROOF (with PROOF.inputs, PROOF.vk beside it) or PROOF INPUTS KEY, got "
+        raise ValueError(f"PROOF: expected PROOF (with PROOF.inputs, PROOF.vk beside it) or PROOF INPUTS KEY, got "
                          f"{len(args.proof)} paths")
     paths = _proof_files(args.proof[0]) if len(args.proof) == 1 else tuple(args.proof)
     mask = _load_mask(args.mask)
     expected = {key: _digests(getattr(args, key), f"--{key.replace('_', '-')}", mask)
                 for key in ("h_w", "h_w_new", "h_a")}
-    blobs = []
-    for path in paths:
-        with open(path, "rb") as f:
-            blobs.append(f.read())
+    blobs = [cli_io.read_bytes(p, what) for p, what in zip(paths, ("PROOF", "public inputs", "verifying key"))]
+    cache = _key_cache(args)
     try:
         with _binding_errors():
+            params = proof.params(blobs[2], cache, progress=not args.json)
             start = time.perf_counter()
-            verified = verify_proof(*blobs, mask=mask, **expected)
+            failed = verify_failure(*blobs, mask=mask, params=params, progress=not args.json, **expected)
             seconds = time.perf_counter() - start
             proven = proof_info(blobs[1])
-            outside = uncovered(blobs[1], mask)
-    except ProofFormatError as e:
-        raise ValueError(f"{e} (in {', '.join(paths)})") from None
-    result = {"ok": verified, "verified": verified, "seconds": seconds,
+    except ProofFormatError as e:  # its message starts with the kind of file it is about
+        kinds = zip(("proof", "public inputs", "verifying key"), paths)
+        where = next((repr(p) for kind, p in kinds if str(e).startswith(kind)), ", ".join(map(repr, paths)))
+        raise ValueError(f"{where}: {e}") from None
+    result = {"ok": failed is None, "verified": failed is None, "seconds": seconds,
               "weights": sum(s["weights"] for s in proven),
               "masked": sum(int(m.sum()) for m in mask.values()), "proof_bytes": len(blobs[0])}
-    if outside:
-        result["error"] = f"masked weights outside the proof: {outside}"
+    if failed:
+        result["failed"] = failed
     return result
+
+
+def cmd_demo(args, out: Outputs) -> dict:
+    demo = host("export.demo", "demo")
+    target = args.out
+    if target is None:
+        target = os.path.join(cache_dir(), "demo")
+        os.makedirs(cache_dir(), exist_ok=True)  # the default's parent; a given --out's must exist
+    folder = out.folder(target, "--out")
+    result = demo.run_demo(folder, epochs=args.epochs, seed=args.seed, key_cache=_key_cache(args),
+                           show=not args.json)
+    return {**result, "report": os.path.join(target, demo.REPORT)}
+
+
+def _render_demo(result: dict) -> str:
+    return host("export.demo", "demo").summary(result)
 
 
 # -- parser ----------------------------------------------------------------------
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="edgetrain", description=__doc__.splitlines()[0],
-                                epilog=f"(host): needs the host tools, {HOST_EXTRA}; so do the built-in data sets "
-                                       f"{datasets.BUILTIN}. Every other command runs on a device install.")
-    sub = p.add_subparsers(dest="command", required=True)
+class UsageError(Exception):
+    """Arguments argparse rejects; main reports them like every other input error."""
 
-    def add(name, func, help_, host=False):
-        help_ = f"(host) {help_}" if host else help_
+    def __init__(self, prog: str, message: str):
+        super().__init__(f"{' '.join(message.split())} (see {prog} --help)")
+        self.prog = prog
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise UsageError(self.prog, message)
+
+
+def _positive(kind):
+    def check(text):
+        try:
+            value = kind(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or value <= 0:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a {'positive int' if kind is int else 'finite real > 0'}")
+        return value
+    return check
+
+
+def _size(text: str) -> int:
+    """A memory size: a number and a unit K, M or G, binary (2G, 2GB and 2GiB are 2·2^30 bytes)."""
+    found = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMG])(?:I?B)?\s*", text, re.IGNORECASE)
+    if not found or float(found[1]) <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a size > 0 such as 2G or 512M")
+    return int(float(found[1]) * 2 ** (10 * "KMG".index(found[2].upper()) + 10))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="edgetrain", description=__doc__.splitlines()[0],
+                epilog=f"(host): needs the host tools, {HOST_EXTRA}; so do the built-in data sets "
+                       f"{datasets.BUILTIN}. (provider): {PROVIDER_EXTRA}, no torch. Every other command runs on a "
+                       "device install; prove and verify need the binding (pip install ./rust).")
+    sub = p.add_subparsers(dest="command", required=True)
+    pos = _positive(int)
+
+    def add(name, func, help_, extra=None, render=None):
+        help_ = f"({extra}) {help_}" if extra else help_
         s = sub.add_parser(name, help=help_, description=help_)
         s.add_argument("--json", action="store_true", help="print results as one JSON object (last stdout line)")
-        s.set_defaults(func=func)
+        s.set_defaults(func=func, render=render)
         return s
 
-    s = add("demo", cmd_demo, "the whole pipeline on the built-in MNIST set: train, export, quantise, run int8",
-            host=True)
-    s.add_argument("--workdir", default="edgetrain-demo", help="where the model files go (default: %(default)s)")
-    s.add_argument("--epochs", type=int, default=5, help="host training epochs (default: %(default)s)")
+    s = add("demo", cmd_demo, "the whole pipeline on the built-in MNIST set: train, export, quantise, run int8, "
+                              "personalise, unlearn and prove; writes a report with plots", "host", _render_demo)
+    s.add_argument("--out", help=f"folder for the models, report.md and plots (default: {cache_dir()}/demo)")
+    s.add_argument("--epochs", type=pos, default=5, help="host training epochs (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--key-cache", help="folder caching the IPA parameters (default: the prove/verify cache)")
 
-    s = add("export", cmd_export,
-            "torch module (zoo name or package.module:callable) → ONNX, checked with onnxruntime", host=True)
+    s = add("data", cmd_data, "a built-in data set written as an .npz (x, y) to train, run, mask or unlearn with",
+            "host")
+    s.add_argument("name", choices=datasets.BUILTIN)
+    s.add_argument("-o", "--output", required=True, help="the .npz to write")
+    s.add_argument("--split", default="train", choices=["train", "test"])
+    s.add_argument("--first", type=pos, help="keep the first N samples of the split (before the class filters)")
+    s.add_argument("--only", type=int, nargs="+", metavar="CLASS", help="keep only these classes")
+    s.add_argument("--without", type=int, nargs="+", metavar="CLASS", help="drop these classes")
+    s.add_argument("--shift", type=int, default=0, help="move the images right by this many pixels (a 'user' "
+                                                        "distribution, as in the demo)")
+
+    s = add("export", cmd_export, "torch module (zoo name or package.module:callable) → ONNX, checked with "
+                                  "onnxruntime; --train trains it first", "host")
     s.add_argument("source")
     s.add_argument("-o", "--output", required=True)
+    s.add_argument("--train", metavar="DATA", help=f"train with torch first on an .npz (x, y) or a built-in set "
+                                                   f"{datasets.BUILTIN} (its train split)")
+    s.add_argument("--epochs", type=pos, default=5, help="epochs of --train (default: %(default)s)")
+    s.add_argument("--lr", type=_positive(float), default=2e-3, help="Adam's step for --train (default: %(default)s)")
     s.add_argument("--opset", type=int, default=17)
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--no-check", action="store_true", help="skip the onnxruntime-vs-torch check")
     s.add_argument("--check-mnist", action="store_true", help="also check on 64 MNIST test images")
 
-    s = add("quantize", cmd_quantize, "static int8 post-training quantisation with a calibration set", host=True)
+    s = add("quantize", cmd_quantize, "static int8 post-training quantisation of an fp32 ONNX model with a "
+                                      "calibration set", "provider")
     s.add_argument("model")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--calib", required=True, help=f"an .npz with x, or a built-in set {datasets.BUILTIN}")
-    s.add_argument("--samples", type=int, default=256, help="calibration samples used (default: %(default)s)")
+    s.add_argument("--samples", type=pos, default=256, help="calibration samples used (default: %(default)s)")
     s.add_argument("--method", default="minmax", choices=["minmax", "percentile"])
-    s.add_argument("--percentile", type=float, default=99.999)
+    s.add_argument("--percentile", type=_positive(float), default=99.999)
     s.add_argument("--format", default="qoperator", choices=["qoperator", "qdq"])
     s.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
 
@@ -298,16 +459,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("model")
     s.add_argument("--data", required=True, help=f"an .npz with x [and y], or a built-in set {datasets.BUILTIN}")
     s.add_argument("--split", default="test", choices=["train", "test"], help="split of a built-in set")
-    s.add_argument("--batch-size", type=int, default=64)
+    s.add_argument("--batch-size", type=pos, default=64)
 
     s = add("train", cmd_train, "train a model on the device runtime (bp, zo, elasticzo, elasticzo-int8)")
-    s.add_argument("model")
+    s.add_argument("model", nargs="?", help="the model to start from (or --resume a checkpoint instead)")
     s.add_argument("--data", required=True, help=f"an .npz with x and y, or a built-in set {datasets.BUILTIN}")
     s.add_argument("--val", help="validation data (.npz with x, y, or a built-in set's test split)")
-    s.add_argument("--method", default="elasticzo", choices=list(DEFAULTS))
-    s.add_argument("--cut", type=int, default=1, help="trailing layers trained with backprop (default: %(default)s)")
-    s.add_argument("--epochs", type=int, default=1)
-    s.add_argument("--batch-size", type=int, default=32)
+    s.add_argument("--method", choices=list(DEFAULTS), help="(default: elasticzo)")
+    s.add_argument("--cut", type=int, help="trailing layers trained with backprop (default: 1)")
+    s.add_argument("--epochs", type=pos, default=1,
+                   help="epochs to run now; with --resume, further epochs after the checkpoint's (default: 1)")
+    s.add_argument("--batch-size", type=pos, help="(default: 32)")
     fp32, int8 = DEFAULTS["elasticzo"], DEFAULTS["elasticzo-int8"]
     for flag, kind, what in (("--lr", float, "fp32 methods: the BP step"), ("--zo-lr", float, "fp32 methods: the ZO step"),
                              ("--eps", float, "fp32 methods: the ZO perturbation"),
@@ -317,18 +479,21 @@ def build_parser() -> argparse.ArgumentParser:
                              ("--eps-lsb", int, "elasticzo-int8: the ZO perturbation in weight LSBs")):
         key = flag[2:].replace("-", "_")
         s.add_argument(flag, type=kind, help=f"{what} (default {fp32.get(key, int8.get(key))})")
-    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--seed", type=int, help="(default: 0)")
     s.add_argument("--checkpoint", help="save a checkpoint here after every epoch")
-    s.add_argument("--resume", help="continue from this checkpoint (MODEL is then only a label)")
+    s.add_argument("--resume", metavar="CHECKPOINT", help="continue from this checkpoint, with its model and "
+                                                          "configuration")
     s.add_argument("-o", "--output", help="export the trained model as ONNX here")
+    s.add_argument("--plot", metavar="PNG", help="draw loss and accuracy per epoch (train, and --val) here")
 
     s = add("mask", cmd_mask, "provider: the ZK-APEX mask of the weights to remove (forget vs retain data)")
     s.add_argument("model")
     s.add_argument("--forget", required=True, help="data to forget (.npz with x, y, or a built-in set)")
     s.add_argument("--retain", required=True, help="data to keep (.npz with x, y, or a built-in set)")
     s.add_argument("-o", "--output", required=True, help="the mask, an .npz of bool arrays per weight name")
-    s.add_argument("--fraction", type=float, default=0.04, help="share of target weights removed (default: %(default)s)")
-    s.add_argument("--layers", nargs="+", help="weight names to target (default: every fully connected weight)")
+    s.add_argument("--fraction", type=float, default=0.1,
+                   help="share of the target weights removed, in (0, 1) (default: %(default)s)")
+    s.add_argument("--layers", nargs="+", help="weight names to target (default: the last fully connected layer's)")
 
     s = add("unlearn", cmd_unlearn, "device: remove the masked weights with the group-OBS step (ZK-APEX)")
     s.add_argument("model")
@@ -336,54 +501,76 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data", required=True, help="the device's own data for the Fisher (.npz with x, y, or built-in)")
     s.add_argument("-o", "--output", required=True, help="the unlearned model (ONNX)")
     s.add_argument("--witness", help="where the proof's witness goes (default: OUTPUT.witness.npz)")
-    s.add_argument("--block", type=int, default=64, help="weights per Fisher block, ≤ 64 (default: %(default)s)")
-    s.add_argument("--damp", type=float, default=1.0,
+    s.add_argument("--block", type=pos, default=8, help="weights per Fisher block, ≤ 64 (default: %(default)s)")
+    s.add_argument("--damp", type=_positive(float), default=1.0,
                    help="Fisher damping relative to its mean diagonal (default: %(default)s)")
 
     s = add("prove", cmd_prove, "device: Halo2 proof of an unlearning step; writes PROOF, PROOF.inputs, PROOF.vk")
     s.add_argument("--witness", required=True, help="the witness .npz from `edgetrain unlearn`")
     s.add_argument("-o", "--output", required=True, help="the proof file; public inputs and key go beside it")
-    s.add_argument("--blocks-per-proof", type=int,
-                   help="blocks per chunk proof (default: as many as one proof of the default circuit size "
-                        "holds for the witness's block size, found at run time and reported as blocks_per_proof)")
-    s.add_argument("--params-cache", help="directory caching the IPA parameters between runs")
+    s.add_argument("--blocks-per-proof", type=pos,
+                   help="blocks per chunk proof (default: as many as one proof of 2^15 rows holds, at most a layer's)")
+    s.add_argument("--key-cache", help=f"folder caching the IPA parameters (default: {cache_dir()})")
+    s.add_argument("--max-minutes", type=_positive(float), help="refuse, before proving, if the estimate is longer")
+    s.add_argument("--max-memory", type=_size, help="refuse, before proving, if the estimated peak memory is more "
+                                                    "(e.g. 2G, 512M)")
 
-    s = add("verify", cmd_verify, "provider: check an unlearning proof against the mask; exit 0 iff it verifies")
+    s = add("verify", cmd_verify, "provider: check an unlearning proof against the mask; exit 0 iff it verifies, "
+                                  "1 naming the check that failed")
     s.add_argument("proof", nargs="+", metavar="PROOF", help="PROOF (PROOF.inputs, PROOF.vk beside it) or PROOF INPUTS KEY")
     s.add_argument("--mask", required=True, help="the mask the provider sent (.npz)")
     for flag, what in (("--h-w", "before"), ("--h-w-new", "after"), ("--h-a", "of the Fisher blocks")):
         s.add_argument(flag, action="append", metavar="[NAME=]HEX",
                        help=f"published digest {what} of a layer (repeat per layer)")
+    s.add_argument("--key-cache", help=f"folder caching the IPA parameters (default: {cache_dir()})")
     return p
 
 
+def _note(args, text: str) -> None:
+    progress.note(not args.json, text)
+
+
+# The exceptions that mean "this input or argument is wrong": one line, exit 2. Anything
+# else is a bug and keeps its traceback.
+INPUT_ERRORS = (ValueError, TypeError, OSError, NotImplementedError, ImportError, ProverError)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        result = args.func(args)
-    except (ValueError, TypeError, OSError, NotImplementedError, ImportError, ProverError) as e:
-        message = " ".join(str(e).split())  # one line, whatever the exception held
-        _log(f"edgetrain {args.command}: error: {message}")
-        if args.json:
-            print(json.dumps({"ok": False, "error": message}))
-        return 2
+        args = build_parser().parse_args(argv)
+    except UsageError as e:
+        return _fail(e.prog, "--json" in argv, "error", str(e), 2)
+    out = Outputs()
+    try:
+        result = args.func(args, out)
+        out.commit()
+    except KeyboardInterrupt as e:
+        out.discard()
+        return _fail(f"edgetrain {args.command}", args.json, "interrupted (Ctrl-C)",
+                     str(e) or "no output was written", 130)
+    except INPUT_ERRORS as e:
+        out.discard()
+        return _fail(f"edgetrain {args.command}", args.json, "error", " ".join(str(e).split()), 2)  # one line
+    except BaseException:
+        out.discard()
+        raise
     result = {"ok": True, **result}  # a command reports a negative outcome (verify) with ok False: exit 1
     if not result["ok"]:
-        _log(f"edgetrain {args.command}: failed" + (f": {result['error']}" if "error" in result else ""))
+        print(f"edgetrain {args.command}: not verified: {result['failed']}", file=sys.stderr, flush=True)
     if args.json:
-        print(json.dumps(result, default=_jsonable))
+        print(cli_io.to_json(result))
     else:
-        for k, v in result.items():
-            print(f"{k}: {v}")
+        print((args.render or cli_io.render)(result))
     return 0 if result["ok"] else 1
 
 
-def _jsonable(v):
-    if isinstance(v, np.generic):
-        return v.item()
-    if isinstance(v, np.ndarray):
-        return v.tolist()
-    return str(v)
+def _fail(prog: str, json_out: bool, what: str, message: str, code: int) -> int:
+    """One line on stderr, ``{prog}: {what}: {message}``; with --json also the result."""
+    print(f"{prog}: {what}: {message}", file=sys.stderr, flush=True)
+    if json_out:
+        print(cli_io.to_json({"ok": False, "error": message, **({"interrupted": True} if code == 130 else {})}))
+    return code
 
 
 if __name__ == "__main__":

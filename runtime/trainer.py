@@ -11,9 +11,11 @@ training state and a resumed run is bit-identical to an uninterrupted one.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 import os
-import sys
+import signal
+import threading
 import time
 from numbers import Integral, Real
 
@@ -21,6 +23,7 @@ import numpy as np
 import onnx
 
 from . import autodiff, checkpoint, memory, prng
+from . import progress as _progress
 from .errors import TrainingError
 from .fp32_step import Fp32Step
 from .int8_step import Int8Step
@@ -169,6 +172,9 @@ class Trainer:
         """Train until ``epochs`` epochs in total have run (a resumed trainer continues
         where its step count says). Batches: a permutation per epoch from ``(seed, epoch)``;
         the last short batch is dropped. ``checkpoint``: saved after every epoch.
+        ``progress``: a bar per epoch and a line after it on stderr (:mod:`edgetrain.progress`).
+        Ctrl-C raises KeyboardInterrupt between two steps, never inside one, so the
+        weights are those after a whole step and the checkpoint that of the last epoch.
         Returns per-epoch metrics (with ``val_loss``/``val_accuracy`` if ``val``)."""
         x, y = self.check_batch(x, y)
         if not _int(epochs) or epochs < 1:
@@ -177,32 +183,39 @@ class Trainer:
         if per_epoch == 0:
             raise TrainingError(f"{len(x)} samples make no batch of batch_size={self.batch_size}")
         history = []
-        while self.step_count < epochs * per_epoch:
-            epoch, start_batch = divmod(self.step_count, per_epoch)
-            order = np.random.default_rng([self.seed, epoch]).permutation(len(x))
-            t0, losses, accs, rolled = time.perf_counter(), [], [], 0
-            for b in range(start_batch, per_epoch):
-                idx = order[b * self.batch_size:(b + 1) * self.batch_size]
-                m = self.step(x[idx], y[idx])
-                if m.get("rolled_back"):
-                    rolled += 1
-                    self.step_count += 1  # skip the bad batch so the run goes on
-                losses.append(m["loss"])
-                accs.append(m["accuracy"])
-                if progress:
-                    _progress(epoch + 1, epochs, b + 1, per_epoch, float(np.mean(losses)), float(np.mean(accs)))
-            record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "accuracy": float(np.mean(accs)),
-                      "seconds": time.perf_counter() - t0, "rolled_back": rolled}
-            if val is not None:
-                v = self.evaluate(*val)
-                record.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
-            history.append(record)
-            if progress:
+        with _interrupts_between_steps() as interrupted:
+            while self.step_count < epochs * per_epoch:
+                epoch, start_batch = divmod(self.step_count, per_epoch)
+                order = np.random.default_rng([self.seed, epoch]).permutation(len(x))
+                t0, losses, accs, rolled = time.perf_counter(), [], [], 0
+                with _progress.bar(progress, total=per_epoch, initial=start_batch, desc=f"epoch {epoch + 1}/{epochs}",
+                                   unit="step") as bar:
+                    for b in range(start_batch, per_epoch):
+                        idx = order[b * self.batch_size:(b + 1) * self.batch_size]
+                        m = self.step(x[idx], y[idx])
+                        if m.get("rolled_back"):
+                            rolled += 1
+                            self.step_count += 1  # skip the bad batch so the run goes on
+                        losses.append(m.get("loss", math.nan))  # a rolled-back ZO step may have none
+                        accs.append(m.get("accuracy", math.nan))
+                        bar.set_postfix_str(f"loss {np.mean(losses):.4f}  acc {np.mean(accs):.4f}", refresh=False)
+                        bar.update(1)
+                        if interrupted():
+                            raise KeyboardInterrupt
+                record = {"epoch": epoch + 1, "loss": float(np.mean(losses)), "accuracy": float(np.mean(accs)),
+                          "seconds": time.perf_counter() - t0, "rolled_back": rolled}
+                if val is not None:
+                    v = self.evaluate(*val)
+                    record.update(val_loss=v["loss"], val_accuracy=v["accuracy"])
+                history.append(record)
                 extra = f"  val acc {record['val_accuracy']:.4f}" if val is not None else ""
-                print(f"\repoch {epoch + 1}/{epochs}  loss {record['loss']:.4f}  acc {record['accuracy']:.4f}"
-                      f"{extra}  {record['seconds']:.1f}s", file=sys.stderr, flush=True)
-            if checkpoint:
-                self.save(checkpoint)
+                _progress.note(progress, f"epoch {epoch + 1}/{epochs}  loss {record['loss']:.4f}  acc "
+                                         f"{record['accuracy']:.4f}{extra}  {record['seconds']:.1f}s"
+                                         + (f"  ({rolled} step(s) rolled back)" if rolled else ""))
+                if checkpoint:
+                    self.save(checkpoint)
+                if interrupted():
+                    raise KeyboardInterrupt
         return history
 
     # -- memory, persistence ----------------------------------------------------------------
@@ -253,8 +266,18 @@ class Trainer:
         onnx.save(self.model.to_proto(), os.fspath(path))
 
 
-def _progress(epoch, epochs, b, n, loss, acc):
-    width = 24
-    filled = width * b // n
-    print(f"\repoch {epoch}/{epochs} [{'#' * filled}{'.' * (width - filled)}] {b}/{n}  "
-          f"loss {loss:.4f}  acc {acc:.4f}", end="", file=sys.stderr, flush=True)
+@contextlib.contextmanager
+def _interrupts_between_steps():
+    """Holds a Ctrl-C (SIGINT) back while inside; yields ``interrupted()``, true once one
+    came, for the loop to raise KeyboardInterrupt where the state is whole. Only where
+    Python's own handler is in place (the main thread, Ctrl-C not ignored or taken)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        yield lambda: False
+        return
+    came = []
+    signal.signal(signal.SIGINT, lambda *_: came.append(True))
+    try:
+        yield lambda: bool(came)
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -1,4 +1,7 @@
-"""Shared fixtures: the MNIST split and the pinned test models (tests/data, see make_models.py)."""
+"""Shared fixtures: the MNIST split, the pinned test models (tests/data, see make_models.py) and a
+key cache of the session's own."""
+import json
+import os
 import shutil
 from pathlib import Path
 
@@ -8,6 +11,20 @@ import pytest
 from edgetrain.export import datasets
 
 DATA = Path(__file__).resolve().parent / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def key_cache(tmp_path_factory):
+    """prove and verify cache their IPA parameters in ``$EDGETRAIN_CACHE``: one folder for the
+    session (subprocesses inherit it), never the user's cache."""
+    folder = tmp_path_factory.mktemp("edgetrain-cache")
+    previous = os.environ.get("EDGETRAIN_CACHE")
+    os.environ["EDGETRAIN_CACHE"] = str(folder)
+    yield folder
+    if previous is None:
+        del os.environ["EDGETRAIN_CACHE"]
+    else:
+        os.environ["EDGETRAIN_CACHE"] = previous
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +65,26 @@ def int8_onnx(pinned):
             raise LookupError(f"no pinned int8 model {stem}.onnx; add it to tests/data/make_models.py")
         return pinned(stem)
     return path
+
+
+def strict_json(line: str):
+    """json.loads that refuses NaN, Infinity and -Infinity (Python's json accepts them; JSON does not)."""
+    def refuse(name):
+        raise AssertionError(f"{name} is not JSON")
+    return json.loads(line, parse_constant=refuse)
+
+
+def run_json(capsys, *argv):
+    """``edgetrain ARGV --json`` in this process: (exit code, the strict-JSON result). An error
+    (exit 2) must also be one line on stderr naming the command."""
+    from edgetrain.cli import main
+    code = main([*argv, "--json"])
+    captured = capsys.readouterr()
+    result = strict_json(captured.out.strip().splitlines()[-1])
+    if code == 2:
+        assert captured.err.startswith(f"edgetrain {argv[0]}: error: ") and captured.err.count("\n") == 1
+        assert captured.err.strip().endswith(result["error"])
+    return code, result
 
 
 def rel_err(a, b):

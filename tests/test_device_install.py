@@ -119,16 +119,22 @@ def test_device_install_imports_runs_and_trains_int8(device_python, tmp_path, mn
 def test_host_only_commands_name_the_extra_on_a_device(device_python, tmp_path, int8_onnx):
     model = str(int8_onnx("lenet5"))
     np.savez(tmp_path / "calib.npz", x=np.zeros((4, 1, 28, 28), np.float32))
-    commands = [["export", "lenet5", "-o", str(tmp_path / "m.onnx")],
-                ["quantize", model, "-o", str(tmp_path / "q.onnx"), "--calib", str(tmp_path / "calib.npz")],
-                ["demo", "--workdir", str(tmp_path / "demo")],
-                ["run", model, "--data", "mnist"],
-                ["--help"]]
+    np.savez(tmp_path / "d.npz", x=np.zeros((64, 1, 28, 28), np.float32), y=np.zeros(64, np.int64))
+    host, provider = 'pip install "edgetrain[host]"', 'pip install "edgetrain[provider]"'
+    commands = [(["export", "lenet5", "-o", str(tmp_path / "m.onnx")], host),
+                (["quantize", model, "-o", str(tmp_path / "q.onnx"), "--calib", str(tmp_path / "calib.npz")],
+                 provider),
+                (["demo", "--out", str(tmp_path / "demo")], host),
+                (["data", "mnist", "-o", str(tmp_path / "d2.npz")], host),
+                (["run", model, "--data", "mnist"], host),
+                (["train", model, "--data", str(tmp_path / "d.npz"), "--plot", str(tmp_path / "c.png")],
+                 "pip install matplotlib"),
+                (["--help"], None)]
     script = (  # one interpreter for all: importing onnx takes a second or two
         "import contextlib, io, json\n"
         "from edgetrain.cli import main\n"
         "results = []\n"
-        f"for argv in {commands!r}:\n"
+        f"for argv in {[argv for argv, _ in commands]!r}:\n"
         "    out, err = io.StringIO(), io.StringIO()\n"
         "    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):\n"
         "        try:\n"
@@ -140,9 +146,11 @@ def test_host_only_commands_name_the_extra_on_a_device(device_python, tmp_path, 
     out = _device(device_python, "-c", script)
     assert out.returncode == 0, out.stderr
     *host_only, (help_code, help_text, _) = json.loads(out.stdout)
-    for argv, (code, _, err) in zip(commands, host_only):
+    for (argv, extra), (code, _, err) in zip(commands, host_only):
         assert code == 2 and err.startswith(f"edgetrain {argv[0]}: error: "), (argv, err)
-        assert err.count("\n") == 1 and 'pip install "edgetrain[host]"' in err, (argv, err)
-    assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "demo").exists()
-    marked = {line.split()[0] for line in help_text.splitlines() if "(host)" in line.split()[1:2]}
-    assert help_code == 0 and marked == {"demo", "export", "quantize"}
+        assert err.count("\n") == 1 and extra in err, (argv, err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["calib.npz", "d.npz"]  # nothing written
+    marked = {line.split()[0]: line.split()[1] for line in help_text.splitlines()
+              if line.split()[1:2] in (["(host)"], ["(provider)"])}
+    assert help_code == 0 and marked == {"demo": "(host)", "data": "(host)", "export": "(host)",
+                                         "quantize": "(provider)"}

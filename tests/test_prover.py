@@ -121,7 +121,8 @@ def _witness(seed, mask_seed=None, name="fc.weight"):
 
 def test_witness_file_round_trips_exactly(tmp_path):
     first = _witness(0)
-    second = LayerWitness("fc2.weight", (3, 5), B, 24, first.w[:, ::-1].copy(), first.a, ~first.keep, first.w)
+    w, keep = first.w[:, ::-1].copy(), ~first.keep
+    second = LayerWitness("fc2.weight", (3, 5), B, 20, w, first.a, keep, fx.integer_step(w, first.a, keep, 20)["w_new"])
     LayerWitness.save(tmp_path / "wit", [first, second])  # exactly this path, no .npz appended
     loaded = LayerWitness.load(tmp_path / "wit")
     assert len(loaded) == 2
@@ -142,7 +143,12 @@ def test_witness_file_rejects_truncated_foreign_and_inconsistent_files(tmp_path)
         np.savez(out, **{k: v for k, v in {**arrays, **change}.items() if v is not None})
         return out
     (tmp_path / "cut.npz").write_bytes(path.read_bytes()[:len(path.read_bytes()) // 2])
-    cases = [(tmp_path / "cut.npz", "is not a readable .npz file"),
+    changed = arrays["w_new0"].copy()
+    changed[0, np.flatnonzero(arrays["keep0"][0])[0]] += 1  # a kept weight the step did not give
+    cases = [(tmp_path / "cut.npz", "is truncated or damaged"),
+             (variant("changed.npz", w_new0=changed), "w_new is not the step of w, a and keep in 1 block"),
+             (variant("asymmetric.npz", a0=arrays["a0"] + np.triu(np.ones((B, B), np.int64), 1)),
+              "not symmetric"),
              (variant("data.npz", format=None, version=None, x=np.zeros(3)), "lacks the array 'format'"),
              (variant("other.npz", format=np.array("mask")), "format 'mask', expected 'edgetrain-witness'"),
              (variant("v2.npz", version=np.array(2)), "format version 2, this build reads 1"),

@@ -6,6 +6,7 @@ Bias: int32 at scale ``s_x·s_w``. Output in QOperator form by default.
 """
 import collections
 import contextlib
+import logging
 import sys
 import tempfile
 from pathlib import Path
@@ -53,7 +54,7 @@ def quantize(model_path, out_path, calib, *, method="minmax", per_channel=True,
     if not 0 < percentile <= 100:
         raise ValueError(f"percentile={percentile!r} must be in (0, 100]")
     model_path, out_path = Path(model_path), Path(out_path)
-    name, expected = _input_signature(onnx.load(model_path))
+    name, expected = _input_signature(_fp32_model(model_path))
     calib = _check_calib(calib, expected, name)
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -63,7 +64,7 @@ def quantize(model_path, out_path, calib, *, method="minmax", per_channel=True,
     with tempfile.TemporaryDirectory(prefix="edgetrain-quant-") as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         # the quantiser prints calibration chatter; keep stdout for results
-        with contextlib.redirect_stdout(sys.stderr):
+        with contextlib.redirect_stdout(sys.stderr), _without_qoperator_warning():
             quant_pre_process(str(model_path), str(prepared))
             quantize_static(
                 str(prepared), str(out_path), _ArrayReader(name, calib),
@@ -84,6 +85,43 @@ def quantize(model_path, out_path, calib, *, method="minmax", per_channel=True,
         "n_samples": len(calib),
         "ops": dict(collections.Counter(n.op_type for n in model.graph.node)),
     }
+
+
+@contextlib.contextmanager
+def _without_qoperator_warning():
+    """onnxruntime's quantiser warns on the root logger that int8 QOperator models run slowly
+    on its own x64 kernels; QOperator is our deliberate default (the README says why), so
+    that one warning is noise here."""
+    def keep(record):
+        return "Please use QuantFormat.QDQ" not in record.getMessage()
+    root = logging.getLogger()
+    root.addFilter(keep)
+    try:
+        yield
+    finally:
+        root.removeFilter(keep)
+
+
+def _fp32_model(path: Path) -> onnx.ModelProto:
+    """The ONNX model at ``path``, checked to be one this quantiser takes: a readable
+    ONNX graph that holds no quantised op or int8 tensor yet."""
+    where = f"model {str(path)!r}"
+    if not path.is_file():
+        raise ValueError(f"{where} {'is a directory' if path.is_dir() else 'does not exist'}; expected an ONNX file")
+    try:
+        model = onnx.load(path)
+    except Exception:  # protobuf raises several types for bytes that are not a model
+        raise ValueError(f"{where} is not an ONNX model (its bytes do not parse as one)") from None
+    if not model.graph.node:
+        raise ValueError(f"{where} is not an ONNX model with a graph (no nodes)")
+    int8 = (onnx.TensorProto.INT8, onnx.TensorProto.UINT8)
+    quantised = sorted({n.op_type for n in model.graph.node
+                        if n.op_type in ("QuantizeLinear", "DequantizeLinear", "QGemm", "DynamicQuantizeLinear")
+                        or n.op_type.startswith(("QLinear", "MatMulInteger", "ConvInteger"))})
+    if quantised or any(t.data_type in int8 for t in model.graph.initializer):
+        found = ", ".join(quantised) or "int8 initializers"
+        raise ValueError(f"{where} is already quantised ({found}); quantize takes an fp32 model")
+    return model
 
 
 def _input_signature(model):
