@@ -8,26 +8,7 @@ use crate::path::Path;
 pub fn matmul_i64(path: Path, a: &dyn Fn(usize, usize) -> i64, m: usize, k: usize, b: &[i64], n: usize, c: &mut [i64]) {
     assert_eq!(b.len(), k * n);
     assert_eq!(c.len(), m * n);
-    match path {
-        // SAFETY (both): `path` is one the CPU supports; the functions only enable what it implies.
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx512Vnni => unsafe { matmul_avx512(a, k, b, n, c) },
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx2 => unsafe { matmul_avx2(a, k, b, n, c) },
-        _ => matmul_body(a, k, b, n, c),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512dq,avx512vl")]
-unsafe fn matmul_avx512(a: &dyn Fn(usize, usize) -> i64, k: usize, b: &[i64], n: usize, c: &mut [i64]) {
-    matmul_body(a, k, b, n, c)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn matmul_avx2(a: &dyn Fn(usize, usize) -> i64, k: usize, b: &[i64], n: usize, c: &mut [i64]) {
-    matmul_body(a, k, b, n, c)
+    crate::path::vectorized(path, #[inline(always)] || matmul_body(a, k, b, n, c))
 }
 
 #[inline(always)]

@@ -16,25 +16,32 @@ use crate::path::Path;
 /// Lanes of one packed column group (a zmm of i32).
 pub const LANES: usize = 16;
 
-/// The left operand: `m` rows of `k` signed bytes, each row zero-padded to whole quads.
-pub struct PackedA {
+/// The left operand: `m` rows of `k` signed bytes, each row zero-padded to whole quads
+/// (borrowed as it is when it already has that form: int8 weights with `k % 4 == 0`).
+pub struct PackedA<'a> {
     pub m: usize,
     pub k: usize,
     pub quads: usize,
-    data: Vec<i8>,
+    data: std::borrow::Cow<'a, [i8]>,
 }
 
-impl PackedA {
-    /// `value(row, col)` for every `row < m`, `col < k`.
-    pub fn from_fn(m: usize, k: usize, value: impl Fn(usize, usize) -> i8) -> PackedA {
+impl<'a> PackedA<'a> {
+    /// From `m` rows of `k` bytes, row-major; `flip` moves uint8 to s8 (`b − 128`).
+    pub fn new(bytes: &'a [u8], m: usize, k: usize, flip: bool) -> PackedA<'a> {
+        assert_eq!(bytes.len(), m * k);
         let quads = k.div_ceil(4);
+        if !flip && k % 4 == 0 {
+            // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid in both.
+            let data = unsafe { std::slice::from_raw_parts(bytes.as_ptr().cast::<i8>(), bytes.len()) };
+            return PackedA { m, k, quads, data: std::borrow::Cow::Borrowed(data) };
+        }
         let mut data = vec![0i8; m * quads * 4];
-        for (r, row) in data.chunks_exact_mut(quads * 4).enumerate() {
-            for (c, v) in row[..k].iter_mut().enumerate() {
-                *v = value(r, c);
+        for (row, src) in data.chunks_exact_mut(quads * 4).zip(bytes.chunks_exact(k.max(1))) {
+            for (d, &s) in row.iter_mut().zip(src) {
+                *d = (if flip { s ^ 0x80 } else { s }) as i8;
             }
         }
-        PackedA { m, k, quads, data }
+        PackedA { m, k, quads, data: std::borrow::Cow::Owned(data) }
     }
 
     pub fn row(&self, r: usize) -> &[i8] {
@@ -253,7 +260,8 @@ pub(crate) mod tests {
             // extremes included: A at -128 and 127, B at 0 and 255
             let av: Vec<i8> = (0..m * k).map(|i| if i % 7 == 0 { -128 } else { rng.byte() as i8 }).collect();
             let bv: Vec<u8> = (0..k * cols).map(|i| if i % 5 == 0 { 255 } else { rng.byte() }).collect();
-            let a = PackedA::from_fn(m, k, |r, c| av[r * k + c]);
+            let a_bytes: Vec<u8> = av.iter().map(|&v| v as u8).collect();
+            let a = PackedA::new(&a_bytes, m, k, false);
             let mut b = PackedB::zeros(k, cols);
             for kk in 0..k {
                 let quad = b.quad_mut(kk / 4);

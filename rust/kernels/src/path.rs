@@ -61,6 +61,37 @@ impl Path {
     }
 }
 
+/// Runs `body` inlined into a function compiled for `path`'s instruction set, so the
+/// compiler vectorises plain loops (im2col, the requantising store, int64 products) with
+/// the same instructions the path's GEMM uses. The code is the same on every path.
+/// Callers mark the closure `#[inline(always)]`: with three call sites here it would
+/// otherwise stay a function of its own, compiled for the baseline instruction set.
+#[inline(always)]
+pub fn vectorized<R>(path: Path, body: impl FnOnce() -> R) -> R {
+    assert!(path.supported(), "kernel path {} is not supported by this CPU", path.name());
+    match path {
+        // SAFETY (both): `path.supported()` checked every feature these functions enable.
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512Vnni => unsafe { x86::avx512(body) },
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx2 => unsafe { x86::avx2(body) },
+        _ => body(),
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+    pub unsafe fn avx512<R>(body: impl FnOnce() -> R) -> R {
+        body()
+    }
+
+    #[target_feature(enable = "avx2")]
+    pub unsafe fn avx2<R>(body: impl FnOnce() -> R) -> R {
+        body()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

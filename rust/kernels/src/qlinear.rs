@@ -19,11 +19,6 @@ pub struct Bytes<'a> {
 }
 
 impl Bytes<'_> {
-    /// Value `i` as s8 (uint8 moves down by 128).
-    #[inline(always)]
-    fn s8(&self, i: usize) -> i8 {
-        (if self.signed { self.data[i] } else { self.data[i] ^ 0x80 }) as i8
-    }
     /// A zero-point in the s8 form.
     fn s8_zero(&self, zp: i32) -> i32 {
         if self.signed { zp } else { zp - 128 }
@@ -45,11 +40,11 @@ pub enum Output<'a> {
     Accumulators(&'a mut [i32]),
 }
 
-fn finish(path: Path, c: &[i32], b: &PackedB, fix: &Correction, runs: &[Run], out: &mut Output) {
-    let col_sums = fix.col_sums(b);
+fn finish(path: Path, c: &mut [i32], b: &PackedB, fix: &Correction, runs: &[Run], out: &mut Output) {
+    fix.apply(c, b);
     match out {
-        Output::Requantized(rq, bytes) => store_requantized(path, c, b.padded_cols, fix, col_sums.as_deref(), rq, runs, bytes),
-        Output::Accumulators(acc) => store_accumulators(c, b.padded_cols, fix, col_sums.as_deref(), runs, acc),
+        Output::Requantized(rq, bytes) => store_requantized(path, c, b.padded_cols, rq, runs, bytes),
+        Output::Accumulators(acc) => store_accumulators(c, b.padded_cols, runs, acc),
     }
 }
 
@@ -61,8 +56,8 @@ pub struct Weights<'a> {
 }
 
 impl Weights<'_> {
-    fn packed(&self, rows: std::ops::Range<usize>, k: usize) -> (PackedA, Vec<i32>) {
-        let a = PackedA::from_fn(rows.len(), k, |r, c| self.bytes.s8((rows.start + r) * k + c));
+    fn packed(&self, rows: std::ops::Range<usize>, k: usize) -> (PackedA<'_>, Vec<i32>) {
+        let a = PackedA::new(&self.bytes.data[rows.start * k..rows.end * k], rows.len(), k, !self.bytes.signed);
         let za = rows.map(|r| self.bytes.s8_zero(self.zero_points[r])).collect();
         (a, za)
     }
@@ -75,18 +70,21 @@ pub fn fully_connected(path: Path, x: Bytes, x_zp: i32, rows: usize, k: usize, w
     let (a, za) = w.packed(0..n, k);
     let fix = Correction::new(&a, &za, x.u8_zero(x_zp), w.bias);
     let mut b = PackedB::zeros(k, rows);
-    for q in 0..b.quads {
-        let quad = b.quad_mut(q);
-        for t in 0..4.min(k - 4 * q) {
-            for (p, lane) in quad.chunks_exact_mut(4).take(rows).enumerate() {
-                lane[t] = x.u8_of(x.data[p * k + 4 * q + t]);
+    let stride = b.padded_cols * 4;
+    crate::path::vectorized(path, #[inline(always)] || {
+        for (p, src) in x.data.chunks_exact(k.max(1)).enumerate() {
+            // each quad of a row lands in its own quad row of B, at column p
+            for (q, quad) in src.chunks(4).enumerate() {
+                for (t, &v) in quad.iter().enumerate() {
+                    b.data[q * stride + p * 4 + t] = x.u8_of(v);
+                }
             }
         }
-    }
+    });
     let mut c = vec![0i32; n * b.padded_cols];
     gemm(path, &a, &b, &mut c);
-    let runs: Vec<Run> = (0..n).map(|r| Run { row: r, cols: 0..rows, start: r, stride: n }).collect();
-    finish(path, &c, &b, &fix, &runs, &mut out);
+    let runs: Vec<Run> = (0..n).map(|r| Run { row: r, channel: r, cols: 0..rows, start: r, stride: n }).collect();
+    finish(path, &mut c, &b, &fix, &runs, &mut out);
 }
 
 /// A 2-D convolution's shape: NCHW input, `(m, c / group, kh, kw)` weights, and the
@@ -110,75 +108,111 @@ pub struct Conv2d {
 const COLS_BLOCK_BYTES: usize = 1 << 18;
 
 /// QLinearConv: `out` is `(n, m, oh, ow)`; weights `(m, c/group, kh, kw)` row-major.
+///
+/// With unit width stride, each output row is computed `pw` (the padded width) columns
+/// wide: a patch row `k = (ci, i, j)` of an image is then one contiguous run of the padded
+/// input, `oh·pw` long, so im2col is a 4-way byte interleave of long runs. The `pw − ow`
+/// extra columns of each row read past its end (harmless values) and are never stored.
 pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: Output) {
     let (cg, mg) = (g.c / g.group, g.m / g.group);
     let k = cg * g.kernel[0] * g.kernel[1];
     let (ph, pw) = (g.h + g.pads[0] + g.pads[2], g.w + g.pads[1] + g.pads[3]);
-    let per_image = g.out_hw[0] * g.out_hw[1];
+    let [oh, ow] = g.out_hw;
+    let pitch = if g.strides[1] == 1 { pw } else { ow }; // columns per output row
     assert_eq!(x.data.len(), g.n * g.c * g.h * g.w);
     assert_eq!(w.bytes.data.len(), g.m * k);
     let zu = x.u8_zero(x_zp);
-    let block = (COLS_BLOCK_BYTES / (k.div_ceil(4) * 4 * per_image).max(1)).clamp(1, g.n.max(1));
+    let block = (COLS_BLOCK_BYTES / (k.div_ceil(4) * 4 * oh * pitch).max(1)).clamp(1, g.n.max(1));
     for grp in 0..g.group {
         let (a, za) = w.packed(grp * mg..(grp + 1) * mg, k);
         let fix = Correction::new(&a, &za, zu, w.bias.map(|b| &b[grp * mg..(grp + 1) * mg]));
         for n0 in (0..g.n).step_by(block) {
             let nb = block.min(g.n - n0);
-            // the block's input channels as u8, padded with the zero-point (0 once shifted)
-            let mut padded = vec![zu as u8; nb * cg * ph * pw];
-            for (i, plane) in padded.chunks_exact_mut(ph * pw).enumerate() {
-                let (img, ch) = (n0 + i / cg, grp * cg + i % cg);
-                let src = &x.data[(img * g.c + ch) * g.h * g.w..][..g.h * g.w];
-                for (row, src_row) in src.chunks_exact(g.w).enumerate() {
-                    let dst = &mut plane[(row + g.pads[0]) * pw + g.pads[1]..][..g.w];
-                    for (d, &s) in dst.iter_mut().zip(src_row) {
-                        *d = x.u8_of(s);
+            // the block's input channels as u8, padded with the zero-point (0 once shifted),
+            // plus a slack of one padded row for the extra columns of the last output row
+            let mut padded = vec![zu as u8; (nb * cg + 1) * ph * pw];
+            crate::path::vectorized(path, #[inline(always)] || {
+                for (i, plane) in padded.chunks_exact_mut(ph * pw).take(nb * cg).enumerate() {
+                    let (img, ch) = (n0 + i / cg, grp * cg + i % cg);
+                    let src = &x.data[(img * g.c + ch) * g.h * g.w..][..g.h * g.w];
+                    for (row, src_row) in src.chunks_exact(g.w).enumerate() {
+                        let dst = &mut plane[(row + g.pads[0]) * pw + g.pads[1]..][..g.w];
+                        for (d, &s) in dst.iter_mut().zip(src_row) {
+                            *d = x.u8_of(s);
+                        }
+                    }
+                }
+            });
+            let b = crate::path::vectorized(path, #[inline(always)] || im2col(g, &padded, nb, cg, [ph, pw], pitch, k));
+            let mut c = vec![0i32; mg * b.padded_cols];
+            gemm(path, &a, &b, &mut c);
+            let mut runs = Vec::with_capacity(mg * nb * oh);
+            for r in 0..mg {
+                for i in 0..nb {
+                    for y in 0..oh {
+                        let start = (((n0 + i) * g.m + grp * mg + r) * oh + y) * ow;
+                        let col = (i * oh + y) * pitch;
+                        runs.push(Run { row: r, channel: grp * mg + r, cols: col..col + ow, start, stride: 1 });
                     }
                 }
             }
-            let b = im2col(g, &padded, nb, cg, [ph, pw], k);
-            let mut c = vec![0i32; mg * b.padded_cols];
-            gemm(path, &a, &b, &mut c);
-            let mut runs = Vec::with_capacity(mg * nb);
-            for r in 0..mg {
-                for i in 0..nb {
-                    let start = ((n0 + i) * g.m + grp * mg + r) * per_image;
-                    runs.push(Run { row: r, cols: i * per_image..(i + 1) * per_image, start, stride: 1 });
-                }
-            }
-            finish(path, &c, &b, &fix, &runs, &mut out);
+            finish(path, &mut c, &b, &fix, &runs, &mut out);
         }
     }
 }
 
 /// Patches of `nb` padded images as packed columns: row `k = (ci, i, j)` (the weight's own
-/// order), column `p = (image, oh, ow)`. Rows past `k` stay zero.
-fn im2col(g: &Conv2d, padded: &[u8], nb: usize, cg: usize, [ph, pw]: [usize; 2], k: usize) -> PackedB {
+/// order), column `(image, oh, x)` with `x < pitch`. Rows past `k` stay zero.
+#[inline(always)]
+fn im2col(g: &Conv2d, padded: &[u8], nb: usize, cg: usize, [ph, pw]: [usize; 2], pitch: usize, k: usize) -> PackedB {
     let [kh, kw] = g.kernel;
-    let [oh, ow] = g.out_hw;
+    let [oh, _] = g.out_hw;
     let [sh, sw] = g.strides;
     let [dh, dw] = g.dilations;
-    let mut b = PackedB::zeros(k, nb * oh * ow);
+    let mut b = PackedB::zeros(k, nb * oh * pitch);
+    let run = if sw == 1 { oh * pitch } else { (pitch - 1) * sw + 1 }; // source bytes one copy reads
+    let zeros = vec![0u8; run]; // the rows past k
     for q in 0..b.quads {
-        let taps: Vec<(usize, usize)> = (4 * q..(4 * q + 4).min(k))
-            .enumerate()
-            .map(|(t, kk)| (t, (kk / (kh * kw)) * ph * pw + (kk / kw % kh) * dh * pw + (kk % kw) * dw))
-            .collect();
+        let offsets: [Option<usize>; 4] = std::array::from_fn(|t| {
+            let kk = 4 * q + t;
+            (kk < k).then(|| (kk / (kh * kw)) * ph * pw + (kk / kw % kh) * dh * pw + (kk % kw) * dw)
+        });
         let quad = b.quad_mut(q);
         for img in 0..nb {
+            let image = img * cg * ph * pw;
+            if sw == 1 {
+                // rows y·sh of the image, each pw wide: for sh = 1 one run of oh·pw bytes
+                for y in 0..if sh == 1 { 1 } else { oh } {
+                    let width = if sh == 1 { oh * pw } else { pw };
+                    let start = image + y * sh * pw;
+                    let src = offsets.map(|o| o.map_or(&zeros[..width], |o| &padded[start + o..][..width]));
+                    interleave4(src, &mut quad[(img * oh + y) * pitch * 4..][..width * 4]);
+                }
+                continue;
+            }
             for y in 0..oh {
-                let row_start = (img * cg * ph + y * sh) * pw;
-                let lanes = &mut quad[(img * oh + y) * ow * 4..][..ow * 4];
-                for &(t, offset) in &taps {
-                    let src = &padded[row_start + offset..];
-                    for (xo, lane) in lanes.chunks_exact_mut(4).enumerate() {
-                        lane[t] = src[xo * sw];
-                    }
+                let start = image + y * sh * pw;
+                let src = offsets.map(|o| o.map_or(&zeros[..], |o| &padded[start + o..][..run]));
+                let lanes = &mut quad[(img * oh + y) * pitch * 4..][..pitch * 4];
+                for (xo, lane) in lanes.chunks_exact_mut(4).enumerate() {
+                    lane.copy_from_slice(&[src[0][xo * sw], src[1][xo * sw], src[2][xo * sw], src[3][xo * sw]]);
                 }
             }
         }
     }
     b
+}
+
+/// `lanes[4i + t] = src[t][i]`: four rows into one row of quads (vectorised with shuffles).
+#[inline(always)]
+fn interleave4(src: [&[u8]; 4], lanes: &mut [u8]) {
+    let n = lanes.len() / 4;
+    let (s0, s1, s2, s3) = (&src[0][..n], &src[1][..n], &src[2][..n], &src[3][..n]);
+    for (i, lane) in lanes.chunks_exact_mut(4).enumerate() {
+        // one little-endian word per lane: the form the compiler vectorises (zero-extend, shift, or)
+        let word = s0[i] as u32 | (s1[i] as u32) << 8 | (s2[i] as u32) << 16 | (s3[i] as u32) << 24;
+        lane.copy_from_slice(&word.to_le_bytes());
+    }
 }
 
 #[cfg(test)]

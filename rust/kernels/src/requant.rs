@@ -76,88 +76,51 @@ impl Correction {
         Correction { base, za: za.to_vec() }
     }
 
-    /// Column sums of B, needed only when some row of A has a zero-point.
-    pub fn col_sums(&self, b: &PackedB) -> Option<Vec<i32>> {
-        self.za.iter().any(|&z| z != 0).then(|| b.col_sums())
-    }
-}
-
-/// Where the outputs go: `values` of row `r` (columns `cols`) are written at
-/// `start + i·stride` for the i-th column.
-pub struct Run {
-    pub row: usize,
-    pub cols: std::ops::Range<usize>,
-    pub start: usize,
-    pub stride: usize,
-}
-
-/// Stores the corrected accumulators of `c` (rows × `padded_cols`), requantised to bytes
-/// (`out` as u8: an int8 value is stored as its two's-complement byte).
-pub fn store_requantized(
-    path: Path,
-    c: &[i32],
-    padded_cols: usize,
-    fix: &Correction,
-    col_sums: Option<&[i32]>,
-    rq: &Requant,
-    runs: &[Run],
-    out: &mut [u8],
-) {
-    match path {
-        // SAFETY (both): the caller chose `path` among the supported ones; these only enable
-        // features that path implies, so the compiler can vectorise the same code.
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx512Vnni => unsafe { store_avx512(c, padded_cols, fix, col_sums, rq, runs, out) },
-        #[cfg(target_arch = "x86_64")]
-        Path::Avx2 => unsafe { store_avx2(c, padded_cols, fix, col_sums, rq, runs, out) },
-        _ => store_body(c, padded_cols, fix, col_sums, rq, runs, out),
-    }
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
-unsafe fn store_avx512(c: &[i32], pc: usize, fix: &Correction, cs: Option<&[i32]>, rq: &Requant, runs: &[Run], out: &mut [u8]) {
-    store_body(c, pc, fix, cs, rq, runs, out)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-unsafe fn store_avx2(c: &[i32], pc: usize, fix: &Correction, cs: Option<&[i32]>, rq: &Requant, runs: &[Run], out: &mut [u8]) {
-    store_body(c, pc, fix, cs, rq, runs, out)
-}
-
-#[inline(always)]
-fn store_body(c: &[i32], padded_cols: usize, fix: &Correction, col_sums: Option<&[i32]>, rq: &Requant, runs: &[Run], out: &mut [u8]) {
-    for run in runs {
-        let r = run.row;
-        let (mult, bits) = rq.row(r);
-        let (base, za) = (fix.base[r], fix.za[r]);
-        let raw = &c[r * padded_cols + run.cols.start..r * padded_cols + run.cols.end];
-        let value = |i: usize, v: i32| {
-            let shifted = col_sums.map_or(0, |s| za.wrapping_mul(s[run.cols.start + i]));
-            let acc = v.wrapping_add(base).wrapping_sub(shifted);
-            requantize(acc, mult, bits, rq.zero_point, rq.lo, rq.hi) as u8
-        };
-        if run.stride == 1 {
-            for (i, (o, &v)) in out[run.start..run.start + raw.len()].iter_mut().zip(raw).enumerate() {
-                *o = value(i, v);
-            }
-        } else {
-            for (i, &v) in raw.iter().enumerate() {
-                out[run.start + i * run.stride] = value(i, v);
+    /// Turns `c = Σ A_s8 · B_u8` (rows × `b.padded_cols`) into the accumulators in place;
+    /// B's column sums are needed only when some row of A has a zero-point.
+    pub fn apply(&self, c: &mut [i32], b: &PackedB) {
+        let col_sums = self.za.iter().any(|&z| z != 0).then(|| b.col_sums());
+        for ((row, &base), &za) in c.chunks_exact_mut(b.padded_cols).zip(&self.base).zip(&self.za) {
+            match &col_sums {
+                None => row.iter_mut().for_each(|v| *v = v.wrapping_add(base)),
+                Some(sums) => row.iter_mut().zip(sums).for_each(|(v, &s)| *v = v.wrapping_add(base).wrapping_sub(za.wrapping_mul(s))),
             }
         }
     }
 }
 
-/// Stores the corrected accumulators as int32 (no requantisation): the exact
-/// `Σ (a − za)(x − zx) + bias`, for callers that want the accumulator itself.
-pub fn store_accumulators(c: &[i32], padded_cols: usize, fix: &Correction, col_sums: Option<&[i32]>, runs: &[Run], out: &mut [i32]) {
+/// Where the outputs go: row `row` of the GEMM (columns `cols`), requantised with the
+/// multiplier of output channel `channel`, is written at `start + i·stride` for the i-th column.
+pub struct Run {
+    pub row: usize,
+    pub channel: usize,
+    pub cols: std::ops::Range<usize>,
+    pub start: usize,
+    pub stride: usize,
+}
+
+/// Stores the accumulators of `c` (rows × `padded_cols`, corrected) requantised to bytes
+/// (`out` as u8: an int8 value is stored as its two's-complement byte).
+pub fn store_requantized(path: Path, c: &[i32], padded_cols: usize, rq: &Requant, runs: &[Run], out: &mut [u8]) {
+    crate::path::vectorized(path, #[inline(always)] || {
+        for run in runs {
+            let (mult, bits) = rq.row(run.channel);
+            let acc = &c[run.row * padded_cols + run.cols.start..run.row * padded_cols + run.cols.end];
+            let value = |v: i32| requantize(v, mult, bits, rq.zero_point, rq.lo, rq.hi) as u8;
+            if run.stride == 1 {
+                out[run.start..run.start + acc.len()].iter_mut().zip(acc).for_each(|(o, &v)| *o = value(v));
+            } else {
+                acc.iter().enumerate().for_each(|(i, &v)| out[run.start + i * run.stride] = value(v));
+            }
+        }
+    })
+}
+
+/// Stores the accumulators of `c` as they are: the exact `Σ (a − za)(x − zx) + bias`.
+pub fn store_accumulators(c: &[i32], padded_cols: usize, runs: &[Run], out: &mut [i32]) {
     for run in runs {
-        let r = run.row;
         for (i, p) in run.cols.clone().enumerate() {
-            let shifted = col_sums.map_or(0, |s| fix.za[r].wrapping_mul(s[p]));
-            out[run.start + i * run.stride] = c[r * padded_cols + p].wrapping_add(fix.base[r]).wrapping_sub(shifted);
+            out[run.start + i * run.stride] = c[run.row * padded_cols + p];
         }
     }
 }
