@@ -71,7 +71,8 @@ def cmd_info(args) -> dict:
     model = load(args.model)
     return {"path": args.model, "inputs": [{"name": n, "shape": list(s)} for n, s, _ in model.inputs],
             "ops": dict(model.op_counts()), "integer_only": model.integer_only,
-            "n_params": int(sum(np.size(v) for v in model.params.values()))}
+            "n_params": int(sum(np.size(v) for v in model.params.values())),
+            "backend": model.backend.name}  # who runs the integer kernels (edgetrain.backend)
 
 
 def cmd_run(args) -> dict:
