@@ -1,8 +1,11 @@
-"""Inference benchmark: edgetrain vs onnxruntime on the same model files.
+"""Inference benchmark: edgetrain (numpy and native backends) vs onnxruntime on the same model files.
 
 For lenet5 and rescnn (trained briefly on MNIST, then quantised), fp32 and
 int8: single-sample latency (median over many runs) and batch-64 throughput,
-plus peak memory. Each (model, precision, engine) runs in its own process so
+plus peak memory. edgetrain runs on the numpy reference and, for int8, on the
+native kernels (their fastest path on this CPU, printed with the table);
+onnxruntime runs the same fp32 and QOperator int8 files, and int8 rows are also
+set against onnxruntime's fp32 throughput. Each (model, precision, engine) runs in its own process so
 that peak RSS (VmHWM) belongs to it alone; tracemalloc sees numpy's
 allocations (our runtime) but not onnxruntime's native ones, so it is
 reported for ours only, from one batch-64 run after the timed ones (tracing
@@ -11,6 +14,8 @@ for numpy, intra_op_num_threads=1 for onnxruntime): an edge core's view, and
 steadier on a shared machine than two threads fighting over two cores.
 
     python bench/infer.py [--repeat 200] [--json]
+
+``EDGETRAIN_NATIVE_PATH`` (see ``edgetrain.backend``) forces the native rows onto one path.
 """
 from __future__ import annotations
 
@@ -53,9 +58,9 @@ def measure_one(path: str, engine: str, x_path: str, repeat: int) -> dict:
     """Runs in a child process: latency, throughput and peak memory of one engine on one file."""
     x64 = np.load(x_path)
     x1 = x64[:1]
-    if engine == "edgetrain":
+    if engine.startswith("edgetrain"):
         import edgetrain
-        model = edgetrain.load(path)
+        model = edgetrain.load(path, backend=engine.split("-")[1])
         run = model.run
     else:
         import onnxruntime as ort
@@ -80,7 +85,7 @@ def measure_one(path: str, engine: str, x_path: str, repeat: int) -> dict:
     throughput = 64 * n_batches / (time.perf_counter() - t)
     out = {"latency_ms": 1e3 * float(np.median(lat)), "throughput_per_s": throughput,
            "peak_rss_mb": peak_rss_mb()}
-    if engine == "edgetrain":  # traced after timing: tracemalloc slows every allocation it sees
+    if engine.startswith("edgetrain"):  # traced after timing: tracemalloc slows every allocation it sees
         tracemalloc.start()
         run(x64)
         out["tracemalloc_peak_kb"] = tracemalloc.get_traced_memory()[1] / 1024
@@ -111,7 +116,9 @@ def main(argv=None):
         print("preparing models (torch training, export, quantisation)…", file=sys.stderr)
         paths = prepare(Path(tmp))
         for (name, prec), path in paths.items():
-            for engine in ("edgetrain", "onnxruntime"):
+            engines = ("edgetrain-numpy", "edgetrain-native", "onnxruntime") if prec == "int8" and native_path() \
+                else ("edgetrain-numpy", "onnxruntime")  # fp32 runs no native kernel
+            for engine in engines:
                 print(f"measuring {name} {prec} on {engine}…", file=sys.stderr)
                 out = subprocess.run([sys.executable, __file__, "--one", str(path), engine,
                                       str(Path(tmp) / "x.npy"), "--repeat", str(args.repeat)],
@@ -121,23 +128,34 @@ def main(argv=None):
                              **json.loads(out.stdout.strip().splitlines()[-1])})
     print_table(rows)
     if args.json:
-        print(json.dumps({"rows": rows, "cpu_count": os.cpu_count()}))
+        print(json.dumps({"rows": rows, "cpu_count": os.cpu_count(), "native_path": native_path()}))
+
+
+def native_path() -> str | None:
+    """The native kernels' path on this CPU (VNNI / AVX2 / scalar), None without the wheel."""
+    from edgetrain import backend
+    return backend.native_paths()[-1] if backend.native_paths() else None
 
 
 def print_table(rows):
     by = {(r["model"], r["precision"], r["engine"]): r for r in rows}
     out = sys.stderr
-    print("\n| model | precision | edgetrain 1-sample ms | onnxruntime 1-sample ms | "
-          "edgetrain batch-64 /s | onnxruntime batch-64 /s | throughput ratio (ours/ort) | "
-          "edgetrain peak RSS MB | onnxruntime peak RSS MB | edgetrain tracemalloc peak KB |", file=out)
+    print(f"\nnative kernel path: {native_path() or 'none (wheel not installed)'}", file=out)
+    print("\n| model | precision | engine (backend) | 1-sample ms | batch-64 /s | throughput / ort same file | "
+          "throughput / ort fp32 | latency / ort same file | peak RSS MB | tracemalloc peak KB |", file=out)
     print("|---|---|---|---|---|---|---|---|---|---|", file=out)
     for model in MODELS:
         for prec in ("fp32", "int8"):
-            a, b = by[(model, prec, "edgetrain")], by[(model, prec, "onnxruntime")]
-            print(f"| {model} | {prec} | {a['latency_ms']:.3f} | {b['latency_ms']:.3f} | "
-                  f"{a['throughput_per_s']:.0f} | {b['throughput_per_s']:.0f} | "
-                  f"{a['throughput_per_s'] / b['throughput_per_s']:.2f} | {a['peak_rss_mb']:.0f} | "
-                  f"{b['peak_rss_mb']:.0f} | {a['tracemalloc_peak_kb']:.0f} |", file=out)
+            ort, ort_fp32 = by[(model, prec, "onnxruntime")], by[(model, "fp32", "onnxruntime")]
+            for engine in ("edgetrain-numpy", "edgetrain-native", "onnxruntime"):
+                if (model, prec, engine) not in by:
+                    continue
+                a = by[(model, prec, engine)]
+                traced = f"{a['tracemalloc_peak_kb']:.0f}" if "tracemalloc_peak_kb" in a else "–"
+                print(f"| {model} | {prec} | {engine} | {a['latency_ms']:.3f} | {a['throughput_per_s']:.0f} | "
+                      f"{a['throughput_per_s'] / ort['throughput_per_s']:.2f} | "
+                      f"{a['throughput_per_s'] / ort_fp32['throughput_per_s']:.2f} | "
+                      f"{a['latency_ms'] / ort['latency_ms']:.2f} | {a['peak_rss_mb']:.0f} | {traced} |", file=out)
 
 
 if __name__ == "__main__":

@@ -97,7 +97,8 @@ def cmd_info(args, out: Outputs) -> dict:
     model = _model(args.model)
     return {"path": args.model, "inputs": {n: ["N" if d is None else d for d in s] for n, s, _ in model.inputs},
             "ops": dict(model.op_counts()), "integer_only": model.integer_only,
-            "n_params": int(sum(np.size(v) for v in model.params.values()))}
+            "n_params": int(sum(np.size(v) for v in model.params.values())),
+            "backend": model.backend.name}  # who runs the integer kernels (edgetrain.backend)
 
 
 def cmd_run(args, out: Outputs) -> dict:

@@ -29,11 +29,15 @@ class LayerSignal:
     err: np.ndarray     # (m, N) int64: the error at the layer's output (0 where it saturated)
     act: np.ndarray     # (m, K) int64: the layer's input minus its zero-point
     gamma: float        # real ∂L/∂W[n, k] of sample i = gamma·err[i, n]·act[i, k]
+    native: object = None  # the model's native kernels (edgetrain.backend), or None
 
     def weight_gradient(self) -> np.ndarray:
         """``Σ_i err[i, n]·act[i, k]``, (N, K), exact: int32 when no sum can reach 2^31
         (half the memory of int64, which it falls back to)."""
         bits = quant.bit_length(self.err) + quant.bit_length(self.act) + max(len(self.err) - 1, 0).bit_length()
+        if self.native is not None:
+            grad = self.native.int_matmul(self.err.T, self.act)
+            return grad.astype(np.int32) if bits < 31 else grad
         if bits < 31:
             return self.err.T.astype(np.int32) @ self.act.astype(np.int32)
         return self.err.T @ self.act
@@ -63,7 +67,7 @@ def backward(model: Model, env: dict[str, np.ndarray], err: np.ndarray, *, start
         inputs = [(env[i] if i in env else model.params[i]) if i else None for i in node.inputs]
         g = kernel.int_grad(err, inputs, env[node.outputs[0]], need_input=idx > start)
         if g.act is not None:
-            yield LayerSignal(idx, g.err_out, g.act, scale * g.act_scale)
+            yield LayerSignal(idx, g.err_out, g.act, scale * g.act_scale, model.backend.kernels)
         if idx > start:
             rounding = None if noise is None else (lambda k, shape, _i=idx: noise(_i, k, shape))
             err, k = quant.shift_to_bits(g.err_in, err_bits, rounding)

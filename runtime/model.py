@@ -16,6 +16,7 @@ import numpy as np
 import onnx
 from onnx import helper, numpy_helper
 
+from . import backend as _backend
 from .errors import ModelFormatError
 from .graph_rewrite import fold_batchnorm, fold_qdq, prune_dead
 from .int_loss import IntCrossEntropy
@@ -40,8 +41,11 @@ class Layer:
 class Model:
     """A loaded ONNX graph. ``run(x)`` returns the first graph output."""
 
-    def __init__(self, proto: onnx.ModelProto, *, float_gemm: bool = True, source: str = "<model>"):
+    def __init__(self, proto: onnx.ModelProto, *, float_gemm: bool = True, source: str = "<model>",
+                 backend: str | _backend.Backend | None = None):
         self.source = source
+        #: who runs the integer kernels: the numpy reference or the native wheel (``backend.select``)
+        self.backend = _backend.select(backend)
         graph = proto.graph
         self.opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 17)
         # writable copies: training updates parameters in place
@@ -78,7 +82,7 @@ class Model:
             consts = [self.params.get(name) if name else None for name in kernel_inputs]
             try:
                 self.kernels.append(KERNELS[node.op_type](node, consts, float_gemm=float_gemm,
-                                                          opset=self.opset))
+                                                          opset=self.opset, native=self.backend.kernels))
             except ValueError as e:
                 raise ModelFormatError(f"{source}: {e}") from None
         self._last_use = _last_uses(nodes, self.output_names)
@@ -219,11 +223,13 @@ class Model:
         return x
 
 
-def load(path: str | os.PathLike, *, float_gemm: bool = True) -> Model:
+def load(path: str | os.PathLike, *, float_gemm: bool = True, backend: str | None = None) -> Model:
     """Load an ONNX model (fp32, or int8 in QOperator or QDQ form) from ``path``.
 
-    ``float_gemm=False`` makes integer GEMMs use numpy's pure-integer matmul
-    instead of the (bit-identical, faster) exact float32-BLAS path.
+    ``backend`` chooses who runs the integer kernels (``edgetrain.backend.select``: the
+    native wheel when installed, else numpy; ``"numpy"`` forces the reference). Both give
+    the same bits. On numpy, ``float_gemm=False`` makes integer GEMMs use numpy's
+    pure-integer matmul instead of the (bit-identical, faster) exact float32-BLAS path.
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
@@ -235,7 +241,7 @@ def load(path: str | os.PathLike, *, float_gemm: bool = True) -> Model:
                                f"format?): {type(e).__name__}: {e}") from None
     if not proto.graph.node:
         raise ModelFormatError(f"{path}: not an ONNX model with a graph (no nodes found)")
-    return Model(proto, float_gemm=float_gemm, source=path)
+    return Model(proto, float_gemm=float_gemm, source=path, backend=backend)
 
 
 def _constant_value(node, name):

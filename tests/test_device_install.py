@@ -94,13 +94,16 @@ def test_device_install_imports_runs_and_trains_int8(device_python, tmp_path, mn
         "metrics = edgetrain.Trainer(model, method='elasticzo-int8', cut=2, batch_size=32, seed=0)"
         ".step(data['x'][:32], data['y'][:32])\n"
         f"np.savez({str(tmp_path / 'out.npz')!r}, logits=logits, **model.params)\n"
-        "print(json.dumps({'loaded': loaded, 'importable': importable, 'loss': metrics['loss']}))\n")
+        "print(json.dumps({'loaded': loaded, 'importable': importable, 'loss': metrics['loss'],\n"
+        "                  'backend': model.backend.name, 'native': importlib.util.find_spec('edgetrain_kernels') is not None}))\n")
     out = _device(device_python, "-c", script)
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout)
     assert r["loaded"] == [] and r["importable"] == []
+    assert r["backend"] == "numpy" and not r["native"]  # no native wheel: the numpy reference runs
 
-    # the same computation on the full install: bit for bit the same logits, loss and weights
+    # the same computation on the full install (native kernels when installed): bit for bit the
+    # same logits, loss and weights
     reference, before = edgetrain.load(model), edgetrain.load(model).params
     logits = reference.run(x)
     metrics = edgetrain.Trainer(reference, method="elasticzo-int8", cut=2, batch_size=32, seed=0).step(x[:32], y[:32])

@@ -64,9 +64,10 @@ class Kernel:
     returns_view: bool = False
 
     def __init__(self, node: Node, consts: list[np.ndarray | None], *,
-                 float_gemm: bool = True, opset: int = 17):
+                 float_gemm: bool = True, opset: int = 17, native=None):
         self.node = node
         self.float_gemm = float_gemm  # int GEMMs through exact float BLAS (see quant.int_matmul)
+        self.native = native  # the native kernels (edgetrain.backend), or None: the numpy reference
         self.opset = opset  # of the node's domain; a few ops changed meaning across opsets
 
     def run(self, *inputs: np.ndarray | None) -> np.ndarray:

@@ -22,13 +22,9 @@ def _conv(x, w, attrs, where, product, cols_dtype, out_dtype):
     (bias and requantisation included). Returns (N, M, OH, OW), written block
     by block, so no full-size temporary is made.
     """
-    if x.ndim != 4:
-        raise ValueError(f"{where}: expected a 4-D NCHW input, got shape {x.shape}")
+    strides, dilations, pads, out_hw = _geometry(x, w, attrs, where)
     m, cg, kh, kw = w.shape
     group = attrs.get("group", 1)
-    if x.shape[1] != cg * group:
-        raise ValueError(f"{where}: input has {x.shape[1]} channels, weight expects {cg * group}")
-    strides, dilations, pads, out_hw = window_geometry((kh, kw), attrs, x.shape[2:], where)
     if any(pads):  # pad once, not once per block
         x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
         pads = [0, 0, 0, 0]
@@ -45,6 +41,16 @@ def _conv(x, w, attrs, where, product, cols_dtype, out_dtype):
             y[n0:n0 + block, g * mg:(g + 1) * mg] = rows.transpose(1, 0, 2, 3)
             del cols, rows  # before the next block's are built
     return y
+
+
+def _geometry(x, w, attrs, where):
+    """The window of a convolution of ``x`` by ``w``: ``(strides, dilations, pads, out_hw)``."""
+    if x.ndim != 4:
+        raise ValueError(f"{where}: expected a 4-D NCHW input, got shape {x.shape}")
+    if x.shape[1] != w.shape[1] * attrs.get("group", 1):
+        raise ValueError(f"{where}: input has {x.shape[1]} channels, weight expects "
+                         f"{w.shape[1] * attrs.get('group', 1)}")
+    return window_geometry(w.shape[2:], attrs, x.shape[2:], where)
 
 
 def _conv_workspace(kernel: Kernel, shapes, integer: bool) -> int:
@@ -157,6 +163,8 @@ class QLinearConv(Kernel):
         self.mult, self.shift = np.broadcast_to(mult.reshape(-1, 1), channels), np.broadcast_to(shift.reshape(-1, 1), channels)
 
     def run(self, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None):
+        if self.native is not None:
+            return self._run_native(x, w, b)
         xs = x.astype(np.int16)
         xs -= np.int16(self.xq.zp)
         ws = w.astype(np.int16) - self.wq.zero_point.reshape(-1, 1, 1, 1).astype(np.int16)  # reordered once in _conv
@@ -171,5 +179,20 @@ class QLinearConv(Kernel):
             return quant.requantize(acc, self.mult[rows], self.shift[rows], self.yq)
         return _conv(xs, ws, self.node.attrs, self.node.name, product, cols_dtype, self.yq.dtype)
 
+    def _run_native(self, x, w, b):
+        """The same arithmetic in the native kernels: im2col, GEMM, bias and requantisation in one call."""
+        strides, dilations, pads, out_hw = _geometry(x, w, self.node.attrs, self.node.name)
+        m = w.shape[0]
+        return self.native.qlinear_conv(
+            x, self.xq.zp, np.ascontiguousarray(w), _per_row(self.wq.zero_point, m, np.int32),
+            None if b is None else _per_row(b, m, np.int32),
+            _per_row(self.mult, m, np.int64), _per_row(self.shift, m, np.int64), self.yq.zp,
+            self.yq.dtype == np.int8, strides, dilations, pads, out_hw, self.attr("group", 1))
+
     def workspace(self, shapes, dtypes, out_bytes):
         return _conv_workspace(self, shapes, integer=True)
+
+
+def _per_row(v, rows: int, dtype) -> np.ndarray:
+    """A per-tensor or per-channel parameter as one contiguous value per output row."""
+    return np.ascontiguousarray(np.broadcast_to(np.reshape(v, -1), (rows,)), dtype=dtype)

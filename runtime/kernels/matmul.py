@@ -5,6 +5,7 @@ import numpy as np
 
 from .. import quant
 from . import IntGrad, Kernel, _size, register, sum_to_shape
+from .conv import _per_row
 from .declare import FLOAT, INT8, INT32, SCALE, Float, OneOf, Size
 
 
@@ -129,7 +130,8 @@ class _IntegerMatMul(Kernel):
         act -= self.aq.zp
         err_in = None
         if need_input:
-            err_in = (err * self.channel_q16) @ self.weight_nk(inputs[self.weight_input]).astype(np.int64)
+            weighted, w = err * self.channel_q16, self.weight_nk(inputs[self.weight_input]).astype(np.int64)
+            err_in = weighted @ w if self.native is None else self.native.int_matmul(weighted, w)
         return IntGrad(err_in, self.in_scale, err, act, self.act_scale)
 
     def workspace(self, shapes, dtypes, out_bytes):
@@ -155,6 +157,19 @@ class _IntegerMatMul(Kernel):
             acc += bias.astype(np.int32)
         return acc
 
+    def product(self, a, b, bias=None):
+        """``requantize(Σ (a − za)(b − zb) + bias)`` for ``b`` (K, N): in the native kernels
+        when they run and both operands are matrices (else the numpy reference, same bits)."""
+        if self.native is None or a.ndim < 2 or b.ndim != 2:
+            return quant.requantize(self.accumulate(a, b, bias), self.mult, self.shift, self.yq)
+        n = b.shape[1]
+        y = self.native.qgemm(np.ascontiguousarray(a.reshape(-1, a.shape[-1])), self.aq.zp,
+                              np.ascontiguousarray(b.T), _per_row(self.bq.zero_point, n, np.int32),
+                              None if bias is None else _per_row(bias, n, np.int32),
+                              _per_row(self.mult, n, np.int64), _per_row(self.shift, n, np.int64),
+                              self.yq.zp, self.yq.dtype == np.int8)
+        return y.reshape(*a.shape[:-1], n)
+
 
 @register("QLinearMatMul")
 class QLinearMatMul(_IntegerMatMul):
@@ -166,7 +181,7 @@ class QLinearMatMul(_IntegerMatMul):
     a_pos, b_pos, y_pos = 0, 3, 6
 
     def run(self, a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp):
-        return quant.requantize(self.accumulate(a, b), self.mult, self.shift, self.yq)
+        return self.product(a, b)
 
 
 @register("QGemm")
@@ -188,6 +203,4 @@ class QGemm(_IntegerMatMul):
         super().__init__(node, consts, **opts)
 
     def run(self, a, a_scale, a_zp, b, b_scale, b_zp, c=None, y_scale=None, y_zp=None):
-        if self.attr("transB", 0):
-            b = b.T
-        return quant.requantize(self.accumulate(a, b, c), self.mult, self.shift, self.yq)
+        return self.product(a, b.T if self.attr("transB", 0) else b, c)

@@ -46,6 +46,8 @@ class MaxPool(_Pool):
         _check_2d(self, x)
         kernel = self.attr("kernel_shape")
         geometry = window_geometry(kernel, self.node.attrs, x.shape[2:], self.node.name)
+        if self.native is not None and x.dtype in (np.int8, np.uint8):
+            return self.native.max_pool(np.ascontiguousarray(x), kernel, *geometry)
         return window_reduce(x, kernel, *geometry, _lowest(x.dtype), np.maximum)
 
     def grad(self, gy, inputs, y, needs):
@@ -151,14 +153,25 @@ class _IntegerMean(Kernel):
     def workspace(self, shapes, dtypes, out_bytes):
         return 24 * _size(shapes[self.node.inputs[0]])  # int64 sums and their requantisation
 
-    def mean(self, sums: np.ndarray, counts, even_output: bool) -> np.ndarray:
-        """``even_output``: ties go to an even output (zy added before rounding, as
-        onnxruntime's QLinearAveragePool does) rather than to an even mean (its global pool)."""
+    def mean(self, x: np.ndarray, window, counts, even_output: bool) -> np.ndarray:
+        """The mean over each ``window`` (``(kernel, strides, dilations, pads, out_hw)``) of ``x``
+        with ``counts`` values per output position. ``even_output``: ties go to an even output
+        (zy added before rounding, as onnxruntime's QLinearAveragePool does) rather than to an
+        even mean (its global pool)."""
         counts = np.asarray(counts, dtype=np.int64)
         if counts.max() >= _MAX_COUNT:
             raise ValueError(f"node {self.node.name!r} ({self.node.op_type}): a window of "
                              f"{int(counts.max())} values; at most {_MAX_COUNT - 1} are supported")
         zp = self.yq.zp if even_output else 0
+        if self.native is not None:
+            return self.native.mean_pool(np.ascontiguousarray(x), self.xq.zp, *window,
+                                         np.broadcast_to(counts, window[-1]).copy(), self.mult, self.bits, zp,
+                                         self.yq.zp, self.yq.dtype == np.int8)
+        shifted = x.astype(np.int64) - self.xq.zp
+        if list(window[-1]) == [1, 1] and list(window[0]) == list(x.shape[2:]) and not any(window[3]):
+            sums = shifted.sum(axis=(2, 3), keepdims=True)  # the whole plane: one sum, not a walk
+        else:
+            sums = window_reduce(shifted, *window, 0, np.add)
         q = quant.divide_round_half_even(sums * self.mult, counts << self.bits, zp)
         return quant.saturate(q + (self.yq.zp - zp), self.yq)
 
@@ -169,8 +182,8 @@ class QLinearGlobalAveragePool(_IntegerMean):
 
     def run(self, x, x_scale, x_zp, y_scale, y_zp):
         _check_2d(self, x)
-        sums = (x.astype(np.int64) - self.xq.zp).sum(axis=(2, 3), keepdims=True)
-        return self.mean(sums, x.shape[2] * x.shape[3], even_output=False)
+        whole = (list(x.shape[2:]), [1, 1], [1, 1], [0, 0, 0, 0], [1, 1])  # one window: the plane
+        return self.mean(x, whole, x.shape[2] * x.shape[3], even_output=False)
 
 
 @register("QLinearAveragePool")
@@ -179,9 +192,7 @@ class QLinearAveragePool(_IntegerMean):
 
     def run(self, x, x_scale, x_zp, y_scale, y_zp):
         _check_2d(self, x)
-        sums, counts = _window_sums_and_counts(self, x.astype(np.int64) - self.xq.zp)
+        window, counts = _window_counts(self, x.shape[2:])
         # onnxruntime runs a window over the whole unpadded input as its global pool
-        kernel = self.attr("kernel_shape")
-        pads = window_geometry(kernel, self.node.attrs, x.shape[2:], self.node.name)[2]
-        whole = list(x.shape[2:]) == list(kernel) and not any(pads)
-        return self.mean(sums, counts, even_output=not whole)
+        whole = list(x.shape[2:]) == list(window[0]) and not any(window[3])
+        return self.mean(x, window, counts, even_output=not whole)

@@ -1,0 +1,18 @@
+//! Native integer kernels for edgetrain's runtime (`edgetrain_kernels` in Python).
+//!
+//! The numpy code in `runtime/` is the reference: every function here returns the same
+//! bits, on every input, whichever [`Path`] runs it. `gemm` is the exact s8 × u8 → i32
+//! product with its instruction-set paths; `qlinear` builds the integer layers on it
+//! (im2col, zero-point corrections, fused requantisation from `requant`); `pool` holds
+//! the integer pools; `exact` the int64 products of the training tail.
+
+pub mod exact;
+pub mod gemm;
+pub mod path;
+pub mod pool;
+pub mod qlinear;
+pub mod requant;
+#[cfg(feature = "python")]
+mod python;
+
+pub use path::Path;

@@ -1,0 +1,395 @@
+//! Python module `edgetrain_kernels` (feature `python`): one `Kernels(path=None)` object
+//! whose methods take and return numpy arrays. `runtime/backend.py` is its only user.
+//!
+//! Every allocation goes through CPython's raw allocator, so `tracemalloc` counts the
+//! kernels' buffers as it counts numpy's.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+
+use numpy::ndarray::IxDyn;
+use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::exact::matmul_i64;
+use crate::path::Path;
+use crate::pool::{max_pool, mean_pool, Mean, Window};
+use crate::qlinear::{conv, fully_connected, Bytes, Conv2d, Output, Weights};
+use crate::requant::Requant;
+
+/// CPython's raw allocator (traced by tracemalloc) for every alignment malloc gives.
+struct PyRawAlloc;
+
+const MALLOC_ALIGN: usize = 16;
+
+// SAFETY: PyMem_Raw* are malloc/realloc/free with tracing hooks; they need no GIL. Larger
+// alignments go to the system allocator, and `dealloc`/`realloc` see the same layout.
+unsafe impl GlobalAlloc for PyRawAlloc {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        if layout.align() > MALLOC_ALIGN {
+            return unsafe { System.alloc(layout) };
+        }
+        unsafe { pyo3::ffi::PyMem_RawMalloc(layout.size()).cast() }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        if layout.align() > MALLOC_ALIGN {
+            return unsafe { System.dealloc(ptr, layout) };
+        }
+        unsafe { pyo3::ffi::PyMem_RawFree(ptr.cast()) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        if layout.align() > MALLOC_ALIGN {
+            return unsafe { System.realloc(ptr, layout, new_size) };
+        }
+        unsafe { pyo3::ffi::PyMem_RawRealloc(ptr.cast(), new_size).cast() }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: PyRawAlloc = PyRawAlloc;
+
+/// An int8 or uint8 array, read as bytes.
+enum ByteArray<'py> {
+    I8(PyReadonlyArrayDyn<'py, i8>),
+    U8(PyReadonlyArrayDyn<'py, u8>),
+}
+
+impl<'py> ByteArray<'py> {
+    fn new(obj: &Bound<'py, PyAny>, what: &str) -> PyResult<Self> {
+        if let Ok(a) = obj.extract::<PyReadonlyArrayDyn<i8>>() {
+            return Ok(ByteArray::I8(a));
+        }
+        obj.extract::<PyReadonlyArrayDyn<u8>>()
+            .map(ByteArray::U8)
+            .map_err(|_| PyValueError::new_err(format!("{what}: expected an int8 or uint8 numpy array")))
+    }
+
+    fn shape(&self) -> &[usize] {
+        match self {
+            ByteArray::I8(a) => a.shape(),
+            ByteArray::U8(a) => a.shape(),
+        }
+    }
+
+    fn bytes(&self, what: &str) -> PyResult<Bytes<'_>> {
+        let err = |_| PyValueError::new_err(format!("{what}: expected a C-contiguous array"));
+        Ok(match self {
+            ByteArray::I8(a) => Bytes { data: i8_as_bytes(a.as_slice().map_err(err)?), signed: true },
+            ByteArray::U8(a) => Bytes { data: a.as_slice().map_err(err)?, signed: false },
+        })
+    }
+}
+
+fn i8_as_bytes(s: &[i8]) -> &[u8] {
+    // SAFETY: i8 and u8 have the same size and alignment, and every bit pattern is valid in both.
+    unsafe { std::slice::from_raw_parts(s.as_ptr().cast(), s.len()) }
+}
+
+/// A new int8 (`signed`) or uint8 array of `shape`, filled by `fill` through its bytes.
+fn new_bytes<'py>(py: Python<'py>, shape: &[usize], signed: bool, fill: impl FnOnce(&mut [u8])) -> PyResult<Bound<'py, PyAny>> {
+    if signed {
+        let arr = PyArrayDyn::<i8>::zeros(py, IxDyn(shape), false);
+        {
+            let mut rw = arr.readwrite();
+            let s = rw.as_slice_mut().expect("a new array is contiguous");
+            // SAFETY: as in `i8_as_bytes`.
+            fill(unsafe { std::slice::from_raw_parts_mut(s.as_mut_ptr().cast(), s.len()) });
+        }
+        Ok(arr.into_any())
+    } else {
+        let arr = PyArrayDyn::<u8>::zeros(py, IxDyn(shape), false);
+        fill(arr.readwrite().as_slice_mut().expect("a new array is contiguous"));
+        Ok(arr.into_any())
+    }
+}
+
+fn value_err(e: String) -> PyErr {
+    PyValueError::new_err(e)
+}
+
+fn pair(v: &[usize], what: &str) -> PyResult<[usize; 2]> {
+    v.try_into().map_err(|_| PyValueError::new_err(format!("{what}: expected 2 values, got {v:?}")))
+}
+
+fn four(v: &[usize], what: &str) -> PyResult<[usize; 4]> {
+    v.try_into().map_err(|_| PyValueError::new_err(format!("{what}: expected 4 values, got {v:?}")))
+}
+
+/// The output's 8-bit requantisation: per-row `(multiplier_q31, shift)`, zero-point, dtype.
+fn requant(mult: &PyReadonlyArray1<i64>, shift: &PyReadonlyArray1<i64>, y_zp: i64, y_signed: bool) -> PyResult<Requant> {
+    let (lo, hi) = if y_signed { (-128, 127) } else { (0, 255) };
+    Requant::new(mult.as_slice()?, shift.as_slice()?, y_zp, lo, hi).map_err(value_err)
+}
+
+/// The native integer kernels, on one instruction-set path (the fastest by default).
+#[pyclass(frozen, module = "edgetrain_kernels")]
+struct Kernels {
+    path: Path,
+}
+
+#[pymethods]
+impl Kernels {
+    #[new]
+    #[pyo3(signature = (path=None))]
+    fn new(path: Option<&str>) -> PyResult<Self> {
+        let path = match path {
+            None => Path::best(),
+            Some(name) => {
+                let p = Path::parse(name).ok_or_else(|| {
+                    let all: Vec<_> = Path::ALL.iter().map(|p| p.name()).collect();
+                    PyValueError::new_err(format!("kernel path {name:?} is not one of {all:?}"))
+                })?;
+                if !p.supported() {
+                    return Err(PyValueError::new_err(format!("kernel path {name:?} is not supported by this CPU")));
+                }
+                p
+            }
+        };
+        Ok(Kernels { path })
+    }
+
+    /// The instruction-set path these kernels run on.
+    #[getter]
+    fn path(&self) -> &'static str {
+        self.path.name()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Kernels(path={:?})", self.path.name())
+    }
+
+    /// QLinearConv: `x (n, c, h, w)` and `w (m, c/group, kh, kw)` 8-bit; per-output-channel
+    /// `w_zp`, `bias` (int32 or None), `mult`, `shift`; the window as `_window.window_geometry`
+    /// gives it. Returns `(n, m, oh, ow)` of the output's dtype (`y_signed`: int8, else uint8).
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (x, x_zp, w, w_zp, bias, mult, shift, y_zp, y_signed, strides, dilations, pads, out_hw, group))]
+    fn qlinear_conv<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        x_zp: i32,
+        w: &Bound<'py, PyAny>,
+        w_zp: PyReadonlyArray1<i32>,
+        bias: Option<PyReadonlyArray1<i32>>,
+        mult: PyReadonlyArray1<i64>,
+        shift: PyReadonlyArray1<i64>,
+        y_zp: i64,
+        y_signed: bool,
+        strides: Vec<usize>,
+        dilations: Vec<usize>,
+        pads: Vec<usize>,
+        out_hw: Vec<usize>,
+        group: usize,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (xa, wa) = (ByteArray::new(x, "x")?, ByteArray::new(w, "w")?);
+        let (xs, ws) = (xa.shape(), wa.shape());
+        if xs.len() != 4 || ws.len() != 4 || group == 0 || xs[1] != ws[1] * group || ws[0] % group != 0 {
+            return Err(PyValueError::new_err(format!("qlinear_conv: shapes x {xs:?}, w {ws:?}, group {group} do not fit")));
+        }
+        let g = Conv2d {
+            n: xs[0],
+            c: xs[1],
+            h: xs[2],
+            w: xs[3],
+            m: ws[0],
+            kernel: [ws[2], ws[3]],
+            strides: pair(&strides, "strides")?,
+            dilations: pair(&dilations, "dilations")?,
+            pads: four(&pads, "pads")?,
+            out_hw: pair(&out_hw, "out_hw")?,
+            group,
+        };
+        let span = |i: usize| (g.out_hw[i] - 1) * g.strides[i] + (g.kernel[i] - 1) * g.dilations[i] + 1;
+        if g.out_hw.contains(&0) || span(0) > g.h + g.pads[0] + g.pads[2] || span(1) > g.w + g.pads[1] + g.pads[3] {
+            return Err(PyValueError::new_err(format!("qlinear_conv: window {g:?} leaves the padded input")));
+        }
+        let rq = requant(&mult, &shift, y_zp, y_signed)?;
+        let zp = w_zp.as_slice()?;
+        let bias = bias.as_ref().map(|b| b.as_slice()).transpose()?;
+        if zp.len() != g.m || bias.is_some_and(|b| b.len() != g.m) || !(rq.mult.len() == 1 || rq.mult.len() == g.m) {
+            return Err(PyValueError::new_err("qlinear_conv: zero-points, bias and multipliers need one value per output channel"));
+        }
+        let weights = Weights { bytes: wa.bytes("w")?, zero_points: zp, bias };
+        let xb = xa.bytes("x")?;
+        new_bytes(py, &[g.n, g.m, g.out_hw[0], g.out_hw[1]], y_signed, |out| {
+            conv(self.path, &g, xb, x_zp, &weights, Output::Requantized(&rq, out))
+        })
+    }
+
+    /// The fully connected layers: `y = (x − x_zp) · (w − w_zp)ᵀ + bias` for `x (rows, k)` and
+    /// `w (n, k)`, requantised per output column (`mult`, `shift`: one or n values) to
+    /// int8 / uint8 — or, with `mult=None`, the int32 accumulators themselves.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (x, x_zp, w, w_zp, bias=None, mult=None, shift=None, y_zp=0, y_signed=true))]
+    fn qgemm<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        x_zp: i32,
+        w: &Bound<'py, PyAny>,
+        w_zp: PyReadonlyArray1<i32>,
+        bias: Option<PyReadonlyArray1<i32>>,
+        mult: Option<PyReadonlyArray1<i64>>,
+        shift: Option<PyReadonlyArray1<i64>>,
+        y_zp: i64,
+        y_signed: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (xa, wa) = (ByteArray::new(x, "x")?, ByteArray::new(w, "w")?);
+        let (xs, ws) = (xa.shape(), wa.shape());
+        if xs.len() != 2 || ws.len() != 2 || xs[1] != ws[1] {
+            return Err(PyValueError::new_err(format!("qgemm: x {xs:?} and w {ws:?} are not (rows, k) and (n, k)")));
+        }
+        let (rows, k, n) = (xs[0], xs[1], ws[0]);
+        let zp = w_zp.as_slice()?;
+        let bias = bias.as_ref().map(|b| b.as_slice()).transpose()?;
+        if zp.len() != n || bias.is_some_and(|b| b.len() != n) {
+            return Err(PyValueError::new_err("qgemm: zero-points and bias need one value per output column"));
+        }
+        let weights = Weights { bytes: wa.bytes("w")?, zero_points: zp, bias };
+        let xb = xa.bytes("x")?;
+        match (mult, shift) {
+            (Some(mult), Some(shift)) => {
+                let rq = requant(&mult, &shift, y_zp, y_signed)?;
+                if !(rq.mult.len() == 1 || rq.mult.len() == n) {
+                    return Err(PyValueError::new_err("qgemm: one multiplier, or one per output column"));
+                }
+                new_bytes(py, &[rows, n], y_signed, |out| {
+                    fully_connected(self.path, xb, x_zp, rows, k, &weights, n, Output::Requantized(&rq, out))
+                })
+            }
+            (None, None) => {
+                let arr = PyArrayDyn::<i32>::zeros(py, IxDyn(&[rows, n]), false);
+                {
+                    let mut rw = arr.readwrite();
+                    let out = rw.as_slice_mut().expect("a new array is contiguous");
+                    fully_connected(self.path, xb, x_zp, rows, k, &weights, n, Output::Accumulators(out));
+                }
+                Ok(arr.into_any())
+            }
+            _ => Err(PyValueError::new_err("qgemm: give both mult and shift, or neither")),
+        }
+    }
+
+    /// MaxPool over an int8 / uint8 NCHW tensor; returns the same dtype.
+    fn max_pool<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        kernel: Vec<usize>,
+        strides: Vec<usize>,
+        dilations: Vec<usize>,
+        pads: Vec<usize>,
+        out_hw: Vec<usize>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let xa = ByteArray::new(x, "x")?;
+        let (win, shape) = window(xa.shape(), &kernel, &strides, &dilations, &pads, &out_hw)?;
+        let xb = xa.bytes("x")?;
+        new_bytes(py, &shape, xb.signed, |out| {
+            if xb.signed {
+                let x: Vec<i8> = xb.data.iter().map(|&b| b as i8).collect();
+                let mut y = vec![0i8; out.len()];
+                max_pool(&win, &x, i8::MIN, &mut y);
+                out.iter_mut().zip(y).for_each(|(o, v)| *o = v as u8);
+            } else {
+                max_pool(&win, xb.data, u8::MIN, out);
+            }
+        })
+    }
+
+    /// The integer mean of QLinearAveragePool / QLinearGlobalAveragePool (`pool.py`'s
+    /// `_IntegerMean.mean`): `counts` per output position, `(oh, ow)`.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (x, x_zp, kernel, strides, dilations, pads, out_hw, counts, mult, bits, add, y_zp, y_signed))]
+    fn mean_pool<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        x_zp: i64,
+        kernel: Vec<usize>,
+        strides: Vec<usize>,
+        dilations: Vec<usize>,
+        pads: Vec<usize>,
+        out_hw: Vec<usize>,
+        counts: PyReadonlyArray2<i64>,
+        mult: i64,
+        bits: u32,
+        add: i64,
+        y_zp: i64,
+        y_signed: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let xa = ByteArray::new(x, "x")?;
+        let (win, shape) = window(xa.shape(), &kernel, &strides, &dilations, &pads, &out_hw)?;
+        if counts.shape() != win.out_hw || !(0..1 << 31).contains(&mult) || bits > 40 {
+            return Err(PyValueError::new_err("mean_pool: counts must be (oh, ow); mult < 2^31; bits ≤ 40"));
+        }
+        let counts = counts.as_slice()?;
+        if counts.iter().any(|&c| !(1..1 << 22).contains(&c)) {
+            return Err(PyValueError::new_err("mean_pool: every window count must lie in [1, 2^22)"));
+        }
+        let (lo, hi) = if y_signed { (-128, 127) } else { (0, 255) };
+        let mean = Mean { x_zp, counts, mult, bits, add, y_zp, lo, hi };
+        let xb = xa.bytes("x")?;
+        new_bytes(py, &shape, y_signed, |out| {
+            if xb.signed {
+                mean_pool(&win, i8_slice(xb.data), &mean, out)
+            } else {
+                mean_pool(&win, xb.data, &mean, out)
+            }
+        })
+    }
+
+    /// Exact `a · b` of int64 matrices (wrapping as numpy's int64 matmul); `a` may be strided
+    /// (a transpose), `b` is made row-major if it is not.
+    fn int_matmul<'py>(&self, py: Python<'py>, a: PyReadonlyArray2<'py, i64>, b: PyReadonlyArray2<'py, i64>) -> PyResult<Bound<'py, PyAny>> {
+        let (av, bv) = (a.as_array(), b.as_array());
+        let ((m, k), (k2, n)) = (av.dim(), bv.dim());
+        if k != k2 {
+            return Err(PyValueError::new_err(format!("int_matmul: shapes ({m}, {k}) and ({k2}, {n}) do not chain")));
+        }
+        let b_rows = bv.as_standard_layout();
+        let b_slice = b_rows.as_slice().expect("standard layout is contiguous");
+        let arr = PyArrayDyn::<i64>::zeros(py, IxDyn(&[m, n]), false);
+        {
+            let mut rw = arr.readwrite();
+            let out = rw.as_slice_mut().expect("a new array is contiguous");
+            matmul_i64(self.path, &|i, kk| av[[i, kk]], m, k, b_slice, n, out);
+        }
+        Ok(arr.into_any())
+    }
+}
+
+fn i8_slice(b: &[u8]) -> &[i8] {
+    // SAFETY: as in `i8_as_bytes`, the other way round.
+    unsafe { std::slice::from_raw_parts(b.as_ptr().cast(), b.len()) }
+}
+
+/// A pool's window over an NCHW shape, and the output shape.
+fn window(shape: &[usize], kernel: &[usize], strides: &[usize], dilations: &[usize], pads: &[usize], out_hw: &[usize]) -> PyResult<(Window, Vec<usize>)> {
+    if shape.len() != 4 {
+        return Err(PyValueError::new_err(format!("pool: expected a 4-D NCHW input, got shape {shape:?}")));
+    }
+    let win = Window {
+        planes: shape[0] * shape[1],
+        h: shape[2],
+        w: shape[3],
+        kernel: pair(kernel, "kernel")?,
+        strides: pair(strides, "strides")?,
+        dilations: pair(dilations, "dilations")?,
+        pads: four(pads, "pads")?,
+        out_hw: pair(out_hw, "out_hw")?,
+    };
+    Ok((win, vec![shape[0], shape[1], out_hw[0], out_hw[1]]))
+}
+
+/// The kernel paths this CPU runs, slowest first (`Kernels(path)` takes any of them).
+#[pyfunction]
+fn available_paths() -> Vec<&'static str> {
+    Path::available().into_iter().map(Path::name).collect()
+}
+
+#[pymodule]
+fn edgetrain_kernels(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<Kernels>()?;
+    m.add_function(wrap_pyfunction!(available_paths, m)?)?;
+    Ok(())
+}

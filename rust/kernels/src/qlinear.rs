@@ -1,0 +1,289 @@
+//! The integer layers: QLinearConv (im2col into packed columns, then the GEMM) and the
+//! fully connected QGemm / QLinearMatMul, each with the correction, bias and
+//! requantisation fused into the store.
+//!
+//! Both read 8-bit tensors of either signedness. The GEMM wants the weights as s8 and
+//! the activations as u8, so an int8 activation is flipped to `x + 128` (its sign bit)
+//! with the zero-point moved by 128, and a uint8 weight to `w − 128`; [`Correction`]
+//! then removes the zero-points exactly (`Σ(a − za)(u − zu) = Σau − zu·Σa − za·Σu + K·za·zu`).
+
+use crate::gemm::{gemm, PackedA, PackedB};
+use crate::path::Path;
+use crate::requant::{store_accumulators, store_requantized, Correction, Requant, Run};
+
+/// A tensor of 8-bit integers as bytes, and whether they are int8 (else uint8).
+#[derive(Clone, Copy)]
+pub struct Bytes<'a> {
+    pub data: &'a [u8],
+    pub signed: bool,
+}
+
+impl Bytes<'_> {
+    /// A zero-point in the s8 form.
+    fn s8_zero(&self, zp: i32) -> i32 {
+        if self.signed { zp } else { zp - 128 }
+    }
+    /// The byte that encodes value `b` as u8 (int8 moves up by 128: its sign bit flips).
+    #[inline(always)]
+    fn u8_of(&self, b: u8) -> u8 {
+        if self.signed { b ^ 0x80 } else { b }
+    }
+    /// A zero-point in the u8 form.
+    fn u8_zero(&self, zp: i32) -> i32 {
+        if self.signed { zp + 128 } else { zp }
+    }
+}
+
+/// The requantised 8-bit output (bytes), or the int32 accumulators themselves.
+pub enum Output<'a> {
+    Requantized(&'a Requant, &'a mut [u8]),
+    Accumulators(&'a mut [i32]),
+}
+
+fn finish(path: Path, c: &mut [i32], b: &PackedB, fix: &Correction, runs: &[Run], out: &mut Output) {
+    fix.apply(c, b);
+    match out {
+        Output::Requantized(rq, bytes) => store_requantized(path, c, b.padded_cols, rq, runs, bytes),
+        Output::Accumulators(acc) => store_accumulators(c, b.padded_cols, runs, acc),
+    }
+}
+
+/// The weights of the fully connected layer, `(n × k)` row-major, per-row zero-points.
+pub struct Weights<'a> {
+    pub bytes: Bytes<'a>,
+    pub zero_points: &'a [i32],
+    pub bias: Option<&'a [i32]>,
+}
+
+impl Weights<'_> {
+    fn packed(&self, rows: std::ops::Range<usize>, k: usize) -> (PackedA<'_>, Vec<i32>) {
+        let a = PackedA::new(&self.bytes.data[rows.start * k..rows.end * k], rows.len(), k, !self.bytes.signed);
+        let za = rows.map(|r| self.bytes.s8_zero(self.zero_points[r])).collect();
+        (a, za)
+    }
+}
+
+/// `y = x · wᵀ (+ bias)` for `x (rows × k)` and weights `(n × k)`; `out` is `(rows × n)`.
+pub fn fully_connected(path: Path, x: Bytes, x_zp: i32, rows: usize, k: usize, w: &Weights, n: usize, mut out: Output) {
+    assert_eq!(x.data.len(), rows * k);
+    assert_eq!(w.bytes.data.len(), n * k);
+    let (a, za) = w.packed(0..n, k);
+    let fix = Correction::new(&a, &za, x.u8_zero(x_zp), w.bias);
+    let mut b = PackedB::zeros(k, rows);
+    let stride = b.padded_cols * 4;
+    crate::path::vectorized(path, #[inline(always)] || {
+        for (p, src) in x.data.chunks_exact(k.max(1)).enumerate() {
+            // each quad of a row lands in its own quad row of B, at column p
+            for (q, quad) in src.chunks(4).enumerate() {
+                for (t, &v) in quad.iter().enumerate() {
+                    b.data[q * stride + p * 4 + t] = x.u8_of(v);
+                }
+            }
+        }
+    });
+    let mut c = vec![0i32; n * b.padded_cols];
+    gemm(path, &a, &b, &mut c);
+    let runs: Vec<Run> = (0..n).map(|r| Run { row: r, channel: r, cols: 0..rows, start: r, stride: n }).collect();
+    finish(path, &mut c, &b, &fix, &runs, &mut out);
+}
+
+/// A 2-D convolution's shape: NCHW input, `(m, c / group, kh, kw)` weights, and the
+/// window as `runtime/kernels/_window.py` resolves it (`pads` = top, left, bottom, right).
+#[derive(Clone, Debug)]
+pub struct Conv2d {
+    pub n: usize,
+    pub c: usize,
+    pub h: usize,
+    pub w: usize,
+    pub m: usize,
+    pub kernel: [usize; 2],
+    pub strides: [usize; 2],
+    pub dilations: [usize; 2],
+    pub pads: [usize; 4],
+    pub out_hw: [usize; 2],
+    pub group: usize,
+}
+
+/// Packed columns are built for a block of images holding at most about this many bytes.
+const COLS_BLOCK_BYTES: usize = 1 << 18;
+
+/// QLinearConv: `out` is `(n, m, oh, ow)`; weights `(m, c/group, kh, kw)` row-major.
+///
+/// With unit width stride, each output row is computed `pw` (the padded width) columns
+/// wide: a patch row `k = (ci, i, j)` of an image is then one contiguous run of the padded
+/// input, `oh·pw` long, so im2col is a 4-way byte interleave of long runs. The `pw − ow`
+/// extra columns of each row read past its end (harmless values) and are never stored.
+pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: Output) {
+    let (cg, mg) = (g.c / g.group, g.m / g.group);
+    let k = cg * g.kernel[0] * g.kernel[1];
+    let (ph, pw) = (g.h + g.pads[0] + g.pads[2], g.w + g.pads[1] + g.pads[3]);
+    let [oh, ow] = g.out_hw;
+    let pitch = if g.strides[1] == 1 { pw } else { ow }; // columns per output row
+    assert_eq!(x.data.len(), g.n * g.c * g.h * g.w);
+    assert_eq!(w.bytes.data.len(), g.m * k);
+    let zu = x.u8_zero(x_zp);
+    let block = (COLS_BLOCK_BYTES / (k.div_ceil(4) * 4 * oh * pitch).max(1)).clamp(1, g.n.max(1));
+    for grp in 0..g.group {
+        let (a, za) = w.packed(grp * mg..(grp + 1) * mg, k);
+        let fix = Correction::new(&a, &za, zu, w.bias.map(|b| &b[grp * mg..(grp + 1) * mg]));
+        for n0 in (0..g.n).step_by(block) {
+            let nb = block.min(g.n - n0);
+            // the block's input channels as u8, padded with the zero-point (0 once shifted),
+            // plus a slack of one padded row for the extra columns of the last output row
+            let mut padded = vec![zu as u8; (nb * cg + 1) * ph * pw];
+            crate::path::vectorized(path, #[inline(always)] || {
+                for (i, plane) in padded.chunks_exact_mut(ph * pw).take(nb * cg).enumerate() {
+                    let (img, ch) = (n0 + i / cg, grp * cg + i % cg);
+                    let src = &x.data[(img * g.c + ch) * g.h * g.w..][..g.h * g.w];
+                    for (row, src_row) in src.chunks_exact(g.w).enumerate() {
+                        let dst = &mut plane[(row + g.pads[0]) * pw + g.pads[1]..][..g.w];
+                        for (d, &s) in dst.iter_mut().zip(src_row) {
+                            *d = x.u8_of(s);
+                        }
+                    }
+                }
+            });
+            let b = crate::path::vectorized(path, #[inline(always)] || im2col(g, &padded, nb, cg, [ph, pw], pitch, k));
+            let mut c = vec![0i32; mg * b.padded_cols];
+            gemm(path, &a, &b, &mut c);
+            let mut runs = Vec::with_capacity(mg * nb * oh);
+            for r in 0..mg {
+                for i in 0..nb {
+                    for y in 0..oh {
+                        let start = (((n0 + i) * g.m + grp * mg + r) * oh + y) * ow;
+                        let col = (i * oh + y) * pitch;
+                        runs.push(Run { row: r, channel: grp * mg + r, cols: col..col + ow, start, stride: 1 });
+                    }
+                }
+            }
+            finish(path, &mut c, &b, &fix, &runs, &mut out);
+        }
+    }
+}
+
+/// Patches of `nb` padded images as packed columns: row `k = (ci, i, j)` (the weight's own
+/// order), column `(image, oh, x)` with `x < pitch`. Rows past `k` stay zero.
+#[inline(always)]
+fn im2col(g: &Conv2d, padded: &[u8], nb: usize, cg: usize, [ph, pw]: [usize; 2], pitch: usize, k: usize) -> PackedB {
+    let [kh, kw] = g.kernel;
+    let [oh, _] = g.out_hw;
+    let [sh, sw] = g.strides;
+    let [dh, dw] = g.dilations;
+    let mut b = PackedB::zeros(k, nb * oh * pitch);
+    let run = if sw == 1 { oh * pitch } else { (pitch - 1) * sw + 1 }; // source bytes one copy reads
+    let zeros = vec![0u8; run]; // the rows past k
+    for q in 0..b.quads {
+        let offsets: [Option<usize>; 4] = std::array::from_fn(|t| {
+            let kk = 4 * q + t;
+            (kk < k).then(|| (kk / (kh * kw)) * ph * pw + (kk / kw % kh) * dh * pw + (kk % kw) * dw)
+        });
+        let quad = b.quad_mut(q);
+        for img in 0..nb {
+            let image = img * cg * ph * pw;
+            if sw == 1 {
+                // rows y·sh of the image, each pw wide: for sh = 1 one run of oh·pw bytes
+                for y in 0..if sh == 1 { 1 } else { oh } {
+                    let width = if sh == 1 { oh * pw } else { pw };
+                    let start = image + y * sh * pw;
+                    let src = offsets.map(|o| o.map_or(&zeros[..width], |o| &padded[start + o..][..width]));
+                    interleave4(src, &mut quad[(img * oh + y) * pitch * 4..][..width * 4]);
+                }
+                continue;
+            }
+            for y in 0..oh {
+                let start = image + y * sh * pw;
+                let src = offsets.map(|o| o.map_or(&zeros[..], |o| &padded[start + o..][..run]));
+                let lanes = &mut quad[(img * oh + y) * pitch * 4..][..pitch * 4];
+                for (xo, lane) in lanes.chunks_exact_mut(4).enumerate() {
+                    lane.copy_from_slice(&[src[0][xo * sw], src[1][xo * sw], src[2][xo * sw], src[3][xo * sw]]);
+                }
+            }
+        }
+    }
+    b
+}
+
+/// `lanes[4i + t] = src[t][i]`: four rows into one row of quads (vectorised with shuffles).
+#[inline(always)]
+fn interleave4(src: [&[u8]; 4], lanes: &mut [u8]) {
+    let n = lanes.len() / 4;
+    let (s0, s1, s2, s3) = (&src[0][..n], &src[1][..n], &src[2][..n], &src[3][..n]);
+    for (i, lane) in lanes.chunks_exact_mut(4).enumerate() {
+        // one little-endian word per lane: the form the compiler vectorises (zero-extend, shift, or)
+        let word = s0[i] as u32 | (s1[i] as u32) << 8 | (s2[i] as u32) << 16 | (s3[i] as u32) << 24;
+        lane.copy_from_slice(&word.to_le_bytes());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gemm::tests::Rng;
+
+    /// Σ (w − zw)(x − zx) + bias over the window, zero padding in (x − zx) terms, in i64.
+    fn conv_reference(g: &Conv2d, x: &[i64], zx: i64, w: &[i64], zw: &[i64], bias: &[i64]) -> Vec<i64> {
+        let (cg, mg) = (g.c / g.group, g.m / g.group);
+        let mut out = vec![0i64; g.n * g.m * g.out_hw[0] * g.out_hw[1]];
+        for n in 0..g.n {
+            for m in 0..g.m {
+                for oy in 0..g.out_hw[0] {
+                    for ox in 0..g.out_hw[1] {
+                        let mut s = bias[m];
+                        for ci in 0..cg {
+                            for i in 0..g.kernel[0] {
+                                for j in 0..g.kernel[1] {
+                                    let yy = (oy * g.strides[0] + i * g.dilations[0]) as i64 - g.pads[0] as i64;
+                                    let xx = (ox * g.strides[1] + j * g.dilations[1]) as i64 - g.pads[1] as i64;
+                                    if yy < 0 || xx < 0 || yy >= g.h as i64 || xx >= g.w as i64 {
+                                        continue;
+                                    }
+                                    let c = (m / mg) * cg + ci;
+                                    let xv = x[((n * g.c + c) * g.h + yy as usize) * g.w + xx as usize] - zx;
+                                    let wv = w[((m * cg + ci) * g.kernel[0] + i) * g.kernel[1] + j] - zw[m];
+                                    s += xv * wv;
+                                }
+                            }
+                        }
+                        out[((n * g.m + m) * g.out_hw[0] + oy) * g.out_hw[1] + ox] = s;
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn conv_accumulators_equal_the_i64_reference_on_every_path() {
+        let mut rng = Rng(11);
+        let shapes = [
+            Conv2d { n: 3, c: 1, h: 9, w: 8, m: 6, kernel: [5, 5], strides: [1, 1], dilations: [1, 1], pads: [2, 2, 2, 2], out_hw: [9, 8], group: 1 },
+            Conv2d { n: 2, c: 4, h: 7, w: 7, m: 4, kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pads: [1, 1, 1, 1], out_hw: [4, 4], group: 2 },
+            Conv2d { n: 1, c: 3, h: 9, w: 9, m: 5, kernel: [3, 2], strides: [1, 2], dilations: [2, 1], pads: [0, 1, 2, 0], out_hw: [7, 5], group: 1 },
+        ];
+        for g in &shapes {
+            for (x_signed, w_signed) in [(true, true), (false, true), (true, false)] {
+                let xb: Vec<u8> = (0..g.n * g.c * g.h * g.w).map(|_| rng.byte()).collect();
+                let k = g.c / g.group * g.kernel[0] * g.kernel[1];
+                let wb: Vec<u8> = (0..g.m * k).map(|_| rng.byte()).collect();
+                let val = |b: u8, s: bool| if s { b as i8 as i64 } else { b as i64 };
+                let zx: i32 = if x_signed { -128 } else { 255 };
+                let zw: Vec<i32> = (0..g.m).map(|m| if w_signed { [0, 127, -128][m % 3] } else { [128, 0, 255][m % 3] }).collect();
+                let bias: Vec<i32> = (0..g.m).map(|m| m as i32 * 1000 - 2000).collect();
+                let expect = conv_reference(
+                    g,
+                    &xb.iter().map(|&b| val(b, x_signed)).collect::<Vec<_>>(),
+                    zx as i64,
+                    &wb.iter().map(|&b| val(b, w_signed)).collect::<Vec<_>>(),
+                    &zw.iter().map(|&z| z as i64).collect::<Vec<_>>(),
+                    &bias.iter().map(|&b| b as i64).collect::<Vec<_>>(),
+                );
+                for path in Path::available() {
+                    let mut got = vec![0i32; expect.len()];
+                    let w = Weights { bytes: Bytes { data: &wb, signed: w_signed }, zero_points: &zw, bias: Some(&bias) };
+                    conv(path, g, Bytes { data: &xb, signed: x_signed }, zx, &w, Output::Accumulators(&mut got));
+                    assert_eq!(got.iter().map(|&v| v as i64).collect::<Vec<_>>(), expect, "{} {g:?}", path.name());
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,217 @@
+"""The native kernels (rust/kernels, `edgetrain_kernels`) against references nobody here wrote
+the native code for: int64 numpy products, and the numpy reference kernels bit for bit,
+on every instruction-set path this CPU offers (the scalar one included), forced in turn.
+
+Skipped where the wheel is not installed (a device install); the README's test command
+installs it, so CI runs these.
+"""
+import json
+
+import numpy as np
+import pytest
+
+import edgetrain
+from edgetrain import backend, quant
+from edgetrain.kernels import KERNELS, Node
+from edgetrain.kernels._window import window_geometry
+
+from test_runtime import _save, avgpool_net, ort_quantize
+
+native = pytest.importorskip("edgetrain_kernels")
+PATHS = native.available_paths()
+
+
+@pytest.fixture(params=PATHS)
+def kernels(request):
+    return native.Kernels(request.param)
+
+
+def test_paths_are_offered_and_forced_by_name(monkeypatch):
+    assert PATHS[0] == "scalar" and native.Kernels().path == PATHS[-1]
+    for path in PATHS:
+        assert backend.select(f"native:{path}").kernels.path == path
+        monkeypatch.setenv(backend.PATH_ENV, path)
+        assert backend.select("native").kernels.path == path
+    with pytest.raises(ValueError, match="not one of"):
+        native.Kernels("neon-sdot")
+    with pytest.raises(ValueError, match="backend='numpy-ish'"):
+        backend.select("numpy-ish")
+    monkeypatch.setenv(backend.BACKEND_ENV, "numpy")
+    assert backend.select().name == "numpy" and backend.select().kernels is None
+
+
+def test_info_names_the_backend(capsys, monkeypatch, int8_onnx):
+    from edgetrain.cli import main
+    for env, expect in (("numpy", "numpy"), ("native", f"native ({PATHS[-1]})")):
+        monkeypatch.setenv(backend.BACKEND_ENV, env)
+        assert main(["info", str(int8_onnx()), "--json"]) == 0
+        assert json.loads(capsys.readouterr().out.splitlines()[-1])["backend"] == expect
+
+
+def _bytes(rng, shape, dtype):
+    info = np.iinfo(dtype)
+    v = rng.integers(info.min, info.max + 1, size=shape, dtype=np.int64)
+    flat = v.reshape(-1)
+    flat[: min(3, flat.size)] = [info.min, info.max, info.min + 1][: min(3, flat.size)]  # the extremes
+    return v.astype(dtype)
+
+
+# rows, k, n: K not a multiple of 4, 16 or 64; N = 1; a single row
+GEMM_SHAPES = [(1, 1, 1), (1, 400, 120), (7, 3, 1), (32, 120, 84), (64, 84, 10), (5, 1027, 33), (17, 64, 16), (3, 5, 70)]
+
+
+@pytest.mark.parametrize("rows,k,n", GEMM_SHAPES)
+@pytest.mark.parametrize("x_dtype,w_dtype", [(np.int8, np.int8), (np.uint8, np.int8), (np.int8, np.uint8)])
+def test_gemm_accumulators_equal_int64_products(kernels, rows, k, n, x_dtype, w_dtype):
+    rng = np.random.default_rng([rows, k, n])
+    x, w = _bytes(rng, (rows, k), x_dtype), _bytes(rng, (n, k), w_dtype)
+    xi, wi = np.iinfo(x_dtype), np.iinfo(w_dtype)
+    for x_zp in (xi.min, xi.max, 0):
+        w_zp = rng.integers(wi.min, wi.max + 1, size=n).astype(np.int32)
+        w_zp[0] = 0 if w_dtype == np.int8 else 128
+        bias = rng.integers(-2**20, 2**20, size=n).astype(np.int32)
+        exact = (x.astype(np.int64) - x_zp) @ (w.astype(np.int64) - w_zp[:, None]).T + bias
+        got = kernels.qgemm(x, x_zp, w, w_zp, bias)
+        assert got.dtype == np.int32 and np.array_equal(got, exact)
+
+
+@pytest.mark.parametrize("rows,k,n", GEMM_SHAPES)
+def test_gemm_requantises_as_quant_py(kernels, rows, k, n):
+    rng = np.random.default_rng([k, n])
+    x, w = _bytes(rng, (rows, k), np.int8), _bytes(rng, (n, k), np.int8)
+    w_zp, bias = np.zeros(n, np.int32), rng.integers(-2**16, 2**16, size=n).astype(np.int32)
+    acc = (x.astype(np.int64) + 5) @ w.astype(np.int64).T + bias
+    for reals in (rng.uniform(1e-5, 0.5, size=n), np.array([3e-3]), np.full(n, 2.0 ** -9)):  # per channel, per tensor, ties
+        mult, shift = quant.quantize_multipliers(reals)
+        for y_dtype, y_zp in ((np.int8, -128), (np.int8, 7), (np.uint8, 255)):
+            yq = quant.QParams.from_consts(np.float32(1), np.array(y_zp, dtype=y_dtype), "y")
+            expect = quant.requantize(acc.astype(np.int32), mult, shift, yq)
+            got = kernels.qgemm(x, -5, w, w_zp, bias, np.ascontiguousarray(np.broadcast_to(mult, n)),
+                                np.ascontiguousarray(np.broadcast_to(shift, n)), y_zp, y_dtype == np.int8)
+            assert got.dtype == y_dtype and np.array_equal(got, expect)
+
+
+def _node(op, n_inputs, **attrs):
+    return Node(op, op, [f"i{j}" for j in range(n_inputs)], ["y"], attrs)
+
+
+def _both(op, consts, runtime_inputs, kernels, **attrs):
+    """One node built twice: the numpy reference and the native kernels; both outputs."""
+    node = _node(op, len(consts), **attrs)
+    ref = KERNELS[op](node, consts)
+    nat = KERNELS[op](node, consts, native=kernels)
+    args = [r if c is None else c for c, r in zip(consts, runtime_inputs)]
+    return ref.run(*args), nat.run(*args)
+
+
+CONVS = [  # x shape, w shape, attributes
+    ((3, 1, 28, 28), (6, 1, 5, 5), {"pads": [2, 2, 2, 2]}),
+    ((2, 6, 14, 14), (16, 6, 5, 5), {}),
+    ((2, 1, 28, 28), (16, 1, 3, 3), {"pads": [1, 1, 1, 1], "strides": [2, 2]}),
+    ((1, 4, 9, 7), (6, 2, 3, 2), {"group": 2, "strides": [2, 1], "dilations": [1, 2], "pads": [0, 1, 2, 0]}),
+    ((2, 3, 8, 8), (5, 3, 1, 1), {"strides": [1, 3]}),
+    ((1, 2, 5, 5), (1, 2, 3, 3), {"auto_pad": b"SAME_UPPER"}),
+]
+
+
+@pytest.mark.parametrize("x_shape,w_shape,attrs", CONVS)
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_qlinear_conv_equals_the_numpy_kernel(kernels, x_shape, w_shape, attrs, per_channel):
+    rng = np.random.default_rng(list(x_shape) + list(w_shape))
+    m = w_shape[0]
+    for x_zp, y_zp in ((-128, 127), (127, -128), (3, 0)):
+        w_scale = rng.uniform(0.001, 0.05, size=m if per_channel else 1).astype(np.float32)
+        consts = [None, np.float32(0.02), np.int8(x_zp), _bytes(rng, w_shape, np.int8), w_scale,
+                  np.zeros(w_scale.shape, np.int8), np.float32(0.05), np.int8(y_zp),
+                  rng.integers(-5000, 5000, size=m).astype(np.int32)]
+        x = _bytes(rng, x_shape, np.int8)
+        ref, nat = _both("QLinearConv", consts, [x] + [None] * 8, kernels, **attrs)
+        assert nat.dtype == ref.dtype and np.array_equal(nat, ref)
+
+
+POOLS = [
+    ((2, 6, 28, 28), {"kernel_shape": [2, 2], "strides": [2, 2]}),
+    ((1, 3, 7, 9), {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1], "ceil_mode": 1}),
+    ((2, 2, 6, 5), {"kernel_shape": [2, 3], "dilations": [2, 1], "pads": [0, 1, 1, 0]}),
+    ((1, 1, 4, 4), {"kernel_shape": [2, 2], "pads": [3, 3, 3, 3]}),  # windows wholly on padding
+]
+
+
+@pytest.mark.parametrize("shape,attrs", POOLS)
+@pytest.mark.parametrize("dtype", [np.int8, np.uint8])
+def test_max_pool_equals_the_numpy_kernel(kernels, shape, attrs, dtype):
+    x = _bytes(np.random.default_rng(len(shape)), shape, dtype)
+    ref, nat = _both("MaxPool", [None], [x], kernels, **attrs)
+    assert nat.dtype == ref.dtype and np.array_equal(nat, ref)
+
+
+@pytest.mark.parametrize("shape,attrs", POOLS[:3] + [((2, 3, 4, 4), {"kernel_shape": [4, 4]})])
+@pytest.mark.parametrize("count_include_pad", [0, 1])
+@pytest.mark.parametrize("x_scale,y_scale,y_zp", [(0.1, 0.1, 0), (0.1, 0.1, -127), (0.37, 0.05, 5), (0.02, 0.9, -3)])
+def test_integer_average_pools_equal_the_numpy_kernels(kernels, shape, attrs, count_include_pad, x_scale, y_scale, y_zp):
+    """Ties included: with equal scales a 2×2 mean is .5 in a quarter of the windows."""
+    rng = np.random.default_rng(len(attrs))
+    x = _bytes(rng, shape, np.int8)
+    consts = [None, np.float32(x_scale), np.int8(-2), np.float32(y_scale), np.int8(y_zp)]
+    ref, nat = _both("QLinearAveragePool", consts, [x] + [None] * 4, kernels,
+                     count_include_pad=count_include_pad, **attrs)
+    assert np.array_equal(nat, ref)
+    ref, nat = _both("QLinearGlobalAveragePool", consts, [x] + [None] * 4, kernels)
+    assert np.array_equal(nat, ref)
+
+
+def test_int_matmul_equals_numpy_int64_including_wraparound(kernels):
+    rng = np.random.default_rng(5)
+    for m, k, n in ((32, 10, 84), (1, 1, 1), (84, 32, 120), (3, 70, 2)):
+        a = rng.integers(-2**40, 2**40, size=(k, m))  # used transposed, as err.T
+        b = rng.integers(-2**40, 2**40, size=(k, n))
+        assert np.array_equal(kernels.int_matmul(a.T, b), a.T @ b)  # numpy's int64 wraps; so must we
+
+
+# -- whole models --------------------------------------------------------------------------------
+
+PINNED_INT8 = [("lenet5", "qoperator", True), ("lenet5", "qoperator", False), ("lenet5", "qdq", True),
+               ("rescnn", "qoperator", True)]
+
+
+def _same_tensors(path, x, kernels):
+    ref = edgetrain.load(path, backend="numpy").run_all(x)
+    model = edgetrain.load(path, backend=backend.Backend(kernels))
+    assert model.backend.name == f"native ({kernels.path})"
+    got = model.run_all(x)
+    assert ref.keys() == got.keys()
+    for name in ref:
+        assert got[name].dtype == ref[name].dtype and np.array_equal(got[name], ref[name]), name
+
+
+@pytest.mark.parametrize("name,fmt,per_channel", PINNED_INT8)
+def test_pinned_int8_models_give_identical_tensors(kernels, name, fmt, per_channel, int8_onnx, mnist):
+    _same_tensors(int8_onnx(name, fmt, per_channel), mnist.x_test[:37], kernels)
+
+
+@pytest.mark.parametrize("name", ["mlp", "mlp16", "lenet5", "rescnn"])
+def test_pinned_fp32_models_give_identical_tensors(name, trained_onnx, mnist):
+    _same_tensors(trained_onnx(name), mnist.x_test[:9], native.Kernels())
+
+
+@pytest.mark.parametrize("fmt,per_channel", [("qoperator", True), ("qdq", False)])
+def test_average_pool_net_gives_identical_tensors(kernels, fmt, per_channel, tmp_path):
+    rng = np.random.default_rng(8)
+    fp32 = _save(avgpool_net(rng), tmp_path, "fp32.onnx")
+    x = rng.standard_normal((40, 1, 12, 12)).astype(np.float32)
+    _same_tensors(ort_quantize(fp32, tmp_path / "int8.onnx", x[:32], fmt, per_channel), x, kernels)
+
+
+def test_int8_fit_is_bit_identical_on_both_backends(int8_onnx, mnist):
+    """A whole ElasticZO-INT8 fit (ZO head, integer BP tail): the same weights and metrics."""
+    x, y = mnist.x_train[:192], mnist.y_train[:192]
+    results = []
+    for choice in ["numpy"] + [f"native:{p}" for p in PATHS]:
+        model = edgetrain.load(int8_onnx("lenet5"), backend=choice, float_gemm=False)
+        trainer = edgetrain.Trainer(model, method="elasticzo-int8", cut=2, batch_size=32, seed=3)
+        history = trainer.fit(x, y, epochs=2, progress=False)
+        results.append((choice, history, model.params))
+    (_, ref_history, ref_params), *others = results
+    for choice, history, params in others:
+        assert [h["loss"] for h in history] == [h["loss"] for h in ref_history], choice
+        assert all(np.array_equal(params[n], v) for n, v in ref_params.items()), choice
