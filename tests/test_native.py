@@ -160,6 +160,35 @@ def test_integer_average_pools_equal_the_numpy_kernels(kernels, shape, attrs, co
     assert np.array_equal(nat, ref)
 
 
+@pytest.mark.parametrize("a_dtype,b_dtype", [(np.int8, np.int8), (np.uint8, np.int8), (np.int8, np.uint8)])
+@pytest.mark.parametrize("scales", [(0.02, 0.05, 0.04), (0.1, 0.1, 0.1), (0.3, 0.001, 0.9), (1e-4, 2e-4, 3.0)])
+def test_qlinear_add_equals_the_numpy_kernel(kernels, a_dtype, b_dtype, scales):
+    rng = np.random.default_rng(len(scales))
+    a, b = _bytes(rng, (3, 5, 7, 9), a_dtype), _bytes(rng, (3, 5, 7, 9), b_dtype)
+    ai, bi = np.iinfo(a_dtype), np.iinfo(b_dtype)
+    for a_zp, b_zp, y_zp, y_dtype in ((ai.min, bi.max, 0, np.int8), (ai.max, bi.min, 127, np.int8),
+                                      (0, 0, 255, np.uint8), (3, -2 if b_dtype == np.int8 else 9, 0, np.uint8)):
+        consts = [None, np.float32(scales[0]), a_dtype(a_zp), None, np.float32(scales[1]), b_dtype(b_zp),
+                  np.float32(scales[2]), y_dtype(y_zp)]
+        ref, nat = _both("QLinearAdd", consts, [a, None, None, b] + [None] * 4, kernels)
+        assert nat.dtype == ref.dtype and np.array_equal(nat, ref)
+
+
+def test_quantize_linear_equals_the_numpy_kernel(kernels):
+    """Ties to even included (x an odd multiple of scale/2), and values far out of range."""
+    rng = np.random.default_rng(3)
+    scale = np.float32(0.25)
+    x = np.concatenate([rng.standard_normal(997).astype(np.float32) * 40,
+                        (np.arange(-301, 301, 2, dtype=np.float32) * scale / 2),
+                        np.array([1e30, -1e30, np.inf, -np.inf, 0.0, -0.0], np.float32)]).reshape(1, -1)
+    for zp in (np.int8(-128), np.int8(127), np.int8(3), np.uint8(0), np.uint8(255), np.uint8(128)):
+        ref, nat = _both("QuantizeLinear", [None, scale, zp], [x, None, None], kernels)
+        assert nat.dtype == ref.dtype and np.array_equal(nat, ref)
+    x[0, 5] = np.nan  # left to numpy, whose cast of a NaN is the platform's
+    ref, nat = _both("QuantizeLinear", [None, scale, np.int8(0)], [x, None, None], kernels)
+    assert np.array_equal(nat, ref)
+
+
 def test_int_matmul_equals_numpy_int64_including_wraparound(kernels):
     rng = np.random.default_rng(5)
     for m, k, n in ((32, 10, 84), (1, 1, 1), (84, 32, 120), (3, 70, 2)):

@@ -11,6 +11,7 @@ use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyRe
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use crate::elementwise::{add, quantize, AddParams};
 use crate::exact::matmul_i64;
 use crate::path::Path;
 use crate::pool::{max_pool, mean_pool, Mean, Window};
@@ -285,14 +286,13 @@ impl Kernels {
         let (win, shape) = window(xa.shape(), &kernel, &strides, &dilations, &pads, &out_hw)?;
         let xb = xa.bytes("x")?;
         new_bytes(py, &shape, xb.signed, |out| {
-            if xb.signed {
-                let x: Vec<i8> = xb.data.iter().map(|&b| b as i8).collect();
-                let mut y = vec![0i8; out.len()];
-                max_pool(&win, &x, i8::MIN, &mut y);
-                out.iter_mut().zip(y).for_each(|(o, v)| *o = v as u8);
-            } else {
-                max_pool(&win, xb.data, u8::MIN, out);
-            }
+            crate::path::vectorized(self.path, #[inline(always)] || {
+                if xb.signed {
+                    max_pool(&win, i8_slice(xb.data), i8::MIN, i8_slice_mut(out));
+                } else {
+                    max_pool(&win, xb.data, u8::MIN, out);
+                }
+            })
         })
     }
 
@@ -330,11 +330,71 @@ impl Kernels {
         let mean = Mean { x_zp, counts, mult, bits, add, y_zp, lo, hi };
         let xb = xa.bytes("x")?;
         new_bytes(py, &shape, y_signed, |out| {
-            if xb.signed {
-                mean_pool(&win, i8_slice(xb.data), &mean, out)
-            } else {
-                mean_pool(&win, xb.data, &mean, out)
-            }
+            crate::path::vectorized(self.path, #[inline(always)] || {
+                if xb.signed {
+                    mean_pool(&win, i8_slice(xb.data), &mean, out)
+                } else {
+                    mean_pool(&win, xb.data, &mean, out)
+                }
+            })
+        })
+    }
+
+    /// QuantizeLinear per tensor of a float32 array to int8 (`y_signed`) or uint8, as
+    /// `quant.quantize_float`; None when `x` holds a NaN (the caller then runs numpy).
+    fn quantize<'py>(&self, py: Python<'py>, x: PyReadonlyArrayDyn<'py, f32>, scale: f32, zero_point: i32, y_signed: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let xs = x.as_slice().map_err(|_| PyValueError::new_err("quantize: expected a C-contiguous array"))?;
+        let (lo, hi) = if y_signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+        let mut ok = true;
+        let y = new_bytes(py, x.shape(), y_signed, |out| {
+            ok = crate::path::vectorized(self.path, #[inline(always)] || quantize(xs, scale, zero_point as f32, lo, hi, out)).is_ok();
+        })?;
+        Ok(ok.then_some(y))
+    }
+
+    /// QLinearAdd of two 8-bit arrays of one shape (`add.py`'s integer form): `(ma, mb)` the
+    /// Q31 mantissas over the shared exponent, `bits = 31 − shift`.
+    #[allow(clippy::too_many_arguments)]
+    fn qlinear_add<'py>(
+        &self,
+        py: Python<'py>,
+        a: &Bound<'py, PyAny>,
+        a_zp: i64,
+        ma: i64,
+        b: &Bound<'py, PyAny>,
+        b_zp: i64,
+        mb: i64,
+        bits: u32,
+        y_zp: i64,
+        y_signed: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (aa, ba) = (ByteArray::new(a, "a")?, ByteArray::new(b, "b")?);
+        if aa.shape() != ba.shape() {
+            return Err(PyValueError::new_err(format!("qlinear_add: shapes {:?} and {:?} differ", aa.shape(), ba.shape())));
+        }
+        if bits > 62 || ma.unsigned_abs() >= 1 << 31 || mb.unsigned_abs() >= 1 << 31 {
+            return Err(PyValueError::new_err("qlinear_add: multipliers must be below 2^31 and bits at most 62"));
+        }
+        let (lo, hi) = if y_signed { (-128, 127) } else { (0, 255) };
+        let p = AddParams { za: a_zp, ma, zb: b_zp, mb, bits, zc: y_zp, lo, hi };
+        let (ab, bb) = (aa.bytes("a")?, ba.bytes("b")?);
+        new_bytes(py, aa.shape(), y_signed, |out| {
+            crate::path::vectorized(self.path, #[inline(always)] || {
+                let value = |s: bool| move |v: u8| if s { v as i8 as i32 } else { v as i32 };
+                macro_rules! each {
+                    ($fa:expr, $fb:expr) => {
+                        for ((o, &x), &y) in out.iter_mut().zip(ab.data).zip(bb.data) {
+                            *o = add(&p, $fa(x), $fb(y));
+                        }
+                    };
+                }
+                match (ab.signed, bb.signed) {
+                    (true, true) => each!(value(true), value(true)),
+                    (true, false) => each!(value(true), value(false)),
+                    (false, true) => each!(value(false), value(true)),
+                    (false, false) => each!(value(false), value(false)),
+                }
+            })
         })
     }
 
@@ -361,6 +421,11 @@ impl Kernels {
 fn i8_slice(b: &[u8]) -> &[i8] {
     // SAFETY: as in `i8_as_bytes`, the other way round.
     unsafe { std::slice::from_raw_parts(b.as_ptr().cast(), b.len()) }
+}
+
+fn i8_slice_mut(b: &mut [u8]) -> &mut [i8] {
+    // SAFETY: as in `i8_as_bytes`.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().cast(), b.len()) }
 }
 
 /// A pool's window over an NCHW shape, and the output shape.

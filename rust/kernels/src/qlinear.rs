@@ -41,10 +41,12 @@ pub enum Output<'a> {
 }
 
 fn finish(path: Path, c: &mut [i32], b: &PackedB, fix: &Correction, runs: &[Run], out: &mut Output) {
-    fix.apply(c, b);
     match out {
-        Output::Requantized(rq, bytes) => store_requantized(path, c, b.padded_cols, rq, runs, bytes),
-        Output::Accumulators(acc) => store_accumulators(c, b.padded_cols, runs, acc),
+        Output::Requantized(rq, bytes) => store_requantized(path, c, b.padded_cols, fix, fix.col_sums(b).as_deref(), rq, runs, bytes),
+        Output::Accumulators(acc) => {
+            fix.apply(c, b);
+            store_accumulators(c, b.padded_cols, runs, acc)
+        }
     }
 }
 
@@ -123,6 +125,7 @@ pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: O
     assert_eq!(w.bytes.data.len(), g.m * k);
     let zu = x.u8_zero(x_zp);
     let block = (COLS_BLOCK_BYTES / (k.div_ceil(4) * 4 * oh * pitch).max(1)).clamp(1, g.n.max(1));
+    let mut reuse: Option<(PackedB, Vec<i32>)> = None;
     for grp in 0..g.group {
         let (a, za) = w.packed(grp * mg..(grp + 1) * mg, k);
         let fix = Correction::new(&a, &za, zu, w.bias.map(|b| &b[grp * mg..(grp + 1) * mg]));
@@ -143,9 +146,19 @@ pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: O
                     }
                 }
             });
-            let b = crate::path::vectorized(path, #[inline(always)] || im2col(g, &padded, nb, cg, [ph, pw], pitch, k));
-            let mut c = vec![0i32; mg * b.padded_cols];
-            gemm(path, &a, &b, &mut c);
+            // a full block's columns and product are reused by the next: im2col rewrites every
+            // real column and the GEMM every value, and padding columns stay zero
+            let mut bc = match reuse.take() {
+                Some((b, c)) if b.cols == nb * oh * pitch => (b, c),
+                _ => {
+                    let b = PackedB::zeros(k, nb * oh * pitch);
+                    let c = vec![0i32; mg * b.padded_cols];
+                    (b, c)
+                }
+            };
+            let (b, c) = (&mut bc.0, &mut bc.1);
+            crate::path::vectorized(path, #[inline(always)] || im2col(g, &padded, nb, cg, [ph, pw], pitch, b));
+            gemm(path, &a, b, c);
             let mut runs = Vec::with_capacity(mg * nb * oh);
             for r in 0..mg {
                 for i in 0..nb {
@@ -156,7 +169,8 @@ pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: O
                     }
                 }
             }
-            finish(path, &mut c, &b, &fix, &runs, &mut out);
+            finish(path, c, b, &fix, &runs, &mut out);
+            reuse = Some(bc);
         }
     }
 }
@@ -164,12 +178,12 @@ pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: O
 /// Patches of `nb` padded images as packed columns: row `k = (ci, i, j)` (the weight's own
 /// order), column `(image, oh, x)` with `x < pitch`. Rows past `k` stay zero.
 #[inline(always)]
-fn im2col(g: &Conv2d, padded: &[u8], nb: usize, cg: usize, [ph, pw]: [usize; 2], pitch: usize, k: usize) -> PackedB {
+fn im2col(g: &Conv2d, padded: &[u8], nb: usize, cg: usize, [ph, pw]: [usize; 2], pitch: usize, b: &mut PackedB) {
     let [kh, kw] = g.kernel;
     let [oh, _] = g.out_hw;
     let [sh, sw] = g.strides;
     let [dh, dw] = g.dilations;
-    let mut b = PackedB::zeros(k, nb * oh * pitch);
+    let k = b.k;
     let run = if sw == 1 { oh * pitch } else { (pitch - 1) * sw + 1 }; // source bytes one copy reads
     let zeros = vec![0u8; run]; // the rows past k
     for q in 0..b.quads {
@@ -200,7 +214,6 @@ fn im2col(g: &Conv2d, padded: &[u8], nb: usize, cg: usize, [ph, pw]: [usize; 2],
             }
         }
     }
-    b
 }
 
 /// `lanes[4i + t] = src[t][i]`: four rows into one row of quads (vectorised with shuffles).
