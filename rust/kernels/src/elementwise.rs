@@ -21,6 +21,7 @@ pub fn quantize(x: &[f32], scale: f32, zero_point: f32, lo: f32, hi: f32, out: &
 /// QLinearAdd's integer form (`runtime/kernels/add.py`): `ma·(a − za) + mb·(b − zb)` in
 /// i64, one rounding shift by `bits` (ties away from zero), `+ zc`, clamped. `a`, `b` are
 /// 8-bit values as i32 (`|value| ≤ 255`), `|ma|, |mb| < 2^31`, `bits ≤ 62`: no overflow.
+#[derive(Clone, Copy)]
 pub struct AddParams {
     pub za: i64,
     pub ma: i64,
@@ -33,10 +34,30 @@ pub struct AddParams {
 }
 
 #[inline(always)]
-pub fn add(p: &AddParams, a: i32, b: i32) -> u8 {
+pub fn add(p: AddParams, a: i32, b: i32) -> u8 {
     let total = p.ma * (a as i64 - p.za) + p.mb * (b as i64 - p.zb);
     let rounded = (total + ((1i64 << p.bits) >> 1) - (total < 0) as i64) >> p.bits;
     (rounded + p.zc).clamp(p.lo, p.hi) as u8
+}
+
+/// [`add`] over two byte arrays of one length (`*_signed`: int8, else uint8).
+#[inline(always)]
+pub fn add_bytes(p: AddParams, a: &[u8], a_signed: bool, b: &[u8], b_signed: bool, out: &mut [u8]) {
+    #[inline(always)]
+    fn each(p: AddParams, a: &[u8], b: &[u8], out: &mut [u8], fa: impl Fn(u8) -> i32, fb: impl Fn(u8) -> i32) {
+        let n = out.len();
+        let (a, b) = (&a[..n], &b[..n]);
+        for i in 0..n {
+            out[i] = add(p, fa(a[i]), fb(b[i]));
+        }
+    }
+    let (s, u) = (|v: u8| v as i8 as i32, |v: u8| v as i32);
+    match (a_signed, b_signed) {
+        (true, true) => each(p, a, b, out, s, s),
+        (true, false) => each(p, a, b, out, s, u),
+        (false, true) => each(p, a, b, out, u, s),
+        (false, false) => each(p, a, b, out, u, u),
+    }
 }
 
 #[cfg(test)]
@@ -55,8 +76,8 @@ mod tests {
     fn add_rounds_once_half_away_from_zero() {
         // 3·(a − 1) + 1·(b − 0) over 2^1: ties go away from zero
         let p = AddParams { za: 1, ma: 3, zb: 0, mb: 1, bits: 1, zc: 0, lo: -128, hi: 127 };
-        assert_eq!(add(&p, 2, 0) as i8, 2); // 3/2 = 1.5 → 2
-        assert_eq!(add(&p, 0, 0) as i8, -2); // −3/2 → −2
-        assert_eq!(add(&p, 100, 100) as i8, 127); // (297 + 100)/2 clamps
+        assert_eq!(add(p, 2, 0) as i8, 2); // 3/2 = 1.5 → 2
+        assert_eq!(add(p, 0, 0) as i8, -2); // −3/2 → −2
+        assert_eq!(add(p, 100, 100) as i8, 127); // (297 + 100)/2 clamps
     }
 }

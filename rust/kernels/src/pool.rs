@@ -34,14 +34,28 @@ impl Window {
 
     /// Folds every tap inside the input into one accumulator per output, a row of outputs
     /// at a time, one strided slice per kernel offset (as `_window.py` walks it): `fold(acc,
-    /// x)` takes each tap, `finish(plane, output index, acc)` ends each output.
+    /// x)` takes each tap (`fold_run` a contiguous run of them at once: a global pool's row),
+    /// `finish(plane, output index, acc)` ends each output.
     #[inline(always)]
-    fn reduce<T: Copy, A: Copy>(&self, x: &[T], init: A, fold: impl Fn(A, T) -> A, mut finish: impl FnMut(usize, usize, A)) {
+    fn reduce<T: Copy, A: Copy>(
+        &self,
+        x: &[T],
+        init: A,
+        fold: impl Fn(A, T) -> A,
+        fold_run: impl Fn(A, &[T]) -> A,
+        mut finish: impl FnMut(usize, usize, A),
+    ) {
         let [oh, ow] = self.out_hw;
         let [sh, sw] = self.strides;
         let [dh, dw] = self.dilations;
         let rows = Self::valid(self.h, oh, self.kernel[0], sh, dh, self.pads[0]);
         let cols = Self::valid(self.w, ow, self.kernel[1], sw, dw, self.pads[1]);
+        // one window across with unit dilation: its taps in a row are one run (a global pool)
+        let one_run = (ow == 1 && dw == 1).then(|| {
+            let mut taps = cols.iter().enumerate().filter(|(_, &(lo, hi))| lo < hi).map(|(j, _)| j - self.pads[1]);
+            let first = taps.next();
+            first.map_or(0..0, |f| f..taps.last().unwrap_or(f) + 1)
+        });
         let mut acc = vec![init; ow];
         for plane in 0..self.planes {
             let image = &x[plane * self.h * self.w..][..self.h * self.w];
@@ -52,12 +66,8 @@ impl Window {
                         continue;
                     }
                     let row = &image[(y * sh + i * dh - self.pads[0]) * self.w..][..self.w];
-                    if ow == 1 && dw == 1 {
-                        // one window across: its taps are one run of the row (a global pool)
-                        let taps = cols.iter().enumerate().filter(|(_, &(lo, hi))| lo < hi).map(|(j, _)| j - self.pads[1]);
-                        if let (Some(first), Some(last)) = (taps.clone().next(), taps.last()) {
-                            acc[0] = row[first..=last].iter().fold(acc[0], |a, &v| fold(a, v));
-                        }
+                    if let Some(run) = &one_run {
+                        acc[0] = fold_run(acc[0], &row[run.clone()]);
                         continue;
                     }
                     for (j, &(xlo, xhi)) in cols.iter().enumerate() {
@@ -98,7 +108,7 @@ pub fn max_pool<T: Copy + Ord>(win: &Window, x: &[T], lowest: T, out: &mut [T]) 
         }
         return;
     }
-    win.reduce(x, lowest, T::max, |_, o, a| out[o] = a);
+    win.reduce(x, lowest, T::max, |a, run| run.iter().fold(a, |a, &v| a.max(v)), |_, o, a| out[o] = a);
 }
 
 /// `Σ(x − zx)·mult / (count·2^bits) + add` rounded half to even, then `+ (zy − add)`, clamped:
@@ -120,7 +130,8 @@ pub fn mean_pool<T: Copy + Into<i32>>(win: &Window, x: &[T], m: &Mean, out: &mut
     let per_plane = win.out_hw[0] * win.out_hw[1];
     // Σ(x − zx) = Σx − taps·zx, with the taps inside the input counted as they are summed
     // (i32 holds them: fewer than 2^22 taps of |x| ≤ 255)
-    win.reduce(x, (0i32, 0i32), |(s, n), v: T| (s + v.into(), n + 1), |plane, o, (s, n)| {
+    let fold_run = |(s, n): (i32, i32), run: &[T]| (run.iter().fold(s, |s, &v| s + v.into()), n + run.len() as i32);
+    win.reduce(x, (0i32, 0i32), |(s, n), v: T| (s + v.into(), n + 1), fold_run, |plane, o, (s, n)| {
         let sum = s as i64 - n as i64 * m.x_zp;
         let q = divide_round_half_even(sum * m.mult, m.counts[o - plane * per_plane] << m.bits, m.add);
         out[o] = (q + (m.y_zp - m.add)).clamp(m.lo, m.hi) as u8;
@@ -156,7 +167,7 @@ mod tests {
         let x: Vec<i8> = (0..3 * 7 * 9).map(|i| (i * 37 % 256) as u8 as i8).collect();
         let (mut fast, mut walk) = ([0i8; 36], [0i8; 36]);
         max_pool(&win, &x, i8::MIN, &mut fast);
-        win.reduce(&x, i8::MIN, i8::max, |_, o, a| walk[o] = a);
+        win.reduce(&x, i8::MIN, i8::max, |_, _| unreachable!(), |_, o, a| walk[o] = a);
         assert_eq!(fast, walk);
     }
 

@@ -11,7 +11,7 @@ use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyRe
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::elementwise::{add, quantize, AddParams};
+use crate::elementwise::{add_bytes, quantize, AddParams};
 use crate::exact::matmul_i64;
 use crate::path::Path;
 use crate::pool::{max_pool, mean_pool, Mean, Window};
@@ -379,22 +379,7 @@ impl Kernels {
         let p = AddParams { za: a_zp, ma, zb: b_zp, mb, bits, zc: y_zp, lo, hi };
         let (ab, bb) = (aa.bytes("a")?, ba.bytes("b")?);
         new_bytes(py, aa.shape(), y_signed, |out| {
-            crate::path::vectorized(self.path, #[inline(always)] || {
-                let value = |s: bool| move |v: u8| if s { v as i8 as i32 } else { v as i32 };
-                macro_rules! each {
-                    ($fa:expr, $fb:expr) => {
-                        for ((o, &x), &y) in out.iter_mut().zip(ab.data).zip(bb.data) {
-                            *o = add(&p, $fa(x), $fb(y));
-                        }
-                    };
-                }
-                match (ab.signed, bb.signed) {
-                    (true, true) => each!(value(true), value(true)),
-                    (true, false) => each!(value(true), value(false)),
-                    (false, true) => each!(value(false), value(true)),
-                    (false, false) => each!(value(false), value(false)),
-                }
-            })
+            crate::path::vectorized(self.path, #[inline(always)] || add_bytes(p, ab.data, ab.signed, bb.data, bb.signed, out))
         })
     }
 

@@ -160,12 +160,14 @@ pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: O
             crate::path::vectorized(path, #[inline(always)] || im2col(g, &padded, nb, cg, [ph, pw], pitch, b));
             gemm(path, &a, b, c);
             let mut runs = Vec::with_capacity(mg * nb * oh);
+            // output rows lie back to back in the columns when pitch = ow: one run per image
+            let (rows_per_run, width) = if pitch == ow { (oh, oh * ow) } else { (1, ow) };
             for r in 0..mg {
                 for i in 0..nb {
-                    for y in 0..oh {
+                    for y in (0..oh).step_by(rows_per_run) {
                         let start = (((n0 + i) * g.m + grp * mg + r) * oh + y) * ow;
                         let col = (i * oh + y) * pitch;
-                        runs.push(Run { row: r, channel: grp * mg + r, cols: col..col + ow, start, stride: 1 });
+                        runs.push(Run { row: r, channel: grp * mg + r, cols: col..col + width, start, stride: 1 });
                     }
                 }
             }
