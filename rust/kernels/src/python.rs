@@ -15,7 +15,7 @@ use crate::elementwise::{add_bytes, quantize, AddParams};
 use crate::exact::matmul_i64;
 use crate::path::Path;
 use crate::pool::{max_pool, mean_pool, Mean, Window};
-use crate::qlinear::{conv, fully_connected, Bytes, Conv2d, Output, Weights};
+use crate::qlinear::{conv, fully_connected, fully_connected_packed, Bytes, Conv2d, Output, PackedWeights, Weights};
 use crate::requant::Requant;
 
 /// CPython's raw allocator (traced by tracemalloc) for every alignment malloc gives.
@@ -120,6 +120,12 @@ fn four(v: &[usize], what: &str) -> PyResult<[usize; 4]> {
 fn requant(mult: &PyReadonlyArray1<i64>, shift: &PyReadonlyArray1<i64>, y_zp: i64, y_signed: bool) -> PyResult<Requant> {
     let (lo, hi) = if y_signed { (-128, 127) } else { (0, 255) };
     Requant::new(mult.as_slice()?, shift.as_slice()?, y_zp, lo, hi).map_err(value_err)
+}
+
+/// Weights packed once by `Kernels.pack_weights` (opaque to Python).
+#[pyclass(module = "edgetrain_kernels")]
+struct Packed {
+    inner: PackedWeights,
 }
 
 /// The native integer kernels, on one instruction-set path (the fastest by default).
@@ -268,6 +274,78 @@ impl Kernels {
                 Ok(arr.into_any())
             }
             _ => Err(PyValueError::new_err("qgemm: give both mult and shift, or neither")),
+        }
+    }
+
+    /// A fully connected layer's weights `w (n, k)` (int8 or uint8) packed for
+    /// [`Kernels::qgemm_packed`]; it keeps a packed copy, checked against `w` at each call.
+    fn pack_weights(&self, w: &Bound<'_, PyAny>) -> PyResult<Packed> {
+        let wa = ByteArray::new(w, "w")?;
+        let ws = wa.shape();
+        if ws.len() != 2 {
+            return Err(PyValueError::new_err(format!("pack_weights: expected (n, k) weights, got shape {ws:?}")));
+        }
+        let (n, k) = (ws[0], ws[1]);
+        Ok(Packed { inner: PackedWeights::new(wa.bytes("w")?, n, k) })
+    }
+
+    /// `qgemm` on weights packed by `pack_weights`: `w` is the layer's current weight array,
+    /// compared with the packed copy byte for byte first and packed again if it changed.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (x, x_zp, packed, w, w_zp, bias=None, mult=None, shift=None, y_zp=0, y_signed=true))]
+    fn qgemm_packed<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        x_zp: i32,
+        mut packed: PyRefMut<'py, Packed>,
+        w: &Bound<'py, PyAny>,
+        w_zp: PyReadonlyArray1<i32>,
+        bias: Option<PyReadonlyArray1<i32>>,
+        mult: Option<PyReadonlyArray1<i64>>,
+        shift: Option<PyReadonlyArray1<i64>>,
+        y_zp: i64,
+        y_signed: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (xa, wa) = (ByteArray::new(x, "x")?, ByteArray::new(w, "w")?);
+        let (xs, ws) = (xa.shape(), wa.shape());
+        let pw = &packed.inner;
+        if xs.len() != 2 || ws != [pw.n, pw.k] || xs[1] != pw.k {
+            return Err(PyValueError::new_err(format!("qgemm_packed: x {xs:?} and w {ws:?} do not fit packed weights ({}, {})", pw.n, pw.k)));
+        }
+        let wb = wa.bytes("w")?;
+        if wb.signed != pw.signed {
+            return Err(PyValueError::new_err("qgemm_packed: w's dtype is not the packed weights'"));
+        }
+        let (rows, n) = (xs[0], pw.n);
+        let zp = w_zp.as_slice()?;
+        let bias = bias.as_ref().map(|b| b.as_slice()).transpose()?;
+        if zp.len() != n || bias.is_some_and(|b| b.len() != n) {
+            return Err(PyValueError::new_err("qgemm_packed: zero-points and bias need one value per output column"));
+        }
+        packed.inner.refresh(wb);
+        let pw = &packed.inner;
+        let xb = xa.bytes("x")?;
+        match (mult, shift) {
+            (Some(mult), Some(shift)) => {
+                let rq = requant(&mult, &shift, y_zp, y_signed)?;
+                if !(rq.mult.len() == 1 || rq.mult.len() == n) {
+                    return Err(PyValueError::new_err("qgemm_packed: one multiplier, or one per output column"));
+                }
+                new_bytes(py, &[rows, n], y_signed, |out| {
+                    fully_connected_packed(self.path, xb, x_zp, rows, pw, zp, bias, Output::Requantized(&rq, out))
+                })
+            }
+            (None, None) => {
+                let arr = PyArrayDyn::<i32>::zeros(py, IxDyn(&[rows, n]), false);
+                {
+                    let mut rw = arr.readwrite();
+                    let out = rw.as_slice_mut().expect("a new array is contiguous");
+                    fully_connected_packed(self.path, xb, x_zp, rows, pw, zp, bias, Output::Accumulators(out));
+                }
+                Ok(arr.into_any())
+            }
+            _ => Err(PyValueError::new_err("qgemm_packed: give both mult and shift, or neither")),
         }
     }
 
@@ -440,6 +518,7 @@ fn available_paths() -> Vec<&'static str> {
 #[pymodule]
 fn edgetrain_kernels(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Kernels>()?;
+    m.add_class::<Packed>()?;
     m.add_function(wrap_pyfunction!(available_paths, m)?)?;
     Ok(())
 }

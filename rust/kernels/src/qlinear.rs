@@ -89,6 +89,106 @@ pub fn fully_connected(path: Path, x: Bytes, x_zp: i32, rows: usize, k: usize, w
     finish(path, &mut c, &b, &fix, &runs, &mut out);
 }
 
+/// A fully connected layer's weights `(n × k)` packed once as the GEMM's right operand
+/// (u8, `[quad][output][4]`): the output channels run across the vector lanes, so a small
+/// batch still fills them and the product comes out row-major, as the layer's output is
+/// stored. Int8 weights become u8 by flipping the sign bit (`w + 128`, zero-point moved
+/// alike); activations then take the s8 side (uint8 ones flipped to `x − 128`).
+pub struct PackedWeights {
+    pub n: usize,
+    pub k: usize,
+    pub signed: bool,
+    b: PackedB,
+    /// `Σ_k` of each output's packed (u8) weights
+    col_sums: Vec<i32>,
+    /// the weights as packed (a compare with them is one memcmp, where the strided packed
+    /// layout would cost as much as packing)
+    source: Vec<u8>,
+}
+
+impl PackedWeights {
+    pub fn new(w: Bytes, n: usize, k: usize) -> PackedWeights {
+        assert_eq!(w.data.len(), n * k);
+        let mut packed = PackedWeights { n, k, signed: w.signed, b: PackedB::zeros(k, n), col_sums: Vec::new(), source: Vec::new() };
+        packed.pack(w);
+        packed
+    }
+
+    fn pack(&mut self, w: Bytes) {
+        self.source.clear();
+        self.source.extend_from_slice(w.data);
+        let stride = self.b.padded_cols * 4;
+        for (p, row) in w.data.chunks_exact(self.k.max(1)).enumerate().take(self.n) {
+            for (kk, &v) in row.iter().enumerate() {
+                self.b.data[(kk / 4) * stride + p * 4 + kk % 4] = w.u8_of(v);
+            }
+        }
+        self.col_sums = self.b.col_sums();
+    }
+
+    /// Whether `w` (the same shape and signedness) is what is packed, byte for byte.
+    pub fn holds(&self, w: Bytes) -> bool {
+        w.signed == self.signed && w.data == &self.source[..]
+    }
+
+    /// Packs `w` again unless it is what is packed (training changes weights in place);
+    /// true when it repacked.
+    pub fn refresh(&mut self, w: Bytes) -> bool {
+        if self.holds(w) {
+            return false;
+        }
+        assert_eq!(w.signed, self.signed, "weights changed signedness");
+        self.pack(w);
+        true
+    }
+}
+
+/// `y = x · wᵀ (+ bias)` for `x (rows × k)` and packed weights `(n × k)` with per-output
+/// zero-points; `out` is `(rows × n)`. The same accumulators as [`fully_connected`]:
+/// `Σ (x − zx)(w − zw) = Σ x₈·w₈ − zw₈·Σx₈ − zx₈·Σw₈ + k·zx₈·zw₈` in the s8 (x) and u8 (w) forms.
+pub fn fully_connected_packed(path: Path, x: Bytes, x_zp: i32, rows: usize, w: &PackedWeights, zero_points: &[i32], bias: Option<&[i32]>, out: Output) {
+    let (k, n) = (w.k, w.n);
+    assert_eq!(x.data.len(), rows * k);
+    assert!(zero_points.len() == n && bias.is_none_or(|b| b.len() == n));
+    let a = PackedA::new(x.data, rows, k, !x.signed);
+    let zx = x.s8_zero(x_zp);
+    let zw: Vec<i32> = zero_points.iter().map(|&z| if w.signed { z + 128 } else { z }).collect();
+    let base: Vec<i32> = (0..n)
+        .map(|p| {
+            let b = bias.map_or(0, |b| b[p]);
+            b.wrapping_sub(zx.wrapping_mul(w.col_sums[p])).wrapping_add((k as i32).wrapping_mul(zx).wrapping_mul(zw[p]))
+        })
+        .collect();
+    let row_sums = a.row_sums();
+    let pn = w.b.padded_cols;
+    let mut c = vec![0i32; rows * pn];
+    gemm(path, &a, &w.b, &mut c);
+    crate::path::vectorized(path, #[inline(always)] || match out {
+        Output::Requantized(rq, bytes) => {
+            let each = |v: &[i32]| (0..n).map(|p| v[if v.len() == 1 { 0 } else { p }]).collect::<Vec<_>>();
+            let mult: Vec<i64> = each(&rq.mult).into_iter().map(i64::from).collect();
+            let bits: Vec<u64> = rq.bits.iter().map(|&b| b as u64).collect::<Vec<_>>();
+            let bits: Vec<u64> = (0..n).map(|p| bits[if bits.len() == 1 { 0 } else { p }]).collect();
+            let (zp, lo, hi) = (rq.zero_point, rq.lo, rq.hi);
+            let half: Vec<i64> = bits.iter().map(|&b| (1i64 << b) >> 1).collect();
+            for ((row, dst), &rs) in c.chunks_exact(pn).zip(bytes.chunks_exact_mut(n)).zip(&row_sums) {
+                let per_output = base.iter().zip(&zw).zip(mult.iter().zip(&bits).zip(&half));
+                for ((d, &v), ((&b, &z), ((&m, &s), &h))) in dst.iter_mut().zip(row).zip(per_output) {
+                    let prod = v.wrapping_add(b).wrapping_sub(z.wrapping_mul(rs)) as i64 * m;
+                    *d = (((prod + h - (prod < 0) as i64) >> s) + zp).clamp(lo, hi) as u8; // requant::requantize
+                }
+            }
+        }
+        Output::Accumulators(acc) => {
+            for ((row, dst), &rs) in c.chunks_exact(pn).zip(acc.chunks_exact_mut(n)).zip(&row_sums) {
+                for ((d, &v), (&b, &z)) in dst.iter_mut().zip(row).zip(base.iter().zip(&zw)) {
+                    *d = v.wrapping_add(b).wrapping_sub(z.wrapping_mul(rs));
+                }
+            }
+        }
+    })
+}
+
 /// A 2-D convolution's shape: NCHW input, `(m, c / group, kh, kw)` weights, and the
 /// window as `runtime/kernels/_window.py` resolves it (`pads` = top, left, bottom, right).
 #[derive(Clone, Debug)]
@@ -265,6 +365,39 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn packed_weights_give_the_i64_products_and_follow_changes() {
+        let mut rng = Rng(5);
+        for &(rows, k, n) in &[(1, 1, 1), (64, 400, 120), (3, 7, 17), (5, 84, 10), (2, 130, 33)] {
+            for (x_signed, w_signed) in [(true, true), (false, true), (true, false), (false, false)] {
+                let xb: Vec<u8> = (0..rows * k).map(|_| rng.byte()).collect();
+                let mut wb: Vec<u8> = (0..n * k).map(|i| if i % 11 == 0 { 0x80 } else { rng.byte() }).collect();
+                let val = |b: u8, s: bool| if s { b as i8 as i64 } else { b as i64 };
+                let zx: i32 = if x_signed { -128 } else { 255 };
+                let zw: Vec<i32> = (0..n).map(|p| if w_signed { [0, 127, -128][p % 3] } else { [128, 0, 255][p % 3] }).collect();
+                let bias: Vec<i32> = (0..n).map(|p| p as i32 * 77 - 300).collect();
+                let mut packed = PackedWeights::new(Bytes { data: &wb, signed: w_signed }, n, k);
+                for round in 0..2 {
+                    if round == 1 {
+                        wb[n * k / 2] ^= 0x41; // training changes a weight in place
+                        assert!(packed.refresh(Bytes { data: &wb, signed: w_signed }));
+                        assert!(!packed.refresh(Bytes { data: &wb, signed: w_signed }));
+                    }
+                    for path in Path::available() {
+                        let mut got = vec![0i32; rows * n];
+                        fully_connected_packed(path, Bytes { data: &xb, signed: x_signed }, zx, rows, &packed, &zw, Some(&bias), Output::Accumulators(&mut got));
+                        for r in 0..rows {
+                            for p in 0..n {
+                                let exact: i64 = (0..k).map(|kk| (val(xb[r * k + kk], x_signed) - zx as i64) * (val(wb[p * k + kk], w_signed) - zw[p] as i64)).sum::<i64>() + bias[p] as i64;
+                                assert_eq!(got[r * n + p] as i64, exact, "{} {rows}×{k}×{n}", path.name());
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]
