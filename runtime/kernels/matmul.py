@@ -147,6 +147,11 @@ class _IntegerMatMul(Kernel):
         a, b = shapes[self.node.inputs[0]], shapes[self.node.inputs[self.weight_input]]
         rows, k = _size(a[:-1]), a[-1]
         n = b[0] if self.attr("transB", 0) else b[-1]
+        if self.native is not None:  # the int32 product (lanes of 16) and the s8 / u8 operands it packs
+            pad16, quad_bytes = (lambda v: -(-v // 16) * 16), 4 * -(-k // 4)
+            if self.packed is not None:
+                return 4 * rows * pad16(n) + rows * quad_bytes
+            return 4 * n * pad16(rows) + quad_bytes * (pad16(rows) + n)
         chunks = (k + quant.FLOAT32_EXACT_K - 1) // quant.FLOAT32_EXACT_K
         operands = 4 * rows * k + 4 * k * n                   # shifted copies, freed before requantising
         product = 4 * rows * n * (2 if self.float_gemm else 1) * (2 if chunks > 1 else 1)

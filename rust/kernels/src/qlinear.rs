@@ -248,20 +248,18 @@ pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: O
             });
             // a full block's columns and product are reused by the next: im2col rewrites every
             // real column and the GEMM every value, and padding columns stay zero
-            let mut bc = match reuse.take() {
-                Some((b, c)) if b.cols == nb * oh * pitch => (b, c),
-                _ => {
-                    let b = PackedB::zeros(k, nb * oh * pitch);
-                    let c = vec![0i32; mg * b.padded_cols];
-                    (b, c)
-                }
-            };
+            // (a smaller last block drops the full ones before making its own)
+            let mut bc = reuse.take().filter(|(b, _)| b.cols == nb * oh * pitch).unwrap_or_else(|| {
+                let b = PackedB::zeros(k, nb * oh * pitch);
+                let c = vec![0i32; mg * b.padded_cols];
+                (b, c)
+            });
             let (b, c) = (&mut bc.0, &mut bc.1);
             crate::path::vectorized(path, #[inline(always)] || im2col(g, &padded, nb, cg, [ph, pw], pitch, b));
             gemm(path, &a, b, c);
-            let mut runs = Vec::with_capacity(mg * nb * oh);
             // output rows lie back to back in the columns when pitch = ow: one run per image
             let (rows_per_run, width) = if pitch == ow { (oh, oh * ow) } else { (1, ow) };
+            let mut runs = Vec::with_capacity(mg * nb * oh.div_ceil(rows_per_run));
             for r in 0..mg {
                 for i in 0..nb {
                     for y in (0..oh).step_by(rows_per_run) {
