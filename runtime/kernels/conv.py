@@ -84,18 +84,17 @@ def _conv_workspace(kernel: Kernel, shapes, integer: bool) -> int:
     block = min(x_shape[0], max(1, COLS_BLOCK_BYTES // per_image))
     padded_hw = (x_shape[2] + pads[0] + pads[2]) * (x_shape[3] + pads[1] + pads[3])
     padded_all = x_shape[0] * x_shape[1] * padded_hw if any(pads) else 0  # the input padded once
-    in_block = block * cg * padded_hw
     cols = per_image * block
     out_block = (m // kernel.attr("group", 1)) * block * out_hw[0] * out_hw[1]
     if integer:
         shifted = 2 * _size(x_shape) + 2 * padded_all  # x − zx as int16 (and padded), held throughout
         weights = (2 + 2 + 4) * _size(w_shape)     # int16 copy, reordered, working type
-        im2col = 2 * in_block + cols
+        im2col = cols  # one strided copy of the (already padded) input, no other temporary
         # the GEMM's float32 result and its int32 copy, then the int32 block being requantised
         gemm = cols + max(4 * out_block * (2 if kernel.float_gemm else 1),
                           4 * out_block + quant.requantize_workspace(out_block))
         return shifted + weights + max(im2col, gemm)
-    im2col = 4 * in_block + cols
+    im2col = cols
     gemm = cols + 4 * out_block * 2                 # the product and its bias-added copy
     return 4 * padded_all + 4 * _size(w_shape) + max(im2col, gemm)
 
