@@ -233,19 +233,21 @@ pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: O
             let nb = block.min(g.n - n0);
             // the block's input channels as u8, padded with the zero-point (0 once shifted),
             // plus a slack of one padded row for the extra columns of the last output row
-            let mut padded = vec![zu as u8; (nb * cg + 1) * ph * pw];
-            crate::path::vectorized(path, #[inline(always)] || {
-                for (i, plane) in padded.chunks_exact_mut(ph * pw).take(nb * cg).enumerate() {
-                    let (img, ch) = (n0 + i / cg, grp * cg + i % cg);
-                    let src = &x.data[(img * g.c + ch) * g.h * g.w..][..g.h * g.w];
-                    for (row, src_row) in src.chunks_exact(g.w).enumerate() {
-                        let dst = &mut plane[(row + g.pads[0]) * pw + g.pads[1]..][..g.w];
-                        for (d, &s) in dst.iter_mut().zip(src_row) {
-                            *d = x.u8_of(s);
-                        }
-                    }
+            // rows are copied as they are and the whole buffer flipped to u8 after, in one long
+            // loop (per-row flips of a few bytes do not vectorise); the padding is filled with
+            // the zero-point's stored byte, which the flip turns into its u8 form
+            let flip = x.u8_of(0);
+            let mut padded = vec![zu as u8 ^ flip; (nb * cg + 1) * ph * pw];
+            for (i, plane) in padded.chunks_exact_mut(ph * pw).take(nb * cg).enumerate() {
+                let (img, ch) = (n0 + i / cg, grp * cg + i % cg);
+                let src = &x.data[(img * g.c + ch) * g.h * g.w..][..g.h * g.w];
+                for (row, src_row) in src.chunks_exact(g.w).enumerate() {
+                    plane[(row + g.pads[0]) * pw + g.pads[1]..][..g.w].copy_from_slice(src_row);
                 }
-            });
+            }
+            if flip != 0 {
+                crate::path::vectorized(path, #[inline(always)] || padded.iter_mut().for_each(|v| *v ^= flip));
+            }
             // a full block's columns and product are reused by the next: im2col rewrites every
             // real column and the GEMM every value, and padding columns stay zero
             // (a smaller last block drops the full ones before making its own)
@@ -316,16 +318,49 @@ fn im2col(g: &Conv2d, padded: &[u8], nb: usize, cg: usize, [ph, pw]: [usize; 2],
     }
 }
 
-/// `lanes[4i + t] = src[t][i]`: four rows into one row of quads (vectorised with shuffles).
+/// `lanes[4i + t] = src[t][i]`: four rows into one row of quads.
 #[inline(always)]
 fn interleave4(src: [&[u8]; 4], lanes: &mut [u8]) {
     let n = lanes.len() / 4;
     let (s0, s1, s2, s3) = (&src[0][..n], &src[1][..n], &src[2][..n], &src[3][..n]);
-    for (i, lane) in lanes.chunks_exact_mut(4).enumerate() {
+    let done = interleave4_simd([s0, s1, s2, s3], lanes);
+    for (i, lane) in lanes.chunks_exact_mut(4).enumerate().skip(done) {
         // one little-endian word per lane: the form the compiler vectorises (zero-extend, shift, or)
         let word = s0[i] as u32 | (s1[i] as u32) << 8 | (s2[i] as u32) << 16 | (s3[i] as u32) << 24;
         lane.copy_from_slice(&word.to_le_bytes());
     }
+}
+
+/// [`interleave4`] 16 columns at a time with byte and word unpacks (SSE2, which every
+/// x86_64 CPU has: pure data movement, the same bytes on every kernel path); returns how
+/// many columns it did.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn interleave4_simd(src: [&[u8]; 4], lanes: &mut [u8]) -> usize {
+    use std::arch::x86_64::*;
+    let n = lanes.len() / 4;
+    let whole = n / 16 * 16;
+    for i in (0..whole).step_by(16) {
+        // SAFETY: i + 16 ≤ n, so each 16-byte load lies inside its row (every row holds n bytes)
+        // and the four 16-byte stores inside lanes[4i .. 4i + 64] (lanes holds 4n bytes).
+        unsafe {
+            let [a, b, c, d] = src.map(|s| _mm_loadu_si128(s.as_ptr().add(i).cast()));
+            let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b)); // a0 b0 a1 b1 …
+            let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
+            let out = lanes.as_mut_ptr().add(4 * i);
+            _mm_storeu_si128(out.cast(), _mm_unpacklo_epi16(ab_lo, cd_lo)); // a0 b0 c0 d0 a1 …
+            _mm_storeu_si128(out.add(16).cast(), _mm_unpackhi_epi16(ab_lo, cd_lo));
+            _mm_storeu_si128(out.add(32).cast(), _mm_unpacklo_epi16(ab_hi, cd_hi));
+            _mm_storeu_si128(out.add(48).cast(), _mm_unpackhi_epi16(ab_hi, cd_hi));
+        }
+    }
+    whole
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn interleave4_simd(_src: [&[u8]; 4], _lanes: &mut [u8]) -> usize {
+    0
 }
 
 #[cfg(test)]
@@ -363,6 +398,16 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn interleave4_puts_row_t_in_byte_t_of_each_lane() {
+        for n in [0, 1, 15, 16, 17, 33, 100] {
+            let rows: Vec<Vec<u8>> = (0..4).map(|t| (0..n).map(|i| (i * 4 + t) as u8).collect()).collect();
+            let mut lanes = vec![0u8; 4 * n];
+            interleave4([&rows[0], &rows[1], &rows[2], &rows[3]], &mut lanes);
+            assert_eq!(lanes, (0..4 * n).map(|v| v as u8).collect::<Vec<_>>(), "n = {n}");
+        }
     }
 
     #[test]
