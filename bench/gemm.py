@@ -3,8 +3,9 @@ onnxruntime's ``MatMulInteger`` (u8 × s8, weights an initializer so it packs th
 and numpy's float32 BLAS, one thread, all in one process, interleaved.
 
 Each shape is ``(rows, k, n)``: ``x (rows × k) · wᵀ`` with ``w (n × k)`` int8. The fully
-connected layers (rows = batch) run ours as ``Kernels(path).qgemm`` returning the int32
-accumulators against ``MatMulInteger``; the convolutions (rows = batch·pixels, k = the
+connected layers (rows = batch) run ours as ``Kernels(path).qgemm_packed`` (weights packed
+once, as the runtime does at load, and compared with the weight array at each call) returning
+the int32 accumulators against ``MatMulInteger``; the convolutions (rows = batch·pixels, k = the
 patch, n = output channels) run as the whole layer — ours ``qlinear_conv`` (im2col,
 GEMM and requantisation to int8) against onnxruntime's ``ConvInteger`` (im2col and
 GEMM to int32), so ours does more. numpy's float32 BLAS runs the bare GEMM of each shape
@@ -92,7 +93,9 @@ def main(argv=None):
         else:
             x = rng.integers(-128, 128, size=(rows, k), dtype=np.int8)
             zeros = np.zeros(n, np.int32)
-            peers = {f"native-{p}": (lambda kern=native.Kernels(p): kern.qgemm(x, 0, w, zeros))
+            # weights packed once, as the runtime packs them at load (each call still checks them)
+            peers = {f"native-{p}": (lambda kern=native.Kernels(p), packed=native.Kernels(p).pack_weights(w):
+                                     kern.qgemm_packed(x, 0, packed, w, zeros))
                      for p in native.available_paths()}
             ort = ort_integer("MatMulInteger", np.ascontiguousarray(w.T), [None, k])
             a_u8 = flip(x)

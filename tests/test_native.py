@@ -73,6 +73,26 @@ def test_gemm_accumulators_equal_int64_products(kernels, rows, k, n, x_dtype, w_
         exact = (x.astype(np.int64) - x_zp) @ (w.astype(np.int64) - w_zp[:, None]).T + bias
         got = kernels.qgemm(x, x_zp, w, w_zp, bias)
         assert got.dtype == np.int32 and np.array_equal(got, exact)
+        packed = kernels.qgemm_packed(x, x_zp, kernels.pack_weights(w), w, w_zp, bias)
+        assert packed.dtype == np.int32 and np.array_equal(packed, exact)
+
+
+@pytest.mark.parametrize("rows,k,n", GEMM_SHAPES)
+def test_packed_weights_follow_in_place_changes(kernels, rows, k, n):
+    """Training writes weights in place: each call compares the packed copy with the array."""
+    rng = np.random.default_rng([rows, k, n, 1])
+    x, w = _bytes(rng, (rows, k), np.int8), _bytes(rng, (n, k), np.int8)
+    zp = np.zeros(n, np.int32)
+    packed = kernels.pack_weights(w)
+    for change in range(4):
+        exact = x.astype(np.int64) @ w.astype(np.int64).T
+        assert np.array_equal(kernels.qgemm_packed(x, 0, packed, w, zp), exact)
+        w.reshape(-1)[rng.integers(w.size)] += np.int8(1 + change)  # one weight, wrapping at the edges
+    other = w.copy()
+    other[-1, -1] ^= np.int8(-128)  # another array, one bit apart
+    assert np.array_equal(kernels.qgemm_packed(x, 0, packed, other, zp), x.astype(np.int64) @ other.astype(np.int64).T)
+    with pytest.raises(ValueError, match="do not fit"):
+        kernels.qgemm_packed(x, 0, packed, w[:, :0] if k > 1 else np.zeros((n, 2), np.int8), zp)
 
 
 @pytest.mark.parametrize("rows,k,n", GEMM_SHAPES)
@@ -86,8 +106,11 @@ def test_gemm_requantises_as_quant_py(kernels, rows, k, n):
         for y_dtype, y_zp in ((np.int8, -128), (np.int8, 7), (np.uint8, 255)):
             yq = quant.QParams.from_consts(np.float32(1), np.array(y_zp, dtype=y_dtype), "y")
             expect = quant.requantize(acc.astype(np.int32), mult, shift, yq)
-            got = kernels.qgemm(x, -5, w, w_zp, bias, np.ascontiguousarray(np.broadcast_to(mult, n)),
-                                np.ascontiguousarray(np.broadcast_to(shift, n)), y_zp, y_dtype == np.int8)
+            requant = (np.ascontiguousarray(np.broadcast_to(mult, n)), np.ascontiguousarray(np.broadcast_to(shift, n)),
+                       y_zp, y_dtype == np.int8)
+            got = kernels.qgemm(x, -5, w, w_zp, bias, *requant)
+            assert got.dtype == y_dtype and np.array_equal(got, expect)
+            got = kernels.qgemm_packed(x, -5, kernels.pack_weights(w), w, w_zp, bias, *requant)
             assert got.dtype == y_dtype and np.array_equal(got, expect)
 
 
@@ -160,6 +183,35 @@ def test_integer_average_pools_equal_the_numpy_kernels(kernels, shape, attrs, co
     assert np.array_equal(nat, ref)
 
 
+@pytest.mark.parametrize("a_dtype,b_dtype", [(np.int8, np.int8), (np.uint8, np.int8), (np.int8, np.uint8)])
+@pytest.mark.parametrize("scales", [(0.02, 0.05, 0.04), (0.1, 0.1, 0.1), (0.3, 0.001, 0.9), (1e-4, 2e-4, 3.0)])
+def test_qlinear_add_equals_the_numpy_kernel(kernels, a_dtype, b_dtype, scales):
+    rng = np.random.default_rng(len(scales))
+    a, b = _bytes(rng, (3, 5, 7, 9), a_dtype), _bytes(rng, (3, 5, 7, 9), b_dtype)
+    ai, bi = np.iinfo(a_dtype), np.iinfo(b_dtype)
+    for a_zp, b_zp, y_zp, y_dtype in ((ai.min, bi.max, 0, np.int8), (ai.max, bi.min, 127, np.int8),
+                                      (0, 0, 255, np.uint8), (3, -2 if b_dtype == np.int8 else 9, 0, np.uint8)):
+        consts = [None, np.float32(scales[0]), a_dtype(a_zp), None, np.float32(scales[1]), b_dtype(b_zp),
+                  np.float32(scales[2]), y_dtype(y_zp)]
+        ref, nat = _both("QLinearAdd", consts, [a, None, None, b] + [None] * 4, kernels)
+        assert nat.dtype == ref.dtype and np.array_equal(nat, ref)
+
+
+def test_quantize_linear_equals_the_numpy_kernel(kernels):
+    """Ties to even included (x an odd multiple of scale/2), and values far out of range."""
+    rng = np.random.default_rng(3)
+    scale = np.float32(0.25)
+    x = np.concatenate([rng.standard_normal(997).astype(np.float32) * 40,
+                        (np.arange(-301, 301, 2, dtype=np.float32) * scale / 2),
+                        np.array([1e30, -1e30, np.inf, -np.inf, 0.0, -0.0], np.float32)]).reshape(1, -1)
+    for zp in (np.int8(-128), np.int8(127), np.int8(3), np.uint8(0), np.uint8(255), np.uint8(128)):
+        ref, nat = _both("QuantizeLinear", [None, scale, zp], [x, None, None], kernels)
+        assert nat.dtype == ref.dtype and np.array_equal(nat, ref)
+    x[0, 5] = np.nan  # left to numpy, whose cast of a NaN is the platform's
+    ref, nat = _both("QuantizeLinear", [None, scale, np.int8(0)], [x, None, None], kernels)
+    assert np.array_equal(nat, ref)
+
+
 def test_int_matmul_equals_numpy_int64_including_wraparound(kernels):
     rng = np.random.default_rng(5)
     for m, k, n in ((32, 10, 84), (1, 1, 1), (84, 32, 120), (3, 70, 2)):
@@ -200,6 +252,25 @@ def test_average_pool_net_gives_identical_tensors(kernels, fmt, per_channel, tmp
     fp32 = _save(avgpool_net(rng), tmp_path, "fp32.onnx")
     x = rng.standard_normal((40, 1, 12, 12)).astype(np.float32)
     _same_tensors(ort_quantize(fp32, tmp_path / "int8.onnx", x[:32], fmt, per_channel), x, kernels)
+
+
+def test_packed_weights_follow_writes_to_model_params(int8_onnx, mnist):
+    """The fully connected layers' packed weights (made at load) follow in-place writes, as
+    the trainer makes them, and a replaced array; both backends give the same logits after."""
+    x = mnist.x_test[:17]
+    models = [edgetrain.load(int8_onnx("lenet5"), backend=b) for b in ("numpy", "native")]
+    assert all(k.packed is not None for k in models[1].kernels if k.node.op_type == "QGemm")
+    names = [l.weight for l in models[0].layers()][-3:]
+    for step in range(3):
+        for model in models:
+            for name in names:
+                w = model.params[name]
+                if step == 2:
+                    model.params[name] = np.ascontiguousarray(w[::-1])  # a new array
+                else:
+                    w[...] = np.clip(w.astype(np.int16) + (1 if step else -3), -127, 127)  # in place
+        ref, got = (m.run(x) for m in models)
+        assert np.array_equal(ref, got), step
 
 
 def test_int8_fit_is_bit_identical_on_both_backends(int8_onnx, mnist):

@@ -99,10 +99,15 @@ def im2col_t(x: np.ndarray, kernel, strides, dilations, pads, out_hw, dtype) -> 
     Pair it with the weight reordered to (M, KH, KW, C); zero padding.
     """
     n, c = x.shape[:2]
-    xc = np.ascontiguousarray(x.transpose(1, 0, 2, 3))  # (C, N, H, W): slices become blocks
-    cols = np.empty((kernel[0] * kernel[1], c, n) + tuple(out_hw), dtype=dtype)
-    for k, s in enumerate(window_slices(xc, kernel, strides, dilations, pads, out_hw, 0)):
-        cols[k] = s
+    if any(pads):
+        x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
+    # every patch at once: a (KH, KW, C, N, OH, OW) view of x, copied in one call (a copy per
+    # kernel offset costs a Python round trip each, most of a small block's time)
+    (sn, sc, sy, sx), (sh, sw), (dh, dw) = x.strides, strides, dilations
+    view = np.lib.stride_tricks.as_strided(x, (kernel[0], kernel[1], c, n) + tuple(out_hw),
+                                           (sy * dh, sx * dw, sc, sn, sy * sh, sx * sw), writeable=False)
+    cols = np.empty(view.shape, dtype=dtype)
+    np.copyto(cols, view, casting="unsafe")
     return cols.reshape(kernel[0] * kernel[1] * c, -1)
 
 

@@ -53,28 +53,48 @@ def _geometry(x, w, attrs, where):
     return window_geometry(w.shape[2:], attrs, x.shape[2:], where)
 
 
+# rust/kernels/src/qlinear.rs's COLS_BLOCK_BYTES: its packed columns per block of images
+NATIVE_COLS_BLOCK_BYTES = 1 << 18
+
+
+def _native_conv_workspace(x_shape, w_shape, group, strides, pads, out_hw) -> int:
+    """What ``qlinear::conv`` allocates beyond the output: a block's padded input, packed
+    columns and int32 product, the output runs, a row of requantised bytes, packed weights."""
+    n, _, h, w = x_shape
+    m, cg, kh, kw = w_shape
+    (oh, ow), mg, quad_bytes = out_hw, m // group, 4 * -(-cg * kh * kw // 4)
+    ph, pw = h + pads[0] + pads[2], w + pads[1] + pads[3]
+    pitch = pw if strides[1] == 1 else ow
+    block = min(max(1, NATIVE_COLS_BLOCK_BYTES // (quad_bytes * oh * pitch)), n)
+    padded_cols = -(-block * oh * pitch // 16) * 16
+    runs = mg * block * (1 if pitch == ow else oh)
+    return ((block * cg + 1) * ph * pw + quad_bytes * padded_cols + 4 * mg * padded_cols + 48 * runs
+            + padded_cols + mg * quad_bytes)
+
+
 def _conv_workspace(kernel: Kernel, shapes, integer: bool) -> int:
     """What :func:`_conv` and its ``product`` allocate beyond the output (memory model)."""
     node = kernel.node
     x_shape, w_shape = shapes[node.inputs[0]], shapes[node.inputs[kernel.weight_input]]
     m, cg, kh, kw = w_shape
-    _, _, pads, out_hw = window_geometry((kh, kw), node.attrs, x_shape[2:], node.name)
+    strides, _, pads, out_hw = window_geometry((kh, kw), node.attrs, x_shape[2:], node.name)
+    if integer and kernel.native is not None:
+        return _native_conv_workspace(x_shape, w_shape, kernel.attr("group", 1), strides, pads, out_hw)
     per_image = kh * kw * cg * out_hw[0] * out_hw[1] * 4
     block = min(x_shape[0], max(1, COLS_BLOCK_BYTES // per_image))
     padded_hw = (x_shape[2] + pads[0] + pads[2]) * (x_shape[3] + pads[1] + pads[3])
     padded_all = x_shape[0] * x_shape[1] * padded_hw if any(pads) else 0  # the input padded once
-    in_block = block * cg * padded_hw
     cols = per_image * block
     out_block = (m // kernel.attr("group", 1)) * block * out_hw[0] * out_hw[1]
     if integer:
         shifted = 2 * _size(x_shape) + 2 * padded_all  # x − zx as int16 (and padded), held throughout
         weights = (2 + 2 + 4) * _size(w_shape)     # int16 copy, reordered, working type
-        im2col = 2 * in_block + cols
+        im2col = cols  # one strided copy of the (already padded) input, no other temporary
         # the GEMM's float32 result and its int32 copy, then the int32 block being requantised
         gemm = cols + max(4 * out_block * (2 if kernel.float_gemm else 1),
                           4 * out_block + quant.requantize_workspace(out_block))
         return shifted + weights + max(im2col, gemm)
-    im2col = 4 * in_block + cols
+    im2col = cols
     gemm = cols + 4 * out_block * 2                 # the product and its bias-added copy
     return 4 * padded_all + 4 * _size(w_shape) + max(im2col, gemm)
 

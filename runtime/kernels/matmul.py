@@ -117,6 +117,13 @@ class _IntegerMatMul(Kernel):
         self.channel_q16 = quant.fixed_point_ratios(self.bq.scale.astype(np.float64) / s_max, CHANNEL_BITS)
         self.in_scale = alpha * s_max * 2.0 ** -CHANNEL_BITS
         self.act_scale = alpha * float(self.aq.scale)
+        # the native kernels keep a packed copy of a constant 2-D weight, made here once; each
+        # call compares it with the weight's current bytes and repacks when training changed them
+        w = consts[self.weight_input]
+        self.packed = None
+        if self.native is not None and w is not None and w.ndim == 2 and w.dtype in (np.int8, np.uint8):
+            w_nk = np.ascontiguousarray(self.weight_nk(w))
+            self.packed, self._packed_shape, self._packed_dtype = self.native.pack_weights(w_nk), w_nk.shape, w_nk.dtype
 
     def weight_nk(self, w: np.ndarray) -> np.ndarray:
         """The weight as (N outputs, K inputs): B transposed unless it is stored so (transB)."""
@@ -140,6 +147,11 @@ class _IntegerMatMul(Kernel):
         a, b = shapes[self.node.inputs[0]], shapes[self.node.inputs[self.weight_input]]
         rows, k = _size(a[:-1]), a[-1]
         n = b[0] if self.attr("transB", 0) else b[-1]
+        if self.native is not None:  # the int32 product (lanes of 16) and the s8 / u8 operands it packs
+            pad16, quad_bytes = (lambda v: -(-v // 16) * 16), 4 * -(-k // 4)
+            if self.packed is not None:
+                return 4 * rows * pad16(n) + rows * quad_bytes
+            return 4 * n * pad16(rows) + quad_bytes * (pad16(rows) + n)
         chunks = (k + quant.FLOAT32_EXACT_K - 1) // quant.FLOAT32_EXACT_K
         operands = 4 * rows * k + 4 * k * n                   # shifted copies, freed before requantising
         product = 4 * rows * n * (2 if self.float_gemm else 1) * (2 if chunks > 1 else 1)
@@ -163,11 +175,14 @@ class _IntegerMatMul(Kernel):
         if self.native is None or a.ndim < 2 or b.ndim != 2:
             return quant.requantize(self.accumulate(a, b, bias), self.mult, self.shift, self.yq)
         n = b.shape[1]
-        y = self.native.qgemm(np.ascontiguousarray(a.reshape(-1, a.shape[-1])), self.aq.zp,
-                              np.ascontiguousarray(b.T), _per_row(self.bq.zero_point, n, np.int32),
-                              None if bias is None else _per_row(bias, n, np.int32),
-                              _per_row(self.mult, n, np.int64), _per_row(self.shift, n, np.int64),
-                              self.yq.zp, self.yq.dtype == np.int8)
+        x, w_nk = np.ascontiguousarray(a.reshape(-1, a.shape[-1])), np.ascontiguousarray(b.T)
+        args = (_per_row(self.bq.zero_point, n, np.int32), None if bias is None else _per_row(bias, n, np.int32),
+                _per_row(self.mult, n, np.int64), _per_row(self.shift, n, np.int64), self.yq.zp,
+                self.yq.dtype == np.int8)
+        if self.packed is not None and w_nk.shape == self._packed_shape and w_nk.dtype == self._packed_dtype:
+            y = self.native.qgemm_packed(x, self.aq.zp, self.packed, w_nk, *args)
+        else:
+            y = self.native.qgemm(x, self.aq.zp, w_nk, *args)
         return y.reshape(*a.shape[:-1], n)
 
 

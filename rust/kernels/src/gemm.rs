@@ -131,8 +131,9 @@ mod x86 {
     /// A's quad `q` of row `r`, as one i32 (four signed bytes).
     #[inline(always)]
     fn quad(a: &PackedA, r: usize, q: usize) -> i32 {
-        let row = a.row(r);
-        i32::from_le_bytes([row[4 * q] as u8, row[4 * q + 1] as u8, row[4 * q + 2] as u8, row[4 * q + 3] as u8])
+        assert!(r < a.m && q < a.quads);
+        // SAFETY: rows hold `quads · 4` bytes (checked above), so bytes 4q..4q+4 of row r lie inside.
+        unsafe { a.data.as_ptr().add((r * a.quads + q) * 4).cast::<i32>().read_unaligned() }
     }
 
     // -- AVX-512 VNNI: MR ≤ 6 rows × NV ≤ 4 zmm (64 columns), 24 accumulators ----------------

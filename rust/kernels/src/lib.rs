@@ -6,6 +6,7 @@
 //! (im2col, zero-point corrections, fused requantisation from `requant`); `pool` holds
 //! the integer pools; `exact` the int64 products of the training tail.
 
+pub mod elementwise;
 pub mod exact;
 pub mod gemm;
 pub mod path;

@@ -19,23 +19,72 @@ pub struct Window {
 }
 
 impl Window {
-    /// Calls `f(plane, output index, input indices of the taps inside the input)` per output.
-    fn for_each(&self, mut f: impl FnMut(usize, usize, &mut dyn Iterator<Item = usize>)) {
+    /// For each kernel offset along one axis, the outputs whose tap at that offset lies
+    /// inside the input: `lo..hi`, where `o·stride + t·dilation − pad ∈ [0, len)`.
+    fn valid(len: usize, out: usize, kernel: usize, stride: usize, dilation: usize, pad: usize) -> Vec<(usize, usize)> {
+        (0..kernel)
+            .map(|t| {
+                let off = t * dilation;
+                let lo = pad.saturating_sub(off).div_ceil(stride).min(out);
+                let hi = if len + pad > off { (len + pad - off).div_ceil(stride).min(out) } else { 0 };
+                (lo, hi.max(lo))
+            })
+            .collect()
+    }
+
+    /// Folds every tap inside the input into one accumulator per output, a row of outputs
+    /// at a time, one strided slice per kernel offset (as `_window.py` walks it): `fold(acc,
+    /// x)` takes each tap (`fold_run` a contiguous run of them at once: a global pool's row),
+    /// `finish(plane, output index, acc)` ends each output.
+    #[inline(always)]
+    fn reduce<T: Copy, A: Copy>(
+        &self,
+        x: &[T],
+        init: A,
+        fold: impl Fn(A, T) -> A,
+        fold_run: impl Fn(A, &[T]) -> A,
+        mut finish: impl FnMut(usize, usize, A),
+    ) {
         let [oh, ow] = self.out_hw;
+        let [sh, sw] = self.strides;
+        let [dh, dw] = self.dilations;
+        let rows = Self::valid(self.h, oh, self.kernel[0], sh, dh, self.pads[0]);
+        let cols = Self::valid(self.w, ow, self.kernel[1], sw, dw, self.pads[1]);
+        // one window across with unit dilation: its taps in a row are one run (a global pool)
+        let one_run = (ow == 1 && dw == 1).then(|| {
+            let mut taps = cols.iter().enumerate().filter(|(_, &(lo, hi))| lo < hi).map(|(j, _)| j - self.pads[1]);
+            let first = taps.next();
+            first.map_or(0..0, |f| f..taps.last().unwrap_or(f) + 1)
+        });
+        let mut acc = vec![init; ow];
         for plane in 0..self.planes {
-            let base = plane * self.h * self.w;
+            let image = &x[plane * self.h * self.w..][..self.h * self.w];
             for y in 0..oh {
-                for x in 0..ow {
-                    let rows = (0..self.kernel[0])
-                        .map(move |i| (y * self.strides[0] + i * self.dilations[0]).wrapping_sub(self.pads[0]))
-                        .filter(|&r| r < self.h);
-                    let mut taps = rows.flat_map(move |r| {
-                        (0..self.kernel[1])
-                            .map(move |j| (x * self.strides[1] + j * self.dilations[1]).wrapping_sub(self.pads[1]))
-                            .filter(|&c| c < self.w)
-                            .map(move |c| base + r * self.w + c)
-                    });
-                    f(plane, (plane * oh + y) * ow + x, &mut taps);
+                acc.fill(init);
+                for (i, &(ylo, yhi)) in rows.iter().enumerate() {
+                    if !(ylo..yhi).contains(&y) {
+                        continue;
+                    }
+                    let row = &image[(y * sh + i * dh - self.pads[0]) * self.w..][..self.w];
+                    if let Some(run) = &one_run {
+                        acc[0] = fold_run(acc[0], &row[run.clone()]);
+                        continue;
+                    }
+                    for (j, &(xlo, xhi)) in cols.iter().enumerate() {
+                        if xlo == xhi {
+                            continue;
+                        }
+                        let first = xlo * sw + j * dw - self.pads[1]; // the input column of output xlo
+                        if sw == 1 {
+                            let src = &row[first..first + (xhi - xlo)];
+                            acc[xlo..xhi].iter_mut().zip(src).for_each(|(a, &v)| *a = fold(*a, v));
+                        } else {
+                            acc[xlo..xhi].iter_mut().enumerate().for_each(|(t, a)| *a = fold(*a, row[first + t * sw]));
+                        }
+                    }
+                }
+                for (xo, &a) in acc.iter().enumerate() {
+                    finish(plane, (plane * oh + y) * ow + xo, a);
                 }
             }
         }
@@ -43,8 +92,23 @@ impl Window {
 }
 
 /// Max over each window; a window with no tap inside the input gives the type's lowest value.
+#[inline(always)] // into the caller's `path::vectorized`
 pub fn max_pool<T: Copy + Ord>(win: &Window, x: &[T], lowest: T, out: &mut [T]) {
-    win.for_each(|_, o, taps| out[o] = taps.map(|i| x[i]).fold(lowest, T::max));
+    let [oh, ow] = win.out_hw;
+    if win.kernel == [2, 2] && win.strides == [2, 2] && win.dilations == [1, 1] && win.pads == [0; 4] && 2 * oh <= win.h && 2 * ow <= win.w {
+        // the common 2×2 pool: every window whole, two rows at a time
+        for (plane, dst) in x.chunks_exact(win.h * win.w).zip(out.chunks_exact_mut(oh * ow)) {
+            for (y, dst_row) in dst.chunks_exact_mut(ow).enumerate() {
+                let top = &plane[2 * y * win.w..][..2 * ow];
+                let bottom = &plane[(2 * y + 1) * win.w..][..2 * ow];
+                for ((d, t), b) in dst_row.iter_mut().zip(top.chunks_exact(2)).zip(bottom.chunks_exact(2)) {
+                    *d = t[0].max(t[1]).max(b[0].max(b[1]));
+                }
+            }
+        }
+        return;
+    }
+    win.reduce(x, lowest, T::max, |a, run| run.iter().fold(a, |a, &v| a.max(v)), |_, o, a| out[o] = a);
 }
 
 /// `Σ(x − zx)·mult / (count·2^bits) + add` rounded half to even, then `+ (zy − add)`, clamped:
@@ -61,10 +125,14 @@ pub struct Mean<'a> {
 }
 
 /// `out` holds the 8-bit results as bytes (an int8 value as its two's-complement byte).
-pub fn mean_pool<T: Copy + Into<i64>>(win: &Window, x: &[T], m: &Mean, out: &mut [u8]) {
+#[inline(always)]
+pub fn mean_pool<T: Copy + Into<i32>>(win: &Window, x: &[T], m: &Mean, out: &mut [u8]) {
     let per_plane = win.out_hw[0] * win.out_hw[1];
-    win.for_each(|plane, o, taps| {
-        let sum: i64 = taps.map(|i| x[i].into() - m.x_zp).sum();
+    // Σ(x − zx) = Σx − taps·zx, with the taps inside the input counted as they are summed
+    // (i32 holds them: fewer than 2^22 taps of |x| ≤ 255)
+    let fold_run = |(s, n): (i32, i32), run: &[T]| (run.iter().fold(s, |s, &v| s + v.into()), n + run.len() as i32);
+    win.reduce(x, (0i32, 0i32), |(s, n), v: T| (s + v.into(), n + 1), fold_run, |plane, o, (s, n)| {
+        let sum = s as i64 - n as i64 * m.x_zp;
         let q = divide_round_half_even(sum * m.mult, m.counts[o - plane * per_plane] << m.bits, m.add);
         out[o] = (q + (m.y_zp - m.add)).clamp(m.lo, m.hi) as u8;
     });
@@ -91,6 +159,16 @@ mod tests {
         assert_eq!(divide_round_half_even(5, 2, 1), 4); // 2.5 + 1 = 3.5 → 4
         assert_eq!(divide_round_half_even(10, 4, 0), 2);
         assert_eq!(divide_round_half_even(11, 4, 0), 3);
+    }
+
+    #[test]
+    fn max_pool_2x2_equals_the_general_walk() {
+        let win = Window { planes: 3, h: 7, w: 9, kernel: [2, 2], strides: [2, 2], dilations: [1, 1], pads: [0; 4], out_hw: [3, 4] };
+        let x: Vec<i8> = (0..3 * 7 * 9).map(|i| (i * 37 % 256) as u8 as i8).collect();
+        let (mut fast, mut walk) = ([0i8; 36], [0i8; 36]);
+        max_pool(&win, &x, i8::MIN, &mut fast);
+        win.reduce(&x, i8::MIN, i8::max, |_, _| unreachable!(), |_, o, a| walk[o] = a);
+        assert_eq!(fast, walk);
     }
 
     #[test]

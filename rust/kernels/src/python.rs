@@ -11,10 +11,11 @@ use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyRe
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use crate::elementwise::{add_bytes, quantize, AddParams};
 use crate::exact::matmul_i64;
 use crate::path::Path;
 use crate::pool::{max_pool, mean_pool, Mean, Window};
-use crate::qlinear::{conv, fully_connected, Bytes, Conv2d, Output, Weights};
+use crate::qlinear::{conv, fully_connected, fully_connected_packed, Bytes, Conv2d, Output, PackedWeights, Weights};
 use crate::requant::Requant;
 
 /// CPython's raw allocator (traced by tracemalloc) for every alignment malloc gives.
@@ -119,6 +120,12 @@ fn four(v: &[usize], what: &str) -> PyResult<[usize; 4]> {
 fn requant(mult: &PyReadonlyArray1<i64>, shift: &PyReadonlyArray1<i64>, y_zp: i64, y_signed: bool) -> PyResult<Requant> {
     let (lo, hi) = if y_signed { (-128, 127) } else { (0, 255) };
     Requant::new(mult.as_slice()?, shift.as_slice()?, y_zp, lo, hi).map_err(value_err)
+}
+
+/// Weights packed once by `Kernels.pack_weights` (opaque to Python).
+#[pyclass(module = "edgetrain_kernels")]
+struct Packed {
+    inner: PackedWeights,
 }
 
 /// The native integer kernels, on one instruction-set path (the fastest by default).
@@ -270,6 +277,78 @@ impl Kernels {
         }
     }
 
+    /// A fully connected layer's weights `w (n, k)` (int8 or uint8) packed for
+    /// [`Kernels::qgemm_packed`]; it keeps a packed copy, checked against `w` at each call.
+    fn pack_weights(&self, w: &Bound<'_, PyAny>) -> PyResult<Packed> {
+        let wa = ByteArray::new(w, "w")?;
+        let ws = wa.shape();
+        if ws.len() != 2 {
+            return Err(PyValueError::new_err(format!("pack_weights: expected (n, k) weights, got shape {ws:?}")));
+        }
+        let (n, k) = (ws[0], ws[1]);
+        Ok(Packed { inner: PackedWeights::new(wa.bytes("w")?, n, k) })
+    }
+
+    /// `qgemm` on weights packed by `pack_weights`: `w` is the layer's current weight array,
+    /// compared with the packed copy byte for byte first and packed again if it changed.
+    #[allow(clippy::too_many_arguments)]
+    #[pyo3(signature = (x, x_zp, packed, w, w_zp, bias=None, mult=None, shift=None, y_zp=0, y_signed=true))]
+    fn qgemm_packed<'py>(
+        &self,
+        py: Python<'py>,
+        x: &Bound<'py, PyAny>,
+        x_zp: i32,
+        mut packed: PyRefMut<'py, Packed>,
+        w: &Bound<'py, PyAny>,
+        w_zp: PyReadonlyArray1<i32>,
+        bias: Option<PyReadonlyArray1<i32>>,
+        mult: Option<PyReadonlyArray1<i64>>,
+        shift: Option<PyReadonlyArray1<i64>>,
+        y_zp: i64,
+        y_signed: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (xa, wa) = (ByteArray::new(x, "x")?, ByteArray::new(w, "w")?);
+        let (xs, ws) = (xa.shape(), wa.shape());
+        let pw = &packed.inner;
+        if xs.len() != 2 || ws != [pw.n, pw.k] || xs[1] != pw.k {
+            return Err(PyValueError::new_err(format!("qgemm_packed: x {xs:?} and w {ws:?} do not fit packed weights ({}, {})", pw.n, pw.k)));
+        }
+        let wb = wa.bytes("w")?;
+        if wb.signed != pw.signed {
+            return Err(PyValueError::new_err("qgemm_packed: w's dtype is not the packed weights'"));
+        }
+        let (rows, n) = (xs[0], pw.n);
+        let zp = w_zp.as_slice()?;
+        let bias = bias.as_ref().map(|b| b.as_slice()).transpose()?;
+        if zp.len() != n || bias.is_some_and(|b| b.len() != n) {
+            return Err(PyValueError::new_err("qgemm_packed: zero-points and bias need one value per output column"));
+        }
+        packed.inner.refresh(wb);
+        let pw = &packed.inner;
+        let xb = xa.bytes("x")?;
+        match (mult, shift) {
+            (Some(mult), Some(shift)) => {
+                let rq = requant(&mult, &shift, y_zp, y_signed)?;
+                if !(rq.mult.len() == 1 || rq.mult.len() == n) {
+                    return Err(PyValueError::new_err("qgemm_packed: one multiplier, or one per output column"));
+                }
+                new_bytes(py, &[rows, n], y_signed, |out| {
+                    fully_connected_packed(self.path, xb, x_zp, rows, pw, zp, bias, Output::Requantized(&rq, out))
+                })
+            }
+            (None, None) => {
+                let arr = PyArrayDyn::<i32>::zeros(py, IxDyn(&[rows, n]), false);
+                {
+                    let mut rw = arr.readwrite();
+                    let out = rw.as_slice_mut().expect("a new array is contiguous");
+                    fully_connected_packed(self.path, xb, x_zp, rows, pw, zp, bias, Output::Accumulators(out));
+                }
+                Ok(arr.into_any())
+            }
+            _ => Err(PyValueError::new_err("qgemm_packed: give both mult and shift, or neither")),
+        }
+    }
+
     /// MaxPool over an int8 / uint8 NCHW tensor; returns the same dtype.
     fn max_pool<'py>(
         &self,
@@ -285,14 +364,13 @@ impl Kernels {
         let (win, shape) = window(xa.shape(), &kernel, &strides, &dilations, &pads, &out_hw)?;
         let xb = xa.bytes("x")?;
         new_bytes(py, &shape, xb.signed, |out| {
-            if xb.signed {
-                let x: Vec<i8> = xb.data.iter().map(|&b| b as i8).collect();
-                let mut y = vec![0i8; out.len()];
-                max_pool(&win, &x, i8::MIN, &mut y);
-                out.iter_mut().zip(y).for_each(|(o, v)| *o = v as u8);
-            } else {
-                max_pool(&win, xb.data, u8::MIN, out);
-            }
+            crate::path::vectorized(self.path, #[inline(always)] || {
+                if xb.signed {
+                    max_pool(&win, i8_slice(xb.data), i8::MIN, i8_slice_mut(out));
+                } else {
+                    max_pool(&win, xb.data, u8::MIN, out);
+                }
+            })
         })
     }
 
@@ -330,11 +408,56 @@ impl Kernels {
         let mean = Mean { x_zp, counts, mult, bits, add, y_zp, lo, hi };
         let xb = xa.bytes("x")?;
         new_bytes(py, &shape, y_signed, |out| {
-            if xb.signed {
-                mean_pool(&win, i8_slice(xb.data), &mean, out)
-            } else {
-                mean_pool(&win, xb.data, &mean, out)
-            }
+            crate::path::vectorized(self.path, #[inline(always)] || {
+                if xb.signed {
+                    mean_pool(&win, i8_slice(xb.data), &mean, out)
+                } else {
+                    mean_pool(&win, xb.data, &mean, out)
+                }
+            })
+        })
+    }
+
+    /// QuantizeLinear per tensor of a float32 array to int8 (`y_signed`) or uint8, as
+    /// `quant.quantize_float`; None when `x` holds a NaN (the caller then runs numpy).
+    fn quantize<'py>(&self, py: Python<'py>, x: PyReadonlyArrayDyn<'py, f32>, scale: f32, zero_point: i32, y_signed: bool) -> PyResult<Option<Bound<'py, PyAny>>> {
+        let xs = x.as_slice().map_err(|_| PyValueError::new_err("quantize: expected a C-contiguous array"))?;
+        let (lo, hi) = if y_signed { (-128.0, 127.0) } else { (0.0, 255.0) };
+        let mut ok = true;
+        let y = new_bytes(py, x.shape(), y_signed, |out| {
+            ok = crate::path::vectorized(self.path, #[inline(always)] || quantize(xs, scale, zero_point as f32, lo, hi, out)).is_ok();
+        })?;
+        Ok(ok.then_some(y))
+    }
+
+    /// QLinearAdd of two 8-bit arrays of one shape (`add.py`'s integer form): `(ma, mb)` the
+    /// Q31 mantissas over the shared exponent, `bits = 31 − shift`.
+    #[allow(clippy::too_many_arguments)]
+    fn qlinear_add<'py>(
+        &self,
+        py: Python<'py>,
+        a: &Bound<'py, PyAny>,
+        a_zp: i64,
+        ma: i64,
+        b: &Bound<'py, PyAny>,
+        b_zp: i64,
+        mb: i64,
+        bits: u32,
+        y_zp: i64,
+        y_signed: bool,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let (aa, ba) = (ByteArray::new(a, "a")?, ByteArray::new(b, "b")?);
+        if aa.shape() != ba.shape() {
+            return Err(PyValueError::new_err(format!("qlinear_add: shapes {:?} and {:?} differ", aa.shape(), ba.shape())));
+        }
+        if bits > 62 || ma.unsigned_abs() >= 1 << 31 || mb.unsigned_abs() >= 1 << 31 {
+            return Err(PyValueError::new_err("qlinear_add: multipliers must be below 2^31 and bits at most 62"));
+        }
+        let (lo, hi) = if y_signed { (-128, 127) } else { (0, 255) };
+        let p = AddParams { za: a_zp, ma, zb: b_zp, mb, bits, zc: y_zp, lo, hi };
+        let (ab, bb) = (aa.bytes("a")?, ba.bytes("b")?);
+        new_bytes(py, aa.shape(), y_signed, |out| {
+            crate::path::vectorized(self.path, #[inline(always)] || add_bytes(p, ab.data, ab.signed, bb.data, bb.signed, out))
         })
     }
 
@@ -361,6 +484,11 @@ impl Kernels {
 fn i8_slice(b: &[u8]) -> &[i8] {
     // SAFETY: as in `i8_as_bytes`, the other way round.
     unsafe { std::slice::from_raw_parts(b.as_ptr().cast(), b.len()) }
+}
+
+fn i8_slice_mut(b: &mut [u8]) -> &mut [i8] {
+    // SAFETY: as in `i8_as_bytes`.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().cast(), b.len()) }
 }
 
 /// A pool's window over an NCHW shape, and the output shape.
@@ -390,6 +518,7 @@ fn available_paths() -> Vec<&'static str> {
 #[pymodule]
 fn edgetrain_kernels(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Kernels>()?;
+    m.add_class::<Packed>()?;
     m.add_function(wrap_pyfunction!(available_paths, m)?)?;
     Ok(())
 }

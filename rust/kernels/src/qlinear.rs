@@ -41,10 +41,12 @@ pub enum Output<'a> {
 }
 
 fn finish(path: Path, c: &mut [i32], b: &PackedB, fix: &Correction, runs: &[Run], out: &mut Output) {
-    fix.apply(c, b);
     match out {
-        Output::Requantized(rq, bytes) => store_requantized(path, c, b.padded_cols, rq, runs, bytes),
-        Output::Accumulators(acc) => store_accumulators(c, b.padded_cols, runs, acc),
+        Output::Requantized(rq, bytes) => store_requantized(path, c, b.padded_cols, fix, fix.col_sums(b).as_deref(), rq, runs, bytes),
+        Output::Accumulators(acc) => {
+            fix.apply(c, b);
+            store_accumulators(c, b.padded_cols, runs, acc)
+        }
     }
 }
 
@@ -87,6 +89,106 @@ pub fn fully_connected(path: Path, x: Bytes, x_zp: i32, rows: usize, k: usize, w
     finish(path, &mut c, &b, &fix, &runs, &mut out);
 }
 
+/// A fully connected layer's weights `(n × k)` packed once as the GEMM's right operand
+/// (u8, `[quad][output][4]`): the output channels run across the vector lanes, so a small
+/// batch still fills them and the product comes out row-major, as the layer's output is
+/// stored. Int8 weights become u8 by flipping the sign bit (`w + 128`, zero-point moved
+/// alike); activations then take the s8 side (uint8 ones flipped to `x − 128`).
+pub struct PackedWeights {
+    pub n: usize,
+    pub k: usize,
+    pub signed: bool,
+    b: PackedB,
+    /// `Σ_k` of each output's packed (u8) weights
+    col_sums: Vec<i32>,
+    /// the weights as packed (a compare with them is one memcmp, where the strided packed
+    /// layout would cost as much as packing)
+    source: Vec<u8>,
+}
+
+impl PackedWeights {
+    pub fn new(w: Bytes, n: usize, k: usize) -> PackedWeights {
+        assert_eq!(w.data.len(), n * k);
+        let mut packed = PackedWeights { n, k, signed: w.signed, b: PackedB::zeros(k, n), col_sums: Vec::new(), source: Vec::new() };
+        packed.pack(w);
+        packed
+    }
+
+    fn pack(&mut self, w: Bytes) {
+        self.source.clear();
+        self.source.extend_from_slice(w.data);
+        let stride = self.b.padded_cols * 4;
+        for (p, row) in w.data.chunks_exact(self.k.max(1)).enumerate().take(self.n) {
+            for (kk, &v) in row.iter().enumerate() {
+                self.b.data[(kk / 4) * stride + p * 4 + kk % 4] = w.u8_of(v);
+            }
+        }
+        self.col_sums = self.b.col_sums();
+    }
+
+    /// Whether `w` (the same shape and signedness) is what is packed, byte for byte.
+    pub fn holds(&self, w: Bytes) -> bool {
+        w.signed == self.signed && w.data == &self.source[..]
+    }
+
+    /// Packs `w` again unless it is what is packed (training changes weights in place);
+    /// true when it repacked.
+    pub fn refresh(&mut self, w: Bytes) -> bool {
+        if self.holds(w) {
+            return false;
+        }
+        assert_eq!(w.signed, self.signed, "weights changed signedness");
+        self.pack(w);
+        true
+    }
+}
+
+/// `y = x · wᵀ (+ bias)` for `x (rows × k)` and packed weights `(n × k)` with per-output
+/// zero-points; `out` is `(rows × n)`. The same accumulators as [`fully_connected`]:
+/// `Σ (x − zx)(w − zw) = Σ x₈·w₈ − zw₈·Σx₈ − zx₈·Σw₈ + k·zx₈·zw₈` in the s8 (x) and u8 (w) forms.
+pub fn fully_connected_packed(path: Path, x: Bytes, x_zp: i32, rows: usize, w: &PackedWeights, zero_points: &[i32], bias: Option<&[i32]>, out: Output) {
+    let (k, n) = (w.k, w.n);
+    assert_eq!(x.data.len(), rows * k);
+    assert!(zero_points.len() == n && bias.is_none_or(|b| b.len() == n));
+    let a = PackedA::new(x.data, rows, k, !x.signed);
+    let zx = x.s8_zero(x_zp);
+    let zw: Vec<i32> = zero_points.iter().map(|&z| if w.signed { z + 128 } else { z }).collect();
+    let base: Vec<i32> = (0..n)
+        .map(|p| {
+            let b = bias.map_or(0, |b| b[p]);
+            b.wrapping_sub(zx.wrapping_mul(w.col_sums[p])).wrapping_add((k as i32).wrapping_mul(zx).wrapping_mul(zw[p]))
+        })
+        .collect();
+    let row_sums = a.row_sums();
+    let pn = w.b.padded_cols;
+    let mut c = vec![0i32; rows * pn];
+    gemm(path, &a, &w.b, &mut c);
+    crate::path::vectorized(path, #[inline(always)] || match out {
+        Output::Requantized(rq, bytes) => {
+            let each = |v: &[i32]| (0..n).map(|p| v[if v.len() == 1 { 0 } else { p }]).collect::<Vec<_>>();
+            let mult: Vec<i64> = each(&rq.mult).into_iter().map(i64::from).collect();
+            let bits: Vec<u64> = rq.bits.iter().map(|&b| b as u64).collect::<Vec<_>>();
+            let bits: Vec<u64> = (0..n).map(|p| bits[if bits.len() == 1 { 0 } else { p }]).collect();
+            let (zp, lo, hi) = (rq.zero_point, rq.lo, rq.hi);
+            let half: Vec<i64> = bits.iter().map(|&b| (1i64 << b) >> 1).collect();
+            for ((row, dst), &rs) in c.chunks_exact(pn).zip(bytes.chunks_exact_mut(n)).zip(&row_sums) {
+                let per_output = base.iter().zip(&zw).zip(mult.iter().zip(&bits).zip(&half));
+                for ((d, &v), ((&b, &z), ((&m, &s), &h))) in dst.iter_mut().zip(row).zip(per_output) {
+                    let prod = v.wrapping_add(b).wrapping_sub(z.wrapping_mul(rs)) as i64 * m;
+                    *d = (((prod + h - (prod < 0) as i64) >> s) + zp).clamp(lo, hi) as u8; // requant::requantize
+                }
+            }
+        }
+        Output::Accumulators(acc) => {
+            for ((row, dst), &rs) in c.chunks_exact(pn).zip(acc.chunks_exact_mut(n)).zip(&row_sums) {
+                for ((d, &v), (&b, &z)) in dst.iter_mut().zip(row).zip(base.iter().zip(&zw)) {
+                    *d = v.wrapping_add(b).wrapping_sub(z.wrapping_mul(rs));
+                }
+            }
+        }
+    })
+}
+
 /// A 2-D convolution's shape: NCHW input, `(m, c / group, kh, kw)` weights, and the
 /// window as `runtime/kernels/_window.py` resolves it (`pads` = top, left, bottom, right).
 #[derive(Clone, Debug)]
@@ -123,6 +225,7 @@ pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: O
     assert_eq!(w.bytes.data.len(), g.m * k);
     let zu = x.u8_zero(x_zp);
     let block = (COLS_BLOCK_BYTES / (k.div_ceil(4) * 4 * oh * pitch).max(1)).clamp(1, g.n.max(1));
+    let mut reuse: Option<(PackedB, Vec<i32>)> = None;
     for grp in 0..g.group {
         let (a, za) = w.packed(grp * mg..(grp + 1) * mg, k);
         let fix = Correction::new(&a, &za, zu, w.bias.map(|b| &b[grp * mg..(grp + 1) * mg]));
@@ -130,33 +233,46 @@ pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: O
             let nb = block.min(g.n - n0);
             // the block's input channels as u8, padded with the zero-point (0 once shifted),
             // plus a slack of one padded row for the extra columns of the last output row
-            let mut padded = vec![zu as u8; (nb * cg + 1) * ph * pw];
-            crate::path::vectorized(path, #[inline(always)] || {
-                for (i, plane) in padded.chunks_exact_mut(ph * pw).take(nb * cg).enumerate() {
-                    let (img, ch) = (n0 + i / cg, grp * cg + i % cg);
-                    let src = &x.data[(img * g.c + ch) * g.h * g.w..][..g.h * g.w];
-                    for (row, src_row) in src.chunks_exact(g.w).enumerate() {
-                        let dst = &mut plane[(row + g.pads[0]) * pw + g.pads[1]..][..g.w];
-                        for (d, &s) in dst.iter_mut().zip(src_row) {
-                            *d = x.u8_of(s);
-                        }
-                    }
+            // rows are copied as they are and the whole buffer flipped to u8 after, in one long
+            // loop (per-row flips of a few bytes do not vectorise); the padding is filled with
+            // the zero-point's stored byte, which the flip turns into its u8 form
+            let flip = x.u8_of(0);
+            let mut padded = vec![zu as u8 ^ flip; (nb * cg + 1) * ph * pw];
+            for (i, plane) in padded.chunks_exact_mut(ph * pw).take(nb * cg).enumerate() {
+                let (img, ch) = (n0 + i / cg, grp * cg + i % cg);
+                let src = &x.data[(img * g.c + ch) * g.h * g.w..][..g.h * g.w];
+                for (row, src_row) in src.chunks_exact(g.w).enumerate() {
+                    plane[(row + g.pads[0]) * pw + g.pads[1]..][..g.w].copy_from_slice(src_row);
                 }
+            }
+            if flip != 0 {
+                crate::path::vectorized(path, #[inline(always)] || padded.iter_mut().for_each(|v| *v ^= flip));
+            }
+            // a full block's columns and product are reused by the next: im2col rewrites every
+            // real column and the GEMM every value, and padding columns stay zero
+            // (a smaller last block drops the full ones before making its own)
+            let mut bc = reuse.take().filter(|(b, _)| b.cols == nb * oh * pitch).unwrap_or_else(|| {
+                let b = PackedB::zeros(k, nb * oh * pitch);
+                let c = vec![0i32; mg * b.padded_cols];
+                (b, c)
             });
-            let b = crate::path::vectorized(path, #[inline(always)] || im2col(g, &padded, nb, cg, [ph, pw], pitch, k));
-            let mut c = vec![0i32; mg * b.padded_cols];
-            gemm(path, &a, &b, &mut c);
-            let mut runs = Vec::with_capacity(mg * nb * oh);
+            let (b, c) = (&mut bc.0, &mut bc.1);
+            crate::path::vectorized(path, #[inline(always)] || im2col(g, &padded, nb, cg, [ph, pw], pitch, b));
+            gemm(path, &a, b, c);
+            // output rows lie back to back in the columns when pitch = ow: one run per image
+            let (rows_per_run, width) = if pitch == ow { (oh, oh * ow) } else { (1, ow) };
+            let mut runs = Vec::with_capacity(mg * nb * oh.div_ceil(rows_per_run));
             for r in 0..mg {
                 for i in 0..nb {
-                    for y in 0..oh {
+                    for y in (0..oh).step_by(rows_per_run) {
                         let start = (((n0 + i) * g.m + grp * mg + r) * oh + y) * ow;
                         let col = (i * oh + y) * pitch;
-                        runs.push(Run { row: r, channel: grp * mg + r, cols: col..col + ow, start, stride: 1 });
+                        runs.push(Run { row: r, channel: grp * mg + r, cols: col..col + width, start, stride: 1 });
                     }
                 }
             }
-            finish(path, &mut c, &b, &fix, &runs, &mut out);
+            finish(path, c, b, &fix, &runs, &mut out);
+            reuse = Some(bc);
         }
     }
 }
@@ -164,12 +280,12 @@ pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: O
 /// Patches of `nb` padded images as packed columns: row `k = (ci, i, j)` (the weight's own
 /// order), column `(image, oh, x)` with `x < pitch`. Rows past `k` stay zero.
 #[inline(always)]
-fn im2col(g: &Conv2d, padded: &[u8], nb: usize, cg: usize, [ph, pw]: [usize; 2], pitch: usize, k: usize) -> PackedB {
+fn im2col(g: &Conv2d, padded: &[u8], nb: usize, cg: usize, [ph, pw]: [usize; 2], pitch: usize, b: &mut PackedB) {
     let [kh, kw] = g.kernel;
     let [oh, _] = g.out_hw;
     let [sh, sw] = g.strides;
     let [dh, dw] = g.dilations;
-    let mut b = PackedB::zeros(k, nb * oh * pitch);
+    let k = b.k;
     let run = if sw == 1 { oh * pitch } else { (pitch - 1) * sw + 1 }; // source bytes one copy reads
     let zeros = vec![0u8; run]; // the rows past k
     for q in 0..b.quads {
@@ -200,19 +316,51 @@ fn im2col(g: &Conv2d, padded: &[u8], nb: usize, cg: usize, [ph, pw]: [usize; 2],
             }
         }
     }
-    b
 }
 
-/// `lanes[4i + t] = src[t][i]`: four rows into one row of quads (vectorised with shuffles).
+/// `lanes[4i + t] = src[t][i]`: four rows into one row of quads.
 #[inline(always)]
 fn interleave4(src: [&[u8]; 4], lanes: &mut [u8]) {
     let n = lanes.len() / 4;
     let (s0, s1, s2, s3) = (&src[0][..n], &src[1][..n], &src[2][..n], &src[3][..n]);
-    for (i, lane) in lanes.chunks_exact_mut(4).enumerate() {
+    let done = interleave4_simd([s0, s1, s2, s3], lanes);
+    for (i, lane) in lanes.chunks_exact_mut(4).enumerate().skip(done) {
         // one little-endian word per lane: the form the compiler vectorises (zero-extend, shift, or)
         let word = s0[i] as u32 | (s1[i] as u32) << 8 | (s2[i] as u32) << 16 | (s3[i] as u32) << 24;
         lane.copy_from_slice(&word.to_le_bytes());
     }
+}
+
+/// [`interleave4`] 16 columns at a time with byte and word unpacks (SSE2, which every
+/// x86_64 CPU has: pure data movement, the same bytes on every kernel path); returns how
+/// many columns it did.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn interleave4_simd(src: [&[u8]; 4], lanes: &mut [u8]) -> usize {
+    use std::arch::x86_64::*;
+    let n = lanes.len() / 4;
+    let whole = n / 16 * 16;
+    for i in (0..whole).step_by(16) {
+        // SAFETY: i + 16 ≤ n, so each 16-byte load lies inside its row (every row holds n bytes)
+        // and the four 16-byte stores inside lanes[4i .. 4i + 64] (lanes holds 4n bytes).
+        unsafe {
+            let [a, b, c, d] = src.map(|s| _mm_loadu_si128(s.as_ptr().add(i).cast()));
+            let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(a, b), _mm_unpackhi_epi8(a, b)); // a0 b0 a1 b1 …
+            let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(c, d), _mm_unpackhi_epi8(c, d));
+            let out = lanes.as_mut_ptr().add(4 * i);
+            _mm_storeu_si128(out.cast(), _mm_unpacklo_epi16(ab_lo, cd_lo)); // a0 b0 c0 d0 a1 …
+            _mm_storeu_si128(out.add(16).cast(), _mm_unpackhi_epi16(ab_lo, cd_lo));
+            _mm_storeu_si128(out.add(32).cast(), _mm_unpacklo_epi16(ab_hi, cd_hi));
+            _mm_storeu_si128(out.add(48).cast(), _mm_unpackhi_epi16(ab_hi, cd_hi));
+        }
+    }
+    whole
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline(always)]
+fn interleave4_simd(_src: [&[u8]; 4], _lanes: &mut [u8]) -> usize {
+    0
 }
 
 #[cfg(test)]
@@ -250,6 +398,49 @@ mod tests {
             }
         }
         out
+    }
+
+    #[test]
+    fn interleave4_puts_row_t_in_byte_t_of_each_lane() {
+        for n in [0, 1, 15, 16, 17, 33, 100] {
+            let rows: Vec<Vec<u8>> = (0..4).map(|t| (0..n).map(|i| (i * 4 + t) as u8).collect()).collect();
+            let mut lanes = vec![0u8; 4 * n];
+            interleave4([&rows[0], &rows[1], &rows[2], &rows[3]], &mut lanes);
+            assert_eq!(lanes, (0..4 * n).map(|v| v as u8).collect::<Vec<_>>(), "n = {n}");
+        }
+    }
+
+    #[test]
+    fn packed_weights_give_the_i64_products_and_follow_changes() {
+        let mut rng = Rng(5);
+        for &(rows, k, n) in &[(1, 1, 1), (64, 400, 120), (3, 7, 17), (5, 84, 10), (2, 130, 33)] {
+            for (x_signed, w_signed) in [(true, true), (false, true), (true, false), (false, false)] {
+                let xb: Vec<u8> = (0..rows * k).map(|_| rng.byte()).collect();
+                let mut wb: Vec<u8> = (0..n * k).map(|i| if i % 11 == 0 { 0x80 } else { rng.byte() }).collect();
+                let val = |b: u8, s: bool| if s { b as i8 as i64 } else { b as i64 };
+                let zx: i32 = if x_signed { -128 } else { 255 };
+                let zw: Vec<i32> = (0..n).map(|p| if w_signed { [0, 127, -128][p % 3] } else { [128, 0, 255][p % 3] }).collect();
+                let bias: Vec<i32> = (0..n).map(|p| p as i32 * 77 - 300).collect();
+                let mut packed = PackedWeights::new(Bytes { data: &wb, signed: w_signed }, n, k);
+                for round in 0..2 {
+                    if round == 1 {
+                        wb[n * k / 2] ^= 0x41; // training changes a weight in place
+                        assert!(packed.refresh(Bytes { data: &wb, signed: w_signed }));
+                        assert!(!packed.refresh(Bytes { data: &wb, signed: w_signed }));
+                    }
+                    for path in Path::available() {
+                        let mut got = vec![0i32; rows * n];
+                        fully_connected_packed(path, Bytes { data: &xb, signed: x_signed }, zx, rows, &packed, &zw, Some(&bias), Output::Accumulators(&mut got));
+                        for r in 0..rows {
+                            for p in 0..n {
+                                let exact: i64 = (0..k).map(|kk| (val(xb[r * k + kk], x_signed) - zx as i64) * (val(wb[p * k + kk], w_signed) - zw[p] as i64)).sum::<i64>() + bias[p] as i64;
+                                assert_eq!(got[r * n + p] as i64, exact, "{} {rows}×{k}×{n}", path.name());
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

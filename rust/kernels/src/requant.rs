@@ -76,10 +76,14 @@ impl Correction {
         Correction { base, za: za.to_vec() }
     }
 
-    /// Turns `c = Σ A_s8 · B_u8` (rows × `b.padded_cols`) into the accumulators in place;
-    /// B's column sums are needed only when some row of A has a zero-point.
+    /// B's column sums when some row of A has a zero-point (else the correction needs none).
+    pub fn col_sums(&self, b: &PackedB) -> Option<Vec<i32>> {
+        self.za.iter().any(|&z| z != 0).then(|| b.col_sums())
+    }
+
+    /// Turns `c = Σ A_s8 · B_u8` (rows × `b.padded_cols`) into the accumulators in place.
     pub fn apply(&self, c: &mut [i32], b: &PackedB) {
-        let col_sums = self.za.iter().any(|&z| z != 0).then(|| b.col_sums());
+        let col_sums = self.col_sums(b);
         for ((row, &base), &za) in c.chunks_exact_mut(b.padded_cols).zip(&self.base).zip(&self.za) {
             match &col_sums {
                 None => row.iter_mut().for_each(|v| *v = v.wrapping_add(base)),
@@ -91,6 +95,7 @@ impl Correction {
 
 /// Where the outputs go: row `row` of the GEMM (columns `cols`), requantised with the
 /// multiplier of output channel `channel`, is written at `start + i·stride` for the i-th column.
+/// Runs of one row follow each other.
 pub struct Run {
     pub row: usize,
     pub channel: usize,
@@ -99,18 +104,35 @@ pub struct Run {
     pub stride: usize,
 }
 
-/// Stores the accumulators of `c` (rows × `padded_cols`, corrected) requantised to bytes
-/// (`out` as u8: an int8 value is stored as its two's-complement byte).
-pub fn store_requantized(path: Path, c: &[i32], padded_cols: usize, rq: &Requant, runs: &[Run], out: &mut [u8]) {
+/// Corrects the raw product `c` (rows × `padded_cols`) with `fix` and stores it requantised
+/// to bytes (`out` as u8: an int8 value is stored as its two's-complement byte). One pass
+/// per GEMM row turns the whole row into bytes (one multiplier, one long loop the compiler
+/// vectorises), then the runs copy bytes out of it.
+pub fn store_requantized(path: Path, c: &[i32], padded_cols: usize, fix: &Correction, col_sums: Option<&[i32]>, rq: &Requant, runs: &[Run], out: &mut [u8]) {
     crate::path::vectorized(path, #[inline(always)] || {
-        for run in runs {
-            let (mult, bits) = rq.row(run.channel);
-            let acc = &c[run.row * padded_cols + run.cols.start..run.row * padded_cols + run.cols.end];
+        let mut bytes = vec![0u8; padded_cols];
+        let mut i = 0;
+        while i < runs.len() {
+            let (r, channel) = (runs[i].row, runs[i].channel);
+            let (mult, bits) = rq.row(channel);
+            let (base, za) = (fix.base[r], fix.za[r]);
+            let acc = &c[r * padded_cols..(r + 1) * padded_cols];
             let value = |v: i32| requantize(v, mult, bits, rq.zero_point, rq.lo, rq.hi) as u8;
-            if run.stride == 1 {
-                out[run.start..run.start + acc.len()].iter_mut().zip(acc).for_each(|(o, &v)| *o = value(v));
-            } else {
-                acc.iter().enumerate().for_each(|(i, &v)| out[run.start + i * run.stride] = value(v));
+            match col_sums {
+                Some(sums) if za != 0 => bytes.iter_mut().zip(acc).zip(sums).for_each(|((o, &v), &s)| {
+                    *o = value(v.wrapping_add(base).wrapping_sub(za.wrapping_mul(s)))
+                }),
+                _ => bytes.iter_mut().zip(acc).for_each(|(o, &v)| *o = value(v.wrapping_add(base))),
+            }
+            while i < runs.len() && runs[i].row == r {
+                let run = &runs[i];
+                let src = &bytes[run.cols.clone()];
+                if run.stride == 1 {
+                    out[run.start..run.start + src.len()].copy_from_slice(src);
+                } else {
+                    src.iter().enumerate().for_each(|(j, &v)| out[run.start + j * run.stride] = v);
+                }
+                i += 1;
             }
         }
     })
