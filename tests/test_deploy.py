@@ -14,9 +14,7 @@ import hashlib
 import io
 import json
 import os
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tarfile
@@ -27,16 +25,13 @@ import numpy as np
 import pytest
 
 from conftest import run_json
+from sshd_server import MISSING, USER, Sshd, free_port
 from test_device_install import _link_top_level, _with_requirements
 
 import edgetrain
 from edgetrain import devices
 from edgetrain.devices import bundle, ed25519
 from edgetrain.devices.device import PINNED
-
-SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
-needs_sshd = pytest.mark.skipif(not os.path.exists(SSHD) or not shutil.which("ssh"),
-                                reason="OpenSSH (openssh-server, openssh-client) is not installed; .ci/run installs it")
 
 
 # -- profiles -----------------------------------------------------------------------------
@@ -207,61 +202,6 @@ def test_a_model_over_the_budget_is_refused_before_any_transfer(capsys, tmp_path
 
 # -- a real OpenSSH server ----------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _keypair(path: Path) -> str:
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", path.name, "-f", path], check=True)
-    return " ".join(Path(f"{path}.pub").read_text().split()[:2])
-
-
-class Sshd:
-    """sshd on 127.0.0.1:port with its own host key, one authorised user key and a client
-    config (``ssh -F``) that knows the host key; ``config(known=…, key=…)`` writes variants."""
-
-    def __init__(self, folder: Path, device_python: Path, cache: Path):
-        self.folder, self.port, self.python = folder, _free_port(), device_python
-        self.host_key = _keypair(folder / "host_key")
-        self.user_key = _keypair(folder / "user_key")
-        _keypair(folder / "stranger_key")
-        (folder / "authorized_keys").write_text(self.user_key + "\n")
-        (folder / "sshd_config").write_text("\n".join([
-            f"Port {self.port}", "ListenAddress 127.0.0.1", f"HostKey {folder / 'host_key'}",
-            f"PidFile {folder / 'sshd.pid'}", f"AuthorizedKeysFile {folder / 'authorized_keys'}",
-            "PasswordAuthentication no", "KbdInteractiveAuthentication no", "UsePAM no", "StrictModes no",
-            f"SetEnv EDGETRAIN_CACHE={cache}", ""]))
-        if os.geteuid() == 0:
-            os.makedirs("/run/sshd", exist_ok=True)  # sshd's privilege separation folder, as its service makes it
-        self.proc = subprocess.Popen([SSHD, "-f", folder / "sshd_config", "-D", "-e"], stdout=subprocess.DEVNULL,
-                                     stderr=open(folder / "sshd.log", "wb"))
-        for _ in range(100):
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    break
-            time.sleep(0.05)
-        self.ssh_config = self.config()
-
-    def config(self, known: str | None = "host", key: str = "user_key", name: str = "ssh_config") -> str:
-        lines = {"host": f"[127.0.0.1]:{self.port} {self.host_key}\n",
-                 "other": f"[127.0.0.1]:{self.port} {_keypair(self.folder / f'other_host_{name}')}\n",
-                 None: ""}[known]
-        (self.folder / f"known_{name}").write_text(lines)
-        (self.folder / name).write_text("\n".join([
-            "Host 127.0.0.1", f"  IdentityFile {self.folder / key}", "  IdentitiesOnly yes",
-            f"  UserKnownHostsFile {self.folder / f'known_{name}'}", "  GlobalKnownHostsFile /dev/null", ""]))
-        return str(self.folder / name)
-
-    def target(self, root: Path) -> str:
-        return f"ssh://root@127.0.0.1:{self.port}{root}?python={self.python}"
-
-    def stop(self):
-        self.proc.terminate()
-        self.proc.wait(10)
-
-
 @pytest.fixture(scope="module")
 def device_python(tmp_path_factory):
     """A device's Python: numpy, onnx and the prover binding (edgetrain_zk), no edgetrain."""
@@ -280,8 +220,8 @@ def device_python(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory, device_python, key_cache):
-    if not os.path.exists(SSHD) or not shutil.which("ssh"):
-        pytest.skip("OpenSSH (openssh-server, openssh-client) is not installed; .ci/run installs it")
+    if MISSING:
+        pytest.skip(MISSING)
     server = Sshd(tmp_path_factory.mktemp("sshd"), device_python, key_cache)
     yield server
     server.stop()
@@ -350,8 +290,8 @@ def test_the_active_release_survives_bad_keys_and_bad_bundles(capsys, tmp_path, 
         "an unknown host": ({"ssh_config": sshd.config(known=None, name="unknown")},
                             "ssh failed: Host key verification failed."),
         "a refused user key": ({"ssh_config": sshd.config(key="stranger_key", name="stranger")},
-                               "ssh failed: root@127.0.0.1: Permission denied (publickey)."),
-        "an unreachable host": ({"target": f"ssh://root@127.0.0.1:{_free_port()}{root}?python={sshd.python}"},
+                               f"ssh failed: {USER}@127.0.0.1: Permission denied (publickey)."),
+        "an unreachable host": ({"target": f"ssh://{USER}@127.0.0.1:{free_port()}{root}?python={sshd.python}"},
                                 "Connection refused"),
     }
     for case, (options, message) in refusals.items():
@@ -418,7 +358,7 @@ def test_a_full_disk_and_a_file_as_target_are_errors_naming_them(capsys, tmp_pat
 
 def test_a_fleet_in_parallel_reports_per_device(capsys, tmp_path, sshd, keys, int8_onnx):
     hosts = tmp_path / "hosts.txt"
-    dead = f"ssh://root@127.0.0.1:{_free_port()}/x"
+    dead = f"ssh://{USER}@127.0.0.1:{free_port()}/x"
     hosts.write_text(f"# three devices\n{sshd.target(tmp_path / 'a')}\n\ndir:{tmp_path / 'b'}\n{dead}\n")
     code, r = run_json(capsys, "deploy", str(int8_onnx()), "--device", "x86-host", "--key",
                        str(keys / "provider.key"), "--targets", str(hosts), "--parallel", "3", "--ssh-config",
@@ -481,3 +421,35 @@ def test_deploy_personalise_forget_prove_fetch_and_verify_over_ssh(capsys, tmp_p
     rid = fetched["release"]
     for name in fetched["fetched"]:
         assert (back / name).read_bytes() == (root / "results" / rid / name).read_bytes()
+
+
+# -- bad input ------------------------------------------------------------------------------
+
+def test_bad_input_is_one_line_naming_it_and_the_active_release_stays(capsys, tmp_path, keys, int8_onnx):
+    root = tmp_path / "device"
+    args = ["--key", str(keys / "provider.key"), "--target", f"dir:{root}"]
+    code, first = run_json(capsys, "deploy", str(int8_onnx()), "--device", "x86-host", *args)
+    assert code == 0, first
+    rid = first["release"]
+    (tmp_path / "not.onnx").write_bytes(b"not a model")
+    (tmp_path / "afile").write_text("")
+    cases = {
+        "a missing model": ([str(tmp_path / "none.onnx"), "--device", "x86-host", *args],
+                            f"MODEL {str(tmp_path / 'none.onnx')!r} does not exist"),
+        "a model that is not ONNX": ([str(tmp_path / "not.onnx"), "--device", "x86-host", *args], "not.onnx"),
+        "an unknown device": ([str(int8_onnx()), "--device", "rpi9", *args],
+                              "--device 'rpi9' is not a known device; known: generic-aarch64, jetson-nano, rpi-zero-2w"),
+        "a device of another arch": ([str(int8_onnx()), "--device", "rpi4", *args],
+                                     "this device is x86_64, the bundle is for aarch64"),
+        "a missing key": ([str(int8_onnx()), "--device", "x86-host", *args[2:], "--key", str(tmp_path / "k")],
+                          f"--key {str(tmp_path / 'k')!r} does not exist; make one with `edgetrain keygen"),
+        "a target that is a file": ([str(int8_onnx()), "--device", "x86-host", *args[:2], "--target",
+                                     f"dir:{tmp_path / 'afile'}"], f"{tmp_path / 'afile'} is a file, not a folder"),
+        "a target that is no target": ([str(int8_onnx()), "--device", "x86-host", *args[:2], "--target",
+                                        "ftp://host/x"], "expected ssh://[user@]host[:port]/path or dir:/path"),
+    }
+    for case, (argv, message) in cases.items():
+        code, r = run_json(capsys, "deploy", *argv)
+        assert code == 2 and message in r["error"] and "\n" not in r["error"], (case, r)
+        _unchanged(root, rid)
+    assert (tmp_path / "afile").read_text() == ""
