@@ -269,7 +269,9 @@ DEVICE_FLAGS_SPEC = {
                 ("--block", "block", int, "weights per Fisher block (default 8)"),
                 ("--damp", "damp", float, "Fisher damping relative to its mean diagonal (default 1)")],
     "prove": [("--max-minutes", "max_minutes", float, "refuse, before proving, if the estimate is longer"),
-              ("--max-memory", "max_memory", str, "refuse if the estimated peak memory is more (e.g. 2G)")],
+              ("--max-memory", "max_memory", str, "refuse if the estimated peak memory is more (e.g. 2G)"),
+              ("--key-cache", "key_cache", str, "the device's folder caching the IPA parameters (default: "
+                                                "$EDGETRAIN_CACHE or ~/.cache/edgetrain)")],
 }
 DEVICE_FLAGS = {c: [(f, d) for f, d, _, _ in spec] for c, spec in DEVICE_FLAGS_SPEC.items()}
 DEVICE_HELP = {"install": "verify a bundle and make it the active release", "rollback": "swap back to the "
@@ -362,8 +364,6 @@ def _defaults(d, name):
         d.set_defaults(epochs=1)
     if name == "unlearn":
         d.set_defaults(block=8, damp=1.0)
-    if name == "prove":
-        d.set_defaults(key_cache=None)
 
 
 DEVICE_COMMANDS = {"install": device_install, "rollback": device_rollback, "status": device_status,
