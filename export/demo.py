@@ -2,8 +2,10 @@
 
 Host: train LeNet-5 with torch, export to ONNX, quantise to int8.
 Device: run fp32 and integer-only int8 on the edgetrain runtime, and compare
-with onnxruntime on the same files; personalise the int8 model; then forget one
-class on request (ZK-APEX) and prove it, and the provider verifies the proof.
+with onnxruntime on the same files; personalise the int8 model. Last, the
+provider deploys the fp32 model to a device folder and drives it with
+``edgetrain remote``: forget one class on request (ZK-APEX), prove it, fetch the
+proof; the provider verifies it.
 The models, ``report.md`` and its charts go to one folder.
 """
 from __future__ import annotations
@@ -73,9 +75,10 @@ def run_demo(out, epochs=5, seed=0, model_name="lenet5", key_cache=None, show=Tr
     stage(7, "device: peak memory of one training step per method (batch 32)")
     memory = memory_per_method(fp32_path, int8_path, data)
 
-    stage(8, f"provider asks to forget digit {FORGET_CLASS} of the user's 500 images (unshifted); the device "
-             "unlearns (ZK-APEX mask + group-OBS on the last fully connected layer of the fp32 model) and proves "
-             "it (Halo2); the provider verifies")
+    stage(8, f"provider deploys the fp32 model to a device folder (dir: target) and, with `edgetrain remote`, asks "
+             f"it to forget digit {FORGET_CLASS} of the user's 500 images (unshifted); the device unlearns (ZK-APEX "
+             "mask + group-OBS on the last fully connected layer) and proves it (Halo2); the provider fetches the "
+             "proof and verifies it")
     unlearning = forget_and_prove(fp32_path, data, out, key_cache, show)
 
     result = {
@@ -299,7 +302,10 @@ def _markdown(r: dict) -> str:
               for m in r["memory"]]
     lines += ["", f"![memory per method]({CHARTS['memory']})", "",
               f"## Unlearning digit {u['forget_class']} with a proof", "",
-              f"Layer {u['layer']}: {u['masked_weights']} weights masked, group-OBS in blocks of {u['block']}.", "",
+              f"The provider deployed the fp32 model to a device folder (a signed bundle of "
+              f"{u['bundle_bytes'] / 1024:.0f} KiB, a `dir:` target) and ran `edgetrain remote … unlearn`, `prove` and "
+              f"`fetch` there. Layer {u['layer']}: {u['masked_weights']} weights masked, group-OBS in blocks of "
+              f"{u['block']}.", "",
               "| | before | masking alone | after |", "|---|---|---|---|"]
     lines += [f"| {name} | {pct(u[key]['before'])} | {pct(u[key]['mask_only'])} | {pct(u[key]['after'])} |"
               for name, key in (("the user's images of the digit", "forget_set_accuracy"),
@@ -338,8 +344,10 @@ def summary(r: dict) -> str:
     u = r["unlearning"]
     row = lambda name, d: (f"  {name:34s} {d['before']:6.1%} -> {d['after']:6.1%}   (masking alone, no "
                            f"compensation: {d['mask_only']:.1%})")
-    lines += ["", f"unlearning digit {u['forget_class']} (ZK-APEX, layer {u['layer']}: {u['masked_weights']} weights "
-              f"masked, group-OBS in blocks of {u['block']}):",
+    lines += ["", f"unlearning digit {u['forget_class']} on a device folder (a signed bundle of "
+              f"{u['bundle_bytes'] / 1024:.0f} KiB deployed to a dir: target; unlearn, prove and fetch with "
+              f"`edgetrain remote`; ZK-APEX, layer {u['layer']}: {u['masked_weights']} weights masked, group-OBS in "
+              f"blocks of {u['block']}):",
               row("forget set (user's images of it)", u["forget_set_accuracy"]),
               row(f"digit {u['forget_class']} in the test set", u["forget_class_test_accuracy"]),
               row("other digits in the test set", u["retain_test_accuracy"]),
