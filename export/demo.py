@@ -2,21 +2,27 @@
 
 Host: train LeNet-5 with torch, export to ONNX, quantise to int8.
 Device: run fp32 and integer-only int8 on the edgetrain runtime, and compare
-with onnxruntime on the same files; personalise the int8 model; then forget one
-class on request (ZK-APEX) and prove it, and the provider verifies the proof.
+with onnxruntime on the same files; personalise the int8 model. Last, the
+provider deploys the fp32 model to a device folder and drives it with
+``edgetrain remote``: forget one class on request (ZK-APEX), prove it, fetch the
+proof; the provider verifies it.
 The models, ``report.md`` and its charts go to one folder.
 """
 from __future__ import annotations
 
+import contextlib
+import io
+import json
 import os
+import platform
+import tempfile
 import time
 
 import numpy as np
-import onnx
 import onnxruntime as ort
 import torch
 
-from .. import Trainer, estimate_memory, load, progress, prover, verify_proof
+from .. import Trainer, devices, estimate_memory, load, progress, prover, verify_proof
 from . import datasets, plots
 from .onnx_export import export_onnx
 from .quantization import quantize
@@ -69,9 +75,10 @@ def run_demo(out, epochs=5, seed=0, model_name="lenet5", key_cache=None, show=Tr
     stage(7, "device: peak memory of one training step per method (batch 32)")
     memory = memory_per_method(fp32_path, int8_path, data)
 
-    stage(8, f"provider asks to forget digit {FORGET_CLASS} of the user's 500 images (unshifted); the device "
-             "unlearns (ZK-APEX mask + group-OBS on the last fully connected layer of the fp32 model) and proves "
-             "it (Halo2); the provider verifies")
+    stage(8, f"provider deploys the fp32 model to a device folder (dir: target) and, with `edgetrain remote`, asks "
+             f"it to forget digit {FORGET_CLASS} of the user's 500 images (unshifted); the device unlearns (ZK-APEX "
+             "mask + group-OBS on the last fully connected layer) and proves it (Halo2); the provider fetches the "
+             "proof and verifies it")
     unlearning = forget_and_prove(fp32_path, data, out, key_cache, show)
 
     result = {
@@ -146,34 +153,54 @@ def memory_per_method(fp32_path, int8_path, data, batch=32) -> list[dict]:
 
 
 def forget_and_prove(fp32_path, data, out, key_cache, show, n_user=500, fraction=0.1, block=8) -> dict:
-    """The last stage (DESIGN.md §6). On the per-channel int8 model the compensation
-    leaves int8 at any useful damping (prover/int8.py), so the step runs on the
-    fp32 model. Provider: the mask over the last fully connected layer, from the
-    user's images of the class (forget) and the others (retain). Device: the
-    group-OBS step with the Fisher of its retain images, the proof of the whole
-    layer. Provider: ``verify_proof`` with its mask and the digests of W and A
-    the device published before the mask."""
+    """The last stage (DESIGN.md §6 and §7), as a provider runs it from its shell. The
+    fp32 model goes to a device in a signed bundle (``edgetrain deploy``; the device is a
+    ``dir:`` target, a temporary folder, which runs the same shell steps as an SSH one);
+    the user's images stay on the device. Provider: the mask over the last fully
+    connected layer, from the user's images of the class (forget) and the others
+    (retain). ``edgetrain remote TARGET unlearn`` sends the mask and runs the group-OBS
+    step there with the Fisher of the device's retain images, ``remote prove`` proves
+    the whole layer there and ``remote fetch`` brings back the proof, its public inputs
+    and key, the digests and the unlearned model. Provider: ``verify_proof`` with its
+    mask and the device's digests of W and A. On the per-channel int8 model the
+    compensation leaves int8 at any useful damping (prover/int8.py), so the step runs
+    on the fp32 model."""
     model = load(fp32_path)
     x, y = data.x_train[:n_user], data.y_train[:n_user]
     forget, retain = (x[y == FORGET_CLASS], y[y == FORGET_CLASS]), (x[y != FORGET_CLASS], y[y != FORGET_CLASS])
     last = prover.target_layers(model)[-1:]
     mask = prover.make_mask(model, forget=forget, retain=retain, fraction=fraction, layers=last, progress=show)
-    start = time.perf_counter()
-    new, witnesses = prover.unlearn(model, mask, data=retain, block=block, progress=show)
-    unlearn_seconds = time.perf_counter() - start
-    out_path = os.path.join(out, "unlearned.onnx")
-    onnx.save(new.to_proto(), out_path)
+    mask_path = os.path.join(out, "mask.npz")
+    with open(mask_path, "wb") as f:
+        np.savez(f, **mask)
+    with tempfile.TemporaryDirectory(prefix="edgetrain-demo-") as tmp:
+        key, root = os.path.join(tmp, "provider.key"), os.path.join(tmp, "device")
+        target = f"dir:{root}"
+        _edgetrain("keygen", "-o", key)
+        deployed = _edgetrain("deploy", fp32_path, "--device", _host_profile(), "--key", key, "--target", target,
+                              "--method", "elasticzo", "--cut", "1")
+        user = os.path.join(root, "user.npz")  # the user's images are on the device
+        np.savez(user, x=retain[0], y=retain[1])
+        unlearned = _edgetrain("remote", target, "unlearn", "--mask", mask_path, "--data", user, "--block",
+                               str(block))
+        proved = _edgetrain("remote", target, "prove", *(["--key-cache", str(key_cache)] if key_cache else []))
+        fetched = _edgetrain("remote", target, "fetch", "-o", out, "--models")
+    blobs = {}
+    for name in ("proof.bin", "proof.bin.inputs", "proof.bin.vk"):
+        with open(os.path.join(out, name), "rb") as f:
+            blobs[name] = f.read()
+    with open(os.path.join(out, "commitments.json")) as f:
+        digests = json.load(f)
+    # h_W and h_A as the device reports them (commitments.json of `device prove`).
+    h_w, h_a = ({name: bytes.fromhex(d[key]) for name, d in digests.items()} for key in ("w", "a"))
+    new = load(os.path.join(out, "unlearned.onnx"))
     masked_only = load(fp32_path)
     for name, m in mask.items():
         masked_only.params[name][m] = 0.0
-    proof = prover.prove(witnesses, params_cache=key_cache, progress=show)
-    # h_W and h_A: the device publishes them before it learns the mask, so it cannot fit A to the mask.
-    digests = prover.commitments(witnesses, proof["blocks_per_proof"])
-    h_w, h_a = ({name: d[key] for name, d in digests.items()} for key in ("w", "a"))
     # The provider's side: IPA parameters from its own cache (deterministic, no setup), the
     # verifying key regenerated from the descriptor once per shape, then the proof itself.
-    params = prover.proof.params(proof["verifying_key"], key_cache, show)
-    check = lambda: verify_proof(proof["proof"], proof["public_inputs"], proof["verifying_key"], mask=mask,
+    params = prover.proof.params(blobs["proof.bin.vk"], key_cache, show)
+    check = lambda: verify_proof(blobs["proof.bin"], blobs["proof.bin.inputs"], blobs["proof.bin.vk"], mask=mask,
                                  h_w=h_w, h_a=h_a, params=params)
     start = time.perf_counter()
     verified = check()
@@ -195,12 +222,35 @@ def forget_and_prove(fp32_path, data, out, key_cache, show, n_user=500, fraction
                                      "after": acc(new, ~sel)},
             "test_per_class": {name: per_class(mdl.run(data.x_test), data.y_test)
                                for name, mdl in (("before", model), ("mask_only", masked_only), ("after", new))},
-            "unlearn_seconds": unlearn_seconds, "proof_weights": proof["weights"],
-            "proof_chunks": proof["chunks"],
-            "setup_seconds": proof["setup_seconds"], "prove_seconds": proof["prove_seconds"],
-            "proof_bytes": len(proof["proof"]), "public_input_bytes": len(proof["public_inputs"]),
+            "unlearn_seconds": unlearned["seconds"], "proof_weights": proved["weights"],
+            "proof_chunks": proved["chunks"],
+            "setup_seconds": proved["setup_seconds"], "prove_seconds": proved["prove_seconds"],
+            "proof_bytes": len(blobs["proof.bin"]), "public_input_bytes": len(blobs["proof.bin.inputs"]),
             "verify_key_and_proof_seconds": first_verify_seconds, "verify_seconds": verify_seconds,
-            "verified": verified, "model": "unlearned.onnx"}
+            "verified": verified, "model": "unlearned.onnx", "bundle_bytes": deployed["bundle_bytes"],
+            "release": deployed["release"], "fetched": sorted(fetched["fetched"])}
+
+
+def _host_profile() -> str:
+    """The shipped profile of this machine, so that its bundle installs here."""
+    machine = platform.machine()
+    for name in devices.known():
+        if devices.profile(name)["arch"] == machine and name in ("x86-host", "generic-aarch64"):
+            return name
+    raise RuntimeError(f"the demo deploys to this machine, and no profile ships for {machine}")
+
+
+def _edgetrain(*argv) -> dict:
+    """``edgetrain ARGV --json`` as the provider's shell runs it (in this process): its
+    result; RuntimeError with its one-line error."""
+    from ..cli import main
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = main([*argv, "--json"])
+    result = json.loads(printed.getvalue().strip().splitlines()[-1])
+    if code != 0:
+        raise RuntimeError(f"edgetrain {argv[0]}: {result.get('error', result)}")
+    return result
 
 
 CHARTS = {"personalisation": "accuracy_personalisation.png", "unlearning": "accuracy_unlearning.png",
@@ -252,7 +302,10 @@ def _markdown(r: dict) -> str:
               for m in r["memory"]]
     lines += ["", f"![memory per method]({CHARTS['memory']})", "",
               f"## Unlearning digit {u['forget_class']} with a proof", "",
-              f"Layer {u['layer']}: {u['masked_weights']} weights masked, group-OBS in blocks of {u['block']}.", "",
+              f"The provider deployed the fp32 model to a device folder (a signed bundle of "
+              f"{u['bundle_bytes'] / 1024:.0f} KiB, a `dir:` target) and ran `edgetrain remote … unlearn`, `prove` and "
+              f"`fetch` there. Layer {u['layer']}: {u['masked_weights']} weights masked, group-OBS in blocks of "
+              f"{u['block']}.", "",
               "| | before | masking alone | after |", "|---|---|---|---|"]
     lines += [f"| {name} | {pct(u[key]['before'])} | {pct(u[key]['mask_only'])} | {pct(u[key]['after'])} |"
               for name, key in (("the user's images of the digit", "forget_set_accuracy"),
@@ -291,8 +344,10 @@ def summary(r: dict) -> str:
     u = r["unlearning"]
     row = lambda name, d: (f"  {name:34s} {d['before']:6.1%} -> {d['after']:6.1%}   (masking alone, no "
                            f"compensation: {d['mask_only']:.1%})")
-    lines += ["", f"unlearning digit {u['forget_class']} (ZK-APEX, layer {u['layer']}: {u['masked_weights']} weights "
-              f"masked, group-OBS in blocks of {u['block']}):",
+    lines += ["", f"unlearning digit {u['forget_class']} on a device folder (a signed bundle of "
+              f"{u['bundle_bytes'] / 1024:.0f} KiB deployed to a dir: target; unlearn, prove and fetch with "
+              f"`edgetrain remote`; ZK-APEX, layer {u['layer']}: {u['masked_weights']} weights masked, group-OBS in "
+              f"blocks of {u['block']}):",
               row("forget set (user's images of it)", u["forget_set_accuracy"]),
               row(f"digit {u['forget_class']} in the test set", u["forget_class_test_accuracy"]),
               row("other digits in the test set", u["retain_test_accuracy"]),

@@ -524,6 +524,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.add_argument(flag, action="append", metavar="[NAME=]HEX",
                        help=f"published digest {what} of a layer (repeat per layer)")
     s.add_argument("--key-cache", help=f"folder caching the IPA parameters (default: {cache_dir()})")
+
+    from .devices import cli as devices_cli  # deploy and the device side (DESIGN.md §7)
+    devices_cli.register(add, _positive, _size)
     return p
 
 

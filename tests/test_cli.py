@@ -383,7 +383,7 @@ def _fake_demo_result():
                            "retain_test_accuracy": {"before": 0.94, "mask_only": 0.95, "after": 0.95},
                            "proof_weights": 840, "model_weights": 61706, "proof_chunks": 1, "proof_bytes": 9144,
                            "prove_seconds": 8.0, "setup_seconds": 15.0, "verified": True, "verify_seconds": 0.3,
-                           "verify_key_and_proof_seconds": 4.0}}
+                           "verify_key_and_proof_seconds": 4.0, "bundle_bytes": 399360}}
 
 
 def test_demo_prints_its_summary_once_and_writes_only_into_out(capsys, tmp_path, monkeypatch):

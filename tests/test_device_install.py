@@ -65,7 +65,7 @@ def device_python(tmp_path_factory):
     source.mkdir()
     shutil.copy(ROOT / "pyproject.toml", source)
     shutil.copy(ROOT / "README.md", source)
-    for folder in ("runtime", "export", "prover"):
+    for folder in ("runtime", "export", "prover", "devices"):
         shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-build-isolation",
                     "--disable-pip-version-check",
@@ -130,6 +130,8 @@ def test_host_only_commands_name_the_extra_on_a_device(device_python, tmp_path, 
                 (["demo", "--out", str(tmp_path / "demo")], host),
                 (["data", "mnist", "-o", str(tmp_path / "d2.npz")], host),
                 (["run", model, "--data", "mnist"], host),
+                (["keygen", "-o", str(tmp_path / "k")], provider),  # signing needs cryptography
+                (["export-tflite", model, "-o", str(tmp_path / "m.tflite")], '"edgetrain[host]"'),
                 (["train", model, "--data", str(tmp_path / "d.npz"), "--plot", str(tmp_path / "c.png")],
                  "pip install matplotlib"),
                 (["--help"], None)]
@@ -156,4 +158,5 @@ def test_host_only_commands_name_the_extra_on_a_device(device_python, tmp_path, 
     marked = {line.split()[0]: line.split()[1] for line in help_text.splitlines()
               if line.split()[1:2] in (["(host)"], ["(provider)"])}
     assert help_code == 0 and marked == {"demo": "(host)", "data": "(host)", "export": "(host)",
-                                         "quantize": "(provider)"}
+                                         "export-tflite": "(host)", "quantize": "(provider)", "keygen": "(provider)",
+                                         "deploy": "(provider)", "remote": "(provider)"}
