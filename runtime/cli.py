@@ -101,7 +101,7 @@ def cmd_train(args) -> dict:
     if args.resume:
         trainer = Trainer.load(args.resume)
     else:
-        hyper = {k: getattr(args, k) for k in ("lr", "zo_lr", "eps", "q", "lr_bits", "zo_shift", "eps_lsb")
+        hyper = {k: getattr(args, k) for k in ("lr", "zo_lr", "eps", "q", "lr_bits", "zo_bits", "eps_lsb")
                  if getattr(args, k) is not None}
         trainer = Trainer(load(args.model), method=args.method, cut=args.cut, batch_size=args.batch_size,
                           seed=args.seed, **hyper)
@@ -309,11 +309,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--epochs", type=int, default=1)
     s.add_argument("--batch-size", type=int, default=32)
     fp32, int8 = DEFAULTS["elasticzo"], DEFAULTS["elasticzo-int8"]
-    for flag, kind, what in (("--lr", float, "fp32 methods: the BP step"), ("--zo-lr", float, "fp32 methods: the ZO step"),
-                             ("--eps", float, "fp32 methods: the ZO perturbation"),
-                             ("--q", int, "fp32 methods: ZO directions per step"),
+    for flag, kind, what in (("--lr", float, "fp32 methods: the BP step"),
+                             ("--zo-lr", float, "fp32 methods: the ZO step, relative to each layer's weight rms"),
+                             ("--eps", float, "fp32 methods: the ZO perturbation, relative to each layer's weight rms"),
+                             ("--q", int, "ZO directions per step"),
                              ("--lr-bits", int, "elasticzo-int8: the BP tail's update bit-width"),
-                             ("--zo-shift", int, "elasticzo-int8: ΔL·z is shifted right by this many bits"),
+                             ("--zo-bits", int, "elasticzo-int8: the ZO update's bit-width (moves < 2^bits LSBs)"),
                              ("--eps-lsb", int, "elasticzo-int8: the ZO perturbation in weight LSBs")):
         key = flag[2:].replace("-", "_")
         s.add_argument(flag, type=kind, help=f"{what} (default {fp32.get(key, int8.get(key))})")
