@@ -36,7 +36,7 @@ DEFAULTS = {
     "bp": {"lr": 0.05},
     "zo": {"zo_lr": 0.02, "eps": 0.01, "q": 2},
     "elasticzo": {"lr": 0.05, "zo_lr": 0.02, "eps": 0.01, "q": 2},
-    "elasticzo-int8": {"lr_bits": 3, "zo_bits": 1, "eps_lsb": 1, "q": 2},
+    "elasticzo-int8": {"lr_bits": 3, "zo_bits": 1, "eps_lsb": 4, "q": 2},
 }
 # parameter → (check, what it must be); declared once, checked at construction
 _CONSTRAINTS = {
