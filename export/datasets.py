@@ -51,6 +51,30 @@ def _unshuffled(name: str) -> tuple[np.ndarray, np.ndarray, int]:
     return x, d.target, 1437
 
 
+SHIFTS = ("translate", "invert", "dilate", "rotate")
+
+
+def user_shift(x: np.ndarray, kind: str) -> np.ndarray:
+    """A "user" distribution for personalisation, made from images ``x`` (N×1×28×28 in [0, 1]):
+    ``translate``: moved 3 px right (:func:`shifted`, a differently framed camera);
+    ``invert``: 1 − x, dark strokes on a light ground (a pen on paper); ``dilate``: strokes
+    about 2 px thicker (a 3×3 grey dilation, a broader pen); ``rotate``: turned 30°
+    anticlockwise about the centre (bilinear, a tilted device). The last three change
+    what the first layers see, which a frozen head cannot absorb as easily."""
+    from scipy import ndimage
+    if kind == "translate":
+        out = shifted(x, 3)
+    elif kind == "invert":
+        out = 1.0 - x
+    elif kind == "dilate":
+        out = ndimage.grey_dilation(x, size=(1,) * (x.ndim - 2) + (3, 3))
+    elif kind == "rotate":
+        out = np.clip(ndimage.rotate(x, 30, axes=(-2, -1), reshape=False, order=1), 0.0, 1.0)
+    else:
+        raise ValueError(f"kind={kind!r} must be one of {SHIFTS}")
+    return out.astype(np.float32)
+
+
 def shifted(x: np.ndarray, pixels: int = 3) -> np.ndarray:
     """A "user" distribution for personalisation: images moved right by ``pixels``
     (wrapping around; MNIST's borders are blank), as a differently framed camera would."""

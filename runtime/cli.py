@@ -119,7 +119,7 @@ def cmd_run(args, out: Outputs) -> dict:
     return result
 
 
-TRAIN_CONFIG = ("method", "cut", "batch_size", "seed", "lr", "zo_lr", "eps", "q", "lr_bits", "zo_shift", "eps_lsb")
+TRAIN_CONFIG = ("method", "cut", "batch_size", "seed", "lr", "zo_lr", "eps", "q", "lr_bits", "zo_bits", "eps_lsb")
 
 
 def cmd_train(args, out: Outputs) -> dict:
@@ -472,11 +472,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="epochs to run now; with --resume, further epochs after the checkpoint's (default: 1)")
     s.add_argument("--batch-size", type=pos, help="(default: 32)")
     fp32, int8 = DEFAULTS["elasticzo"], DEFAULTS["elasticzo-int8"]
-    for flag, kind, what in (("--lr", float, "fp32 methods: the BP step"), ("--zo-lr", float, "fp32 methods: the ZO step"),
-                             ("--eps", float, "fp32 methods: the ZO perturbation"),
-                             ("--q", int, "fp32 methods: ZO directions per step"),
+    for flag, kind, what in (("--lr", float, "fp32 methods: the BP step"),
+                             ("--zo-lr", float, "fp32 methods: the ZO step, relative to each layer's weight rms"),
+                             ("--eps", float, "fp32 methods: the ZO perturbation, relative to each layer's weight rms"),
+                             ("--q", int, "ZO directions per step"),
                              ("--lr-bits", int, "elasticzo-int8: the BP tail's update bit-width"),
-                             ("--zo-shift", int, "elasticzo-int8: ΔL·z is shifted right by this many bits"),
+                             ("--zo-bits", int, "elasticzo-int8: the ZO update's bit-width (moves < 2^bits LSBs)"),
                              ("--eps-lsb", int, "elasticzo-int8: the ZO perturbation in weight LSBs")):
         key = flag[2:].replace("-", "_")
         s.add_argument(flag, type=kind, help=f"{what} (default {fp32.get(key, int8.get(key))})")

@@ -1,8 +1,9 @@
 """One training step on an fp32 model (DESIGN.md §4). ``bp``, ``zo`` and ``elasticzo`` are
-this one step with different cuts: the BP tail gets an exact gradient from a clean pass
-that keeps only the tail's activations, the ZO head an SPSA estimate over ``q``
-directions. Updates are computed first and applied together, so a step whose loss or
-update is not finite leaves the weights as they were (up to the ±ε walk's rounding)."""
+this one step with different cuts: a clean pass that keeps only the BP tail's activations
+gives the loss and the tail's exact gradient; the ZO head gets ``q`` one-sided SPSA
+directions against that loss and a step normalised per tensor (:mod:`edgetrain.zo`).
+Updates are computed first and applied together, so a step whose loss or update is not
+finite leaves the weights as they were (up to the ±ε walk's rounding)."""
 from __future__ import annotations
 
 import math
@@ -19,7 +20,6 @@ class Fp32Step:
                  eps: float | None = None, q: int = 1):
         self.model, self.plan = model, plan
         self.lr, self.zo_lr, self.eps, self.q = lr, zo_lr, eps, q
-        self.zo_names = [n for l in plan.zo_layers for n in (l.weight, l.bias) if n]
         self.bp_names = {n for l in plan.bp_layers for n in (l.weight, l.bias) if n}
         # what the BP tail reads: the clean pass keeps these activations only
         self.tail_reads = {i for n in model.nodes[plan.tail_start:] for i in n.inputs if i}
@@ -30,58 +30,32 @@ class Fp32Step:
 
     def _step(self, x, y, seed):
         params = self.model.params
-        updates, metrics = {}, {}
+        env = self.model.run_all(x, keep=self.tail_reads)
+        logits = env[self.model.output_names[0]]
+        loss, dlogits = autodiff.cross_entropy(logits, y)
+        metrics = {"loss": loss, "accuracy": accuracy(logits, y)}
+        if not math.isfinite(loss):
+            return {**metrics, "rolled_back": True, "reason": "loss is not finite"}
+        updates = {}
         if self.bp_names:
-            env = self.model.run_all(x, keep=self.tail_reads)
-            logits = env[self.model.output_names[0]]
-            loss, dlogits = autodiff.cross_entropy(logits, y)
-            metrics.update(loss=loss, accuracy=accuracy(logits, y))
-            if not math.isfinite(loss):
-                return {**metrics, "rolled_back": True, "reason": "loss is not finite"}
             grads = autodiff.backward(self.model, env, dlogits, wrt=self.bp_names, start=self.plan.tail_start)
-            del env  # the ZO passes below need none of it
             for name in list(grads):
                 updates[name] = params[name] - np.float32(self.lr) * grads.pop(name)
-        if self.zo_names:
-            head = self._zo(x, y, seed)
-            if head is None:
+        del env, logits, dlogits  # the ZO passes below need none of it
+        if self.plan.zo_layers:
+            units = zo.rms_units(params, self.plan.zo_layers)
+            directions = [zo.GaussianPerturbation(params, units, prng.step_seed(seed, j, salt=1), self.eps)
+                          for j in range(self.q)]
+            diffs = zo.probe(directions, lambda: autodiff.cross_entropy(self.model.run(x), y)[0], loss)
+            if not all(math.isfinite(d) for d in diffs):
                 return {**metrics, "rolled_back": True, "reason": "perturbed loss is not finite"}
-            metrics.setdefault("loss", head["loss"])
-            metrics.setdefault("accuracy", head["accuracy"])
-            metrics["zo_grad"] = head["g"]
-            updates.update(head["updates"])
+            metrics["zo_grad"] = [d / self.eps for d in diffs]  # directional derivatives along u·z
+            updates.update(zo.gaussian_update(directions, diffs, self.zo_lr))
         if not all(np.all(np.isfinite(u)) for u in updates.values()):
             return {**metrics, "rolled_back": True, "reason": "update is not finite"}
         for name, value in updates.items():
             params[name][...] = value
         return metrics
-
-    def _zo(self, x, y, seed):
-        """SPSA over the head, ``q`` directions; returns the updates (not applied), or None
-        when a perturbed loss is not finite."""
-        params = self.model.params
-
-        def loss():
-            logits = self.model.run(x)
-            return autodiff.cross_entropy(logits, y)[0], accuracy(logits, y)
-        losses, accs, estimates = [], [], []
-        for d in range(self.q):
-            direction = zo.GaussianPerturbation(params, self.zo_names, prng.step_seed(seed, d, salt=1), self.eps)
-            (lp, ap), (lm, am) = zo.two_point(direction, loss)
-            g = (lp - lm) / (2 * self.eps)
-            if not math.isfinite(g):
-                return None
-            estimates.append((direction, g))
-            losses.append((lp + lm) / 2)
-            accs.append((ap + am) / 2)
-        updates = {}
-        for name in self.zo_names:
-            u = params[name].copy()
-            for direction, g in estimates:
-                u -= direction.step(name, self.zo_lr * g / self.q)
-            updates[name] = u
-        return {"loss": float(np.mean(losses)), "accuracy": float(np.mean(accs)),
-                "g": float(np.mean([g for _, g in estimates])), "updates": updates}
 
 
 def accuracy(logits: np.ndarray, y: np.ndarray) -> float:

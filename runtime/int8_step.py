@@ -5,8 +5,10 @@
   carries it back with int8-range errors (shifted to 7 bits with stochastic rounding), and
   each tail weight takes the NITI-style update: its int64 gradient shifted to ``lr_bits``
   bits with stochastic rounding, subtracted, clipped to int8.
-* The ZO head: MeZO's two-point sequence with ±1 directions of ``eps_lsb`` LSBs; the update
-  is ``SR(ΔL·z / 2^zo_shift)`` with the integer loss difference ``ΔL``.
+* The ZO head: ``q`` directions of ±``eps_lsb`` LSBs, each probed one-sided against the clean
+  pass's integer loss (:mod:`edgetrain.zo`, the sequence the fp32 step runs); the update
+  ``SR(Σ_j ΔL_j·z_j / 2^s)`` with the integer loss differences ``ΔL_j``, normalised so that
+  no weight moves by ``2^zo_bits`` LSBs or more.
 
 Rounding noise and directions come from the counter PRNG and the step's seed, so a step
 is a pure function of (weights, batch, seed).
@@ -27,9 +29,9 @@ _ERR_STREAM, _UPDATE_STREAM = 3000, 2000  # PRNG streams of the tail's rounding 
 
 
 class Int8Step:
-    def __init__(self, model: Model, plan: Plan, lr_bits: int, zo_shift: int, eps_lsb: int):
+    def __init__(self, model: Model, plan: Plan, lr_bits: int, zo_bits: int, eps_lsb: int, q: int):
         self.model, self.plan = model, plan
-        self.lr_bits, self.zo_shift, self.eps_lsb = lr_bits, zo_shift, eps_lsb
+        self.lr_bits, self.zo_bits, self.eps_lsb, self.q = lr_bits, zo_bits, eps_lsb, q
         self.loss = model.int_loss()
         self.zo_names = [l.weight for l in plan.zo_layers]
         # what the BP tail reads: the clean pass keeps these activations only
@@ -40,27 +42,23 @@ class Int8Step:
 
     def core(self, xq: np.ndarray, y: np.ndarray, seed: int) -> dict:
         """Everything after the input quantisation: integers only."""
-        metrics = {}
-        updates = {}
-        if self.plan.bp_layers:
-            env = self._forward(xq, keep=self.tail_reads)
-            loss, err, correct = self.loss(env[self.model.nodes[self.plan.last].inputs[0]], y)
-            updates = self._tail_updates(env, err, seed)
-            del env, err  # the ZO passes below need none of it
-            metrics.update(loss_q16=loss, correct=correct)
+        env = self._forward(xq, keep=self.tail_reads)
+        loss, err, correct = self.loss(env[self.model.nodes[self.plan.last].inputs[0]], y)
+        n = len(y)
+        metrics = {"loss": loss * math.log(2) / (n << 16), "accuracy": correct / n, "loss_q16": loss,
+                   "correct": correct}
+        updates = self._tail_updates(env, err, seed) if self.plan.bp_layers else {}
+        del env, err  # the ZO passes below need none of it
         if self.zo_names:
-            head = zo.SignPerturbation(self.model.params, self.zo_names, seed, self.eps_lsb)
-            head.clip()
-            (lp, cp), (lm, cm) = zo.two_point(head, lambda: self._loss(xq, y))
-            head.update(lp - lm, self.zo_shift)
-            metrics.setdefault("loss_q16", (lp + lm) // 2)
-            metrics.setdefault("correct", (cp + cm) // 2)
-            metrics["zo_delta_loss_q16"] = lp - lm
+            directions = [zo.SignPerturbation(self.model.params, self.zo_names, prng.step_seed(seed, j, salt=1),
+                                              self.eps_lsb) for j in range(self.q)]
+            directions[0].clip()  # every direction walks the same weights
+            diffs = zo.probe(directions, lambda: self._loss(xq, y), loss)
+            zo.sign_update(directions, diffs, self.zo_bits, seed)
+            metrics["zo_delta_loss_q16"] = diffs
         for name, value in updates.items():
             self.model.params[name][...] = value
-        n = len(y)
-        return {"loss": metrics["loss_q16"] * math.log(2) / (n << 16), "accuracy": metrics["correct"] / n,
-                **metrics}
+        return metrics
 
     def _forward(self, xq, keep):
         env = {self.model.nodes[0].outputs[0]: xq}
@@ -68,8 +66,7 @@ class Int8Step:
 
     def _loss(self, xq, y):
         env = self._forward(xq, keep=False)
-        loss, _, correct = self.loss(env[self.model.nodes[self.plan.last].inputs[0]], y)
-        return loss, correct
+        return self.loss(env[self.model.nodes[self.plan.last].inputs[0]], y)[0]
 
     def _tail_updates(self, env, err, seed):
         """The new int8 weights of the tail (not applied yet)."""

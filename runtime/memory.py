@@ -83,11 +83,11 @@ def estimate_memory(model, method: str = "inference", cut: int = 1, batch_size: 
                    if n)
         peak = max(peak, inference + held)
         sizes = [params[n].size for l in zo for n in ((l.weight,) if int8 else (l.weight, l.bias)) if n]
-        if int8:  # one slice's int64 direction, noise words, products and rounding
+        if int8:  # one slice's int64 estimate, signs, products, rounding noise and result
             extra = 8 * 6 * min(max(sizes), INT_CHUNK)
-        else:  # the updates held until applied, and a direction and its scaled copy
+        else:  # the head's new values, computed before any is applied, and a direction and its scaled copy
             extra = 4 * sum(sizes) + 8 * max(sizes)
-        peak = max(peak, extra)
+        peak = max(peak, held + extra)
     return {"peak_bytes": int(peak), "inference_peak_bytes": int(inference), "method": method,
             "cut": p.cut, "batch_size": batch_size}
 

@@ -30,23 +30,27 @@ from .int8_step import Int8Step
 from .model import Model
 from .plan import METHODS, plan
 
-# Each method's step parameters and their defaults. fp32 steps are real numbers; the int8
-# step's are integers with units in their names: the tail's update bit-width, the right
-# shift applied to ΔL·z (a learning rate of 2^−zo_shift), the perturbation in weight LSBs.
+# Each method's step parameters and their defaults (bench/train.py and the README's "Choosing
+# the ZO step" hold the measurements behind them). fp32 steps are real numbers; ``zo_lr`` and
+# ``eps`` are relative to each layer's weight rms. The int8 step's are integers with units in
+# their names: the BP tail's update bit-width, the ZO update's (no head weight moves by
+# 2^zo_bits LSBs or more in a step), the perturbation in weight LSBs.
 DEFAULTS = {
     "bp": {"lr": 0.05},
-    "zo": {"zo_lr": 1e-4, "eps": 1e-3, "q": 1},
-    "elasticzo": {"lr": 0.05, "zo_lr": 1e-4, "eps": 1e-3, "q": 1},
-    "elasticzo-int8": {"lr_bits": 3, "zo_shift": 20, "eps_lsb": 1},
+    "zo": {"zo_lr": 0.02, "eps": 0.01, "q": 2},
+    "elasticzo": {"lr": 0.05, "zo_lr": 0.02, "eps": 0.01, "q": 2},
+    "elasticzo-int8": {"lr_bits": 3, "zo_bits": 1, "eps_lsb": 4, "q": 2},
 }
 # parameter → (check, what it must be); declared once, checked at construction
 _CONSTRAINTS = {
     "lr": (lambda v: _real(v) and v > 0, "a finite real > 0"),
-    "zo_lr": (lambda v: _real(v) and v > 0, "a finite real > 0"),
-    "eps": (lambda v: _real(v) and v > 0, "a finite real > 0"),
-    "q": (lambda v: _int(v) and v >= 1, "an int ≥ 1 (ZO directions per step)"),
+    "zo_lr": (lambda v: _real(v) and 0 < v <= 1, "a real in (0, 1] (a step, relative to each layer's weight rms)"),
+    "eps": (lambda v: _real(v) and 0 < v <= 1,
+            "a real in (0, 1] (the perturbation, relative to each layer's weight rms)"),
+    "q": (lambda v: _int(v) and 1 <= v <= 64, "an int in [1, 64] (ZO directions per step)"),
     "lr_bits": (lambda v: _int(v) and 1 <= v <= 7, "an int in [1, 7] (the tail's update bit-width)"),
-    "zo_shift": (lambda v: _int(v) and 0 <= v <= 62, "an int in [0, 62] (ΔL·z is shifted right by it)"),
+    "zo_bits": (lambda v: _int(v) and -7 <= v <= 7,
+                "an int in [-7, 7] (a ZO step moves a weight by less than 2^zo_bits LSBs)"),
     "eps_lsb": (lambda v: _int(v) and 1 <= v <= 63, "an int in [1, 63] (the perturbation in weight LSBs)"),
 }
 
@@ -67,7 +71,7 @@ class Trainer:
     (none). ``trainable``: node or parameter names to train (default all); the rest
     stay frozen. Step parameters (defaults in ``DEFAULTS``): fp32 methods take ``lr``
     (BP step), ``zo_lr`` (ZO step), ``eps`` (perturbation) and ``q`` (ZO directions per
-    step); ``elasticzo-int8`` takes ``lr_bits``, ``zo_shift`` and ``eps_lsb``. A
+    step); ``elasticzo-int8`` takes ``lr_bits``, ``zo_bits``, ``eps_lsb`` and ``q``. A
     parameter the method does not use is an error, not ignored.
 
     Constructing a trainer changes nothing in the model. int8 GEMMs take the route the
@@ -75,7 +79,7 @@ class Trainer:
     """
 
     def __init__(self, model: Model, method: str = "elasticzo", cut: int | str = 1, *, lr=None, zo_lr=None,
-                 eps=None, q=None, lr_bits=None, zo_shift=None, eps_lsb=None, batch_size: int = 32, seed: int = 0,
+                 eps=None, q=None, lr_bits=None, zo_bits=None, eps_lsb=None, batch_size: int = 32, seed: int = 0,
                  trainable=None):
         if not isinstance(model, Model):
             raise TrainingError(f"model must be an edgetrain Model (from edgetrain.load), got {type(model).__name__}")
@@ -85,7 +89,7 @@ class Trainer:
             raise TrainingError(f"batch_size={batch_size!r} must be a positive int")
         if not _int(seed):
             raise TrainingError(f"seed={seed!r} must be an int")
-        given = {k: v for k, v in dict(lr=lr, zo_lr=zo_lr, eps=eps, q=q, lr_bits=lr_bits, zo_shift=zo_shift,
+        given = {k: v for k, v in dict(lr=lr, zo_lr=zo_lr, eps=eps, q=q, lr_bits=lr_bits, zo_bits=zo_bits,
                                        eps_lsb=eps_lsb).items() if v is not None}
         extra = sorted(set(given) - set(DEFAULTS[method]))
         if extra:

@@ -1,35 +1,45 @@
-"""Zeroth-order perturbations (DESIGN.md §4): MeZO's two-point sequence, shared by the
-fp32 and the int8 steps, and the directions it walks along, regenerated from a seed
-whenever they are needed and never stored.
+"""Zeroth-order estimates (DESIGN.md §4), shared by the fp32 and the int8 steps: ``q``
+directions per step, each probed one-sided against the loss of the step's clean pass,
+and an update normalised per tensor. Directions are regenerated from a seed whenever
+they are needed and never stored.
 
-A perturbation is a callable ``perturb(k)`` that moves the parameters by ``k``
-steps of ``ε·z`` in place: :func:`two_point` calls it with +1, −2, +1, so the
-parameters end where they started (exactly in int8, up to float rounding in fp32).
+A perturbation is a callable ``perturb(k)`` that moves the parameters by ``k`` steps of
+``ε·z`` in place: :func:`probe` calls it with +1 and −1, so the parameters end where they
+started (exactly in int8, up to float rounding in fp32). One-sided differences cost one
+forward pass a direction, because the clean loss comes with the pass the step makes
+anyway (the BP tail's, or the base loss of plain ZO): at MeZO's two passes a step they
+give two directions instead of one.
+
+The update moves each tensor by a step relative to its own scale whatever its size and
+whatever the size of the loss differences: ``Σ_j d_j·z_j`` over the directions' loss
+differences ``d_j``, divided by the estimate's own scale (the rms ``‖d‖₂`` for Gaussian
+z, the largest value ``‖d‖₁`` for ±1 z). A raw SPSA step ``η·g·z`` grows with ``|g|``, so one
+large difference throws the weights far; the normalised step never exceeds its size.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from . import prng, quant
 
-T = TypeVar("T")
-
 # int8 perturbations and updates walk each tensor in slices of this many weights, so their
 # 64-bit temporaries stay small.
 INT_CHUNK = 1 << 13
+_NOISE_STREAM = 1000  # + tensor number: the stochastic rounding of the int8 update
 
 
-def two_point(perturb: Callable[[int], None], loss: Callable[[], T]) -> tuple[T, T]:
-    """``θ + εz`` → ``loss()``, ``θ − εz`` → ``loss()``, back to ``θ``; returns both results."""
-    perturb(+1)
-    plus = loss()
-    perturb(-2)
-    minus = loss()
-    perturb(+1)
-    return plus, minus
+def probe(directions: Sequence[Callable[[int], None]], loss: Callable[[], object], base) -> list:
+    """For each direction: ``θ + εz`` → ``loss()``, back to ``θ``. Returns the differences
+    ``loss(θ + εz_j) − base``, in the loss's own units."""
+    diffs = []
+    for perturb in directions:
+        perturb(+1)
+        value = loss()
+        perturb(-1)
+        diffs.append(value - base)
+    return diffs
 
 
 def gaussian_direction(seed: int, stream: int, shape) -> np.ndarray:
@@ -37,27 +47,57 @@ def gaussian_direction(seed: int, stream: int, shape) -> np.ndarray:
     return np.random.default_rng([seed, stream]).standard_normal(shape, dtype=np.float32)
 
 
-class GaussianPerturbation:
-    """``θ ← θ + k·ε·z`` over the named fp32 tensors, z from :func:`gaussian_direction`."""
+def rms_units(params: dict, layers) -> dict[str, float]:
+    """Each ZO tensor's scale: the rms of its layer's weight (a bias takes its weight's,
+    so a zero-initialised bias moves too)."""
+    units = {}
+    for layer in layers:
+        w = params[layer.weight]
+        rms = float(np.sqrt(np.mean(np.square(w, dtype=np.float64))))
+        units.update({n: rms for n in (layer.weight, layer.bias) if n})
+    return units
 
-    def __init__(self, params: dict, names: list[str], seed: int, eps: float):
-        self.params, self.names, self.seed, self.eps = params, names, seed, eps
+
+class GaussianPerturbation:
+    """``θ ← θ + k·ε·u·z`` over the named fp32 tensors, ``u`` each tensor's scale
+    (:func:`rms_units`), z from :func:`gaussian_direction`: ε is relative to each layer."""
+
+    def __init__(self, params: dict, units: dict[str, float], seed: int, eps: float):
+        self.params, self.units, self.seed, self.eps = params, units, seed, eps
+        self.names = list(units)
 
     def __call__(self, k: int) -> None:
         for stream, name in enumerate(self.names):
-            self.params[name] += np.float32(k * self.eps) * gaussian_direction(self.seed, stream,
-                                                                               self.params[name].shape)
+            step = np.float32(k * self.eps * self.units[name])
+            self.params[name] += step * gaussian_direction(self.seed, stream, self.params[name].shape)
 
-    def step(self, name: str, coefficient: float) -> np.ndarray:
-        """``coefficient·z`` for tensor ``name`` (an update along this direction)."""
-        stream = self.names.index(name)
-        return np.float32(coefficient) * gaussian_direction(self.seed, stream, self.params[name].shape)
+    def direction(self, name: str) -> np.ndarray:
+        return gaussian_direction(self.seed, self.names.index(name), self.params[name].shape)
+
+
+def gaussian_update(directions: Sequence[GaussianPerturbation], diffs: Sequence[float],
+                    lr: float) -> dict[str, np.ndarray]:
+    """The new values (not applied) ``θ − lr·u·Σ_j d_j·z_j / ‖d‖₂`` of every tensor the
+    directions perturb: each tensor moves by ``lr`` times its scale ``u`` in rms. Empty when
+    every difference is 0 (the loss did not see the perturbation)."""
+    norm = float(np.sqrt(sum(float(d) ** 2 for d in diffs)))
+    if norm == 0:
+        return {}
+    first = directions[0]
+    updates = {}
+    for name in first.names:
+        new = first.params[name].copy()
+        for direction, d in zip(directions, diffs):
+            new -= np.float32(lr * first.units[name] * float(d) / norm) * direction.direction(name)
+        updates[name] = new
+    return updates
 
 
 class SignPerturbation:
     """``w ← w + k·ε·z`` over the named int8 tensors, z = ±1 from the counter PRNG (tensor
-    number = stream), ε in weight LSBs. Exact: :meth:`clip` first brings every weight into
-    ``[−(127 − ε), 127 − ε]``, so ``w ± ε`` never saturates."""
+    number = stream), ε in weight LSBs: relative to each output channel's scale. Exact:
+    :meth:`clip` first brings every weight into ``[−(127 − ε), 127 − ε]``, so ``w ± ε`` never
+    saturates."""
 
     def __init__(self, params: dict, names: list[str], seed: int, eps_lsb: int):
         self.params, self.names, self.seed, self.eps = params, names, seed, int(eps_lsb)
@@ -70,20 +110,34 @@ class SignPerturbation:
             np.clip(self.params[name], -self.limit, self.limit, out=self.params[name])
 
     def __call__(self, k: int) -> None:
-        for stream, flat, start, n in self._slices():
-            flat[start:start + n] += (k * self.eps * prng.rademacher(self.seed, stream, n, start)).astype(np.int8)
+        for stream, flat, start, n in self.slices():
+            flat[start:start + n] += (k * self.eps * self.signs(stream, n, start)).astype(np.int8)
 
-    def update(self, delta: int, shift: int) -> None:
-        """``w ← clip(w − SR(ΔL·z / 2^shift))`` in place, ``ΔL`` the int32 loss difference:
-        the shift is the learning rate, SR stochastic rounding from the same seed."""
-        for stream, flat, start, n in self._slices():
-            z = prng.rademacher(self.seed, stream, n, start).astype(np.int64)
-            noise = prng.uniform_below_pow2(self.seed, 1000 + stream, n, shift, start)
-            u = quant.stochastic_shift_right(delta * z, shift, noise)
-            flat[start:start + n] = np.clip(flat[start:start + n] - u, -self.limit, self.limit)
+    def signs(self, stream: int, n: int, start: int) -> np.ndarray:
+        return prng.rademacher(self.seed, stream, n, start)
 
-    def _slices(self):
+    def slices(self):
+        """``(tensor number, flat view, start, length)`` over every tensor, INT_CHUNK at a time."""
         for stream, name in enumerate(self.names):
             flat = self.params[name].reshape(-1)
             for start in range(0, flat.size, INT_CHUNK):
                 yield stream, flat, start, min(INT_CHUNK, flat.size - start)
+
+
+def sign_update(directions: Sequence[SignPerturbation], diffs: Sequence[int], bits: int, seed: int) -> None:
+    """``w ← clip(w − SR(Σ_j ΔL_j·z_j / 2^s))`` in place, ``ΔL_j`` the integer loss differences
+    and ``s = bit_length(Σ_j |ΔL_j|) − bits`` (at least 0), so no weight moves by
+    ``2^bits`` LSBs or more: the integer form of :func:`gaussian_update`, as the BP tail's
+    update is normalised to ``lr_bits``. SR: stochastic rounding from ``seed``."""
+    total = sum(abs(int(d)) for d in diffs)
+    if total == 0:
+        return
+    shift = max(0, total.bit_length() - bits)
+    first = directions[0]
+    for stream, flat, start, n in first.slices():
+        estimate = np.zeros(n, dtype=np.int64)
+        for direction, d in zip(directions, diffs):
+            estimate += int(d) * direction.signs(stream, n, start).astype(np.int64)
+        noise = prng.uniform_below_pow2(seed, _NOISE_STREAM + stream, n, shift, start)
+        u = quant.stochastic_shift_right(estimate, shift, noise)
+        flat[start:start + n] = np.clip(flat[start:start + n] - u, -first.limit, first.limit)

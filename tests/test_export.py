@@ -303,3 +303,26 @@ def test_quantize_bad_arguments_are_named(calib, kwargs, match, tmp_path_factory
     export_onnx("mlp", path, check=False)
     with pytest.raises(ValueError, match=match):
         quantize(path, path.with_suffix(".int8.onnx"), calib, **kwargs)
+
+
+def test_user_shifts_do_what_they_say():
+    """``user_shift``: invert is 1 − x; dilate is the maximum over each 3×3 neighbourhood
+    (a numpy reference); rotate turns a blob 8 px right of the centre by 30° anticlockwise
+    about (13.5, 13.5), to (13.5 − 8·sin 30°, 13.5 + 8·cos 30°), within 0.1 px."""
+    from edgetrain.export import datasets
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0, 1, (3, 1, 28, 28)).astype(np.float32) * (rng.uniform(size=(3, 1, 28, 28)) < 0.1)
+    np.testing.assert_array_equal(datasets.user_shift(x, "invert"), 1 - x)
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)), mode="edge")
+    window_max = np.max([padded[..., i:i + 28, j:j + 28] for i in range(3) for j in range(3)], axis=0)
+    np.testing.assert_array_equal(datasets.user_shift(x, "dilate"), window_max)
+    blob = np.zeros((1, 1, 28, 28), np.float32)
+    blob[..., 13:15, 21:23] = 1  # centred on (13.5, 21.5)
+    r = datasets.user_shift(blob, "rotate")[0, 0]
+    rows, cols = np.indices(r.shape)
+    centroid = np.array([(r * rows).sum(), (r * cols).sum()]) / r.sum()
+    a = np.deg2rad(30)
+    np.testing.assert_allclose(centroid, [13.5 - 8 * np.sin(a), 13.5 + 8 * np.cos(a)], atol=0.1)
+    np.testing.assert_array_equal(datasets.user_shift(x, "translate"), np.roll(x, 3, axis=-1))
+    with pytest.raises(ValueError, match="kind='blur'"):
+        datasets.user_shift(x, "blur")

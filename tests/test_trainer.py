@@ -11,7 +11,8 @@ import pytest
 import edgetrain
 from edgetrain import autodiff
 from edgetrain.trainer import Trainer, TrainingError
-from edgetrain.zo import GaussianPerturbation, gaussian_direction, two_point
+from edgetrain import zo
+from edgetrain.zo import GaussianPerturbation, gaussian_direction
 from conftest import IntegerOnly
 
 torch = pytest.importorskip("torch")
@@ -58,7 +59,8 @@ def test_elasticzo_tail_gets_exact_gradient_and_head_moves_along_z(mnist, traine
     reference = edgetrain.load(trained_onnx("lenet5"))
     env = reference.run_all(x)
     _, dlogits = autodiff.cross_entropy(env[reference.output_names[0]], y)
-    trainer = Trainer(edgetrain.load(trained_onnx("lenet5")), method="elasticzo", cut=2, lr=0.05, zo_lr=1e-3)
+    trainer = Trainer(edgetrain.load(trained_onnx("lenet5")), method="elasticzo", cut=2, lr=0.05, zo_lr=0.02,
+                      eps=0.01, q=3)
     tail = {n for l in trainer.plan.bp_layers for n in (l.weight, l.bias)}
     grads = autodiff.backward(reference, env, dlogits, wrt=tail)
     before = weights(trainer)
@@ -66,11 +68,17 @@ def test_elasticzo_tail_gets_exact_gradient_and_head_moves_along_z(mnist, traine
     after = weights(trainer)
     for name in tail:  # BP tail: θ − lr·∇θ, with ∇ from a clean pass
         np.testing.assert_allclose(after[name], before[name] - 0.05 * grads[name], rtol=0, atol=1e-6)
-    seed = edgetrain.prng.step_seed(edgetrain.prng.step_seed(0, 0), 0, salt=1)
-    head = [n for l in trainer.plan.zo_layers for n in (l.weight, l.bias)]
-    for k, name in enumerate(head):  # ZO head: θ − zo_lr·g·z
-        z = gaussian_direction(seed, k, before[name].shape)
-        np.testing.assert_allclose(after[name], before[name] - 1e-3 * m["zo_grad"] * z, rtol=0, atol=1e-5)
+    # ZO head: θ − zo_lr·u·Σ_j g_j·z_j / ‖g‖, u the rms of the layer's weight
+    g = np.array(m["zo_grad"], dtype=np.float64)
+    assert g.shape == (3,) and np.all(g != 0)
+    seeds = [edgetrain.prng.step_seed(edgetrain.prng.step_seed(0, 0), j, salt=1) for j in range(3)]
+    for layer in trainer.plan.zo_layers:
+        u = np.sqrt(np.mean(before[layer.weight].astype(np.float64) ** 2))
+        for name in (layer.weight, layer.bias):
+            k = [n for l in trainer.plan.zo_layers for n in (l.weight, l.bias)].index(name)
+            step = sum(gj * gaussian_direction(s, k, before[name].shape) for gj, s in zip(g, seeds))
+            np.testing.assert_allclose(after[name], before[name] - 0.02 * u * step / np.linalg.norm(g),
+                                       rtol=0, atol=1e-5 * max(1.0, np.abs(before[name]).max()))
 
 
 def small_mlp(tmp_path):
@@ -90,34 +98,114 @@ def small_mlp(tmp_path):
     return edgetrain.load(path)
 
 
-def test_zo_estimate_matches_true_directional_derivative(tmp_path):
-    """Per seed, (L⁺ − L⁻)/2ε equals the directional derivative ∇L·z (∇L from
-    backprop, itself checked against torch); the mean of g·z over many seeds is ∇L."""
+def _grads(model, x, y, names):
+    env = model.run_all(x)
+    _, dlogits = autodiff.cross_entropy(env[model.output_names[0]], y)
+    return autodiff.backward(model, env, dlogits, wrt=set(names))
+
+
+def _torch_loss(params, x, y):
+    """The small MLP's mean cross-entropy in float64, by torch."""
+    t = {n: torch.from_numpy(np.asarray(v, dtype=np.float64)) for n, v in params.items()}
+    h = torch.from_numpy(x.astype(np.float64)) @ t["w1"].T + t["b1"]
+    return float(torch.nn.functional.cross_entropy(h @ t["w2"].T + t["b2"], torch.from_numpy(y)))
+
+
+@pytest.mark.parametrize("q", [1, 4])
+def test_zo_estimate_is_the_true_gradient_in_expectation(q, tmp_path):
+    """One-sided probes along q directions: each difference L(θ + εuz) − L(θ) is torch's
+    (float64) at the same points, and averaged over steps Σ_j g_j·u·z_j / q (g_j = d_j/ε) is
+    the gradient: the curvature term (ε/2)·zᵀHz of a one-sided difference is even in z,
+    so its product with z averages out. The gradient comes from backprop, itself checked
+    against torch in test_autodiff.py."""
     model = small_mlp(tmp_path)
     rng = np.random.default_rng(6)
     x, y = rng.standard_normal((64, 8)).astype(np.float32), rng.integers(0, 3, 64)
     names = sorted(model.params)
-    env = model.run_all(x)
-    _, dlogits = autodiff.cross_entropy(env[model.output_names[0]], y)
-    grads = autodiff.backward(model, env, dlogits, wrt=set(names))
+    grads = _grads(model, x, y, names)
+    units = {n: 1.0 for n in names}  # u = 1: the estimate is of ∇L itself
+    theta = {n: model.params[n].copy() for n in names}
 
     def loss():
-        return (autodiff.cross_entropy(model.run(x), y)[0],)
+        return autodiff.cross_entropy(model.run(x), y)[0]
+    base = loss()
+    eps = 1e-3
     estimate = {n: np.zeros(model.params[n].shape) for n in names}
-    seeds = range(4000)
-    for seed in seeds:
-        plus, minus = two_point(GaussianPerturbation(model.params, names, seed, 1e-3), loss)
-        g = (plus[0] - minus[0]) / 2e-3
-        zs = [gaussian_direction(seed, k, model.params[n].shape) for k, n in enumerate(names)]
-        exact = sum(float((grads[n] * z).sum()) for n, z in zip(names, zs))
-        assert g == pytest.approx(exact, rel=1e-2, abs=1e-3)
-        for n, z in zip(names, zs):
-            estimate[n] += g * z / len(seeds)
+    steps = 4000 // q  # 4000 directions in all, whatever q
+    for step in range(steps):
+        directions = [GaussianPerturbation(model.params, units, 10 * step + j, eps) for j in range(q)]
+        diffs = zo.probe(directions, loss, base)
+        for direction, d in zip(directions, diffs):
+            zs = {n: direction.direction(n).astype(np.float64) for n in names}
+            if step < 25:  # float32 losses of O(1) differ from float64 by ≈ 1e-7 each: 4e-4 after /ε
+                ref = _torch_loss({n: theta[n] + eps * zs[n] for n in names}, x, y) - _torch_loss(theta, x, y)
+                assert d / eps == pytest.approx(ref / eps, abs=2e-3)
+            for n in names:
+                estimate[n] += d / eps * zs[n] / (q * steps)
+    for n in names:  # the walks back leave float32 rounding only
+        np.testing.assert_allclose(model.params[n], theta[n], rtol=0, atol=1e-5)
     est = np.concatenate([estimate[n].ravel() for n in names])
     true = np.concatenate([grads[n].ravel() for n in names])
-    # d = 81 parameters, 4000 seeds: the relative error of the mean is about √(d/n) ≈ 0.14
+    # d = 81 parameters, N = 4000 directions: E‖mean − ∇‖² = (d + 1)‖∇‖²/N, a relative error of
+    # about √(82/4000) ≈ 0.14 with a spread of about √(2/d) ≈ 16 % of that
     assert np.linalg.norm(est - true) / np.linalg.norm(true) < 0.3
     assert est @ true / np.linalg.norm(est) / np.linalg.norm(true) > 0.95
+
+
+def _two_layer(tmp_path, width: int, scale: float):
+    """8 → width → 3, two Gemms (smooth: no kink for ±ε to straddle) whose first layer's size
+    and scale vary (``width`` rows of weights ×``scale``)."""
+    from onnx import TensorProto, helper, numpy_helper
+    import onnx
+    rng = np.random.default_rng(width)
+    arrays = {"w1": scale * rng.standard_normal((width, 8)), "b1": scale * rng.standard_normal(width),
+              "w2": rng.standard_normal((3, width)) / np.sqrt(width), "b2": np.zeros(3)}
+    inits = [numpy_helper.from_array(v.astype(np.float32), n) for n, v in arrays.items()]
+    nodes = [helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], transB=1),
+             helper.make_node("Gemm", ["h", "w2", "b2"], ["y"], transB=1)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3])], inits)
+    path = tmp_path / f"toy{width}_{scale}.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path)
+    return edgetrain.load(path)
+
+
+@pytest.mark.parametrize("width, scale", [(4, 1.0), (4, 0.01), (2048, 1.0), (2048, 30.0)])
+def test_zo_step_is_relative_to_each_layer_whatever_its_size(width, scale, tmp_path):
+    """A ZO step moves the head layer by zo_lr times its weight rms, in rms over its weights,
+    whatever the layer's size and scale: the rms of Σ_j g_j·z_j/‖g‖ over n independent
+    Gaussian entries is 1 with a relative spread of 1/√(2n) (≤ 4σ allowed below); a raw SPSA
+    step η·g·z would scale with |g|, which grows with the layer's width and shrinks with
+    its scale."""
+    model = _two_layer(tmp_path, width, scale)
+    rng = np.random.default_rng(1)
+    x, y = rng.standard_normal((32, 8)).astype(np.float32), rng.integers(0, 3, 32)
+    trainer = Trainer(model, method="elasticzo", cut=1, zo_lr=0.01, q=2, lr=1e-30)
+    w1 = model.params["w1"].astype(np.float64)
+    trainer.step(x, y)
+    moved = model.params["w1"].astype(np.float64) - w1
+    ratio = np.sqrt(np.mean(moved ** 2)) / np.sqrt(np.mean(w1 ** 2)) / 0.01
+    assert abs(ratio - 1) <= 4 / np.sqrt(2 * w1.size)
+
+
+@pytest.mark.parametrize("delta", [3, 40_000, 3_000_000_000])
+@pytest.mark.parametrize("bits", [0, 2])
+def test_int8_zo_update_is_normalised_to_its_bit_width(delta, bits):
+    """``sign_update`` moves each weight by SR(ΔL·z/2^s) with s = bit_length(|ΔL|) − bits: the
+    expected move |ΔL|/2^s lies in [2^(bits−1), 2^bits) whatever ΔL's magnitude, no weight
+    moves by 2^bits + 1 or more, and the moves' mean is that expectation within 4σ (SR
+    picks one of two neighbours, σ ≤ 1/2 per weight)."""
+    n = 20_000
+    params = {"w": np.zeros(n, dtype=np.int8)}
+    direction = zo.SignPerturbation(params, ["w"], seed=5, eps_lsb=1)
+    zo.sign_update([direction], [delta], bits, seed=9)
+    z = edgetrain.prng.rademacher(5, 0, n).astype(np.int64)
+    moved = -params["w"].astype(np.int64) * z  # along −z: the step descends
+    shift = max(0, delta.bit_length() - bits)
+    expected = delta / 2 ** shift
+    assert 2 ** (bits - 1) <= expected < 2 ** bits
+    assert moved.min() >= np.floor(expected) and moved.max() <= np.ceil(expected)
+    assert abs(moved.mean() - expected) <= 4 * 0.5 / np.sqrt(n)
 
 
 # -- int8 ----------------------------------------------------------------------------
@@ -150,12 +238,16 @@ def test_int8_float_gemm_trains_bit_identically(mnist, lenet5_int8):
 
 
 def test_int8_perturbation_is_undone_exactly(mnist, lenet5_int8):
-    """At zo_shift 60 the update rounds to 0: what remains is the ±ε walk, undone exactly, after
-    the step's projection of the head into [−(127 − ε), 127 − ε] (so w ± ε never saturates)."""
-    trainer = Trainer(edgetrain.load(lenet5_int8), method="elasticzo-int8", cut=0, zo_shift=60, eps_lsb=2)
+    """With the update left out, what remains of a step is the ±ε walk of each direction,
+    undone exactly, after the step's projection of the head into [−(127 − ε), 127 − ε] (so
+    w ± ε never saturates)."""
+    trainer = Trainer(edgetrain.load(lenet5_int8), method="elasticzo-int8", cut=0, eps_lsb=2, q=3)
     before = weights(trainer)
     assert any(np.abs(v).max() > 125 for n, v in before.items() if v.dtype == np.int8)  # the clip is exercised
-    trainer.step(*batch(mnist))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(zo, "sign_update", lambda *a, **k: None)
+        m = trainer.step(*batch(mnist))
+    assert len(m["zo_delta_loss_q16"]) == 3 and any(m["zo_delta_loss_q16"])
     for n, v in weights(trainer).items():
         assert np.array_equal(v, np.clip(before[n], -125, 125) if v.dtype == np.int8 else before[n]), n
 
@@ -289,13 +381,17 @@ def test_bad_configuration_names_the_argument(trained_onnx, lenet5_int8):
     ("elasticzo", {"lr": float("nan")}, r"lr=nan must be"),
     ("elasticzo", {"zo_lr": float("inf")}, r"zo_lr=inf must be"),
     ("zo", {"eps": 0.0}, r"eps=0\.0 must be"),
-    ("elasticzo", {"q": 0}, r"q=0 must be an int ≥ 1"),
+    ("elasticzo", {"q": 0}, r"q=0 must be an int in \[1, 64\]"),
     ("elasticzo", {"q": 2.0}, r"q=2\.0 must be an int"),
     ("bp", {"zo_lr": 1e-3}, r"zo_lr=0\.001: method='bp' takes \['lr'\]"),
     ("elasticzo", {"lr_bits": 3}, r"lr_bits=3: method='elasticzo' takes"),
-    ("elasticzo-int8", {"lr": 0.05}, r"lr=0\.05: method='elasticzo-int8' takes \['eps_lsb', 'lr_bits', 'zo_shift'\]"),
-    ("elasticzo-int8", {"q": 2}, r"q=2: method='elasticzo-int8' takes"),
-    ("elasticzo-int8", {"zo_shift": 2.5}, r"zo_shift=2\.5 must be an int in \[0, 62\]"),
+    ("elasticzo-int8", {"lr": 0.05},
+     r"lr=0\.05: method='elasticzo-int8' takes \['eps_lsb', 'lr_bits', 'q', 'zo_bits'\]"),
+    ("elasticzo-int8", {"q": 0}, r"q=0 must be an int in \[1, 64\]"),
+    ("elasticzo-int8", {"q": 2.0}, r"q=2\.0 must be an int in \[1, 64\]"),
+    ("elasticzo-int8", {"zo_bits": 1.5}, r"zo_bits=1\.5 must be an int in \[-7, 7\]"),
+    ("elasticzo-int8", {"zo_bits": 8}, r"zo_bits=8 must be an int in \[-7, 7\]"),
+    ("elasticzo", {"zo_lr": 2.0}, r"zo_lr=2\.0 must be a real in \(0, 1\]"),
     ("elasticzo-int8", {"eps_lsb": 127}, r"eps_lsb=127 must be an int in \[1, 63\]"),
     ("elasticzo-int8", {"lr_bits": 0}, r"lr_bits=0 must be an int in \[1, 7\]"),
     ("elasticzo", {"batch_size": 0}, r"batch_size=0 must be a positive int"),
@@ -355,7 +451,7 @@ def test_a_checkpoint_of_another_format_version_is_refused(trained_onnx, tmp_pat
     monkeypatch.setattr(checkpoint, "FORMAT", 99)
     Trainer(edgetrain.load(trained_onnx("mlp16")), method="elasticzo", cut=1).save(ck)
     monkeypatch.undo()
-    with pytest.raises(TrainingError, match="format 99; this edgetrain reads format 2"):
+    with pytest.raises(TrainingError, match="format 99; this edgetrain reads format 3"):
         Trainer.load(ck)
 
 
