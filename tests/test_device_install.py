@@ -125,6 +125,8 @@ def test_host_only_commands_name_the_extra_on_a_device(device_python, tmp_path, 
                 (["quantize", model, "-o", str(tmp_path / "q.onnx"), "--calib", str(tmp_path / "calib.npz")],
                  provider),
                 (["demo", "--out", str(tmp_path / "demo")], host),
+                (["compress", model, "-o", str(tmp_path / "c.onnx"), "--method", "lr2vq", "--data",
+                  str(tmp_path / "d.npz")], host),
                 (["data", "mnist", "-o", str(tmp_path / "d2.npz")], host),
                 (["run", model, "--data", "mnist"], host),
                 (["train", model, "--data", str(tmp_path / "d.npz"), "--plot", str(tmp_path / "c.png")],
@@ -153,4 +155,4 @@ def test_host_only_commands_name_the_extra_on_a_device(device_python, tmp_path, 
     marked = {line.split()[0]: line.split()[1] for line in help_text.splitlines()
               if line.split()[1:2] in (["(host)"], ["(provider)"])}
     assert help_code == 0 and marked == {"demo": "(host)", "data": "(host)", "export": "(host)",
-                                         "quantize": "(provider)"}
+                                         "quantize": "(provider)", "compress": "(host)"}
