@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from . import autodiff, prng, zo
+from . import autodiff, compressed, prng, zo
 from .model import Model
 from .plan import Plan
 
@@ -19,14 +19,15 @@ class Fp32Step:
                  eps: float | None = None, q: int = 1):
         self.model, self.plan = model, plan
         self.lr, self.zo_lr, self.eps, self.q = lr, zo_lr, eps, q
-        self.zo_names = [n for l in plan.zo_layers for n in (l.weight, l.bias) if n]
-        self.bp_names = {n for l in plan.bp_layers for n in (l.weight, l.bias) if n}
+        self.zo_names, self.bp_names = list(plan.zo_params), set(plan.bp_params)
         # what the BP tail reads: the clean pass keeps these activations only
         self.tail_reads = {i for n in model.nodes[plan.tail_start:] for i in n.inputs if i}
 
     def __call__(self, x: np.ndarray, y: np.ndarray, seed: int) -> dict:
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite losses are rolled back
-            return self._step(x, y, seed)
+            metrics = self._step(x, y, seed)
+        compressed.constrain(self.model)  # codebook weights follow what was trained (also after a rollback)
+        return metrics
 
     def _step(self, x, y, seed):
         params = self.model.params
@@ -38,7 +39,9 @@ class Fp32Step:
             metrics.update(loss=loss, accuracy=accuracy(logits, y))
             if not math.isfinite(loss):
                 return {**metrics, "rolled_back": True, "reason": "loss is not finite"}
-            grads = autodiff.backward(self.model, env, dlogits, wrt=self.bp_names, start=self.plan.tail_start)
+            wrt = compressed.gradient_inputs(self.model, self.bp_names)
+            grads = compressed.to_sources(self.model, autodiff.backward(self.model, env, dlogits, wrt=wrt,
+                                                                        start=self.plan.tail_start))
             del env  # the ZO passes below need none of it
             for name in list(grads):
                 updates[name] = params[name] - np.float32(self.lr) * grads.pop(name)
@@ -62,6 +65,7 @@ class Fp32Step:
         params = self.model.params
 
         def loss():
+            compressed.constrain(self.model)  # the perturbed codebooks, decoded
             logits = self.model.run(x)
             return autodiff.cross_entropy(logits, y)[0], accuracy(logits, y)
         losses, accs, estimates = [], [], []

@@ -17,7 +17,7 @@ import math
 
 import numpy as np
 
-from . import int_autodiff, prng, quant, zo
+from . import compressed, int_autodiff, prng, quant, zo
 from .int_loss import ERR_BITS
 from .model import Model
 from .plan import Plan
@@ -58,6 +58,7 @@ class Int8Step:
             metrics["zo_delta_loss_q16"] = lp - lm
         for name, value in updates.items():
             self.model.params[name][...] = value
+        compressed.constrain(self.model)  # low-bit weights back into their bit-width's range
         n = len(y)
         return {"loss": metrics["loss_q16"] * math.log(2) / (n << 16), "accuracy": metrics["correct"] / n,
                 **metrics}

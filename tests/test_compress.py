@@ -347,3 +347,134 @@ def test_evopress_refuses_a_budget_it_cannot_meet_before_any_work(kwargs, messag
 def test_compress_refuses_a_quantised_model(int8_onnx, small, tmp_path):
     with pytest.raises(ValueError, match="already quantised or compressed"):
         vq.compress(int8_onnx(), tmp_path / "o.onnx", small, method="cluster", k=16, epochs=1, progress=False)
+
+
+# -- training what was compressed (DESIGN.md §5) -------------------------------------------------
+
+def initializer_bytes(path) -> dict:
+    return {t.name: numpy_helper.to_array(t).nbytes for t in onnx.load(str(path)).graph.initializer}
+
+
+def same_size_but_header(trained, original) -> bool:
+    """The stored data is the same size, tensor for tensor, and the files differ by no more than
+    the original's header (all but its initializers and nodes: value infos, metadata, producer,
+    opset list), which an export need not reproduce."""
+    proto = onnx.load(str(original))
+    header = len(proto.SerializeToString()) - sum(len(t.SerializeToString()) for t in proto.graph.initializer) \
+        - sum(len(n.SerializeToString()) for n in proto.graph.node)
+    return initializer_bytes(trained) == initializer_bytes(original) and \
+        abs(trained.stat().st_size - original.stat().st_size) <= header
+
+
+def test_low_bit_weights_stay_in_range_through_100_int8_steps(compressed, mnist, tmp_path, monkeypatch):
+    path, _ = compressed["evopress-bits"]
+    model = edgetrain.load(path)
+    forms = {w: f for w, f in model.compressed.items()}
+    assert any(f.bits < 8 for f in forms.values())
+    before = {w: model.params[w].copy() for w in forms}
+    trainer = edgetrain.Trainer(model, method="elasticzo-int8", cut=3, batch_size=8, seed=1)
+    for step in range(100):
+        trainer.step(mnist.x_train[8 * step:8 * step + 8], mnist.y_train[8 * step:8 * step + 8])
+        for w, f in forms.items():
+            lo, hi = decode.int_range(f.bits)
+            assert model.params[w].dtype == np.int8 and lo <= model.params[w].min() and model.params[w].max() <= hi
+    assert all(not np.array_equal(model.params[w], before[w]) for w in forms)  # every layer trained
+    trainer.export(tmp_path / "trained.onnx")
+    assert same_size_but_header(tmp_path / "trained.onnx", path)
+    again = edgetrain.load(tmp_path / "trained.onnx")
+    assert {w: f.bits for w, f in again.compressed.items()} == {w: f.bits for w, f in forms.items()}
+    assert all(np.array_equal(again.params[w], model.params[w]) for w in forms)
+    # the range holds because of the projection: without it, steps leave the range
+    monkeypatch.setattr(edgetrain.compressed, "constrain", lambda model: None)
+    loose = edgetrain.load(path)
+    free = edgetrain.Trainer(loose, method="elasticzo-int8", cut=3, batch_size=8, seed=1)
+    for step in range(20):
+        free.step(mnist.x_train[8 * step:8 * step + 8], mnist.y_train[8 * step:8 * step + 8])
+    assert any(not decode.int_range(f.bits)[0] <= loose.params[w].min() <= loose.params[w].max()
+               <= decode.int_range(f.bits)[1] for w, f in forms.items())
+
+
+@pytest.mark.parametrize("method", ["bp", "elasticzo"])
+def test_codebook_training_changes_only_codebooks_and_projections(method, compressed, mnist, tmp_path):
+    path, _ = compressed["lr2vq"]
+    model = edgetrain.load(path)
+    sources = {t for f in model.compressed.values() for t in f.sources}
+    before = {n: v.copy() for n, v in model.params.items()}
+    trainer = edgetrain.Trainer(model, method=method, cut=2, trainable="codebooks", batch_size=16, seed=0)
+    for step in range(5):
+        trainer.step(mnist.x_train[16 * step:16 * step + 16], mnist.y_train[16 * step:16 * step + 16])
+    changed = {n for n in model.params if not np.array_equal(model.params[n], before[n])}
+    weights = set(model.compressed)
+    assert sources <= changed <= sources | weights  # the codebook weights follow their sources; nothing else moves
+    trainer.export(tmp_path / "trained.onnx")
+    assert same_size_but_header(tmp_path / "trained.onnx", path)
+    again = edgetrain.load(tmp_path / "trained.onnx")
+    assert all(np.array_equal(again.params[n], model.params[n]) for n in weights | sources)
+    trainer.save(tmp_path / "ck.npz")
+    resumed = edgetrain.Trainer.load(tmp_path / "ck.npz")
+    assert resumed.config["trainable"] == "codebooks"
+    assert all(np.array_equal(resumed.model.params[n], model.params[n]) for n in weights | sources)
+
+
+def test_a_bp_step_on_codebooks_equals_torch_sgd_on_them(compressed, mnist, trained_onnx):
+    """One ``bp`` step with trainable="codebooks" moves C and P as torch's SGD does on the
+    graph whose weights are layout(C[codes] @ P) (autograd through Gather and MatMul)."""
+    path, result = compressed["lr2vq"]
+    model = edgetrain.load(path)
+    x, y = mnist.x_train[:32], mnist.y_train[:32]
+    graph = TorchGraph(onnx.load(str(trained_onnx("lenet5"))))
+    for name, p in graph.tensors.items():  # the compressed file's other parameters
+        if name in model.params and name not in model.compressed:
+            p.data = torch.from_numpy(model.params[name].copy())
+    layers = {l.weight: l for l in model_io.layers(onnx.load(str(trained_onnx("lenet5"))))}
+    leaves = {}
+    for w, form in model.compressed.items():
+        leaves[w] = [torch.tensor(model.params[t], requires_grad=True) for t in form.sources]
+    edgetrain.Trainer(model, method="bp", trainable="codebooks", lr=0.1).step(x, y)
+
+    def weight(w):
+        c, p = leaves[w]
+        codes = torch.from_numpy(model.compressed[w].index.reshape(-1))
+        sub = c[codes] @ p
+        layer = layers[w]
+        return sub.reshape(layer.shape) if layer.rows_first else sub.reshape(layer.shape[1], -1).T
+    loss = torch.nn.functional.cross_entropy(graph(torch.from_numpy(x), {w: weight(w) for w in leaves}),
+                                             torch.from_numpy(y))
+    loss.backward()
+    for w, form in model.compressed.items():
+        for t, leaf in zip(form.sources, leaves[w]):
+            want = (leaf - 0.1 * leaf.grad).detach().numpy()
+            assert np.abs(model.params[t] - want).max() <= 1e-5 * max(1.0, np.abs(want).max()), t
+
+
+def test_codebook_gradient_scatter_matches_autograd_through_a_transpose(tmp_path):
+    """A MatMul weight stored transposed (W = (C[codes] @ P)ᵀ), and one without projection:
+    ``source_grads`` against torch autograd in float64."""
+    rng = np.random.default_rng(5)
+    b = decode.Builder()
+    codes = rng.integers(0, 8, 12)
+    c, p = rng.standard_normal((8, 2)).astype(np.float32), rng.standard_normal((2, 4)).astype(np.float32)
+    b.codebook_weight("a", "wa", codes, 3, c, p, (4, 12), perm=[1, 0])  # (12 outputs × 4 inputs)ᵀ
+    b.codebook_weight("b", "wb", codes, 8, c, None, (12, 2))
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 4])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 2])
+    nodes = b.nodes + [helper.make_node("MatMul", ["x", "wa"], ["h"]), helper.make_node("MatMul", ["h", "wb"], ["y"])]
+    onnx.save(helper.make_model(helper.make_graph(nodes, "t", [x], [y], list(b.initializers.values())),
+                                opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "t.onnx")
+    model = edgetrain.load(tmp_path / "t.onnx")
+    for w, shape in (("wa", (4, 12)), ("wb", (12, 2))):
+        form = model.compressed[w]
+        g = rng.standard_normal(shape)
+        leaves = [torch.tensor(model.params[t].astype(np.float64), requires_grad=True) for t in form.sources]
+        idx = torch.from_numpy(form.index.reshape(-1))
+        sub = leaves[0][idx] @ leaves[1] if len(leaves) == 2 else leaves[0][idx]
+        built = sub.reshape(12, 4).T if w == "wa" else sub.reshape(shape)
+        (built * torch.from_numpy(g)).sum().backward()
+        ours = form.source_grads(g, {t: model.params[t].astype(np.float64) for t in form.sources})
+        for got, leaf in zip(ours, leaves):
+            np.testing.assert_allclose(got, leaf.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_trainable_codebooks_needs_a_codebook_model(trained_onnx):
+    with pytest.raises(edgetrain.TrainingError, match="stores no weight as a codebook"):
+        edgetrain.Trainer(edgetrain.load(trained_onnx("lenet5")), trainable="codebooks")
