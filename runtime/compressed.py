@@ -155,6 +155,15 @@ def trainable_tensors(model, weight: str) -> list[str]:
     return form.sources if isinstance(form, Codebook) else [weight]
 
 
+def update_shift(model, weight: str) -> int:
+    """How many bits further an int8 training step shifts the update of ``weight``: ``8 − b``
+    for a ``b``-bit weight, 0 otherwise. A b-bit weight's unit is ``2^(8−b)`` times an 8-bit
+    one's, so the same step, in real terms, is that many times fewer units; stochastic
+    rounding keeps the fraction in expectation."""
+    form = model.compressed.get(weight)
+    return 8 - form.bits if isinstance(form, LowBit) else 0
+
+
 def constrain(model) -> None:
     """After the trained tensors changed: codebook weights follow their codebooks and
     projections, low-bit weights are clipped into their range. Nothing for a plain model."""

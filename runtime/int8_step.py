@@ -52,7 +52,7 @@ class Int8Step:
             head = zo.SignPerturbation(self.model.params, self.zo_names, seed, self.eps_lsb)
             head.clip()
             (lp, cp), (lm, cm) = zo.two_point(head, lambda: self._loss(xq, y))
-            head.update(lp - lm, self.zo_shift)
+            head.update(lp - lm, self.zo_shift, {n: compressed.update_shift(self.model, n) for n in self.zo_names})
             metrics.setdefault("loss_q16", (lp + lm) // 2)
             metrics.setdefault("correct", (cp + cm) // 2)
             metrics["zo_delta_loss_q16"] = lp - lm
@@ -82,8 +82,9 @@ class Int8Step:
         for sig in signals:
             kernel, node = self.model.kernels[sig.index], self.model.nodes[sig.index]
             name = node.inputs[kernel.weight_input]
-            new = _tail_update(kernel.weight_nk(self.model.params[name]), sig.weight_gradient(), self.lr_bits,
-                               seed, _UPDATE_STREAM + sig.index)
+            bits = self.lr_bits - compressed.update_shift(self.model, name)  # low-bit weights: a finer step
+            new = _tail_update(kernel.weight_nk(self.model.params[name]), sig.weight_gradient(), bits, seed,
+                               _UPDATE_STREAM + sig.index)
             updates[name] = kernel.weight_nk(new)  # the same transpose takes (N, K) back to storage
         return updates
 
