@@ -47,6 +47,7 @@ from torch.nn import functional as F
 
 from ... import progress as _progress
 from ...decode import Builder
+from ..quantization import fp32_model
 from . import gptq, model_io
 from .torch_graph import TorchGraph
 
@@ -80,7 +81,8 @@ class Database:
 # -- the database and its cache ---------------------------------------------------------------
 
 def cache_key(model_bytes: bytes, calib: np.ndarray, kind: str) -> str:
-    settings = {"version": CACHE_VERSION, "kind": kind, "levels": list(BIT_LEVELS if kind == "bits" else SPARSITY_LEVELS),
+    levels = BIT_LEVELS if kind == "bits" else SPARSITY_LEVELS
+    settings = {"version": CACHE_VERSION, "kind": kind, "levels": list(levels),
                 "damp": gptq.DAMP, "clip_grid": gptq.CLIP_GRID.tolist()}
     h = hashlib.sha256()
     for part in (model_bytes, np.ascontiguousarray(calib, np.float32).tobytes(), json.dumps(settings).encode()):
@@ -394,8 +396,7 @@ def evopress(model_path, out_path, data, *, bits: float | None = None, sparsity:
     for name, value in (("generations", generations), ("offspring", offspring)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name}={value!r} must be a positive int")
-    proto = model_io.read(model_path)
-    model_io.check_fp32(proto, f"model {str(model_path)!r}")
+    proto = fp32_model(model_path, "compress")
     x, y = data if isinstance(data, tuple) else (data, None)
     calib = np.ascontiguousarray(np.asarray(x, np.float32)[:CALIBRATION])
     layers = model_io.layers(proto)

@@ -4,7 +4,6 @@ bytes, every one counted."""
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,21 +40,6 @@ class Layer:
         return m.reshape(self.shape) if self.rows_first else m.T
 
 
-def read(path) -> onnx.ModelProto:
-    """The ONNX model at ``path``; ValueError naming it if it is missing or not a model."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"model {str(path)!r} does not exist" if not path.exists() else
-                         f"model {str(path)!r} is a directory; expected an ONNX file")
-    try:
-        proto = onnx.load(path)
-    except Exception:  # protobuf raises several types for bytes that are not a model
-        raise ValueError(f"model {str(path)!r} is not an ONNX model (its bytes do not parse as one)") from None
-    if not proto.graph.node:
-        raise ValueError(f"model {str(path)!r} is not an ONNX model with a graph (no nodes)")
-    return proto
-
-
 def layers(proto: onnx.ModelProto) -> list[Layer]:
     """Conv / Gemm / MatMul nodes (and their int8 forms) with an initializer weight, in graph order."""
     inits = {t.name: t for t in proto.graph.initializer}
@@ -71,12 +55,6 @@ def layers(proto: onnx.ModelProto) -> list[Layer]:
         out.append(Layer(n.name or f"{n.op_type}_{i}", n.op_type, n.input[pos], bias,
                          tuple(inits[n.input[pos]].dims), rows_first))
     return out
-
-
-def check_fp32(proto: onnx.ModelProto, where: str) -> None:
-    if any(t.data_type in (onnx.TensorProto.INT8, onnx.TensorProto.UINT8) for t in proto.graph.initializer) or \
-            any(n.op_type.startswith(("QLinear", "QGemm", "QuantizeLinear")) for n in proto.graph.node):
-        raise ValueError(f"{where} is already quantised or compressed; compress takes an fp32 model")
 
 
 def write(proto: onnx.ModelProto, builder: Builder, out_path) -> None:
@@ -122,8 +100,3 @@ def sizes(original, compressed) -> dict:
     f0, f1 = os.path.getsize(original), os.path.getsize(compressed)
     return {"stored_bytes": w1, "original_stored_bytes": w0, "weight_ratio": w0 / w1,
             "file_bytes": f1, "original_file_bytes": f0, "file_ratio": f0 / f1}
-
-
-def warn(progress: bool, text: str) -> None:
-    """A warning line on stderr (always: a skipped layer changes the result)."""
-    print(f"warning: {text}", file=sys.stderr, flush=True)
