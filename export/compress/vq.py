@@ -31,16 +31,20 @@ import warnings
 
 import numpy as np
 import torch
+from onnx import numpy_helper
 from torch.nn import functional as F
 
 from ... import progress as _progress
 from ...decode import Builder
+from ..quantization import fp32_model
 from . import model_io
 from .torch_graph import TorchGraph
 
 METHODS = ("lr2vq", "pq", "cluster")
 KMEANS_ITERS = 30
-LR = 1e-3
+LR = 1e-3         # Adam's step for the model's own parameters and the low-rank factors
+LR_CODEBOOK = 1e-3  # for codebooks and projections
+LR_LATENT = 1e-4    # for the latents: a tenth, so a code moves under a steady pull rather than per-step noise
 BATCH = 64
 
 
@@ -209,12 +213,13 @@ def _layout(layer, sub: torch.Tensor) -> torch.Tensor:
     return mat.reshape(layer.shape) if layer.rows_first else mat.T
 
 
-def _train(graph: TorchGraph, weights, params, x, y, epochs: int, seed: int, label: str, progress: bool,
+def _train(graph: TorchGraph, weights, groups, x, y, epochs: int, seed: int, label: str, progress: bool,
            between=None) -> list[dict]:
-    """Adam on cross-entropy over ``params``; ``weights()`` gives the replaced initializers of a
-    pass; ``between()`` runs between two epochs (never after the last: the model that was
-    trained is the one returned). One record per epoch."""
-    opt = torch.optim.Adam(params, lr=LR)
+    """Adam on cross-entropy over ``groups`` (torch parameter groups, each with its ``lr``);
+    ``weights()`` gives the replaced initializers of a pass; ``between()`` runs between two
+    epochs (never after the last: the model that was trained is the one returned). One
+    record per epoch."""
+    opt = torch.optim.Adam(groups)
     order = torch.Generator().manual_seed(seed)
     history = []
     for epoch in range(1, epochs + 1):
@@ -241,14 +246,14 @@ def _train(graph: TorchGraph, weights, params, x, y, epochs: int, seed: int, lab
 
 
 def compress(model_path, out_path, data, *, method: str = "lr2vq", k: int = 256, m: int | None = None,
-             d: int | None = None, epochs: int = 3, seed: int = 0, skip=(), progress: bool = True) -> dict:
+             d: int | None = None, epochs: int = 3, seed: int = 0, skip=(), progress: bool = True,
+             lr: float = LR, lr_codebook: float = LR_CODEBOOK, lr_latent: float = LR_LATENT) -> dict:
     """Compress the fp32 ONNX model at ``model_path`` with ``method`` (:data:`METHODS`) and
     write the result to ``out_path``. ``data`` is ``(x, y)``: the training images and labels
     of the task loss. Every argument is checked before any work. Returns the settings, the
     d estimate (lr2vq without ``d``), per-layer sizes, the training history and the bytes."""
     m, d = check_settings(method, k, m, d, epochs)
-    proto = model_io.read(model_path)
-    model_io.check_fp32(proto, f"model {str(model_path)!r}")
+    proto = fp32_model(model_path, "compress")
     x, y = data
     chosen = select_layers(model_io.layers(proto), k, m, skip)
     graph = TorchGraph(proto)
@@ -265,11 +270,13 @@ def compress(model_path, out_path, data, *, method: str = "lr2vq", k: int = 256,
         torch.manual_seed(seed)
         others = [p for n, p in graph.tensors.items() if n not in {l.weight for l in chosen}]
         if method == "lr2vq":  # low-rank pre-training: W = layout(R @ P)
-            factors = [[torch.nn.Parameter(torch.tensor(a, dtype=torch.float32)) for a in _low_rank(s, d)] for s in subs]
+            factors = [[torch.nn.Parameter(torch.tensor(a, dtype=torch.float32)) for a in _low_rank(s, d)]
+                       for s in subs]
             pre = max(1, epochs // 3)
+            groups = [{"params": others + [t for f in factors for t in f], "lr": lr}]
             history += _train(graph, lambda: {l.weight: _layout(l, r @ p) for l, (r, p) in zip(chosen, factors)},
-                              others + [t for f in factors for t in f], xt, yt, pre, seed, "low-rank", progress)
-            latents = [(r.detach().numpy().astype(np.float64), p.detach().numpy().astype(np.float64)) for r, p in factors]
+                              groups, xt, yt, pre, seed, "low-rank", progress)
+            latents = [tuple(t.detach().numpy().astype(np.float64) for t in f) for f in factors]
             epochs -= pre
         else:
             latents = [(s.astype(np.float64), None) for s in subs]
@@ -277,9 +284,10 @@ def compress(model_path, out_path, data, *, method: str = "lr2vq", k: int = 256,
         for i, (l, (z, p)) in enumerate(zip(chosen, latents)):
             codes = kmeans(z if p is None else z @ p, k, np.random.default_rng([seed, 1000 + i]))
             layers.append(_Quantised(l, z, cluster_means(z, codes, k), p, codes))
-        history += _train(graph, lambda: {q.layer.weight: q.weight() for q in layers},
-                          others + [t for q in layers for t in q.parameters()], xt, yt, epochs, seed + 1, "fine-tune",
-                          progress, between=lambda: sum(q.reassign() for q in layers))
+        groups = [{"params": others, "lr": lr}, {"params": [q.z for q in layers], "lr": lr_latent},
+                  {"params": [t for q in layers for t in q.parameters() if t is not q.z], "lr": lr_codebook}]
+        history += _train(graph, lambda: {q.layer.weight: q.weight() for q in layers}, groups, xt, yt, epochs,
+                          seed + 1, "fine-tune", progress, between=lambda: sum(q.reassign() for q in layers))
     builder = Builder()
     report = []
     for i, q in enumerate(layers):
@@ -303,7 +311,6 @@ def compress(model_path, out_path, data, *, method: str = "lr2vq", k: int = 256,
 
 def _trained_proto(proto, graph: TorchGraph):
     """``proto`` with its float initializers replaced by the trained values."""
-    from onnx import numpy_helper
     out = type(proto)()
     out.CopyFrom(proto)
     for t in out.graph.initializer:
