@@ -59,13 +59,13 @@ class Codebook:
     tail: list
 
     @property
-    def sources(self) -> list[str]:
-        """The trainable tensors: the codebook and the projection (if any)."""
+    def trainable(self) -> list[str]:
+        """The tensors training changes: the codebook and the projection (if any)."""
         return [self.codebook] + ([self.projection] if self.projection else [])
 
     def weight(self, params: dict) -> np.ndarray:
         """The weight from the current codebook and projection, by the file's own ops."""
-        env = {**self.decoder.sources, self.tail[0].inputs[1]: self.index, **{t: params[t] for t in self.sources}}
+        env = {**self.decoder.sources, self.tail[0].inputs[1]: self.index, **{t: params[t] for t in self.trainable}}
         for n in self.tail:
             env[n.outputs[0]] = decode.evaluate(n, [env[i] if i else None for i in n.inputs])
         return env[self.decoder.weight]
@@ -74,7 +74,7 @@ class Codebook:
         params[self.decoder.weight][...] = self.weight(params)
 
     def source_grads(self, grad_w: np.ndarray, params: dict) -> list[np.ndarray]:
-        """The gradients of :attr:`sources` from ``∂L/∂W``: undo the layout to the ``n × m``
+        """The gradients of :attr:`trainable` from ``∂L/∂W``: undo the layout to the ``n × m``
         sub-vector gradient ``G``; then ``∂L/∂P = C[codes]ᵀ·G`` and row ``j`` of ``∂L/∂C``
         sums ``G·Pᵀ`` (``G`` without a projection) over the sub-vectors whose code is ``j``."""
         g = grad_w
@@ -89,7 +89,7 @@ class Codebook:
         return [grad_c] if p is None else [grad_c, c[codes].T @ g]
 
     def stored(self, params: dict) -> dict[str, np.ndarray]:
-        return {**self.decoder.sources, **{t: params[t] for t in self.sources}}
+        return {**self.decoder.sources, **{t: params[t] for t in self.trainable}}
 
 
 def recognise(decoders: list[Decoder], params: dict) -> dict[str, LowBit | Codebook]:
@@ -152,7 +152,7 @@ def trainable_tensors(model, weight: str) -> list[str]:
     """What training changes for a layer whose weight is ``weight``: its codebook and
     projection if it is stored as one, else the weight itself."""
     form = model.compressed.get(weight)
-    return form.sources if isinstance(form, Codebook) else [weight]
+    return form.trainable if isinstance(form, Codebook) else [weight]
 
 
 def update_shift(model, weight: str) -> int:
@@ -162,6 +162,22 @@ def update_shift(model, weight: str) -> int:
     rounding keeps the fraction in expectation."""
     form = model.compressed.get(weight)
     return 8 - form.bits if isinstance(form, LowBit) else 0
+
+
+def step_scale(model, tensor: str) -> np.ndarray | float:
+    """The factor an fp32 step applies to its update of ``tensor``: for a codebook, per row,
+    one over the number of sub-vectors whose code points at it; for a projection, one over
+    all of the layer's sub-vectors; 1 otherwise. A tensor shared by many weights gets the sum
+    of their gradients; scaled so, it moves by their mean, as each of them would alone, and
+    one step size serves shared and plain tensors."""
+    for form in model.compressed.values():
+        if isinstance(form, Codebook) and tensor in form.trainable:
+            codes = form.index.reshape(-1)
+            if tensor == form.projection:
+                return np.float32(1.0 / codes.size)
+            counts = np.bincount(codes, minlength=model.params[tensor].shape[0])
+            return (1.0 / np.maximum(counts, 1)).astype(np.float32)[:, None]
+    return np.float32(1.0)
 
 
 def constrain(model) -> None:
@@ -174,7 +190,7 @@ def constrain(model) -> None:
 def gradient_inputs(model, names) -> set[str]:
     """``names`` with each codebook and projection replaced by the weight it rebuilds: the
     tensors backprop differentiates."""
-    by_source = {s: w for w, f in model.compressed.items() if isinstance(f, Codebook) for s in f.sources}
+    by_source = {s: w for w, f in model.compressed.items() if isinstance(f, Codebook) for s in f.trainable}
     return {by_source.get(n, n) for n in names}
 
 
@@ -187,7 +203,7 @@ def to_sources(model, grads: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         if not isinstance(form, Codebook):
             out[name] = g
             continue
-        for source, gs in zip(form.sources, form.source_grads(g, model.params)):
+        for source, gs in zip(form.trainable, form.source_grads(g, model.params)):
             out[source] = out[source] + gs if source in out else gs
     return out
 

@@ -223,7 +223,8 @@ class Builder:
                                   codes.size, signed=False)
             index = self.node("Cast", [codes_f], f"{tag}.i", to=TensorProto.INT64)
         else:
-            index = self.node("Cast", [self.const(codes.astype(np.uint8), f"{tag}.k")], f"{tag}.i", to=TensorProto.INT64)
+            stored = self.const(codes.astype(np.uint8), f"{tag}.k")
+            index = self.node("Cast", [stored], f"{tag}.i", to=TensorProto.INT64)
         sub = self.node("Gather", [self.const(codebook.astype(np.float32), f"{tag}.C"), index], f"{tag}.g", axis=0)
         if projection is not None:
             sub = self.node("MatMul", [sub, self.const(projection.astype(np.float32), f"{tag}.P")], f"{tag}.m")
@@ -240,7 +241,8 @@ class Builder:
         flat = values.reshape(-1)
         mask = flat != 0
         packed = self.const(pack_planes(mask.astype(np.int64), 1), f"{tag}.p")
-        bits = self.node("Cast", [self.planes(tag, packed, 1, flat.size, signed=False)], f"{tag}.i", to=TensorProto.INT64)
+        bits = self.node("Cast", [self.planes(tag, packed, 1, flat.size, signed=False)], f"{tag}.i",
+                         to=TensorProto.INT64)
         count = self.node("CumSum", [bits, self.const(np.array(1, np.int64))], f"{tag}.c")
         index = self.node("Mul", [count, bits], f"{tag}.x")
         nonzero = self.const(np.concatenate([[0], flat[mask]]).astype(np.int8), f"{tag}.nz")

@@ -43,8 +43,9 @@ class Fp32Step:
             grads = compressed.to_sources(self.model, autodiff.backward(self.model, env, dlogits, wrt=wrt,
                                                                         start=self.plan.tail_start))
             del env  # the ZO passes below need none of it
-            for name in list(grads):
-                updates[name] = params[name] - np.float32(self.lr) * grads.pop(name)
+            for name in list(grads):  # a shared tensor (a codebook) steps by its users' mean gradient
+                step = np.float32(self.lr) * compressed.step_scale(self.model, name)
+                updates[name] = params[name] - step * grads.pop(name)
         if self.zo_names:
             head = self._zo(x, y, seed)
             if head is None:
@@ -82,7 +83,7 @@ class Fp32Step:
         for name in self.zo_names:
             u = params[name].copy()
             for direction, g in estimates:
-                u -= direction.step(name, self.zo_lr * g / self.q)
+                u -= direction.step(name, self.zo_lr * g / self.q) * compressed.step_scale(self.model, name)
             updates[name] = u
         return {"loss": float(np.mean(losses)), "accuracy": float(np.mean(accs)),
                 "g": float(np.mean([g for _, g in estimates])), "updates": updates}

@@ -22,6 +22,7 @@ ort = pytest.importorskip("onnxruntime")
 torch = pytest.importorskip("torch")
 from edgetrain.export.compress import evopress, model_io, vq  # noqa: E402
 from edgetrain.export.compress.torch_graph import TorchGraph  # noqa: E402
+from edgetrain.export.quantization import fp32_model  # noqa: E402
 
 
 def ort_outputs(proto_or_path, feeds: dict, names=None, opset=None):
@@ -54,7 +55,8 @@ OP_CASES = {
     "slice-clamped": ("Slice", [F32, np.array([0, -4], np.int64), np.array([1, 100], np.int64)], {}),
     "slice-axes": ("Slice", [F32, np.array([1], np.int64), np.array([3], np.int64), np.array([-1], np.int64)], {}),
     "bitshift-left-uint8": ("BitShift", [U8, np.arange(7, -1, -1, dtype=np.uint8)], {"direction": "LEFT"}),
-    "bitshift-right-uint32": ("BitShift", [U8.astype(np.uint32) * 1000, np.array(3, np.uint32)], {"direction": "RIGHT"}),
+    "bitshift-right-uint32": ("BitShift", [U8.astype(np.uint32) * 1000, np.array(3, np.uint32)],
+                              {"direction": "RIGHT"}),
     "bitwiseand": ("BitwiseAnd", [U8, np.array(0b1011, np.uint8)], {}),
     "sub-int32": ("Sub", [U8.astype(np.int32), np.array(4, np.int32)], {}),
     "mul-int64": ("Mul", [U8.astype(np.int64), U8.astype(np.int64)[:, :1]], {}),
@@ -74,7 +76,8 @@ def test_decode_op_matches_onnxruntime(case):
     got = decode.evaluate(edgetrain.kernels.Node("n", op, names, ["y"], attrs), inputs)
     # the output's declared type is ours; onnxruntime refuses the graph if it infers another
     out = helper.make_tensor_value_info("y", helper.np_dtype_to_tensor_dtype(got.dtype), None)
-    model = helper.make_model(helper.make_graph([node], case, infos, [out]), opset_imports=[helper.make_opsetid("", 18)])
+    model = helper.make_model(helper.make_graph([node], case, infos, [out]),
+                              opset_imports=[helper.make_opsetid("", 18)])
     want = ort_outputs(model, dict(zip(names, inputs)))[0]
     assert got.dtype == want.dtype and got.shape == want.shape
     if got.dtype.kind == "f":
@@ -171,7 +174,8 @@ def test_codebook_decode_rebuilds_the_reported_weights(name, compressed, trained
     ours = edgetrain.load(path)
     for weight, form in result["codebooks"].items():
         layer = layers[weight]
-        as_weight = lambda sub: layer.from_matrix(sub.reshape(layer.shape[0] if layer.rows_first else layer.shape[1], -1))  # noqa: E731
+        rows = layer.shape[0] if layer.rows_first else layer.shape[1]
+        as_weight = lambda sub: layer.from_matrix(sub.reshape(rows, -1))  # noqa: E731
         c, p, codes = (form[k] for k in ("codebook", "projection", "codes"))
         sub, bound = c.astype(np.float64)[codes], np.zeros(1)
         if p is not None:
@@ -269,6 +273,33 @@ def test_dynamic_program_matches_brute_force_on_a_four_layer_toy():
         assert np.isclose(sum(errors[l, j] for l, j in enumerate(got)), sum(errors[l, j] for l, j in enumerate(best)))
 
 
+class AdditiveFitness:
+    """A stand-in for the KL: the sum of per-layer errors, the same on any images."""
+
+    def __init__(self, errors):
+        self.errors, self.x = errors, np.zeros((64, 1))
+
+    def __call__(self, levels, idx=None):
+        return float(sum(self.errors[l, j] for l, j in enumerate(levels)))
+
+
+def test_evolution_is_seeded_elitist_and_within_budget():
+    """Same seed, same levels; the parent's fitness never rises from one generation to the next
+    (the parent competes in the last stage); every parent within the budget; and on an
+    additive problem it reaches the dynamic program's optimum."""
+    rng = np.random.default_rng(7)
+    costs = np.outer([150, 2400, 48000, 10080, 840], np.arange(2, 9))
+    errors = np.sort(rng.random((5, 7)), axis=1)[:, ::-1] * np.array([[1], [3], [0.5], [2], [4]])
+    budget = int(2.5 * costs[:, 0].sum() / 2)
+    runs = [evopress.evolve(costs, budget, AdditiveFitness(errors), seed=3, generations=60, offspring=8,
+                            progress=False) for _ in range(2)]
+    (levels, trace), (again, _) = runs
+    assert levels == again and evopress.total_cost(costs, levels) <= budget
+    assert all(b <= a for a, b in zip(trace, trace[1:]))
+    best = evopress.dynamic_program(costs, errors, budget)
+    assert np.isclose(trace[-1], AdditiveFitness(errors)(best))
+
+
 def test_uniform_takes_the_highest_common_level_that_fits():
     costs = np.outer([10, 20], np.arange(2, 9))
     assert evopress.uniform(costs, 30 * 4 + 29) == [2, 2]  # 4 bits; 5 would need 150
@@ -276,7 +307,7 @@ def test_uniform_takes_the_highest_common_level_that_fits():
 
 @pytest.fixture(scope="module")
 def mlp16_inputs(trained_onnx, small):
-    proto = model_io.read(trained_onnx("mlp16"))
+    proto = fp32_model(trained_onnx("mlp16"))
     return proto, model_io.layers(proto), TorchGraph(proto), np.ascontiguousarray(small[0][:64])
 
 
@@ -345,7 +376,7 @@ def test_evopress_refuses_a_budget_it_cannot_meet_before_any_work(kwargs, messag
 
 
 def test_compress_refuses_a_quantised_model(int8_onnx, small, tmp_path):
-    with pytest.raises(ValueError, match="already quantised or compressed"):
+    with pytest.raises(ValueError, match="already quantised"):
         vq.compress(int8_onnx(), tmp_path / "o.onnx", small, method="cluster", k=16, epochs=1, progress=False)
 
 
@@ -398,7 +429,7 @@ def test_low_bit_weights_stay_in_range_through_100_int8_steps(compressed, mnist,
 def test_codebook_training_changes_only_codebooks_and_projections(method, compressed, mnist, tmp_path):
     path, _ = compressed["lr2vq"]
     model = edgetrain.load(path)
-    sources = {t for f in model.compressed.values() for t in f.sources}
+    sources = {t for f in model.compressed.values() for t in f.trainable}
     before = {n: v.copy() for n, v in model.params.items()}
     trainer = edgetrain.Trainer(model, method=method, cut=2, trainable="codebooks", batch_size=16, seed=0)
     for step in range(5):
@@ -418,7 +449,9 @@ def test_codebook_training_changes_only_codebooks_and_projections(method, compre
 
 def test_a_bp_step_on_codebooks_equals_torch_sgd_on_them(compressed, mnist, trained_onnx):
     """One ``bp`` step with trainable="codebooks" moves C and P as torch's SGD does on the
-    graph whose weights are layout(C[codes] @ P) (autograd through Gather and MatMul)."""
+    graph whose weights are layout(C[codes] @ P) (autograd through Gather and MatMul), each
+    codeword's step divided by the number of sub-vectors using it and the projection's by
+    all of them (``compressed.step_scale``: a shared tensor moves by its users' mean)."""
     path, result = compressed["lr2vq"]
     model = edgetrain.load(path)
     x, y = mnist.x_train[:32], mnist.y_train[:32]
@@ -429,7 +462,7 @@ def test_a_bp_step_on_codebooks_equals_torch_sgd_on_them(compressed, mnist, trai
     layers = {l.weight: l for l in model_io.layers(onnx.load(str(trained_onnx("lenet5"))))}
     leaves = {}
     for w, form in model.compressed.items():
-        leaves[w] = [torch.tensor(model.params[t], requires_grad=True) for t in form.sources]
+        leaves[w] = [torch.tensor(model.params[t], requires_grad=True) for t in form.trainable]
     edgetrain.Trainer(model, method="bp", trainable="codebooks", lr=0.1).step(x, y)
 
     def weight(w):
@@ -442,8 +475,10 @@ def test_a_bp_step_on_codebooks_equals_torch_sgd_on_them(compressed, mnist, trai
                                              torch.from_numpy(y))
     loss.backward()
     for w, form in model.compressed.items():
-        for t, leaf in zip(form.sources, leaves[w]):
-            want = (leaf - 0.1 * leaf.grad).detach().numpy()
+        counts = np.bincount(form.index.reshape(-1), minlength=len(model.params[form.codebook]))
+        users = {form.codebook: np.maximum(counts, 1)[:, None], form.projection: form.index.size}
+        for t, leaf in zip(form.trainable, leaves[w]):
+            want = leaf.detach().numpy() - 0.1 * leaf.grad.numpy() / users[t]
             assert np.abs(model.params[t] - want).max() <= 1e-5 * max(1.0, np.abs(want).max()), t
 
 
@@ -465,12 +500,12 @@ def test_codebook_gradient_scatter_matches_autograd_through_a_transpose(tmp_path
     for w, shape in (("wa", (4, 12)), ("wb", (12, 2))):
         form = model.compressed[w]
         g = rng.standard_normal(shape)
-        leaves = [torch.tensor(model.params[t].astype(np.float64), requires_grad=True) for t in form.sources]
+        leaves = [torch.tensor(model.params[t].astype(np.float64), requires_grad=True) for t in form.trainable]
         idx = torch.from_numpy(form.index.reshape(-1))
         sub = leaves[0][idx] @ leaves[1] if len(leaves) == 2 else leaves[0][idx]
         built = sub.reshape(12, 4).T if w == "wa" else sub.reshape(shape)
         (built * torch.from_numpy(g)).sum().backward()
-        ours = form.source_grads(g, {t: model.params[t].astype(np.float64) for t in form.sources})
+        ours = form.source_grads(g, {t: model.params[t].astype(np.float64) for t in form.trainable})
         for got, leaf in zip(ours, leaves):
             np.testing.assert_allclose(got, leaf.grad.numpy(), rtol=1e-12, atol=1e-12)
 
