@@ -368,8 +368,9 @@ def test_ctrl_c_during_train_keeps_the_last_checkpoint_and_writes_nothing_else(t
 
 def test_ctrl_c_during_compress_leaves_no_output(tmp_path, mnist, trained_onnx):
     np.savez(tmp_path / "d.npz", x=mnist.x_train[:640], y=mnist.y_train[:640])
-    code, err, _ = _interrupt(["compress", str(trained_onnx("mlp16")), "-o", "c.onnx", "--method", "cluster", "--k", "16",
-                               "--data", "d.npz", "--epochs", "50"], tmp_path, ready=lambda e: "fine-tune 1/50" in e)
+    code, err, _ = _interrupt(["compress", str(trained_onnx("mlp16")), "-o", "c.onnx", "--method", "cluster",
+                               "--k", "16", "--data", "d.npz", "--epochs", "50"], tmp_path,
+                              ready=lambda e: "fine-tune 1/50" in e)
     assert code == 130 and err.splitlines()[-1].startswith("edgetrain compress: interrupted (Ctrl-C)")
     assert sorted(os.listdir(tmp_path)) == ["d.npz"]
 
@@ -397,6 +398,12 @@ def _fake_demo_result():
             "onnxruntime_int8_accuracy": 0.941, "int8_integer_only": True,
             "int8_argmax_agreement_with_onnxruntime": 1.0, "int8_outputs_identical_to_onnxruntime": 0.9998,
             "int8_ms_per_sample_batch1000": 0.4, "seconds": 100.0,
+            "compression": {"model": "lenet5.evopress.onnx", "bits": 3.0, "generations": 30, "search_seconds": 30.0,
+                            "layer_bits": [3, 3, 3, 3, 3], "used_bits": 184410, "budget_bits": 184410,
+                            "stored_bytes": {"fp32": 246824, "int8": 63000, "compressed": 25451},
+                            "file_bytes": {"fp32": 248433, "int8": 67773, "compressed": 31552},
+                            "edgetrain_accuracy": 0.93, "onnxruntime_accuracy": 0.93,
+                            "outputs_identical_to_onnxruntime": 0.9999},
             "personalisation": {"cut": 3, "user_samples": 500, "shifted_accuracy_before": 0.72,
                                 "shifted_accuracy_after": 0.89, "recovered_fraction": 0.77,
                                 "clean_accuracy_before": 0.94, "clean_accuracy_after": 0.92,
