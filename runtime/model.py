@@ -80,7 +80,7 @@ class Model:
         self.params = {k: v for k, v in self.params.items() if k in used}  # e.g. pre-fold BN tensors
         for form in self.compressed.values():  # what codebook weights train through
             if isinstance(form, compressed.Codebook):
-                self.params.update({t: form.decoder.sources[t].copy() for t in form.sources})
+                self.params.update({t: form.decoder.sources[t].copy() for t in form.trainable})
         self.nodes = nodes
         self.kernels = []
         for node in nodes:
