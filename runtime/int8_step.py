@@ -42,6 +42,7 @@ class Int8Step:
         """Everything after the input quantisation: integers only."""
         metrics = {}
         updates = {}
+        low_bit = compressed.low_bit_values(self.model)
         if self.plan.bp_layers:
             env = self._forward(xq, keep=self.tail_reads)
             loss, err, correct = self.loss(env[self.model.nodes[self.plan.last].inputs[0]], y)
@@ -52,13 +53,13 @@ class Int8Step:
             head = zo.SignPerturbation(self.model.params, self.zo_names, seed, self.eps_lsb)
             head.clip()
             (lp, cp), (lm, cm) = zo.two_point(head, lambda: self._loss(xq, y))
-            head.update(lp - lm, self.zo_shift, {n: compressed.update_shift(self.model, n) for n in self.zo_names})
+            head.update(lp - lm, self.zo_shift)
             metrics.setdefault("loss_q16", (lp + lm) // 2)
             metrics.setdefault("correct", (cp + cm) // 2)
             metrics["zo_delta_loss_q16"] = lp - lm
         for name, value in updates.items():
             self.model.params[name][...] = value
-        compressed.constrain(self.model)  # low-bit weights back into their bit-width's range
+        compressed.finer_steps(self.model, low_bit, seed)  # low-bit weights: steps in their own units, in range
         n = len(y)
         return {"loss": metrics["loss_q16"] * math.log(2) / (n << 16), "accuracy": metrics["correct"] / n,
                 **metrics}
@@ -82,9 +83,8 @@ class Int8Step:
         for sig in signals:
             kernel, node = self.model.kernels[sig.index], self.model.nodes[sig.index]
             name = node.inputs[kernel.weight_input]
-            bits = self.lr_bits - compressed.update_shift(self.model, name)  # low-bit weights: a finer step
-            new = _tail_update(kernel.weight_nk(self.model.params[name]), sig.weight_gradient(), bits, seed,
-                               _UPDATE_STREAM + sig.index)
+            new = _tail_update(kernel.weight_nk(self.model.params[name]), sig.weight_gradient(), self.lr_bits,
+                               seed, _UPDATE_STREAM + sig.index)
             updates[name] = kernel.weight_nk(new)  # the same transpose takes (N, K) back to storage
         return updates
 

@@ -73,15 +73,13 @@ class SignPerturbation:
         for stream, flat, start, n in self._slices():
             flat[start:start + n] += (k * self.eps * prng.rademacher(self.seed, stream, n, start)).astype(np.int8)
 
-    def update(self, delta: int, shift: int, extra: dict[str, int] | None = None) -> None:
+    def update(self, delta: int, shift: int) -> None:
         """``w ← clip(w − SR(ΔL·z / 2^shift))`` in place, ``ΔL`` the int32 loss difference:
-        the shift is the learning rate, SR stochastic rounding from the same seed. ``extra``
-        shifts some tensors further (by name: low-bit weights, :func:`edgetrain.compressed.update_shift`)."""
+        the shift is the learning rate, SR stochastic rounding from the same seed."""
         for stream, flat, start, n in self._slices():
-            k = shift + (extra or {}).get(self.names[stream], 0)
             z = prng.rademacher(self.seed, stream, n, start).astype(np.int64)
-            noise = prng.uniform_below_pow2(self.seed, 1000 + stream, n, k, start)
-            u = quant.stochastic_shift_right(delta * z, k, noise)
+            noise = prng.uniform_below_pow2(self.seed, 1000 + stream, n, shift, start)
+            u = quant.stochastic_shift_right(delta * z, shift, noise)
             flat[start:start + n] = np.clip(flat[start:start + n] - u, -self.limit, self.limit)
 
     def _slices(self):

@@ -416,7 +416,7 @@ def test_low_bit_weights_stay_in_range_through_100_int8_steps(compressed, mnist,
     assert {w: f.bits for w, f in again.compressed.items()} == {w: f.bits for w, f in forms.items()}
     assert all(np.array_equal(again.params[w], model.params[w]) for w in forms)
     # the range holds because of the projection: without it, the same steps leave the range
-    monkeypatch.setattr(edgetrain.compressed, "constrain", lambda model: None)
+    monkeypatch.setattr(edgetrain.compressed, "finer_steps", lambda model, before, seed: None)
     loose = edgetrain.load(path)
     free = edgetrain.Trainer(loose, method="elasticzo-int8", cut=3, batch_size=8, seed=1)
     outside = lambda: any(not decode.int_range(f.bits)[0] <= loose.params[w].min() <= loose.params[w].max()  # noqa
@@ -426,6 +426,33 @@ def test_low_bit_weights_stay_in_range_through_100_int8_steps(compressed, mnist,
         if outside():
             break
     assert outside()
+
+
+def test_an_int8_step_moves_a_b_bit_weight_2_to_the_8_minus_b_times_fewer_units(compressed, mnist):
+    """The same step (same weights, batch and seed) on the EvoPress file and on the file's
+    weights taken as plain int8: each b-bit weight's change is the 8-bit change divided by
+    2^(8−b), rounded down or up (stochastic rounding: unbiased, so the mean error over n
+    weights is within 4 standard deviations, ≤ 0.5/√n each, of 0); 8-bit layers change alike."""
+    path, _ = compressed["evopress-bits"]
+    low, plain = edgetrain.load(path), edgetrain.load(path)
+    plain.compressed = {}  # the same int8 weights, no bit-width to keep
+    before = {w: low.params[w].astype(np.int64) for w in low.compressed}
+    x, y = mnist.x_train[:32], mnist.y_train[:32]
+    for model in (low, plain):
+        edgetrain.Trainer(model, method="elasticzo-int8", cut=3, batch_size=32, seed=3).step(x, y)
+    finer = 0
+    for w, form in low.compressed.items():
+        wide = (plain.params[w] - before[w]) / 2.0 ** (8 - form.bits)  # the 8-bit change in b-bit units
+        got = low.params[w] - before[w]
+        lo, hi = decode.int_range(form.bits)
+        inside = (low.params[w] > lo) & (low.params[w] < hi)  # not clipped into the range
+        if form.bits == 8:
+            assert np.array_equal(got, plain.params[w] - before[w])
+            continue
+        assert np.all(np.abs(got - wide)[inside] < 1)
+        assert abs(np.mean((got - wide)[inside])) <= 4 * 0.5 / np.sqrt(inside.sum())
+        finer += int(np.any(wide != 0))
+    assert finer  # some low-bit layer took a step
 
 
 @pytest.mark.parametrize("method", ["bp", "elasticzo"])
