@@ -348,7 +348,72 @@ def tables(results, args) -> str:
     for r in results["timing"]:
         out.append(f"| {r['file']} | {r['bytes']} | {r['ort_session_ms']:.1f} | {r['ort_batch1_ms']:.3f} | "
                    f"{r['ort_batch64_ms']:.2f} | {r['our_load_ms']:.1f} | {r['our_batch64_ms']:.2f} |")
+    out += ["", "**Issue #12's targets**, as this run found them (computed from the tables above):", ""]
+    out += [f"- {line}" for line in verdicts(results)]
     return "\n".join(out)
+
+
+def _mean_accuracy(rows, name, method):
+    """(stored bytes, mean accuracy) of ``method``'s points on ``name``, smallest file first."""
+    return sorted((r["stored_bytes"], float(np.mean(r["accuracy"]))) for r in rows
+                  if r["model"] == name and r["method"] == method)
+
+
+def _at(points, size):
+    """Accuracy of a curve at ``size`` bytes, linear in log bytes between its points; None outside them."""
+    if not points or not points[0][0] <= size <= points[-1][0]:
+        return None
+    return float(np.interp(np.log(size), [np.log(b) for b, _ in points], [a for _, a in points]))
+
+
+def verdicts(results) -> list[str]:
+    """Each target of issue #12, met or missed, with the figures that decide it."""
+    def met(ok):
+        return "**met**" if ok else "**missed**"
+    rows, lines = results["vq"], []
+    fp32 = float(np.mean(next(r for r in rows if r["model"] == "lenet5" and r["method"] == "fp32")["accuracy"]))
+    original = next(r for r in rows if r["model"] == "lenet5" and r["method"] == "fp32")["stored_bytes"]
+    lr2vq, pq, cluster = (_mean_accuracy(rows, "lenet5", m) for m in ("lr2vq", "pq", "cluster"))
+    within = [(b, a) for b, a in lr2vq if a >= fp32 - 0.02]
+    if within:
+        size, acc = min(within)
+        lines.append(f"LR²VQ on lenet5, largest ratio within 2 points of fp32 ({100 * fp32:.1f} %) ≥ 20×: "
+                     f"{met(original / size >= 20)} ({original / size:.1f}×, {100 * acc:.1f} %).")
+        for label, curve in (("PQ", pq), ("clustering", cluster)):
+            other = _at(curve, size)
+            if other is None:
+                lines.append(f"At that size, LR²VQ ≥ 1 point above {label}: not measured ({label}'s points span "
+                             f"{', '.join(f'{original / b:.1f}×' for b, _ in curve) or 'nothing'}).")
+            else:
+                lines.append(f"At that size, LR²VQ ≥ 1 point above {label}: {met(acc - other >= 0.01)} "
+                             f"({100 * (acc - other):+.1f} points; {label} {100 * other:.1f} %, interpolated in log "
+                             "bytes between its neighbouring points).")
+    else:
+        lines.append(f"LR²VQ on lenet5 within 2 points of fp32 at ≥ 20×: **missed** (no point within 2 points).")
+    below = [(b, a, _at(pq, b)) for b, a in lr2vq if _at(pq, b) is not None and a < _at(pq, b)]
+    compared = sum(_at(pq, b) is not None for b, _ in lr2vq)
+    lines.append(f"LR²VQ never below PQ on the lenet5 curve: {met(not below)} ({compared} LR²VQ points inside PQ's "
+                 f"range, {len(below)} below it" + "".join(f"; {original / b:.1f}×: {100 * a:.1f} vs {100 * o:.1f} %"
+                                                          for b, a, o in below) + ").")
+    ev = {r["search"]: r for r in results["evopress"] if r["model"] == "lenet5" and r["bits"] == 3.0}
+    evo, others = ev["evo"], [ev[s] for s in SEARCHES if s != "evo"]
+    other_kl = ", ".join(f"{o['kl']:.5f} ({o['search']})" for o in others)
+    other_acc = ", ".join(f"{100 * o['accuracy']:.1f}" for o in others)
+    lines.append(f"EvoPress at 3.0 bits (lenet5), lower held-out KL than uniform, DP and Hessian-trace: "
+                 f"{met(all(evo['kl'] < o['kl'] for o in others))} ({evo['kl']:.5f} against "
+                 f"{other_kl}); accuracy at least as high: "
+                 f"{met(all(evo['accuracy'] >= o['accuracy'] for o in others))} ({100 * evo['accuracy']:.1f} % "
+                 f"against {other_acc}); total bits within the budget: "
+                 f"{met(all(r['used'] <= r['budget'] for r in results['evopress'] if r.get('budget')))} "
+                 f"({evo['used']} of {evo['budget']}); search ≤ 10 min: {met(evo['seconds'] <= 600)} "
+                 f"({evo['seconds']:.0f} s).")
+    personal = {r["model"]: r for r in results["personalisation"]}
+    base, small = personal["int8 (uncompressed)"], personal["EvoPress 3.0 bits"]
+    gap = float(np.mean(small["after"]) - np.mean(base["after"]))
+    lines.append(f"Compressed lenet5 (EvoPress 3.0 bits) personalises within 3 points of the uncompressed int8 "
+                 f"model: {met(gap >= -0.03)} ({100 * np.mean(small['after']):.1f} against "
+                 f"{100 * np.mean(base['after']):.1f} % after the pass, {100 * gap:+.1f} points).")
+    return lines
 
 
 def plot(results, path):

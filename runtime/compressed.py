@@ -13,7 +13,8 @@ Two forms are known, each recognised from the folded subgraph itself:
   and ``P`` beside the unchanged codes.
 
 Any other decode subgraph is folded and runs, but trains as a plain weight and is exported
-as one. Training steps call :func:`constrain` after every change of the weights.
+as one. The fp32 step calls :func:`constrain` after every change of the weights, the int8
+step :func:`finer_steps`.
 """
 from __future__ import annotations
 
