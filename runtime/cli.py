@@ -454,8 +454,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=func, render=render)
         return s
 
-    s = add("demo", cmd_demo, "the whole pipeline on the built-in MNIST set: train, export, quantise, run int8, "
-                              "personalise, unlearn and prove; writes a report with plots", "host", _render_demo)
+    s = add("demo", cmd_demo, "the whole pipeline on the built-in MNIST set: train, export, quantise, compress, "
+                              "run int8, personalise the compressed model, unlearn and prove; writes a report with "
+                              "plots", "host", _render_demo)
     s.add_argument("--out", help=f"folder for the models, report.md and plots (default: {cache_dir()}/demo)")
     s.add_argument("--epochs", type=pos, default=5, help="host training epochs (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0)
