@@ -1,11 +1,12 @@
 """`edgetrain demo`: the pipeline as far as it exists, on the built-in MNIST set.
 
-Host: train LeNet-5 with torch, export to ONNX, quantise to int8.
-Device: run fp32 and integer-only int8 on the edgetrain runtime, and compare
-with onnxruntime on the same files; personalise the int8 model. Last, the
-provider deploys the fp32 model to a device folder and drives it with
-``edgetrain remote``: forget one class on request (ZK-APEX), prove it, fetch the
-proof; the provider verifies it.
+Host: train LeNet-5 with torch, export to ONNX, quantise to int8, compress (EvoPress,
+3 bits per weight on average, packed into the int8 file).
+Device: run fp32, integer-only int8 and the compressed file on the edgetrain runtime,
+and compare with onnxruntime on the same files; personalise the compressed model
+(its weights stay in their bit-widths). Last, the provider deploys the fp32 model to a
+device folder and drives it with ``edgetrain remote``: forget one class on request
+(ZK-APEX), prove it, fetch the proof; the provider verifies it.
 The models, ``report.md`` and its charts go to one folder.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ import torch
 
 from .. import Trainer, devices, estimate_memory, load, progress, prover, verify_proof
 from . import datasets, plots
+from .compress import evopress, model_io
 from .onnx_export import export_onnx
 from .quantization import quantize
 from .train_torch import accuracy, train
@@ -31,6 +33,7 @@ from .zoo import build
 
 REPORT = "report.md"
 FORGET_CLASS = 3
+COMPRESS_BITS, COMPRESS_GENERATIONS = 3.0, 20  # a short search: the demo shows the stage, bench/compress.py measures it
 
 
 def run_demo(out, epochs=5, seed=0, model_name="lenet5", key_cache=None, show=True) -> dict:
@@ -38,7 +41,7 @@ def run_demo(out, epochs=5, seed=0, model_name="lenet5", key_cache=None, show=Tr
     existing folder ``out``; stage lines and bars on stderr with ``show``; returns
     the figures (:func:`summary` puts them in words)."""
     t0 = time.perf_counter()
-    n = 8
+    n = 9
 
     def stage(i, text):
         progress.note(show, f"[{i}/{n}] {text}")
@@ -59,7 +62,13 @@ def run_demo(out, epochs=5, seed=0, model_name="lenet5", key_cache=None, show=Tr
     stage(4, "host: quantise to int8 (per-channel weights, MinMax on 256 samples)")
     quantize(fp32_path, int8_path, data.x_train[:256])
 
-    stage(5, "device: run fp32 and integer-only int8 on the edgetrain runtime; onnxruntime as reference")
+    compressed_path = os.path.join(out, f"{model_name}.evopress.onnx")
+    stage(5, f"host: compress with EvoPress to {COMPRESS_BITS:g} weight bits on average (a bit-width per layer, "
+             f"{COMPRESS_GENERATIONS} generations), packed into the int8 file")
+    compression = compress(fp32_path, int8_path, compressed_path, data, seed, show)
+
+    stage(6, "device: run fp32, integer-only int8 and the compressed file on the edgetrain runtime; onnxruntime as "
+             "reference")
     fp32, int8 = load(fp32_path), load(int8_path)
     start = time.perf_counter()
     ours8 = int8.run(data.x_test)
@@ -67,15 +76,23 @@ def run_demo(out, epochs=5, seed=0, model_name="lenet5", key_cache=None, show=Tr
     ours32 = fp32.run(data.x_test)
     sess = ort.InferenceSession(int8_path, providers=["CPUExecutionProvider"])
     ref8 = sess.run(None, {sess.get_inputs()[0].name: data.x_test})[0]
+    small = load(compressed_path).run(data.x_test)
+    sess = ort.InferenceSession(compressed_path, providers=["CPUExecutionProvider"])
+    ref_small = sess.run(None, {sess.get_inputs()[0].name: data.x_test})[0]
+    compression.update(edgetrain_accuracy=float((small.argmax(1) == data.y_test).mean()),
+                       onnxruntime_accuracy=float((ref_small.argmax(1) == data.y_test).mean()),
+                       outputs_identical_to_onnxruntime=float((small == ref_small).mean()))
 
-    stage(6, "device: personalise the int8 model with ElasticZO-INT8 (cut 3: BP on the fully connected layers, ZO "
-             "on the convolutions) on 500 'user' images (digits shifted 3 px right), one pass")
-    personal = personalise(int8_path, data, seed, show)
+    stage(7, "device: personalise the compressed model with ElasticZO-INT8 (cut 3: BP on the fully connected layers, "
+             "ZO on the convolutions; each layer's weights stay in its bit-width) on 500 'user' images (digits "
+             "shifted 3 px right), one pass")
+    personal = personalise(compressed_path, data, seed, show)
+    personal["model"] = os.path.basename(compressed_path)
 
-    stage(7, "device: peak memory of one training step per method (batch 32)")
+    stage(8, "device: peak memory of one training step per method (batch 32)")
     memory = memory_per_method(fp32_path, int8_path, data)
 
-    stage(8, f"provider deploys the fp32 model to a device folder (dir: target) and, with `edgetrain remote`, asks "
+    stage(9, f"provider deploys the fp32 model to a device folder (dir: target) and, with `edgetrain remote`, asks "
              f"it to forget digit {FORGET_CLASS} of the user's 500 images (unshifted); the device unlearns (ZK-APEX "
              "mask + group-OBS on the last fully connected layer) and proves it (Halo2); the provider fetches the "
              "proof and verifies it")
@@ -92,6 +109,7 @@ def run_demo(out, epochs=5, seed=0, model_name="lenet5", key_cache=None, show=Tr
         "int8_integer_only": int8.integer_only,
         "int8_ms_per_sample_batch1000": int8_ms,
         "export_max_rel_err": exported["max_rel_err"],
+        "compression": compression,
         "personalisation": personal,
         "memory": memory,
         "unlearning": unlearning,
@@ -109,8 +127,24 @@ def per_class(logits: np.ndarray, y: np.ndarray, classes: int = 10) -> list[floa
     return [float(hit[y == c].mean()) for c in range(classes)]
 
 
+def compress(fp32_path, int8_path, out_path, data, seed, show) -> dict:
+    """EvoPress on the fp32 model, calibrated on training images; the bytes of the three files."""
+    config = evopress.evopress(fp32_path, out_path, (data.x_train, data.y_train), bits=COMPRESS_BITS, seed=seed,
+                               generations=COMPRESS_GENERATIONS, cache=None, progress=show,
+                               config_path=f"{out_path}.json")
+    stored = {name: model_io.stored_bytes(path) for name, path in (("fp32", fp32_path), ("int8", int8_path),
+                                                                     ("compressed", out_path))}
+    files = {name: os.path.getsize(path) for name, path in (("fp32", fp32_path), ("int8", int8_path),
+                                                          ("compressed", out_path))}
+    return {"bits": COMPRESS_BITS, "generations": COMPRESS_GENERATIONS, "search_seconds": config["search_seconds"],
+            "layer_bits": [l["bits"] for l in config["layers"]], "used_bits": config["used"],
+            "budget_bits": config["budget"],
+            "stored_bytes": stored, "file_bytes": files, "model": os.path.basename(out_path)}
+
+
 def personalise(int8_path, data, seed, show, n_user=500, cut=3) -> dict:
-    """Adapt the int8 model to shifted digits on the device runtime; accuracy before/after."""
+    """Adapt an int8 model (the compressed one, in the demo) to shifted digits on the device runtime;
+    accuracy before/after."""
     user_x, user_y = datasets.shifted(data.x_train[:n_user]), data.y_train[:n_user]
     test_x = datasets.shifted(data.x_test)
     trainer = Trainer(load(int8_path), method="elasticzo-int8", cut=cut, seed=seed)
@@ -290,8 +324,10 @@ def _markdown(r: dict) -> str:
              f"| onnxruntime int8 (same file) | {pct(r['onnxruntime_int8_accuracy'])} |", "",
              f"int8 against onnxruntime: argmax agrees on {r['int8_argmax_agreement_with_onnxruntime']:.2%} of the "
              f"test images, {r['int8_outputs_identical_to_onnxruntime']:.2%} of the output values are identical.",
+             "", "## Compression (EvoPress)", "", _compression_text(r),
              "", "## Personalisation on the device", "",
-             f"ElasticZO-INT8 (cut {p['cut']}), one pass over {p['user_samples']} user images shifted 3 px: "
+             f"The compressed model, ElasticZO-INT8 (cut {p['cut']}), one pass over {p['user_samples']} user images "
+             "shifted 3 px: "
              f"shifted test accuracy {pct(p['shifted_accuracy_before'])} → {pct(p['shifted_accuracy_after'])}, "
              f"clean {pct(p['clean_accuracy_before'])} → {pct(p['clean_accuracy_after'])}.", "",
              f"![accuracy per digit, personalisation]({CHARTS['personalisation']})", "",
@@ -320,6 +356,18 @@ def _markdown(r: dict) -> str:
     return "\n".join(lines)
 
 
+def _compression_text(r: dict) -> str:
+    c = r["compression"]
+    s, f = c["stored_bytes"], c["file_bytes"]
+    return (f"{c['model']}: bits per layer {c['layer_bits']} ({c['used_bits']} of {c['budget_bits']} bits, "
+            f"{c['generations']} generations, {c['search_seconds']:.0f} s); stored {s['compressed']} bytes against "
+            f"{s['int8']} (int8) and {s['fp32']} (fp32): {s['fp32'] / s['compressed']:.1f}× smaller than fp32, "
+            f"{s['int8'] / s['compressed']:.1f}× than int8 (files {f['compressed']}, {f['int8']}, {f['fp32']} bytes); "
+            f"test accuracy {c['edgetrain_accuracy']:.2%} on edgetrain, {c['onnxruntime_accuracy']:.2%} on "
+            "onnxruntime, "
+            f"{c['outputs_identical_to_onnxruntime']:.2%} of the output values identical.")
+
+
 def summary(r: dict) -> str:
     """The demo's figures in a few lines of text (what the command line prints)."""
     rows = [("torch fp32 (host)", r["torch_fp32_accuracy"]),
@@ -332,11 +380,13 @@ def summary(r: dict) -> str:
     lines += [f"int8 vs onnxruntime: argmax agree {r['int8_argmax_agreement_with_onnxruntime']:.2%}, "
               f"output values identical {r['int8_outputs_identical_to_onnxruntime']:.2%}",
               f"int8 on edgetrain: {r['int8_ms_per_sample_batch1000']:.3f} ms/sample (batch 1000)"]
+    if "compression" in r:
+        lines += ["", "compression (EvoPress, host):", f"  {_compression_text(r)}"]
     p = r["personalisation"]
     recovered = "" if p["recovered_fraction"] is None else \
         f" (recovered {p['recovered_fraction']:.0%} of what the shift cost)"
-    lines += ["", f"personalisation on the device (ElasticZO-INT8, cut {p['cut']}, {p['user_samples']} user images, "
-              "one pass):",
+    lines += ["", f"personalisation on the device ({p.get('model', 'int8')}, ElasticZO-INT8, cut {p['cut']}, "
+              f"{p['user_samples']} user images, one pass):",
               f"  shifted test accuracy {p['shifted_accuracy_before']:.2%} -> {p['shifted_accuracy_after']:.2%}"
               f"{recovered}; clean {p['clean_accuracy_before']:.2%} -> {p['clean_accuracy_after']:.2%}",
               f"  peak memory of a step {p['step_peak_bytes'] / 1024:.0f} KiB vs inference "

@@ -54,7 +54,7 @@ def quantize(model_path, out_path, calib, *, method="minmax", per_channel=True,
     if not 0 < percentile <= 100:
         raise ValueError(f"percentile={percentile!r} must be in (0, 100]")
     model_path, out_path = Path(model_path), Path(out_path)
-    name, expected = _input_signature(_fp32_model(model_path))
+    name, expected = _input_signature(fp32_model(model_path))
     calib = _check_calib(calib, expected, name)
     out_path.parent.mkdir(parents=True, exist_ok=True)
 
@@ -102,9 +102,10 @@ def _without_qoperator_warning():
         root.removeFilter(keep)
 
 
-def _fp32_model(path: Path) -> onnx.ModelProto:
-    """The ONNX model at ``path``, checked to be one this quantiser takes: a readable
-    ONNX graph that holds no quantised op or int8 tensor yet."""
+def fp32_model(path, tool: str = "quantize") -> onnx.ModelProto:
+    """The ONNX model at ``path``, checked to be one ``tool`` (this quantiser, or compress)
+    takes: a readable ONNX graph that holds no quantised op or int8 tensor yet."""
+    path = Path(path)
     where = f"model {str(path)!r}"
     if not path.is_file():
         raise ValueError(f"{where} {'is a directory' if path.is_dir() else 'does not exist'}; expected an ONNX file")
@@ -120,7 +121,7 @@ def _fp32_model(path: Path) -> onnx.ModelProto:
                         or n.op_type.startswith(("QLinear", "MatMulInteger", "ConvInteger"))})
     if quantised or any(t.data_type in int8 for t in model.graph.initializer):
         found = ", ".join(quantised) or "int8 initializers"
-        raise ValueError(f"{where} is already quantised ({found}); quantize takes an fp32 model")
+        raise ValueError(f"{where} is already quantised ({found}); {tool} takes an fp32 model")
     return model
 
 

@@ -91,6 +91,50 @@ def cmd_quantize(args, out: Outputs) -> dict:
     return {**result, "path": args.output}
 
 
+def cmd_compress(args, out: Outputs) -> dict:
+    """LR²VQ / PQ / clustering (fine-tuned with torch) or EvoPress (a level per layer); every
+    argument checked before any work, the file (and EvoPress's config) written at the end."""
+    import warnings
+    vq = host("export.compress.vq", "compress")
+    evopress = host("export.compress.evopress", "compress")
+    flags = {"lr2vq": ("k", "m", "d", "epochs", "skip"), "pq": ("k", "m", "epochs", "skip"),
+             "cluster": ("k", "epochs", "skip"), "evopress": ("bits", "sparsity", "search", "generations", "config",
+                                                              "cache")}[args.method]
+    foreign = [f"--{k}" for k in ("k", "m", "d", "epochs", "skip", "bits", "sparsity", "search", "generations",
+                                  "config", "cache") if getattr(args, k) is not None and k not in flags]
+    if foreign:
+        raise ValueError(f"{', '.join(foreign)}: --method {args.method} takes "
+                         f"{', '.join('--' + f for f in flags)}")
+    model = _model(args.model)
+    if args.method == "evopress":
+        evopress.check_budget(args.bits, args.sparsity, args.search or "evo")
+    else:
+        vq.check_settings(args.method, 256 if args.k is None else args.k, args.m, args.d, args.epochs or 3)
+    path = out.file(args.output, "-o")
+    config = out.file(args.config or f"{args.output}.json", "--config") if args.method == "evopress" else None
+    x, y = data(args.data, "--data", model, labels=args.method != "evopress")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", vq.SkippedLayerWarning)
+        if args.method == "evopress":
+            cache = args.cache if args.cache is not None else cache_dir()
+            result = evopress.evopress(args.model, path, (x, y), bits=args.bits, sparsity=args.sparsity,
+                                       search=args.search or "evo", seed=args.seed,
+                                       generations=args.generations or evopress.GENERATIONS, cache=cache,
+                                       config_path=config, progress=not args.json)
+            result["config"] = args.config or f"{args.output}.json"
+            for bulky in ("kl_trace", "weights"):  # the trace is in the config file
+                result.pop(bulky, None)
+        else:
+            result = vq.compress(args.model, path, (x, y), method=args.method, k=256 if args.k is None else args.k,
+                                 m=args.m, d=args.d, epochs=args.epochs or 3, seed=args.seed, skip=args.skip or (),
+                                 progress=not args.json)
+            result.pop("codebooks")
+    notes = [str(w.message) for w in caught if issubclass(w.category, vq.SkippedLayerWarning)]
+    for text in notes:
+        _note(args, f"warning: {text}")
+    return {"model": args.model, "path": args.output, **result, **({"warnings": notes} if notes else {})}
+
+
 # -- device: run, train --------------------------------------------------------------
 
 def cmd_info(args, out: Outputs) -> dict:
@@ -411,8 +455,9 @@ def build_parser() -> argparse.ArgumentParser:
         s.set_defaults(func=func, render=render)
         return s
 
-    s = add("demo", cmd_demo, "the whole pipeline on the built-in MNIST set: train, export, quantise, run int8, "
-                              "personalise, unlearn and prove; writes a report with plots", "host", _render_demo)
+    s = add("demo", cmd_demo, "the whole pipeline on the built-in MNIST set: train, export, quantise, compress, "
+                              "run int8, personalise the compressed model, unlearn and prove; writes a report with "
+                              "plots", "host", _render_demo)
     s.add_argument("--out", help=f"folder for the models, report.md and plots (default: {cache_dir()}/demo)")
     s.add_argument("--epochs", type=pos, default=5, help="host training epochs (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0)
@@ -452,6 +497,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--percentile", type=_positive(float), default=99.999)
     s.add_argument("--format", default="qoperator", choices=["qoperator", "qdq"])
     s.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
+
+    s = add("compress", cmd_compress, "compress an fp32 ONNX model: LR²VQ (or the baselines pq, cluster), fine-tuned "
+                                      "with torch; or EvoPress, a bit-width or sparsity per layer (int8 output)",
+            "host")
+    s.add_argument("model")
+    s.add_argument("-o", "--output", required=True, help="the compressed ONNX file")
+    s.add_argument("--method", required=True, choices=["lr2vq", "pq", "cluster", "evopress"])
+    s.add_argument("--data", required=True, help=f"training / calibration data: an .npz with x (and y: lr2vq, pq, "
+                                                 f"cluster need labels) or a built-in set {datasets.BUILTIN}")
+    s.add_argument("--seed", type=int, default=0)
+    g = s.add_argument_group("lr2vq, pq, cluster")
+    g.add_argument("--k", type=int, help="codewords per layer, a power of two ≤ 256 (default 256)")
+    g.add_argument("--m", type=int, help="weights per sub-vector (default 8; cluster: 1)")
+    g.add_argument("--d", type=int, help="lr2vq: clustering dimensionality ≤ m (default: estimated)")
+    g.add_argument("--epochs", type=pos, help="fine-tuning epochs (default 3; lr2vq: a third low-rank pre-training)")
+    g.add_argument("--skip", nargs="+", metavar="LAYER", help="layers (node or weight names) to leave uncompressed")
+    g = s.add_argument_group("evopress")
+    g.add_argument("--bits", type=float, help="average weight bits, 2 to 8")
+    g.add_argument("--sparsity", type=float, help="share of zero weights, 0 to 0.95 (instead of --bits)")
+    g.add_argument("--search", choices=["evo", "uniform", "dp", "hessian"], help="(default: evo)")
+    g.add_argument("--generations", type=pos, help="evolution generations (default 150)")
+    g.add_argument("--config", help="the per-layer JSON config (default: OUTPUT.json)")
+    g.add_argument("--cache", help=f"folder caching the level database (default: {cache_dir()})")
 
     s = add("info", cmd_info, "what a model holds and how the runtime will run it")
     s.add_argument("model")

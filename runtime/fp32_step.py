@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from . import autodiff, prng, zo
+from . import autodiff, compressed, prng, zo
 from .model import Model
 from .plan import Plan
 
@@ -20,13 +20,15 @@ class Fp32Step:
                  eps: float | None = None, q: int = 1):
         self.model, self.plan = model, plan
         self.lr, self.zo_lr, self.eps, self.q = lr, zo_lr, eps, q
-        self.bp_names = {n for l in plan.bp_layers for n in (l.weight, l.bias) if n}
+        self.zo_names, self.bp_names = list(plan.zo_params), set(plan.bp_params)
         # what the BP tail reads: the clean pass keeps these activations only
         self.tail_reads = {i for n in model.nodes[plan.tail_start:] for i in n.inputs if i}
 
     def __call__(self, x: np.ndarray, y: np.ndarray, seed: int) -> dict:
         with np.errstate(over="ignore", invalid="ignore"):  # non-finite losses are rolled back
-            return self._step(x, y, seed)
+            metrics = self._step(x, y, seed)
+        compressed.constrain(self.model)  # codebook weights follow what was trained (also after a rollback)
+        return metrics
 
     def _step(self, x, y, seed):
         params = self.model.params
@@ -38,15 +40,18 @@ class Fp32Step:
             return {**metrics, "rolled_back": True, "reason": "loss is not finite"}
         updates = {}
         if self.bp_names:
-            grads = autodiff.backward(self.model, env, dlogits, wrt=self.bp_names, start=self.plan.tail_start)
-            for name in list(grads):
-                updates[name] = params[name] - np.float32(self.lr) * grads.pop(name)
+            wrt = compressed.gradient_inputs(self.model, self.bp_names)
+            grads = compressed.to_sources(self.model, autodiff.backward(self.model, env, dlogits, wrt=wrt,
+                                                                        start=self.plan.tail_start))
+            for name in list(grads):  # a shared tensor (a codebook) steps by its users' mean gradient
+                step = np.float32(self.lr) * compressed.step_scale(self.model, name)
+                updates[name] = params[name] - step * grads.pop(name)
         del env, logits, dlogits  # the ZO passes below need none of it
-        if self.plan.zo_layers:
-            units = zo.rms_units(params, self.plan.zo_layers)
+        if self.zo_names:
+            units = zo.rms_units(params, self.plan.zo_layers, self.zo_names)
             directions = [zo.GaussianPerturbation(params, units, prng.step_seed(seed, j, salt=1), self.eps)
                           for j in range(self.q)]
-            diffs = zo.probe(directions, lambda: autodiff.cross_entropy(self.model.run(x), y)[0], loss)
+            diffs = zo.probe(directions, lambda: self._loss(x, y), loss)
             if not all(math.isfinite(d) for d in diffs):
                 return {**metrics, "rolled_back": True, "reason": "perturbed loss is not finite"}
             metrics["zo_grad"] = [d / self.eps for d in diffs]  # directional derivatives along u·z
@@ -56,6 +61,10 @@ class Fp32Step:
         for name, value in updates.items():
             params[name][...] = value
         return metrics
+
+    def _loss(self, x, y):
+        compressed.constrain(self.model)  # codebook weights decoded from the perturbed codebooks
+        return autodiff.cross_entropy(self.model.run(x), y)[0]
 
 
 def accuracy(logits: np.ndarray, y: np.ndarray) -> float:

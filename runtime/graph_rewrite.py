@@ -1,5 +1,6 @@
-"""Load-time graph rewrites: fold BatchNormalization into Conv, fold QDQ
-patterns into the integer ops the kernels run, drop dead nodes.
+"""Load-time graph rewrites: evaluate decode subgraphs into the weights they rebuild, fold
+BatchNormalization into Conv, fold QDQ patterns into the integer ops the kernels run, drop
+dead nodes.
 
 Each rewrite takes the node list (topologically sorted), the initializer dict
 (which it may extend) and the graph outputs, and returns a new node list.
@@ -7,11 +8,64 @@ Each rewrite takes the node list (topologically sorted), the initializer dict
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 
-from .kernels import Node
+from . import decode
+from .kernels import KERNELS, Node
 from .kernels.batchnorm import batchnorm_affine
+
+
+@dataclass
+class Decoder:
+    """A tensor a decode subgraph rebuilt at load: the subgraph's nodes in graph order and the
+    initializers they read, as the file stores them."""
+    weight: str
+    nodes: list[Node]
+    sources: dict[str, np.ndarray]
+
+    def run(self, **replaced: np.ndarray) -> np.ndarray:
+        """The subgraph again, with some sources replaced (by name): what the file would rebuild
+        if it stored those instead."""
+        env = {**self.sources, **replaced}
+        for n in self.nodes:
+            env[n.outputs[0]] = decode.evaluate(n, [env[i] if i else None for i in n.inputs])
+        return env[self.weight]
+
+
+def fold_decoders(nodes, params, outputs):
+    """Evaluate decode subgraphs once (:mod:`edgetrain.decode`): a node folds when its op is a
+    decode op, every input is a constant, and it either has no kernel (Gather, Cast, BitShift…)
+    or reads what another folded node made (the MatMul and Reshape after a Gather). Its output
+    becomes a constant in ``params``. The kernels then see ordinary weights, and the checks
+    that need kernels never meet a decode op; a decode op on run-time data is left in place,
+    for the loader to refuse as unsupported. Returns the remaining nodes and a
+    :class:`Decoder` for each folded tensor that a remaining node reads. ValueError (naming
+    the node) for a decode node ONNX does not allow."""
+    made = {}  # folded tensor → the node that made it
+    rest = []
+    for n in nodes:
+        folds = (n.op_type in decode.OPS and n.domain in ("", "ai.onnx") and len(n.outputs) == 1
+                 and n.outputs[0] not in outputs and all(i in params for i in n.inputs if i)
+                 and (n.op_type not in KERNELS or any(i in made for i in n.inputs)))
+        if not folds:
+            rest.append(n)
+            continue
+        params[n.outputs[0]] = decode.evaluate(n, [params[i] if i else None for i in n.inputs])
+        made[n.outputs[0]] = n
+    decoders = []
+    for weight in dict.fromkeys(i for n in rest for i in n.inputs if i in made):
+        needed, todo = set(), [weight]
+        while todo:
+            t = todo.pop()
+            if t in made and t not in needed:
+                needed.add(t)
+                todo.extend(i for i in made[t].inputs if i)
+        sub = [n for n in made.values() if n.outputs[0] in needed]
+        sources = {i: params[i] for n in sub for i in n.inputs if i and i not in made}
+        decoders.append(Decoder(weight, sub, sources))
+    return rest, decoders
 
 
 def _consumers(nodes):

@@ -19,7 +19,7 @@ import math
 
 import numpy as np
 
-from . import int_autodiff, prng, quant, zo
+from . import compressed, int_autodiff, prng, quant, zo
 from .int_loss import ERR_BITS
 from .model import Model
 from .plan import Plan
@@ -42,6 +42,7 @@ class Int8Step:
 
     def core(self, xq: np.ndarray, y: np.ndarray, seed: int) -> dict:
         """Everything after the input quantisation: integers only."""
+        low_bit = compressed.low_bit_values(self.model)
         env = self._forward(xq, keep=self.tail_reads)
         loss, err, correct = self.loss(env[self.model.nodes[self.plan.last].inputs[0]], y)
         n = len(y)
@@ -58,6 +59,7 @@ class Int8Step:
             metrics["zo_delta_loss_q16"] = diffs
         for name, value in updates.items():
             self.model.params[name][...] = value
+        compressed.finer_steps(self.model, low_bit, seed)  # low-bit weights: steps in their own units, in range
         return metrics
 
     def _forward(self, xq, keep):

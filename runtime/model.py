@@ -3,8 +3,9 @@
 Loading validates everything it can once (ops, wiring, every node against its
 kernel's declaration with the types and shapes ONNX shape inference finds,
 initializers, quantisation parameters), rewrites the graph into the form the kernels run (constants
-inlined, BatchNormalization folded into Conv, QDQ patterns folded into integer
-ops), and binds one kernel per node. Running then only checks the input.
+inlined, decode subgraphs of compressed files evaluated into their weights,
+BatchNormalization folded into Conv, QDQ patterns folded into integer ops), and binds
+one kernel per node. Running then only checks the input.
 """
 from __future__ import annotations
 
@@ -17,8 +18,9 @@ import onnx
 from onnx import helper, numpy_helper
 
 from . import backend as _backend
+from . import compressed
 from .errors import ModelFormatError
-from .graph_rewrite import fold_batchnorm, fold_qdq, prune_dead
+from .graph_rewrite import fold_batchnorm, fold_decoders, fold_qdq, prune_dead
 from .int_loss import IntCrossEntropy
 from .kernels import KERNELS, Node, supported_ops
 from .kernels.declare import check_node
@@ -58,6 +60,12 @@ class Model:
                 continue
             attrs = {a.name: helper.get_attribute_value(a) for a in n.attribute}
             nodes.append(Node(name, n.op_type, list(n.input), list(n.output), attrs, n.domain))
+        try:  # before any check that needs kernels: decode ops have none
+            nodes, decoders = fold_decoders(nodes, self.params, [o.name for o in graph.output])
+        except ValueError as e:
+            raise ModelFormatError(f"{source}: {e}") from None
+        #: weight name → its compressed form (edgetrain.compressed), for training and export
+        self.compressed = compressed.recognise(decoders, self.params)
         _check_ops(nodes, source)
         self._input_infos = [v for v in graph.input if v.name not in self.params]
         self._output_infos = list(graph.output)
@@ -74,6 +82,9 @@ class Model:
         nodes = prune_dead(nodes, self.output_names)
         used = {i for n in nodes for i in n.inputs}
         self.params = {k: v for k, v in self.params.items() if k in used}  # e.g. pre-fold BN tensors
+        for form in self.compressed.values():  # what codebook weights train through
+            if isinstance(form, compressed.Codebook):
+                self.params.update({t: form.decoder.sources[t].copy() for t in form.trainable})
         self.nodes = nodes
         self.kernels = []
         for node in nodes:
@@ -117,11 +128,14 @@ class Model:
             k.float_gemm = bool(on)
 
     def to_proto(self) -> onnx.ModelProto:
-        """The graph as it runs (after load-time rewrites) with the current parameters."""
-        used = {i for n in self.nodes for i in n.inputs if i}
+        """The graph as it runs (after load-time rewrites) with the current parameters; weights
+        of a known compressed form are stored in that form again (:mod:`edgetrain.compressed`)."""
+        decode_nodes, decode_inits, rebuilt = compressed.stored_graph(self)
+        used = {i for n in self.nodes for i in n.inputs if i} - rebuilt
         inits = [numpy_helper.from_array(np.asarray(v), name) for name, v in self.params.items() if name in used]
-        nodes = [helper.make_node(n.op_type, n.inputs, n.outputs, name=n.name, domain=n.domain, **n.attrs)
-                 for n in self.nodes]
+        inits += decode_inits
+        nodes = decode_nodes + [helper.make_node(n.op_type, n.inputs, n.outputs, name=n.name, domain=n.domain,
+                                                 **n.attrs) for n in self.nodes]
         graph = helper.make_graph(nodes, "edgetrain", self._input_infos, self._output_infos, inits)
         opsets = {o.domain: o.version for o in self._opsets}
         if any(n.domain == "com.microsoft" for n in self.nodes):

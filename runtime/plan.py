@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import int_autodiff
+from . import compressed, int_autodiff
 from .errors import ModelFormatError, TrainingError
 from .model import Layer, Model
 
@@ -23,6 +23,15 @@ class Plan:
     zo_layers: list[Layer]
     bp_layers: list[Layer]
     tail_start: int      # index of the first BP node (``last`` without a tail)
+    zo_params: list[str]  # the tensors the ZO head perturbs and updates
+    bp_params: list[str]  # the tensors the BP tail updates
+
+    @property
+    def tensors(self) -> list[str]:
+        """Every tensor a step may change: the layers' weights and biases, and the codebooks
+        and projections that codebook weights train through."""
+        return list(dict.fromkeys([n for l in self.layers for n in (l.weight, l.bias) if n]
+                                  + self.zo_params + self.bp_params))
 
 
 def plan(model: Model, method: str, cut: int | str = 1, trainable=None) -> Plan:
@@ -30,8 +39,11 @@ def plan(model: Model, method: str, cut: int | str = 1, trainable=None) -> Plan:
 
     Integer models train between the input QuantizeLinear and the output
     DequantizeLinear, and their BP tail must be one the integer backward passes;
-    fp32 models train over the whole graph. Raises TrainingError naming the
-    argument when the model, ``trainable`` or ``cut`` do not fit.
+    fp32 models train over the whole graph. ``trainable="codebooks"`` trains the
+    codebooks and projections of a compressed file's codebook weights and nothing
+    else; a codebook weight always trains through them (:mod:`edgetrain.compressed`).
+    Raises TrainingError naming the argument when the model, ``trainable`` or ``cut``
+    do not fit.
     """
     if method not in METHODS:
         raise TrainingError(f"method={method!r} must be one of {METHODS}")
@@ -55,7 +67,17 @@ def plan(model: Model, method: str, cut: int | str = 1, trainable=None) -> Plan:
             if not int_autodiff.differentiable(kernel):
                 raise TrainingError(f"cut={cut!r}: the BP tail holds {node.op_type} (node {node.name!r}); integer "
                                     f"BP supports {int_autodiff.supported_ops()} — use a smaller cut")
-    return Plan(first, last, layers, n_tail, zo, bp, tail_start)
+    codebooks_only = trainable == "codebooks"
+    return Plan(first, last, layers, n_tail, zo, bp, tail_start, _tensors(model, zo, codebooks_only),
+                _tensors(model, bp, codebooks_only))
+
+
+def _tensors(model, layers, codebooks_only):
+    """What training changes in ``layers``: a weight (or its codebook and projection) and,
+    unless ``codebooks_only``, the bias."""
+    names = [t for l in layers for t in compressed.trainable_tensors(model, l.weight)
+             + ([l.bias] if l.bias and not codebooks_only else [])]
+    return list(dict.fromkeys(names))
 
 
 def _trainable(model, trainable):
@@ -64,8 +86,14 @@ def _trainable(model, trainable):
         raise TrainingError("the model has no parametrised layers (Conv, Gemm, MatMul and their int8 forms)")
     if trainable is None:
         return layers
+    if trainable == "codebooks":
+        coded = [l for l in layers if isinstance(model.compressed.get(l.weight), compressed.Codebook)]
+        if not coded:
+            raise TrainingError("trainable='codebooks': the model stores no weight as a codebook (compress it with "
+                                "edgetrain compress --method lr2vq, pq or cluster)")
+        return coded
     if isinstance(trainable, str):
-        raise TrainingError(f"trainable={trainable!r} must be a list of names, not one string")
+        raise TrainingError(f"trainable={trainable!r} must be a list of names or 'codebooks', not another string")
     wanted = set(trainable)
     known = {l.name for l in layers} | {l.weight for l in layers} | {l.bias for l in layers if l.bias}
     unknown = sorted(wanted - known)

@@ -68,8 +68,12 @@ class Trainer:
 
     ``cut``: how many trailing parametrised layers train with backprop (an int), or the
     name of the last zeroth-order layer's node; ignored by ``bp`` (all BP) and ``zo``
-    (none). ``trainable``: node or parameter names to train (default all); the rest
-    stay frozen. Step parameters (defaults in ``DEFAULTS``): fp32 methods take ``lr``
+    (none). ``trainable``: node or parameter names to train (default all), or
+    ``"codebooks"``: only the codebooks and projections of a compressed file's codebook
+    layers; the rest stay frozen. A compressed weight trains in its compressed form (a
+    codebook weight through its codebook and projection, a low-bit weight inside its
+    bit-width's range: :mod:`edgetrain.compressed`), so ``export`` writes a file of the
+    same size. Step parameters (defaults in ``DEFAULTS``): fp32 methods take ``lr``
     (BP step), ``zo_lr`` (ZO step), ``eps`` (perturbation) and ``q`` (ZO directions per
     step); ``elasticzo-int8`` takes ``lr_bits``, ``zo_bits``, ``eps_lsb`` and ``q``. A
     parameter the method does not use is an error, not ignored.
@@ -107,7 +111,8 @@ class Trainer:
         self._step = (Int8Step if method == "elasticzo-int8" else Fp32Step)(model, self.plan, **self.hyper)
         self.n_classes = self._probe_classes()
         self.config = {"method": method, "cut": self.cut, "batch_size": self.batch_size, "seed": self.seed,
-                       "trainable": [l.name for l in self.layers], **self.hyper}
+                       "trainable": "codebooks" if trainable == "codebooks" else [l.name for l in self.layers],
+                       **self.hyper}
 
     def _probe_classes(self):
         name, shape, _ = self.model.inputs[0]
@@ -228,7 +233,7 @@ class Trainer:
         (:func:`edgetrain.memory.measure_peak`). The step is real, but its effect is undone:
         weights and step count are as before."""
         x, y = self.check_batch(x, y)
-        saved = {n: self.model.params[n].copy() for l in self.layers for n in (l.weight, l.bias) if n}
+        saved = {n: self.model.params[n].copy() for n in self.plan.tensors}
         count = self.step_count
         try:
             infer_traced, infer_rss = memory.measure_peak(lambda: self.model.run(x))
@@ -244,7 +249,7 @@ class Trainer:
     def save(self, path: str | os.PathLike) -> None:
         """Write a checkpoint atomically (:mod:`edgetrain.checkpoint`): the model as it runs,
         the configuration, the step count and the trained tensors."""
-        params = {n: self.model.params[n] for l in self.layers for n in (l.weight, l.bias) if n}
+        params = {n: self.model.params[n] for n in self.plan.tensors}
         config = {**self.config, "float_gemm": self.model.float_gemm}
         checkpoint.save(path, self.model.to_proto(), config, self.step_count, params)
 

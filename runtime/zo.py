@@ -47,15 +47,20 @@ def gaussian_direction(seed: int, stream: int, shape) -> np.ndarray:
     return np.random.default_rng([seed, stream]).standard_normal(shape, dtype=np.float32)
 
 
-def rms_units(params: dict, layers) -> dict[str, float]:
+def rms_units(params: dict, layers, names=None) -> dict[str, float]:
     """Each ZO tensor's scale: the rms of its layer's weight (a bias takes its weight's,
-    so a zero-initialised bias moves too)."""
+    so a zero-initialised bias moves too). With ``names``, the scales of those tensors,
+    in that order: a tensor that is no layer's weight or bias (a compressed layer's
+    codebook or projection) takes its own rms."""
     units = {}
     for layer in layers:
-        w = params[layer.weight]
-        rms = float(np.sqrt(np.mean(np.square(w, dtype=np.float64))))
+        rms = _rms(params[layer.weight])
         units.update({n: rms for n in (layer.weight, layer.bias) if n})
-    return units
+    return units if names is None else {n: units[n] if n in units else _rms(params[n]) for n in names}
+
+
+def _rms(a: np.ndarray) -> float:
+    return float(np.sqrt(np.mean(np.square(a, dtype=np.float64))))
 
 
 class GaussianPerturbation:

@@ -183,6 +183,20 @@ BAD_INPUTS = {
     "export-lr-nan": (["export", "mlp", "-o", "m.onnx", "--train", GOOD, "--lr", "nan"], ["--lr", "'nan'"]),
     "export-unknown-model": (["export", "no_such_model", "-o", "m.onnx"], ["no_such_model"]),
     "data-no-sample-left": (["data", "mnist", "--only", "42", "-o", "d.npz"], ["--only", "no sample"]),
+    "compress-k-1": (["compress", M, "-o", "c.onnx", "--method", "lr2vq", "--data", GOOD, "--k", "1"],
+                     ["k=1", "power of two"]),
+    "compress-bits-1.5": (["compress", M, "-o", "c.onnx", "--method", "evopress", "--data", GOOD, "--bits", "1.5"],
+                          ["bits=1.5", "cannot be met"]),
+    "compress-sparsity-0.99": (["compress", M, "-o", "c.onnx", "--method", "evopress", "--data", GOOD,
+                                "--sparsity", "0.99"], ["sparsity=0.99", "cannot be met"]),
+    "compress-m-not-dividing": (["compress", M, "-o", "c.onnx", "--method", "pq", "--data", GOOD, "--k", "16",
+                                 "--m", "7"], ["m=7", "160 weights"]),
+    "compress-flag-of-another-method": (["compress", M, "-o", "c.onnx", "--method", "pq", "--data", GOOD, "--bits",
+                                         "3"], ["--bits", "--method pq"]),
+    "compress-int8-model": (["compress", Q, "-o", "c.onnx", "--method", "cluster", "--data", GOOD, "--k", "16"],
+                            ["already quantised"]),
+    "compress-no-labels": (["compress", M, "-o", "c.onnx", "--method", "lr2vq", "--data", "{x_only.npz}"],
+                           ["--data", "no array 'y'"]),
     # outputs: checked before any work
     "train-output-folder-missing": (["train", M, "--data", GOOD, "-o", "/nonexistent/t.onnx"],
                                     ["-o", "/nonexistent/t.onnx", "does not exist"]),
@@ -198,6 +212,8 @@ BAD_INPUTS = {
     "quantize-output-is-folder": (["quantize", M, "-o", "{folder}", "--calib", GOOD], ["-o", "directory"]),
     "export-output-folder-missing": (["export", "mlp", "-o", "/nonexistent/m.onnx"], ["-o", "/nonexistent/m.onnx"]),
     "data-output-is-folder": (["data", "mnist", "-o", "{folder}"], ["-o", "directory"]),
+    "compress-output-folder-missing": (["compress", M, "-o", "/nonexistent/c.onnx", "--method", "cluster", "--data",
+                                        GOOD, "--k", "16"], ["-o", "/nonexistent/c.onnx", "does not exist"]),
     "demo-out-is-a-file": (["demo", "--out", GOOD], ["--out", "good.npz", "is a file"]),
     # the provider's files
     "verify-proof-missing": (["verify", "nowhere.bin", "--mask", "{mask.npz}"], ["PROOF", "nowhere.bin",
@@ -350,6 +366,15 @@ def test_ctrl_c_during_train_keeps_the_last_checkpoint_and_writes_nothing_else(t
     assert sorted(os.listdir(tmp_path)) == ["ck.npz", "user.npz"]
 
 
+def test_ctrl_c_during_compress_leaves_no_output(tmp_path, mnist, trained_onnx):
+    np.savez(tmp_path / "d.npz", x=mnist.x_train[:640], y=mnist.y_train[:640])
+    code, err, _ = _interrupt(["compress", str(trained_onnx("mlp16")), "-o", "c.onnx", "--method", "cluster",
+                               "--k", "16", "--data", "d.npz", "--epochs", "50"], tmp_path,
+                              ready=lambda e: "fine-tune 1/50" in e)
+    assert code == 130 and err.splitlines()[-1].startswith("edgetrain compress: interrupted (Ctrl-C)")
+    assert sorted(os.listdir(tmp_path)) == ["d.npz"]
+
+
 def test_ctrl_c_during_prove_exits_130_at_once_and_writes_nothing(tmp_path, inputs):
     planned = []
 
@@ -373,6 +398,12 @@ def _fake_demo_result():
             "onnxruntime_int8_accuracy": 0.941, "int8_integer_only": True,
             "int8_argmax_agreement_with_onnxruntime": 1.0, "int8_outputs_identical_to_onnxruntime": 0.9998,
             "int8_ms_per_sample_batch1000": 0.4, "seconds": 100.0,
+            "compression": {"model": "lenet5.evopress.onnx", "bits": 3.0, "generations": 30, "search_seconds": 30.0,
+                            "layer_bits": [3, 3, 3, 3, 3], "used_bits": 184410, "budget_bits": 184410,
+                            "stored_bytes": {"fp32": 246824, "int8": 63000, "compressed": 25451},
+                            "file_bytes": {"fp32": 248433, "int8": 67773, "compressed": 31552},
+                            "edgetrain_accuracy": 0.93, "onnxruntime_accuracy": 0.93,
+                            "outputs_identical_to_onnxruntime": 0.9999},
             "personalisation": {"cut": 3, "user_samples": 500, "shifted_accuracy_before": 0.72,
                                 "shifted_accuracy_after": 0.89, "recovered_fraction": 0.77,
                                 "clean_accuracy_before": 0.94, "clean_accuracy_after": 0.92,

@@ -128,6 +128,8 @@ def test_host_only_commands_name_the_extra_on_a_device(device_python, tmp_path, 
                 (["quantize", model, "-o", str(tmp_path / "q.onnx"), "--calib", str(tmp_path / "calib.npz")],
                  provider),
                 (["demo", "--out", str(tmp_path / "demo")], host),
+                (["compress", model, "-o", str(tmp_path / "c.onnx"), "--method", "lr2vq", "--data",
+                  str(tmp_path / "d.npz")], host),
                 (["data", "mnist", "-o", str(tmp_path / "d2.npz")], host),
                 (["run", model, "--data", "mnist"], host),
                 (["keygen", "-o", str(tmp_path / "k")], provider),  # signing needs cryptography
@@ -159,4 +161,4 @@ def test_host_only_commands_name_the_extra_on_a_device(device_python, tmp_path, 
               if line.split()[1:2] in (["(host)"], ["(provider)"])}
     assert help_code == 0 and marked == {"demo": "(host)", "data": "(host)", "export": "(host)",
                                          "export-tflite": "(host)", "quantize": "(provider)", "keygen": "(provider)",
-                                         "deploy": "(provider)", "remote": "(provider)"}
+                                         "deploy": "(provider)", "remote": "(provider)", "compress": "(host)"}
