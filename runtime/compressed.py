@@ -29,6 +29,7 @@ from .graph_rewrite import Decoder
 
 PROBE_SEED = 20250612  # the random values a LowBit candidate must also round-trip
 FINER_STREAM = 4000  # + low-bit weight number: the PRNG stream rounding its finer step
+FINER_CHUNK = 1 << 13  # weights per slice of the finer step (the noise is indexed by position)
 
 
 @dataclass
@@ -171,12 +172,14 @@ def finer_steps(model, before: dict[str, np.ndarray], seed: int) -> None:
     file took steps 32 times too large, and personalisation lost accuracy). Stochastic
     rounding keeps the fraction in expectation."""
     for i, (w, old) in enumerate(before.items()):
-        form, new = model.compressed[w], model.params[w]
+        form, new, old = model.compressed[w], model.params[w].reshape(-1), old.reshape(-1)
         shift = 8 - form.bits
-        change = new.reshape(-1).astype(np.int64) - old.reshape(-1)
-        noise = prng.uniform_below_pow2(seed, FINER_STREAM + i, change.size, shift)
-        step = quant.stochastic_shift_right(change, shift, noise).reshape(new.shape)
-        new[...] = np.clip(old + step, *form.range)
+        for start in range(0, new.size, FINER_CHUNK):  # slices keep the int64 temporaries small
+            end = min(start + FINER_CHUNK, new.size)
+            change = new[start:end].astype(np.int64) - old[start:end]
+            noise = prng.uniform_below_pow2(seed, FINER_STREAM + i, end - start, shift, start)
+            step = quant.stochastic_shift_right(change, shift, noise)
+            new[start:end] = np.clip(old[start:end] + step, *form.range)
 
 
 def step_scale(model, tensor: str) -> np.ndarray | float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from . import compressed
 from .plan import METHODS, plan
 from .zo import INT_CHUNK
 
@@ -88,6 +89,8 @@ def estimate_memory(model, method: str = "inference", cut: int = 1, batch_size: 
         else:  # the head's new values, computed before any is applied, and a direction and its scaled copy
             extra = 4 * sum(sizes) + 8 * max(sizes)
         peak = max(peak, held + extra)
+    if int8:  # a compressed file's low-bit weights, copied before the step for its finer steps
+        peak += sum(params[w].size for w, form in model.compressed.items() if isinstance(form, compressed.LowBit))
     return {"peak_bytes": int(peak), "inference_peak_bytes": int(inference), "method": method,
             "cut": p.cut, "batch_size": batch_size}
 

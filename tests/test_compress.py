@@ -543,3 +543,14 @@ def test_codebook_gradient_scatter_matches_autograd_through_a_transpose(tmp_path
 def test_trainable_codebooks_needs_a_codebook_model(trained_onnx):
     with pytest.raises(edgetrain.TrainingError, match="stores no weight as a codebook"):
         edgetrain.Trainer(edgetrain.load(trained_onnx("lenet5")), trainable="codebooks")
+
+
+@pytest.mark.parametrize("name", INT8_FILES)
+def test_a_compressed_int8_step_stays_within_the_memory_estimate(compressed, mnist, name):
+    """The step on a low-bit file (its snapshot and finer steps included) against
+    ``estimate_memory``, within the 15 % the plain models' estimates hold (tests/test_memory.py)."""
+    model = edgetrain.load(compressed[name][0])
+    trainer = edgetrain.Trainer(model, method="elasticzo-int8", cut=3, batch_size=32, seed=0)
+    report = trainer.memory_report(mnist.x_train[:32], mnist.y_train[:32])
+    estimate = edgetrain.estimate_memory(model, "elasticzo-int8", 3, 32)
+    assert estimate["peak_bytes"] == pytest.approx(report["step_traced_bytes"], rel=0.15)
