@@ -286,3 +286,29 @@ def test_int8_fit_is_bit_identical_on_both_backends(int8_onnx, mnist):
     for choice, history, params in others:
         assert [h["loss"] for h in history] == [h["loss"] for h in ref_history], choice
         assert all(np.array_equal(params[n], v) for n, v in ref_params.items()), choice
+
+
+# -- the ZO head's passes (zo.py) -------------------------------------------------------
+
+def test_prng_draws_equal_prng_py(kernels):
+    """Rademacher signs and uniform draws below 2^k: seeds and streams over all 64 bits, offsets
+    and lengths across zo.INT_CHUNK's slice boundaries, k from 0 to 62."""
+    from edgetrain import prng, zo
+    rng = np.random.default_rng(10)
+    seeds = [0, 1, 2**64 - 1, *(int(s) for s in rng.integers(0, 2**63, size=3, dtype=np.uint64) * 2 + 1)]
+    streams = [0, 3, zo._NOISE_STREAM + 2, 2**63 + 5]
+    spans = [(0, 0), (0, 1), (5, 1), (0, zo.INT_CHUNK), (zo.INT_CHUNK - 7, 19), (zo.INT_CHUNK, 3 * zo.INT_CHUNK + 5),
+             (2**40 - 2, 37)]
+    for seed in seeds:
+        for stream in streams:
+            for start, n in spans:
+                got = kernels.rademacher(seed, stream, n, start)
+                assert got.dtype == np.int8 and np.array_equal(got, prng.rademacher(seed, stream, n, start))
+                for k in (0, 1, 2, 13, 32, 61, 62):
+                    got = kernels.uniform_below_pow2(seed, stream, n, k, start)
+                    assert got.dtype == np.int64
+                    assert np.array_equal(got, prng.uniform_below_pow2(seed, stream, n, k, start)), (seed, stream, k)
+    draws = kernels.uniform_below_pow2(7, 1, 4096, 62)
+    assert draws.min() >= 0 and draws.max() >= 2**61  # the top bits are drawn, not a constant
+    with pytest.raises(ValueError, match="above 62"):
+        kernels.uniform_below_pow2(0, 0, 4, 63)
