@@ -52,7 +52,7 @@ class Int8Step:
         del env, err  # the ZO passes below need none of it
         if self.zo_names:
             directions = [zo.SignPerturbation(self.model.params, self.zo_names, prng.step_seed(seed, j, salt=1),
-                                              self.eps_lsb) for j in range(self.q)]
+                                              self.eps_lsb, native=self.model.backend.kernels) for j in range(self.q)]
             directions[0].clip()  # every direction walks the same weights
             diffs = zo.probe(directions, lambda: self._loss(xq, y), loss)
             zo.sign_update(directions, diffs, self.zo_bits, seed)

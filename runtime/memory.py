@@ -84,8 +84,9 @@ def estimate_memory(model, method: str = "inference", cut: int = 1, batch_size: 
                    if n)
         peak = max(peak, inference + held)
         sizes = [params[n].size for l in zo for n in ((l.weight,) if int8 else (l.weight, l.bias)) if n]
-        if int8:  # one slice's int64 estimate, signs, products, rounding noise and result
-            extra = 8 * 6 * min(max(sizes), INT_CHUNK)
+        if int8:  # numpy: one slice's int64 estimate, signs, products, rounding noise and result;
+            # the native kernels draw them in place (edgetrain_kernels.zo_sign_update)
+            extra = 0 if model.backend.kernels is not None else 8 * 6 * min(max(sizes), INT_CHUNK)
         else:  # the head's new values, computed before any is applied, and a direction and its scaled copy
             extra = 4 * sum(sizes) + 8 * max(sizes)
         peak = max(peak, held + extra)

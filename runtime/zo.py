@@ -28,6 +28,7 @@ from . import prng, quant
 # 64-bit temporaries stay small.
 INT_CHUNK = 1 << 13
 _NOISE_STREAM = 1000  # + tensor number: the stochastic rounding of the int8 update
+_U64 = 1 << 64  # seeds reach the native kernels mod 2^64, as prng.py reduces them
 
 
 def probe(directions: Sequence[Callable[[int], None]], loss: Callable[[], object], base) -> list:
@@ -102,11 +103,13 @@ class SignPerturbation:
     """``w ← w + k·ε·z`` over the named int8 tensors, z = ±1 from the counter PRNG (tensor
     number = stream), ε in weight LSBs: relative to each output channel's scale. Exact:
     :meth:`clip` first brings every weight into ``[−(127 − ε), 127 − ε]``, so ``w ± ε`` never
-    saturates."""
+    saturates. ``native``: the model's native kernels (``edgetrain.backend``), which draw
+    the signs in place; None runs the numpy reference, slice by slice."""
 
-    def __init__(self, params: dict, names: list[str], seed: int, eps_lsb: int):
+    def __init__(self, params: dict, names: list[str], seed: int, eps_lsb: int, native=None):
         self.params, self.names, self.seed, self.eps = params, names, seed, int(eps_lsb)
         self.limit = 127 - self.eps
+        self.native = native
 
     def clip(self) -> None:
         """Bring every perturbed weight into ``[−limit, limit]`` (a no-op after the first step,
@@ -115,6 +118,10 @@ class SignPerturbation:
             np.clip(self.params[name], -self.limit, self.limit, out=self.params[name])
 
     def __call__(self, k: int) -> None:
+        if self.native is not None:
+            for stream, name in enumerate(self.names):
+                self.native.zo_perturb(self.params[name], self.seed % _U64, stream, k * self.eps)
+            return
         for stream, flat, start, n in self.slices():
             flat[start:start + n] += (k * self.eps * self.signs(stream, n, start)).astype(np.int8)
 
@@ -133,16 +140,29 @@ def sign_update(directions: Sequence[SignPerturbation], diffs: Sequence[int], bi
     """``w ← clip(w − SR(Σ_j ΔL_j·z_j / 2^s))`` in place, ``ΔL_j`` the integer loss differences
     and ``s = bit_length(Σ_j |ΔL_j|) − bits`` (at least 0), so no weight moves by
     ``2^bits`` LSBs or more: the integer form of :func:`gaussian_update`, as the BP tail's
-    update is normalised to ``lr_bits``. SR: stochastic rounding from ``seed``."""
-    total = sum(abs(int(d)) for d in diffs)
+    update is normalised to ``lr_bits``. SR: stochastic rounding from ``seed``.
+
+    int64 holds it exactly while ``Σ_j |ΔL_j| < 2^62``: ``|Σ_j ΔL_j·z_j|`` is at most that
+    and the rounding noise below ``2^s ≤ 2^62``; ValueError beyond. The first direction's
+    ``native`` kernels run it when set, numpy otherwise, with the same bits."""
+    diffs = [int(d) for d in diffs]
+    total = sum(abs(d) for d in diffs)
     if total == 0:
         return
+    if total >= 1 << 62 or bits < 0:
+        raise ValueError(f"sign_update: Σ|ΔL| = {total} must be below 2^62 and bits = {bits} at least 0")
     shift = max(0, total.bit_length() - bits)
     first = directions[0]
+    if first.native is not None:
+        seeds = [direction.seed % _U64 for direction in directions]
+        for stream, name in enumerate(first.names):
+            first.native.zo_sign_update(first.params[name], stream, seeds, diffs, shift, seed % _U64,
+                                        _NOISE_STREAM + stream, first.limit)
+        return
     for stream, flat, start, n in first.slices():
         estimate = np.zeros(n, dtype=np.int64)
         for direction, d in zip(directions, diffs):
-            estimate += int(d) * direction.signs(stream, n, start).astype(np.int64)
+            estimate += d * direction.signs(stream, n, start).astype(np.int64)
         noise = prng.uniform_below_pow2(seed, _NOISE_STREAM + stream, n, shift, start)
         u = quant.stochastic_shift_right(estimate, shift, noise)
         flat[start:start + n] = np.clip(flat[start:start + n] - u, -first.limit, first.limit)

@@ -273,16 +273,122 @@ def test_packed_weights_follow_writes_to_model_params(int8_onnx, mnist):
         assert np.array_equal(ref, got), step
 
 
-def test_int8_fit_is_bit_identical_on_both_backends(int8_onnx, mnist):
-    """A whole ElasticZO-INT8 fit (ZO head, integer BP tail): the same weights and metrics."""
+def test_int8_fit_is_bit_identical_on_both_backends(int8_onnx, mnist, monkeypatch):
+    """A whole ElasticZO-INT8 fit (ZO head, integer BP tail): the same weights and metrics.
+    The ZO head's walk and update run in the native kernels on the native backends."""
+    from edgetrain import zo
     x, y = mnist.x_train[:192], mnist.y_train[:192]
-    results = []
+    results, zo_runs = [], []
+    update = zo.sign_update
+    monkeypatch.setattr(zo, "sign_update", lambda dirs, *a: zo_runs.append(dirs[0].native) or update(dirs, *a))
     for choice in ["numpy"] + [f"native:{p}" for p in PATHS]:
         model = edgetrain.load(int8_onnx("lenet5"), backend=choice, float_gemm=False)
         trainer = edgetrain.Trainer(model, method="elasticzo-int8", cut=2, batch_size=32, seed=3)
         history = trainer.fit(x, y, epochs=2, progress=False)
         results.append((choice, history, model.params))
+        assert len(zo_runs) == 12 and all(k is model.backend.kernels for k in zo_runs), choice
+        zo_runs.clear()
     (_, ref_history, ref_params), *others = results
     for choice, history, params in others:
         assert [h["loss"] for h in history] == [h["loss"] for h in ref_history], choice
         assert all(np.array_equal(params[n], v) for n, v in ref_params.items()), choice
+
+
+# -- the ZO head's passes (zo.py) -------------------------------------------------------
+
+def test_prng_draws_equal_prng_py(kernels):
+    """Rademacher signs and uniform draws below 2^k: seeds and streams over all 64 bits, offsets
+    and lengths across zo.INT_CHUNK's slice boundaries, k from 0 to 62."""
+    from edgetrain import prng, zo
+    rng = np.random.default_rng(10)
+    seeds = [0, 1, 2**64 - 1, *(int(s) for s in rng.integers(0, 2**63, size=3, dtype=np.uint64) * 2 + 1)]
+    streams = [0, 3, zo._NOISE_STREAM + 2, 2**63 + 5]
+    spans = [(0, 0), (0, 1), (5, 1), (0, zo.INT_CHUNK), (zo.INT_CHUNK - 7, 19), (zo.INT_CHUNK, 3 * zo.INT_CHUNK + 5),
+             (2**40 - 2, 37)]
+    for seed in seeds:
+        for stream in streams:
+            for start, n in spans:
+                got = kernels.rademacher(seed, stream, n, start)
+                assert got.dtype == np.int8 and np.array_equal(got, prng.rademacher(seed, stream, n, start))
+                for k in (0, 1, 2, 13, 32, 61, 62):
+                    got = kernels.uniform_below_pow2(seed, stream, n, k, start)
+                    assert got.dtype == np.int64
+                    assert np.array_equal(got, prng.uniform_below_pow2(seed, stream, n, k, start)), (seed, stream, k)
+    draws = kernels.uniform_below_pow2(7, 1, 4096, 62)
+    assert draws.min() >= 0 and draws.max() >= 2**61  # the top bits are drawn, not a constant
+    with pytest.raises(ValueError, match="above 62"):
+        kernels.uniform_below_pow2(0, 0, 4, 63)
+
+
+def _zo_tensors(rng):
+    """int8 tensors: one slice, several slices with a ragged end, a single weight."""
+    shapes = {"a": (6, 5, 5), "b": (120, 400), "c": (3, 3 * 1024 * 3 + 1), "d": (1,)}
+    return {n: rng.integers(-128, 128, size=s).astype(np.int8) for n, s in shapes.items()}
+
+
+@pytest.mark.parametrize("q", [1, 2, 3, 4])
+def test_zo_walk_and_update_equal_the_numpy_reference(kernels, q):
+    """``SignPerturbation`` (+1 then −1) and ``sign_update`` with the native kernels against numpy,
+    bit for bit, over random tensors and loss differences: zero, small, mixed signs, and as large
+    as int64 holds them exactly (Σ|ΔL| just below 2^62)."""
+    from edgetrain import zo
+    rng = np.random.default_rng(q)
+    diff_sets = [[0] * q, [int(v) for v in rng.integers(-50_000, 50_000, size=q)], [(1 << 62) // q - 1] * q,
+                 [(-1) ** j * ((1 << 62) // q - 1 - j) for j in range(q)], [0] * (q - 1) + [-1], [3_000_000_000] * q]
+    for eps in (1, 3):
+        for diffs in diff_sets:
+            for bits in (0, 2, 7):
+                base = _zo_tensors(rng)
+                runs = []
+                for native in (None, kernels):
+                    params = {n: v.copy() for n, v in base.items()}
+                    seeds = [int(s) for s in np.random.default_rng([q, eps, bits]).integers(0, 2**63, size=q)]
+                    dirs = [zo.SignPerturbation(params, list(params), s, eps, native=native) for s in seeds]
+                    dirs[0].clip()
+                    clipped = {n: v.copy() for n, v in params.items()}
+                    walked = []
+                    for d in dirs:
+                        d(+1)
+                        walked.append({n: v.copy() for n, v in params.items()})
+                        d(-1)
+                        assert all(np.array_equal(params[n], clipped[n]) for n in params)  # back exactly
+                    zo.sign_update(dirs, diffs, bits, seed=seeds[0] ^ 77)
+                    runs.append((walked, params))
+                (ref_walk, ref), (got_walk, got) = runs
+                for r, g in zip(ref_walk, got_walk):
+                    assert all(np.array_equal(r[n], g[n]) for n in r)
+                assert all(np.array_equal(ref[n], got[n]) for n in ref), (eps, diffs, bits)
+                if any(diffs):
+                    assert any(not np.array_equal(got[n], np.clip(base[n], -127 + eps, 127 - eps)) for n in got)
+
+
+def test_zo_update_refuses_differences_int64_cannot_hold(kernels):
+    from edgetrain import zo
+    for native in (None, kernels):
+        params = {"w": np.zeros(100, dtype=np.int8)}
+        d = zo.SignPerturbation(params, ["w"], 1, 1, native=native)
+        with pytest.raises(ValueError, match="2\\^62"):
+            zo.sign_update([d, d], [1 << 61, -(1 << 61)], 2, seed=0)
+        assert not params["w"].any()
+    with pytest.raises(ValueError, match="below 2\\^62"):  # the kernel's own check, w untouched
+        kernels.zo_sign_update(params["w"], 0, [1], [1 << 62], 0, 0, 0, 126)
+    assert not params["w"].any()
+
+
+def test_native_zo_passes_allocate_no_temporaries(kernels):
+    """The walk and the update draw their signs and noise in place: a step over 200 000 weights
+    allocates (traced: the kernels allocate through CPython) less than one int8 copy of them."""
+    import tracemalloc
+    from edgetrain import zo
+    params = {"w": np.random.default_rng(0).integers(-100, 100, size=200_000).astype(np.int8)}
+    dirs = [zo.SignPerturbation(params, ["w"], s, 2, native=kernels) for s in (1, 2, 3)]
+    tracemalloc.start()
+    try:
+        for d in dirs:
+            d(+1)
+            d(-1)
+        zo.sign_update(dirs, [5, -900, 70_000], 3, seed=4)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000, peak

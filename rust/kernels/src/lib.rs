@@ -4,7 +4,8 @@
 //! bits, on every input, whichever [`Path`] runs it. `gemm` is the exact s8 × u8 → i32
 //! product with its instruction-set paths; `qlinear` builds the integer layers on it
 //! (im2col, zero-point corrections, fused requantisation from `requant`); `pool` holds
-//! the integer pools; `exact` the int64 products of the training tail.
+//! the integer pools; `exact` the int64 products of the training tail; `zo` the ZO head's passes
+//! with the counter PRNG.
 
 pub mod elementwise;
 pub mod exact;
@@ -13,6 +14,7 @@ pub mod path;
 pub mod pool;
 pub mod qlinear;
 pub mod requant;
+pub mod zo;
 #[cfg(feature = "python")]
 mod python;
 

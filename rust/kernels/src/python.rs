@@ -7,7 +7,7 @@
 use std::alloc::{GlobalAlloc, Layout, System};
 
 use numpy::ndarray::IxDyn;
-use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn, PyUntypedArrayMethods};
+use numpy::{PyArrayDyn, PyArrayMethods, PyReadonlyArray1, PyReadonlyArray2, PyReadonlyArrayDyn, PyReadwriteArrayDyn, PyUntypedArrayMethods};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
@@ -17,6 +17,7 @@ use crate::path::Path;
 use crate::pool::{max_pool, mean_pool, Mean, Window};
 use crate::qlinear::{conv, fully_connected, fully_connected_packed, Bytes, Conv2d, Output, PackedWeights, Weights};
 use crate::requant::Requant;
+use crate::zo::{self, Direction, Stream, UpdateError};
 
 /// CPython's raw allocator (traced by tracemalloc) for every alignment malloc gives.
 struct PyRawAlloc;
@@ -478,6 +479,52 @@ impl Kernels {
             matmul_i64(self.path, &|i, kk| av[[i, kk]], m, k, b_slice, n, out);
         }
         Ok(arr.into_any())
+    }
+    /// `prng.rademacher(seed, stream, n, start)`: ±1 as int8 (seed and stream mod 2^64).
+    #[pyo3(signature = (seed, stream, n, start=0))]
+    fn rademacher<'py>(&self, py: Python<'py>, seed: u64, stream: u64, n: usize, start: u64) -> Bound<'py, PyAny> {
+        let arr = PyArrayDyn::<i8>::zeros(py, IxDyn(&[n]), false);
+        zo::rademacher(self.path, Stream::new(seed, stream), start, arr.readwrite().as_slice_mut().expect("a new array is contiguous"));
+        arr.into_any()
+    }
+
+    /// `prng.uniform_below_pow2(seed, stream, n, bits, start)`: int64 in `[0, 2^bits)`.
+    #[pyo3(signature = (seed, stream, n, bits, start=0))]
+    fn uniform_below_pow2<'py>(&self, py: Python<'py>, seed: u64, stream: u64, n: usize, bits: u32, start: u64) -> PyResult<Bound<'py, PyAny>> {
+        if bits > 62 {
+            return Err(PyValueError::new_err(format!("uniform_below_pow2: bits = {bits} is above 62")));
+        }
+        let arr = PyArrayDyn::<i64>::zeros(py, IxDyn(&[n]), false);
+        zo::uniform_below_pow2(self.path, Stream::new(seed, stream), start, bits, arr.readwrite().as_slice_mut().expect("a new array is contiguous"));
+        Ok(arr.into_any())
+    }
+
+    /// `zo.SignPerturbation` on one tensor: `w += step·z` in place over C-contiguous int8 `w`,
+    /// `z = prng.rademacher(seed, stream, w.size)` (wrapping as numpy's int8 `+=`).
+    fn zo_perturb(&self, mut w: PyReadwriteArrayDyn<'_, i8>, seed: u64, stream: u64, step: i8) -> PyResult<()> {
+        let ws = w.as_slice_mut().map_err(|_| PyValueError::new_err("zo_perturb: w must be C-contiguous"))?;
+        zo::perturb(self.path, ws, Stream::new(seed, stream), step);
+        Ok(())
+    }
+
+    /// `zo.sign_update` on one tensor, in place over C-contiguous int8 `w`: `w ← clip(w −
+    /// ((Σ_j diffs[j]·z_j + r) >> shift), −limit, limit)`, `z_j = rademacher(seeds[j], stream)`,
+    /// `r = uniform_below_pow2(noise_seed, noise_stream, w.size, shift)`. ValueError (and `w`
+    /// untouched) when `Σ|diffs| ≥ 2^62`, `shift > 62` or `limit` is not in 0..=127.
+    #[allow(clippy::too_many_arguments)]
+    fn zo_sign_update(&self, mut w: PyReadwriteArrayDyn<'_, i8>, stream: u64, seeds: Vec<u64>, diffs: Vec<i64>, shift: u32, noise_seed: u64, noise_stream: u64, limit: i8) -> PyResult<()> {
+        if seeds.len() != diffs.len() {
+            return Err(PyValueError::new_err("zo_sign_update: one seed per loss difference"));
+        }
+        let dirs: Vec<Direction> = seeds.iter().zip(&diffs).map(|(&s, &diff)| Direction { signs: Stream::new(s, stream), diff }).collect();
+        let ws = w.as_slice_mut().map_err(|_| PyValueError::new_err("zo_sign_update: w must be C-contiguous"))?;
+        zo::sign_update(self.path, ws, &dirs, Stream::new(noise_seed, noise_stream), shift, limit).map_err(|e| {
+            PyValueError::new_err(match e {
+                UpdateError::DiffsTooLarge => "zo_sign_update: Σ|diffs| must be below 2^62",
+                UpdateError::ShiftTooLarge => "zo_sign_update: shift must be at most 62",
+                UpdateError::BadLimit => "zo_sign_update: limit must lie in 0..=127",
+            })
+        })
     }
 }
 
