@@ -26,7 +26,7 @@ import pytest
 
 from conftest import run_json
 from sshd_server import MISSING, USER, Sshd, free_port
-from test_device_install import _link_top_level, _with_requirements
+from test_device_install import bare_python
 
 import edgetrain
 from edgetrain import devices
@@ -207,17 +207,7 @@ def test_a_model_over_the_budget_is_refused_before_any_transfer(capsys, tmp_path
 @pytest.fixture(scope="module")
 def device_python(tmp_path_factory):
     """A device's Python: numpy, onnx and the prover binding (edgetrain_zk), no edgetrain."""
-    root = tmp_path_factory.mktemp("device-python")
-    subprocess.run([sys.executable, "-m", "venv", "--without-pip", root / "venv"], check=True)
-    python = root / "venv" / "bin" / "python"
-    site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                          capture_output=True, text=True, check=True).stdout.strip()
-    deps = root / "deps"
-    deps.mkdir()
-    for dist in _with_requirements(("numpy", "onnx", "edgetrain-zk")).values():
-        _link_top_level(dist, deps)
-    (Path(site) / "device.pth").write_text(f"{deps}\n")
-    return python
+    return bare_python(tmp_path_factory.mktemp("device-python"), ("numpy", "onnx", "edgetrain-zk"))
 
 
 @pytest.fixture(scope="module")

@@ -50,17 +50,25 @@ def _link_top_level(dist: importlib.metadata.Distribution, folder: Path):
         (folder / top).symlink_to(Path(dist.locate_file(top)).resolve())
 
 
-@pytest.fixture(scope="module")
-def device_python(tmp_path_factory):
-    root = tmp_path_factory.mktemp("device")
+def bare_python(root: Path, dists, extra=()) -> Path:
+    """A Python without pip in ``root/venv`` that sees only ``dists`` with their requirements
+    (symlinked from this environment into ``root/deps``) and the folders ``extra``."""
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", root / "venv"], check=True)
     python = root / "venv" / "bin" / "python"
     site = subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           capture_output=True, text=True, check=True).stdout.strip()
     deps = root / "deps"
     deps.mkdir()
-    for dist in _with_requirements(DEVICE_DEPENDENCIES).values():
+    for dist in _with_requirements(dists).values():
         _link_top_level(dist, deps)
+    (Path(site) / "device.pth").write_text("".join(f"{folder}\n" for folder in (deps, *extra)))
+    return python
+
+
+@pytest.fixture(scope="module")
+def device_python(tmp_path_factory):
+    root = tmp_path_factory.mktemp("device")
+    python = bare_python(root, DEVICE_DEPENDENCIES, extra=[root / "edgetrain"])
     source = root / "source"
     source.mkdir()
     shutil.copy(ROOT / "pyproject.toml", source)
@@ -70,7 +78,6 @@ def device_python(tmp_path_factory):
     subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-index", "--no-build-isolation",
                     "--disable-pip-version-check",
                     "--target", root / "edgetrain", source], check=True)
-    (Path(site) / "device.pth").write_text(f"{deps}\n{root / 'edgetrain'}\n")
     return python
 
 
