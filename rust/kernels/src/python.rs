@@ -117,6 +117,47 @@ fn four(v: &[usize], what: &str) -> PyResult<[usize; 4]> {
     v.try_into().map_err(|_| PyValueError::new_err(format!("{what}: expected 4 values, got {v:?}")))
 }
 
+/// The fully connected layers' output, `(rows, n)`: with `mult` and `shift`, int8 / uint8
+/// requantised by them (one value, or one per output column); with neither, the int32
+/// accumulators. `run` computes it into the [`Output`] it is given, after the checks that
+/// zero-points and bias hold one value per output column.
+#[allow(clippy::too_many_arguments)]
+fn fully_connected_output<'py>(
+    py: Python<'py>,
+    op: &str,
+    rows: usize,
+    n: usize,
+    zp: &[i32],
+    bias: Option<&[i32]>,
+    mult: Option<PyReadonlyArray1<i64>>,
+    shift: Option<PyReadonlyArray1<i64>>,
+    y_zp: i64,
+    y_signed: bool,
+    run: impl FnOnce(Output),
+) -> PyResult<Bound<'py, PyAny>> {
+    if zp.len() != n || bias.is_some_and(|b| b.len() != n) {
+        return Err(PyValueError::new_err(format!("{op}: zero-points and bias need one value per output column")));
+    }
+    match (mult, shift) {
+        (Some(mult), Some(shift)) => {
+            let rq = requant(&mult, &shift, y_zp, y_signed)?;
+            if !(rq.mult.len() == 1 || rq.mult.len() == n) {
+                return Err(PyValueError::new_err(format!("{op}: one multiplier, or one per output column")));
+            }
+            new_bytes(py, &[rows, n], y_signed, |out| run(Output::Requantized(&rq, out)))
+        }
+        (None, None) => {
+            let arr = PyArrayDyn::<i32>::zeros(py, IxDyn(&[rows, n]), false);
+            {
+                let mut rw = arr.readwrite();
+                run(Output::Accumulators(rw.as_slice_mut().expect("a new array is contiguous")));
+            }
+            Ok(arr.into_any())
+        }
+        _ => Err(PyValueError::new_err(format!("{op}: give both mult and shift, or neither"))),
+    }
+}
+
 /// The output's 8-bit requantisation: per-row `(multiplier_q31, shift)`, zero-point, dtype.
 fn requant(mult: &PyReadonlyArray1<i64>, shift: &PyReadonlyArray1<i64>, y_zp: i64, y_signed: bool) -> PyResult<Requant> {
     let (lo, hi) = if y_signed { (-128, 127) } else { (0, 255) };
@@ -250,32 +291,12 @@ impl Kernels {
         let (rows, k, n) = (xs[0], xs[1], ws[0]);
         let zp = w_zp.as_slice()?;
         let bias = bias.as_ref().map(|b| b.as_slice()).transpose()?;
-        if zp.len() != n || bias.is_some_and(|b| b.len() != n) {
-            return Err(PyValueError::new_err("qgemm: zero-points and bias need one value per output column"));
-        }
-        let weights = Weights { bytes: wa.bytes("w")?, zero_points: zp, bias };
-        let xb = xa.bytes("x")?;
-        match (mult, shift) {
-            (Some(mult), Some(shift)) => {
-                let rq = requant(&mult, &shift, y_zp, y_signed)?;
-                if !(rq.mult.len() == 1 || rq.mult.len() == n) {
-                    return Err(PyValueError::new_err("qgemm: one multiplier, or one per output column"));
-                }
-                new_bytes(py, &[rows, n], y_signed, |out| {
-                    fully_connected(self.path, xb, x_zp, rows, k, &weights, n, Output::Requantized(&rq, out))
-                })
-            }
-            (None, None) => {
-                let arr = PyArrayDyn::<i32>::zeros(py, IxDyn(&[rows, n]), false);
-                {
-                    let mut rw = arr.readwrite();
-                    let out = rw.as_slice_mut().expect("a new array is contiguous");
-                    fully_connected(self.path, xb, x_zp, rows, k, &weights, n, Output::Accumulators(out));
-                }
-                Ok(arr.into_any())
-            }
-            _ => Err(PyValueError::new_err("qgemm: give both mult and shift, or neither")),
-        }
+        let (wb, xb) = (wa.bytes("w")?, xa.bytes("x")?);
+        let path = self.path;
+        fully_connected_output(py, "qgemm", rows, n, zp, bias, mult, shift, y_zp, y_signed, |out| {
+            let weights = Weights { bytes: wb, zero_points: zp, bias };
+            fully_connected(path, xb, x_zp, rows, k, &weights, n, out)
+        })
     }
 
     /// A fully connected layer's weights `w (n, k)` (int8 or uint8) packed for
@@ -321,33 +342,12 @@ impl Kernels {
         let (rows, n) = (xs[0], pw.n);
         let zp = w_zp.as_slice()?;
         let bias = bias.as_ref().map(|b| b.as_slice()).transpose()?;
-        if zp.len() != n || bias.is_some_and(|b| b.len() != n) {
-            return Err(PyValueError::new_err("qgemm_packed: zero-points and bias need one value per output column"));
-        }
-        packed.inner.refresh(wb);
-        let pw = &packed.inner;
         let xb = xa.bytes("x")?;
-        match (mult, shift) {
-            (Some(mult), Some(shift)) => {
-                let rq = requant(&mult, &shift, y_zp, y_signed)?;
-                if !(rq.mult.len() == 1 || rq.mult.len() == n) {
-                    return Err(PyValueError::new_err("qgemm_packed: one multiplier, or one per output column"));
-                }
-                new_bytes(py, &[rows, n], y_signed, |out| {
-                    fully_connected_packed(self.path, xb, x_zp, rows, pw, zp, bias, Output::Requantized(&rq, out))
-                })
-            }
-            (None, None) => {
-                let arr = PyArrayDyn::<i32>::zeros(py, IxDyn(&[rows, n]), false);
-                {
-                    let mut rw = arr.readwrite();
-                    let out = rw.as_slice_mut().expect("a new array is contiguous");
-                    fully_connected_packed(self.path, xb, x_zp, rows, pw, zp, bias, Output::Accumulators(out));
-                }
-                Ok(arr.into_any())
-            }
-            _ => Err(PyValueError::new_err("qgemm_packed: give both mult and shift, or neither")),
-        }
+        let path = self.path;
+        fully_connected_output(py, "qgemm_packed", rows, n, zp, bias, mult, shift, y_zp, y_signed, |out| {
+            packed.inner.refresh(wb);
+            fully_connected_packed(path, xb, x_zp, rows, &packed.inner, zp, bias, out)
+        })
     }
 
     /// MaxPool over an int8 / uint8 NCHW tensor; returns the same dtype.
