@@ -176,8 +176,11 @@ class _IntegerMatMul(Kernel):
             return quant.requantize(self.accumulate(a, b, bias), self.mult, self.shift, self.yq)
         n = b.shape[1]
         x, w_nk = np.ascontiguousarray(a.reshape(-1, a.shape[-1])), np.ascontiguousarray(b.T)
-        args = (_per_row(self.bq.zero_point, n, np.int32), None if bias is None else _per_row(bias, n, np.int32),
-                _per_row(self.mult, n, np.int64), _per_row(self.shift, n, np.int64), self.yq.zp,
+        rows = self.__dict__.get("_native_rows")
+        if rows is None or len(rows[0]) != n:  # per output, made once (they depend on constants only)
+            rows = self._native_rows = (_per_row(self.bq.zero_point, n, np.int32), _per_row(self.mult, n, np.int64),
+                                        _per_row(self.shift, n, np.int64))
+        args = (rows[0], None if bias is None else _per_row(bias, n, np.int32), rows[1], rows[2], self.yq.zp,
                 self.yq.dtype == np.int8)
         if self.packed is not None and w_nk.shape == self._packed_shape and w_nk.dtype == self._packed_dtype:
             y = self.native.qgemm_packed(x, self.aq.zp, self.packed, w_nk, *args)

@@ -45,7 +45,7 @@ class MaxPool(_Pool):
     def run(self, x):
         _check_2d(self, x)
         kernel = self.attr("kernel_shape")
-        geometry = window_geometry(kernel, self.node.attrs, x.shape[2:], self.node.name)
+        geometry = self.window(kernel, x.shape[2:])
         if self.native is not None and x.dtype in (np.int8, np.uint8):
             return self.native.max_pool(np.ascontiguousarray(x), kernel, *geometry)
         return window_reduce(x, kernel, *geometry, _lowest(x.dtype), np.maximum)
