@@ -203,7 +203,7 @@ class Model:
         params = self.params
         for kernel, node, inputs, output, drop in self._steps:
             try:
-                env[output] = kernel.run(*[(env[i] if i in env else params[i]) if i else None for i in inputs])
+                env[output] = kernel.run(*[env[i] if i in env else params[i] if i else None for i in inputs])
             except ValueError as e:
                 raise ValueError(f"{self.source}: node {node.name!r} ({node.op_type}): {e}") from None
             for i in drop:

@@ -202,6 +202,9 @@ class QLinearConv(Kernel):
         m = channels[0]
         self._native_rows = (_per_row(self.wq.zero_point, m, np.int32), _per_row(self.mult, m, np.int64),
                              _per_row(self.shift, m, np.int64))
+        self._x_zp, self._y_zp, self._y_signed = self.xq.zp, self.yq.zp, self.yq.dtype == np.int8
+        self._group = self.attr("group", 1)
+        self._native_calls = {}  # (x shape, w shape) → what _run_native passes besides the tensors
 
     def run(self, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None):
         if self.native is not None:
@@ -222,15 +225,19 @@ class QLinearConv(Kernel):
 
     def _run_native(self, x, w, b):
         """The same arithmetic in the native kernels: im2col, GEMM, bias and requantisation in one call."""
-        strides, dilations, pads, out_hw = _geometry(self, x, w)
-        m = w.shape[0]
-        w_zp, mult, shift = self._native_rows
-        if m != len(w_zp):  # a weight of another shape than at load (per-tensor parameters)
-            w_zp, mult, shift = (_per_row(v, m, t) for v, t in zip(self._native_rows, (np.int32, np.int64, np.int64)))
+        key = (x.shape, w.shape)
+        call = self._native_calls.get(key)
+        if call is None:  # the shape-dependent arguments, checked and made once per pair of shapes
+            m = w.shape[0]
+            rows = self._native_rows
+            if m != len(rows[0]):  # a weight of another shape than at load (per-tensor parameters)
+                rows = tuple(_per_row(v, m, t) for v, t in zip(rows, (np.int32, np.int64, np.int64)))
+            call = self._native_calls[key] = (m, rows, _geometry(self, x, w))
+        m, (w_zp, mult, shift), geometry = call
         return self.native.qlinear_conv(
-            x, self.xq.zp, np.ascontiguousarray(w), w_zp, None if b is None else _per_row(b, m, np.int32),
-            mult, shift, self.yq.zp, self.yq.dtype == np.int8, strides, dilations, pads, out_hw,
-            self.attr("group", 1))
+            x, self._x_zp, w if w.flags.c_contiguous else np.ascontiguousarray(w), w_zp,
+            None if b is None else _per_row(b, m, np.int32), mult, shift, self._y_zp, self._y_signed, *geometry,
+            self._group)
 
     def native_direct(self, cg: int, strides) -> bool:
         """Whether the native kernels run this convolution directly (no im2col): on the VNNI
