@@ -160,6 +160,7 @@ fn requantize_row_scalar(acc: &[i32], sums: Option<(&[i32], i32)>, q: &RowRequan
 /// so a row's constants are set once for all of its (often short) segments.
 #[allow(clippy::too_many_arguments)]
 pub fn store_segments(path: Path, c: &[i32], padded_cols: usize, fix: &Correction, col_sums: Option<&[i32]>, rq: &Requant, ch0: usize, plane: usize, segments: &[(usize, usize, usize)], out: &mut [u8]) {
+    let mut bytes = Vec::new();
     for (r, acc) in c.chunks_exact(padded_cols).enumerate().take(fix.base.len()) {
         let (mult, bits) = rq.row(ch0 + r);
         let q = RowRequant { base: fix.base[r], mult, bits, zero_point: rq.zero_point, lo: rq.lo, hi: rq.hi };
@@ -177,12 +178,16 @@ pub fn store_segments(path: Path, c: &[i32], padded_cols: usize, fix: &Correctio
             }
             continue;
         }
+        // elsewhere one long loop over the row's columns (short segments would not
+        // vectorise), then the segments copied out of it
+        let used = segments.iter().map(|&(col, len, _)| col + len).max().unwrap_or(0);
+        bytes.resize(used, 0);
         crate::path::vectorized(path, #[inline(always)] || {
-            for &(col, len, start) in segments {
-                let sums = sums.map(|s| (&s[col..col + len], za));
-                requantize_row_scalar(&acc[col..col + len], sums, &q, &mut out[offset + start..offset + start + len]);
-            }
-        })
+            requantize_row_scalar(&acc[..used], sums.map(|s| (&s[..used], za)), &q, &mut bytes[..used]);
+        });
+        for &(col, len, start) in segments {
+            out[offset + start..offset + start + len].copy_from_slice(&bytes[col..col + len]);
+        }
     }
 }
 
