@@ -110,7 +110,8 @@ def _backward_bytes(model, bp, tail_start, batch_size, int8):
             n_in, n_out = size(model.nodes[l.index].inputs[0]), size(model.nodes[l.index].outputs[0])
             need_input = l.index > tail_start
             live = 8 * (n_in + n_out + (n_in if need_input else 0))
-            grad = max(8 * (n_out + w) if need_input else 2 * n_out, 5 * w + 32 * min(w, INT_CHUNK))
+            grad = max(8 * (n_out + w) if need_input else 2 * n_out, 5 * w + 32 * min(w, INT_CHUNK),
+                       12 * w if model.backend.kernels is not None else 0)  # native: int64 product, int32 copy
             peak = max(peak, held + live + grad)
             held += w
         return peak

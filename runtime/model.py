@@ -97,6 +97,13 @@ class Model:
             except ValueError as e:
                 raise ModelFormatError(f"{source}: {e}") from None
         self._last_use = _last_uses(nodes, self.output_names)
+        # what ``run`` does per node, worked out once: the kernel, the input names, the output
+        # name, and the tensors it is the last reader of (dropped after it)
+        outputs = set(self.output_names)
+        self._steps = [(kernel, node, node.inputs, node.outputs[0],
+                        tuple(i for i in dict.fromkeys(node.inputs) if i and i not in outputs
+                              and self._last_use.get(i) is node))
+                       for kernel, node in zip(self.kernels, nodes)]
         self.probe = self._probe()
 
     def _probe(self) -> dict[str, tuple[tuple, np.dtype]] | None:
@@ -189,8 +196,19 @@ class Model:
 
     # -- execution ---------------------------------------------------------
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Run the graph on ``x`` and return its first output."""
-        return self.run_all(x, keep=False)[self.output_names[0]]
+        """Run the graph on ``x`` and return its first output: :meth:`execute` with
+        ``keep=False`` over every node, in a loop with its bookkeeping made at load."""
+        name, shape, dtype = self.inputs[0]
+        env = {name: self._check_input(x, name, shape, dtype)}
+        params = self.params
+        for kernel, node, inputs, output, drop in self._steps:
+            try:
+                env[output] = kernel.run(*[env[i] if i in env else params[i] if i else None for i in inputs])
+            except ValueError as e:
+                raise ValueError(f"{self.source}: node {node.name!r} ({node.op_type}): {e}") from None
+            for i in drop:
+                env.pop(i, None)
+        return env[self.output_names[0]]
 
     def run_all(self, x: np.ndarray, keep: bool | set[str] = True) -> dict[str, np.ndarray]:
         """Run and return tensors by name: every tensor if ``keep`` is True, the graph
@@ -231,7 +249,7 @@ class Model:
         if len(shape) != x.ndim or any(d is not None and d != s for d, s in zip(shape, x.shape)):
             want = tuple("?" if d is None else d for d in shape)
             raise ValueError(f"input {name!r}: expected shape {want}, got {x.shape}")
-        if np.issubdtype(x.dtype, np.floating) and not np.all(np.isfinite(x)):
+        if x.dtype.kind == "f" and not np.isfinite(x).all():
             bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
             raise ValueError(f"input {name!r}: {bad} NaN or infinite value(s)")
         return x

@@ -116,6 +116,16 @@ class Kernel:
     def attr(self, name: str, default: Any = None) -> Any:
         return self.node.attrs.get(name, default)
 
+    def window(self, kernel, in_hw) -> tuple:
+        """``_window.window_geometry`` of this node's attributes for an input of spatial size
+        ``in_hw``, as tuples, worked out once per size (a run then reads it from a dict)."""
+        key = (tuple(kernel), tuple(in_hw))
+        cache = self.__dict__.setdefault("_windows", {})
+        if key not in cache:
+            from ._window import window_geometry
+            cache[key] = tuple(tuple(v) for v in window_geometry(kernel, self.node.attrs, in_hw, self.node.name))
+        return cache[key]
+
 
 @dataclass
 class IntGrad:

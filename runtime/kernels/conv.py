@@ -14,7 +14,7 @@ from .declare import FLOAT, INT8, INT32, SCALE, WINDOW, Int, Size
 COLS_BLOCK_BYTES = 1 << 18
 
 
-def _conv(x, w, attrs, where, product, cols_dtype, out_dtype):
+def _conv(kernel, x, w, product, cols_dtype, out_dtype):
     """Grouped 2-D convolution via im2col over blocks of images.
 
     ``product(g, w2d, cols)`` turns group ``g``'s (Mg, KH·KW·Cg) weight and a
@@ -22,9 +22,9 @@ def _conv(x, w, attrs, where, product, cols_dtype, out_dtype):
     (bias and requantisation included). Returns (N, M, OH, OW), written block
     by block, so no full-size temporary is made.
     """
-    strides, dilations, pads, out_hw = _geometry(x, w, attrs, where)
+    strides, dilations, pads, out_hw = _geometry(kernel, x, w)
     m, cg, kh, kw = w.shape
-    group = attrs.get("group", 1)
+    group = kernel.attr("group", 1)
     if any(pads):  # pad once, not once per block
         x = np.pad(x, ((0, 0), (0, 0), (pads[0], pads[2]), (pads[1], pads[3])))
         pads = [0, 0, 0, 0]
@@ -43,33 +43,49 @@ def _conv(x, w, attrs, where, product, cols_dtype, out_dtype):
     return y
 
 
-def _geometry(x, w, attrs, where):
-    """The window of a convolution of ``x`` by ``w``: ``(strides, dilations, pads, out_hw)``."""
+def _geometry(kernel, x, w):
+    """The window of ``kernel``'s convolution of ``x`` by ``w``: ``(strides, dilations, pads, out_hw)``."""
+    where = kernel.node.name
     if x.ndim != 4:
         raise ValueError(f"{where}: expected a 4-D NCHW input, got shape {x.shape}")
-    if x.shape[1] != w.shape[1] * attrs.get("group", 1):
+    if x.shape[1] != w.shape[1] * kernel.attr("group", 1):
         raise ValueError(f"{where}: input has {x.shape[1]} channels, weight expects "
-                         f"{w.shape[1] * attrs.get('group', 1)}")
-    return window_geometry(w.shape[2:], attrs, x.shape[2:], where)
+                         f"{w.shape[1] * kernel.attr('group', 1)}")
+    return kernel.window(w.shape[2:], x.shape[2:])
 
 
-# rust/kernels/src/qlinear.rs's COLS_BLOCK_BYTES: its packed columns per block of images
-NATIVE_COLS_BLOCK_BYTES = 1 << 18
+# rust/kernels/src/qlinear.rs's PADDED_BLOCK_BYTES and TILE_BYTES: its padded input per block
+# of images, and its packed columns per tile of output columns
+NATIVE_PADDED_BLOCK_BYTES = 1 << 16
+NATIVE_TILE_BYTES = 1 << 15
 
 
-def _native_conv_workspace(x_shape, w_shape, group, strides, pads, out_hw) -> int:
-    """What ``qlinear::conv`` allocates beyond the output: a block's padded input, packed
-    columns and int32 product, the output runs, a row of requantised bytes, packed weights."""
-    n, _, h, w = x_shape
+# rust/kernels/src/qlinear.rs's DIRECT_COLS: output columns per step of its direct convolution
+NATIVE_DIRECT_COLS = 512
+
+
+def _native_conv_workspace(x_shape, w_shape, group, strides, dilations, pads, out_hw, direct: bool) -> int:
+    """What ``qlinear::conv`` allocates beyond the output: a block's padded input, one tile's
+    packed columns and int32 product, the tile's output segments, a zero row, the packed
+    weights; or, for its ``direct`` convolution, a block's channel-interleaved
+    input, a step's int32 product, the padded planes and the reordered weights."""
+    n, c, h, w = x_shape
     m, cg, kh, kw = w_shape
     (oh, ow), mg, quad_bytes = out_hw, m // group, 4 * -(-cg * kh * kw // 4)
     ph, pw = h + pads[0] + pads[2], w + pads[1] + pads[3]
     pitch = pw if strides[1] == 1 else ow
-    block = min(max(1, NATIVE_COLS_BLOCK_BYTES // (quad_bytes * oh * pitch)), n)
-    padded_cols = -(-block * oh * pitch // 16) * 16
-    runs = mg * block * (1 if pitch == ow else oh)
-    return ((block * cg + 1) * ph * pw + quad_bytes * padded_cols + 4 * mg * padded_cols + 48 * runs
-            + padded_cols + mg * quad_bytes)
+    block = min(max(1, NATIVE_PADDED_BLOCK_BYTES // (cg * ph * pw)), n)
+    if direct:
+        quads = -(-cg // 4) * kh * kw
+        cols = -(-oh * pw // 16) * 16
+        plane = cols + (kh - 1) * dilations[0] * pw + (kw - 1) * dilations[1]
+        step = min(NATIVE_DIRECT_COLS, cols)
+        return (block * quads // (kh * kw) * plane * 4 + 4 * mg * step + 5 * ph * pw + mg * quads * 4 + 8 * quads
+                + 24 * (step // pw + 2))
+    tile = min(max(64, NATIVE_TILE_BYTES // quad_bytes // 64 * 64), -(-block * oh * pitch // 16) * 16)
+    segments = tile // pitch + 2  # output rows a tile touches
+    return ((block * cg + 1) * ph * pw + quad_bytes * tile + 4 * mg * tile + 24 * segments
+            + max(tile, pitch * strides[1]) + mg * quad_bytes)
 
 
 def _conv_workspace(kernel: Kernel, shapes, integer: bool) -> int:
@@ -77,9 +93,10 @@ def _conv_workspace(kernel: Kernel, shapes, integer: bool) -> int:
     node = kernel.node
     x_shape, w_shape = shapes[node.inputs[0]], shapes[node.inputs[kernel.weight_input]]
     m, cg, kh, kw = w_shape
-    strides, _, pads, out_hw = window_geometry((kh, kw), node.attrs, x_shape[2:], node.name)
+    strides, dilations, pads, out_hw = window_geometry((kh, kw), node.attrs, x_shape[2:], node.name)
     if integer and kernel.native is not None:
-        return _native_conv_workspace(x_shape, w_shape, kernel.attr("group", 1), strides, pads, out_hw)
+        return _native_conv_workspace(x_shape, w_shape, kernel.attr("group", 1), strides, dilations, pads, out_hw,
+                                      kernel.native_direct(cg, strides))
     per_image = kh * kw * cg * out_hw[0] * out_hw[1] * 4
     block = min(x_shape[0], max(1, COLS_BLOCK_BYTES // per_image))
     padded_hw = (x_shape[2] + pads[0] + pads[2]) * (x_shape[3] + pads[1] + pads[3])
@@ -123,7 +140,7 @@ class Conv(Kernel):
         def product(g, w2d, cols):
             out = w2d @ cols
             return out if b is None else out + b[g * mg:(g + 1) * mg, None]
-        return _conv(x, w, self.node.attrs, self.node.name, product, x.dtype, x.dtype)
+        return _conv(self, x, w, product, x.dtype, x.dtype)
 
     def workspace(self, shapes, dtypes, out_bytes):
         return _conv_workspace(self, shapes, integer=False)
@@ -181,6 +198,13 @@ class QLinearConv(Kernel):
         mult, shift = quant.quantize_multipliers(np.atleast_1d(real))
         channels = (mult.size if consts[3] is None else consts[3].shape[0], 1)  # one row per output channel
         self.mult, self.shift = np.broadcast_to(mult.reshape(-1, 1), channels), np.broadcast_to(shift.reshape(-1, 1), channels)
+        # what the native call takes per output channel, made once (they depend on constants only)
+        m = channels[0]
+        self._native_rows = (_per_row(self.wq.zero_point, m, np.int32), _per_row(self.mult, m, np.int64),
+                             _per_row(self.shift, m, np.int64))
+        self._x_zp, self._y_zp, self._y_signed = self.xq.zp, self.yq.zp, self.yq.dtype == np.int8
+        self._group = self.attr("group", 1)
+        self._native_calls = {}  # (x shape, w shape) → what _run_native passes besides the tensors
 
     def run(self, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None):
         if self.native is not None:
@@ -197,17 +221,30 @@ class QLinearConv(Kernel):
             if b is not None:
                 acc += b[rows, None]
             return quant.requantize(acc, self.mult[rows], self.shift[rows], self.yq)
-        return _conv(xs, ws, self.node.attrs, self.node.name, product, cols_dtype, self.yq.dtype)
+        return _conv(self, xs, ws, product, cols_dtype, self.yq.dtype)
 
     def _run_native(self, x, w, b):
         """The same arithmetic in the native kernels: im2col, GEMM, bias and requantisation in one call."""
-        strides, dilations, pads, out_hw = _geometry(x, w, self.node.attrs, self.node.name)
-        m = w.shape[0]
+        key = (x.shape, w.shape)
+        call = self._native_calls.get(key)
+        if call is None:  # the shape-dependent arguments, checked and made once per pair of shapes
+            m = w.shape[0]
+            rows = self._native_rows
+            if m != len(rows[0]):  # a weight of another shape than at load (per-tensor parameters)
+                rows = tuple(_per_row(v, m, t) for v, t in zip(rows, (np.int32, np.int64, np.int64)))
+            call = self._native_calls[key] = (m, rows, _geometry(self, x, w))
+        m, (w_zp, mult, shift), geometry = call
         return self.native.qlinear_conv(
-            x, self.xq.zp, np.ascontiguousarray(w), _per_row(self.wq.zero_point, m, np.int32),
-            None if b is None else _per_row(b, m, np.int32),
-            _per_row(self.mult, m, np.int64), _per_row(self.shift, m, np.int64), self.yq.zp,
-            self.yq.dtype == np.int8, strides, dilations, pads, out_hw, self.attr("group", 1))
+            x, self._x_zp, w if w.flags.c_contiguous else np.ascontiguousarray(w), w_zp,
+            None if b is None else _per_row(b, m, np.int32), mult, shift, self._y_zp, self._y_signed, *geometry,
+            self._group)
+
+    def native_direct(self, cg: int, strides) -> bool:
+        """Whether the native kernels run this convolution directly (no im2col): on the VNNI
+        path, unit strides, at least 4 channels per group, weights without a zero-point."""
+        zero = 0 if self.wq.dtype == np.int8 else 128
+        return (self.native.path == "avx512-vnni" and tuple(strides) == (1, 1) and cg >= 4
+                and bool(np.all(self.wq.zero_point == zero)))
 
     def workspace(self, shapes, dtypes, out_bytes):
         return _conv_workspace(self, shapes, integer=True)
@@ -215,4 +252,6 @@ class QLinearConv(Kernel):
 
 def _per_row(v, rows: int, dtype) -> np.ndarray:
     """A per-tensor or per-channel parameter as one contiguous value per output row."""
+    if type(v) is np.ndarray and v.dtype == dtype and v.shape == (rows,) and v.flags.c_contiguous:
+        return v  # already so (a bias, say): no broadcast and copy on every call
     return np.ascontiguousarray(np.broadcast_to(np.reshape(v, -1), (rows,)), dtype=dtype)

@@ -175,15 +175,20 @@ class _IntegerMatMul(Kernel):
         if self.native is None or a.ndim < 2 or b.ndim != 2:
             return quant.requantize(self.accumulate(a, b, bias), self.mult, self.shift, self.yq)
         n = b.shape[1]
-        x, w_nk = np.ascontiguousarray(a.reshape(-1, a.shape[-1])), np.ascontiguousarray(b.T)
-        args = (_per_row(self.bq.zero_point, n, np.int32), None if bias is None else _per_row(bias, n, np.int32),
-                _per_row(self.mult, n, np.int64), _per_row(self.shift, n, np.int64), self.yq.zp,
-                self.yq.dtype == np.int8)
+        x = a if a.ndim == 2 and a.flags.c_contiguous else np.ascontiguousarray(a.reshape(-1, a.shape[-1]))
+        w_nk = b.T if b.flags.f_contiguous else np.ascontiguousarray(b.T)
+        rows = self.__dict__.get("_native_rows")
+        if rows is None or len(rows[0]) != n:  # per output, made once (they depend on constants only)
+            rows = self._native_rows = (_per_row(self.bq.zero_point, n, np.int32), _per_row(self.mult, n, np.int64),
+                                        _per_row(self.shift, n, np.int64), self.aq.zp, self.yq.zp,
+                                        self.yq.dtype == np.int8)
+        w_zp, mult, shift, a_zp, y_zp, y_signed = rows
+        args = (w_zp, None if bias is None else _per_row(bias, n, np.int32), mult, shift, y_zp, y_signed)
         if self.packed is not None and w_nk.shape == self._packed_shape and w_nk.dtype == self._packed_dtype:
-            y = self.native.qgemm_packed(x, self.aq.zp, self.packed, w_nk, *args)
+            y = self.native.qgemm_packed(x, a_zp, self.packed, w_nk, *args)
         else:
-            y = self.native.qgemm(x, self.aq.zp, w_nk, *args)
-        return y.reshape(*a.shape[:-1], n)
+            y = self.native.qgemm(x, a_zp, w_nk, *args)
+        return y if a.ndim == 2 else y.reshape(*a.shape[:-1], n)
 
 
 @register("QLinearMatMul")

@@ -45,9 +45,9 @@ class MaxPool(_Pool):
     def run(self, x):
         _check_2d(self, x)
         kernel = self.attr("kernel_shape")
-        geometry = window_geometry(kernel, self.node.attrs, x.shape[2:], self.node.name)
-        if self.native is not None and x.dtype in (np.int8, np.uint8):
-            return self.native.max_pool(np.ascontiguousarray(x), kernel, *geometry)
+        geometry = self.window(kernel, x.shape[2:])
+        if self.native is not None and x.dtype.itemsize == 1 and x.dtype.kind in "iu":
+            return self.native.max_pool(x if x.flags.c_contiguous else np.ascontiguousarray(x), kernel, *geometry)
         return window_reduce(x, kernel, *geometry, _lowest(x.dtype), np.maximum)
 
     def grad(self, gy, inputs, y, needs):

@@ -1,6 +1,8 @@
 """Flatten and Reshape: pure data movement, the same for float and integer tensors."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from . import IntGrad, Kernel, register
@@ -29,7 +31,7 @@ class Flatten(_View):
     def run(self, x):
         axis = self.attr("axis", 1)
         axis = axis + x.ndim if axis < 0 else axis
-        return x.reshape(int(np.prod(x.shape[:axis], dtype=np.int64)), -1)
+        return x.reshape(math.prod(x.shape[:axis]), -1)
 
 
 @register("Reshape")

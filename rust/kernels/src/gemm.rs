@@ -106,6 +106,34 @@ pub fn gemm(path: Path, a: &PackedA, b: &PackedB, c: &mut [i32]) {
     }
 }
 
+/// `c = A · B` for a B that is never packed: quad `q` of column `p` is the four bytes at
+/// `src[offsets[q] + 4p ..]` (a direct convolution reads them from channel-interleaved
+/// input, one offset per (channel quad, kernel row, kernel column)). `cols` is a multiple
+/// of [`LANES`]; `c` is row-major `m × cols`.
+pub fn gemm_direct(path: Path, a: &PackedA, src: &[u8], offsets: &[usize], cols: usize, c: &mut [i32]) {
+    assert_eq!(a.quads, offsets.len(), "one offset per quad");
+    assert!(cols % LANES == 0 && c.len() == a.m * cols, "output has the wrong size");
+    assert!(offsets.iter().all(|&o| o + 4 * cols <= src.len()), "a quad reads past the source");
+    assert!(path.supported(), "kernel path {} is not supported by this CPU", path.name());
+    match path {
+        // SAFETY: the CPU features are checked above, the reads by the asserts.
+        #[cfg(target_arch = "x86_64")]
+        Path::Avx512Vnni => unsafe { x86::avx512_vnni_direct(a, src, offsets, cols, c) },
+        _ => {
+            for (r, out) in c.chunks_exact_mut(cols).enumerate() {
+                out.fill(0);
+                for (quad_a, &o) in a.row(r).chunks_exact(4).zip(offsets) {
+                    let w = [quad_a[0] as i32, quad_a[1] as i32, quad_a[2] as i32, quad_a[3] as i32];
+                    for (v, lane) in out.iter_mut().zip(src[o..o + 4 * cols].chunks_exact(4)) {
+                        let dot = w[0] * lane[0] as i32 + w[1] * lane[1] as i32 + w[2] * lane[2] as i32 + w[3] * lane[3] as i32;
+                        *v = v.wrapping_add(dot);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// The reference: a dot product per output, written so the compiler can vectorise over columns.
 fn scalar(a: &PackedA, b: &PackedB, c: &mut [i32]) {
     let cols = b.padded_cols;
@@ -175,6 +203,53 @@ mod x86 {
                 let av = _mm512_set1_epi32(quad(a, m0 + r, q));
                 for (acc_rj, bvj) in acc_r.iter_mut().zip(&bv) {
                     *acc_rj = _mm512_dpbusd_epi32(*acc_rj, *bvj, av); // u8 (B) × s8 (A), wrapping
+                }
+            }
+        }
+        for (r, acc_r) in acc.iter().enumerate() {
+            let row = &mut c[(m0 + r) * cols + v0 * LANES..(m0 + r) * cols + (v0 + NV) * LANES];
+            for (j, v) in acc_r.iter().enumerate() {
+                // SAFETY: `row` holds NV·16 i32, this store writes 16 of them.
+                unsafe { _mm512_storeu_si512(row.as_mut_ptr().add(j * LANES).cast(), *v) };
+            }
+        }
+    }
+
+    /// [`super::gemm_direct`] with the tiles of [`avx512_vnni`]. Callers checked that every
+    /// quad's `cols` columns lie inside `src`.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub unsafe fn avx512_vnni_direct(a: &PackedA, src: &[u8], offsets: &[usize], cols: usize, c: &mut [i32]) {
+        let vectors = cols / LANES;
+        for m0 in (0..a.m).step_by(VNNI_MR) {
+            let mr = VNNI_MR.min(a.m - m0);
+            for v0 in (0..vectors).step_by(VNNI_NV) {
+                let nv = VNNI_NV.min(vectors - v0);
+                macro_rules! tile {
+                    ($($mr:literal)*) => { match (mr, nv) {
+                        $( ($mr, 1) => direct_tile::<$mr, 1>(a, src, offsets, cols, c, m0, v0),
+                           ($mr, 2) => direct_tile::<$mr, 2>(a, src, offsets, cols, c, m0, v0),
+                           ($mr, 3) => direct_tile::<$mr, 3>(a, src, offsets, cols, c, m0, v0),
+                           ($mr, 4) => direct_tile::<$mr, 4>(a, src, offsets, cols, c, m0, v0), )*
+                        _ => unreachable!(),
+                    } };
+                }
+                // SAFETY: as this function's.
+                unsafe { tile!(1 2 3 4 5 6) };
+            }
+        }
+    }
+
+    #[inline]
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    unsafe fn direct_tile<const MR: usize, const NV: usize>(a: &PackedA, src: &[u8], offsets: &[usize], cols: usize, c: &mut [i32], m0: usize, v0: usize) {
+        let mut acc = [[_mm512_setzero_si512(); NV]; MR];
+        for (q, &o) in offsets.iter().enumerate() {
+            // SAFETY: o + 4·cols ≤ src.len() (the caller's check) and (v0 + NV)·64 ≤ 4·cols.
+            let bv: [__m512i; NV] = std::array::from_fn(|j| unsafe { _mm512_loadu_si512(src.as_ptr().add(o + (v0 + j) * 64).cast()) });
+            for (r, acc_r) in acc.iter_mut().enumerate() {
+                let av = _mm512_set1_epi32(quad(a, m0 + r, q));
+                for (acc_rj, bvj) in acc_r.iter_mut().zip(&bv) {
+                    *acc_rj = _mm512_dpbusd_epi32(*acc_rj, *bvj, av);
                 }
             }
         }

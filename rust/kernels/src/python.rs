@@ -451,14 +451,14 @@ impl Kernels {
         if aa.shape() != ba.shape() {
             return Err(PyValueError::new_err(format!("qlinear_add: shapes {:?} and {:?} differ", aa.shape(), ba.shape())));
         }
-        if bits > 62 || ma.unsigned_abs() >= 1 << 31 || mb.unsigned_abs() >= 1 << 31 {
-            return Err(PyValueError::new_err("qlinear_add: multipliers must be below 2^31 and bits at most 62"));
+        if bits > 62 || ma.unsigned_abs() >= 1 << 31 || mb.unsigned_abs() >= 1 << 31 || !(-128..=255).contains(&a_zp) || !(-128..=255).contains(&b_zp) {
+            return Err(PyValueError::new_err("qlinear_add: multipliers must be below 2^31, bits at most 62, zero-points 8-bit"));
         }
         let (lo, hi) = if y_signed { (-128, 127) } else { (0, 255) };
         let p = AddParams { za: a_zp, ma, zb: b_zp, mb, bits, zc: y_zp, lo, hi };
         let (ab, bb) = (aa.bytes("a")?, ba.bytes("b")?);
         new_bytes(py, aa.shape(), y_signed, |out| {
-            crate::path::vectorized(self.path, #[inline(always)] || add_bytes(p, ab.data, ab.signed, bb.data, bb.signed, out))
+            add_bytes(self.path, p, ab.data, ab.signed, bb.data, bb.signed, out)
         })
     }
 

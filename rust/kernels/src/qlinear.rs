@@ -7,9 +7,9 @@
 //! with the zero-point moved by 128, and a uint8 weight to `w − 128`; [`Correction`]
 //! then removes the zero-points exactly (`Σ(a − za)(u − zu) = Σau − zu·Σa − za·Σu + K·za·zu`).
 
-use crate::gemm::{gemm, PackedA, PackedB};
+use crate::gemm::{gemm, gemm_direct, PackedA, PackedB, LANES};
 use crate::path::Path;
-use crate::requant::{store_accumulators, store_requantized, Correction, Requant, Run};
+use crate::requant::{store_accumulators, store_requantized, store_segments, Correction, Requant, Run};
 
 /// A tensor of 8-bit integers as bytes, and whether they are int8 (else uint8).
 #[derive(Clone, Copy)]
@@ -206,15 +206,34 @@ pub struct Conv2d {
     pub group: usize,
 }
 
-/// Packed columns are built for a block of images holding at most about this many bytes.
-const COLS_BLOCK_BYTES: usize = 1 << 18;
+/// The padded input is built for a block of images holding at most about this many bytes.
+pub const PADDED_BLOCK_BYTES: usize = 1 << 16;
+/// A tile's packed columns hold about this many bytes (with its int32 product, they stay in
+/// the L1/L2 caches between im2col, the GEMM and the requantising store).
+pub const TILE_BYTES: usize = 1 << 15;
+
+/// Columns per tile for `quads` quads of patch rows: a multiple of 64 (whole VNNI tiles),
+/// at most the `cols` there are (rounded up to whole lanes).
+pub fn tile_cols(quads: usize, cols: usize) -> usize {
+    let per_col = 4 * quads.max(1);
+    (TILE_BYTES / per_col / 64 * 64).max(64).min(cols.div_ceil(LANES) * LANES)
+}
+
+/// Images per block of the padded input.
+pub fn padded_block(cg: usize, ph: usize, pw: usize, n: usize) -> usize {
+    (PADDED_BLOCK_BYTES / (cg * ph * pw).max(1)).clamp(1, n.max(1))
+}
 
 /// QLinearConv: `out` is `(n, m, oh, ow)`; weights `(m, c/group, kh, kw)` row-major.
 ///
-/// With unit width stride, each output row is computed `pw` (the padded width) columns
-/// wide: a patch row `k = (ci, i, j)` of an image is then one contiguous run of the padded
-/// input, `oh·pw` long, so im2col is a 4-way byte interleave of long runs. The `pw − ow`
-/// extra columns of each row read past its end (harmless values) and are never stored.
+/// An implicit GEMM over tiles of output columns: for each tile, im2col builds its packed
+/// columns (a few tens of KB), the GEMM multiplies all of the group's output channels into
+/// an int32 tile, and the store corrects, requantises and writes it to the output at once;
+/// no full-size column or accumulator buffer exists. With unit width stride, each output
+/// row is computed `pw` (the padded width) columns wide: a patch row `k = (ci, i, j)` of an
+/// image is then one contiguous run of the padded input, so im2col is a 4-way byte
+/// interleave of long runs. The `pw − ow` extra columns of each row read past its end
+/// (harmless values) and are never stored.
 pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: Output) {
     let (cg, mg) = (g.c / g.group, g.m / g.group);
     let k = cg * g.kernel[0] * g.kernel[1];
@@ -224,15 +243,25 @@ pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: O
     assert_eq!(x.data.len(), g.n * g.c * g.h * g.w);
     assert_eq!(w.bytes.data.len(), g.m * k);
     let zu = x.u8_zero(x_zp);
-    let block = (COLS_BLOCK_BYTES / (k.div_ceil(4) * 4 * oh * pitch).max(1)).clamp(1, g.n.max(1));
-    let mut reuse: Option<(PackedB, Vec<i32>)> = None;
+    if path == Path::Avx512Vnni && g.strides == [1, 1] && cg >= 4 && (0..g.m).all(|r| w.bytes.s8_zero(w.zero_points[r]) == 0) {
+        for grp in 0..g.group {
+            conv_direct(path, g, grp, x, zu, w, &mut out);
+        }
+        return;
+    }
+    let block = padded_block(cg, ph, pw, g.n);
+    let tile = tile_cols(k.div_ceil(4), block * oh * pitch);
+    let mut b = PackedB::zeros(k, tile);
+    let mut c = vec![0i32; mg * b.padded_cols];
+    let zeros = vec![0u8; tile.max(pitch * g.strides[1])]; // the patch rows past k
+    let mut segments = Vec::new();
     for grp in 0..g.group {
         let (a, za) = w.packed(grp * mg..(grp + 1) * mg, k);
         let fix = Correction::new(&a, &za, zu, w.bias.map(|b| &b[grp * mg..(grp + 1) * mg]));
         for n0 in (0..g.n).step_by(block) {
             let nb = block.min(g.n - n0);
             // the block's input channels as u8, padded with the zero-point (0 once shifted),
-            // plus a slack of one padded row for the extra columns of the last output row
+            // plus a slack of one padded plane for the extra columns of the last output row;
             // rows are copied as they are and the whole buffer flipped to u8 after, in one long
             // loop (per-row flips of a few bytes do not vectorise); the padding is filled with
             // the zero-point's stored byte, which the flip turns into its u8 form
@@ -248,72 +277,184 @@ pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: O
             if flip != 0 {
                 crate::path::vectorized(path, #[inline(always)] || padded.iter_mut().for_each(|v| *v ^= flip));
             }
-            // a full block's columns and product are reused by the next: im2col rewrites every
-            // real column and the GEMM every value, and padding columns stay zero
-            // (a smaller last block drops the full ones before making its own)
-            let mut bc = reuse.take().filter(|(b, _)| b.cols == nb * oh * pitch).unwrap_or_else(|| {
-                let b = PackedB::zeros(k, nb * oh * pitch);
-                let c = vec![0i32; mg * b.padded_cols];
-                (b, c)
-            });
-            let (b, c) = (&mut bc.0, &mut bc.1);
-            crate::path::vectorized(path, #[inline(always)] || im2col(g, &padded, nb, cg, [ph, pw], pitch, b));
-            gemm(path, &a, b, c);
-            // output rows lie back to back in the columns when pitch = ow: one run per image
-            let (rows_per_run, width) = if pitch == ow { (oh, oh * ow) } else { (1, ow) };
-            let mut runs = Vec::with_capacity(mg * nb * oh.div_ceil(rows_per_run));
-            for r in 0..mg {
-                for i in 0..nb {
-                    for y in (0..oh).step_by(rows_per_run) {
-                        let start = (((n0 + i) * g.m + grp * mg + r) * oh + y) * ow;
-                        let col = (i * oh + y) * pitch;
-                        runs.push(Run { row: r, channel: grp * mg + r, cols: col..col + width, start, stride: 1 });
+            let cols = nb * oh * pitch;
+            for c0 in (0..cols).step_by(tile) {
+                let width = tile.min(cols - c0);
+                // a full tile's columns are all rewritten; a shorter last one leaves stale
+                // columns, whose products are never stored
+                b.cols = width;
+                crate::path::vectorized(path, #[inline(always)] || im2col_tile(g, &padded, cg, [ph, pw], pitch, c0, &mut b, &zeros));
+                gemm(path, &a, &b, &mut c);
+                // the stored outputs of the tile: (column in the tile, length, output offset of channel 0)
+                segments.clear();
+                let mut col = c0;
+                while col < c0 + width {
+                    let (img, y, xo) = (col / (oh * pitch), col / pitch % oh, col % pitch);
+                    let end = (col - xo + pitch).min(c0 + width);
+                    if xo < ow {
+                        let len = (end - col).min(ow - xo);
+                        segments.push((col - c0, len, ((n0 + img) * g.m * oh + y) * ow + xo));
+                    }
+                    col = end;
+                }
+                match &mut out {
+                    Output::Requantized(rq, bytes) => {
+                        store_segments(path, &c, b.padded_cols, &fix, fix.col_sums(&b).as_deref(), rq, grp * mg, oh * ow, &segments, bytes)
+                    }
+                    Output::Accumulators(acc) => {
+                        fix.apply(&mut c, &b);
+                        for (r, row) in c.chunks_exact(b.padded_cols).enumerate() {
+                            let plane = &mut acc[(grp * mg + r) * oh * ow..];
+                            for &(col, len, start) in &segments {
+                                plane[start..start + len].copy_from_slice(&row[col..col + len]);
+                            }
+                        }
                     }
                 }
             }
-            finish(path, c, b, &fix, &runs, &mut out);
-            reuse = Some(bc);
         }
     }
 }
 
-/// Patches of `nb` padded images as packed columns: row `k = (ci, i, j)` (the weight's own
-/// order), column `(image, oh, x)` with `x < pitch`. Rows past `k` stay zero.
+/// Output columns per step of [`conv_direct`] (its int32 product is `mg` × this).
+const DIRECT_COLS: usize = 512;
+
+/// One group of a unit-stride convolution whose weights have no zero-point (int8 weights
+/// quantised symmetrically, as onnxruntime does by default), on the VNNI path: a direct
+/// convolution with no im2col. The padded input is stored channel-interleaved, four
+/// channels to a 32-bit word (`[quad][pixel][4]`, channels past `cg` at the zero-point), so
+/// the GEMM's operand for patch quad `(channel quad, i, j)` at output pixel `p` is simply the
+/// word at pixel `p + i·dh·pw + j·dw`: [`gemm_direct`] reads it in place. Weights are
+/// reordered to the same quads (zeros for the missing channels: no effect on any sum).
+fn conv_direct(path: Path, g: &Conv2d, grp: usize, x: Bytes, zu: i32, w: &Weights, out: &mut Output) {
+    let (cg, mg) = (g.c / g.group, g.m / g.group);
+    let (ph, pw) = (g.h + g.pads[0] + g.pads[2], g.w + g.pads[1] + g.pads[3]);
+    let [oh, ow] = g.out_hw;
+    let [kh, kw] = g.kernel;
+    let [dh, dw] = g.dilations;
+    let (channel_quads, kernel_quads) = (cg.div_ceil(4), kh * kw);
+    let quads = channel_quads * kernel_quads;
+    let cols = (oh * pw).div_ceil(LANES) * LANES; // the image's output pixels, pw per row
+    let plane = cols + (kh - 1) * dh * pw + (kw - 1) * dw; // words per channel quad (≥ ph·pw)
+    // the weights as s8 quads (cq, i, j) × 4 channels
+    let mut wq = vec![0u8; mg * quads * 4];
+    for r in 0..mg {
+        let src = &w.bytes.data[(grp * mg + r) * cg * kernel_quads..][..cg * kernel_quads];
+        for ch in 0..cg {
+            for ij in 0..kernel_quads {
+                let v = src[ch * kernel_quads + ij];
+                wq[((r * channel_quads + ch / 4) * kernel_quads + ij) * 4 + ch % 4] = if w.bytes.signed { v } else { v ^ 0x80 };
+            }
+        }
+    }
+    let a = PackedA::new(&wq, mg, quads * 4, false);
+    let fix = Correction::new(&a, &vec![0; mg], zu, w.bias.map(|b| &b[grp * mg..(grp + 1) * mg]));
+    let offsets: Vec<usize> = (0..quads).map(|q| 4 * ((q / kernel_quads) * plane + (q % kernel_quads / kw) * dh * pw + (q % kw) * dw)).collect();
+    let image_bytes = channel_quads * plane * 4;
+    let block = padded_block(cg, ph, pw, g.n);
+    let flip = x.u8_of(0);
+    let fill = vec![zu as u8; ph * pw];
+    let mut planes: [Vec<u8>; 4] = std::array::from_fn(|_| vec![0u8; ph * pw]);
+    let mut c = vec![0i32; mg * DIRECT_COLS.min(cols)];
+    let mut segments = Vec::with_capacity(DIRECT_COLS / pw + 2);
+    for n0 in (0..g.n).step_by(block) {
+        let nb = block.min(g.n - n0);
+        let mut interleaved = vec![zu as u8; nb * image_bytes];
+        crate::path::vectorized(path, #[inline(always)] || {
+            for (i, image) in interleaved.chunks_exact_mut(image_bytes).enumerate() {
+                for (cq, dst) in image.chunks_exact_mut(plane * 4).enumerate() {
+                    // four padded planes (u8 form; the zero-point where a channel or pixel is missing)
+                    for (t, planar) in planes.iter_mut().enumerate() {
+                        planar.copy_from_slice(&fill);
+                        let ch = cq * 4 + t;
+                        if ch >= cg {
+                            continue;
+                        }
+                        let src = &x.data[((n0 + i) * g.c + grp * cg + ch) * g.h * g.w..][..g.h * g.w];
+                        for (row, src_row) in src.chunks_exact(g.w).enumerate() {
+                            let d = &mut planar[(row + g.pads[0]) * pw + g.pads[1]..][..g.w];
+                            d.iter_mut().zip(src_row).for_each(|(d, &s)| *d = s ^ flip);
+                        }
+                    }
+                    interleave4([&planes[0][..], &planes[1][..], &planes[2][..], &planes[3][..]], &mut dst[..ph * pw * 4]);
+                }
+            }
+        });
+        for i in 0..nb {
+            let image = &interleaved[i * image_bytes..(i + 1) * image_bytes];
+            for p0 in (0..cols).step_by(DIRECT_COLS) {
+                let width = DIRECT_COLS.min(cols - p0);
+                let c = &mut c[..mg * width];
+                gemm_direct(path, &a, &image[4 * p0..], &offsets, width, c);
+                segments.clear();
+                for y in p0 / pw..oh {
+                    let (lo, hi) = (y * pw, y * pw + ow);
+                    if lo >= p0 + width {
+                        break;
+                    }
+                    let (lo, hi) = (lo.max(p0), hi.min(p0 + width));
+                    if lo < hi {
+                        segments.push((lo - p0, hi - lo, ((n0 + i) * g.m * oh + y) * ow + lo - y * pw));
+                    }
+                }
+                match out {
+                    Output::Requantized(rq, bytes) => store_segments(path, c, width, &fix, None, rq, grp * mg, oh * ow, &segments, bytes),
+                    Output::Accumulators(acc) => {
+                        fix.apply_base(c, width);
+                        for (r, row) in c.chunks_exact(width).enumerate() {
+                            let plane = &mut acc[(grp * mg + r) * oh * ow..];
+                            for &(col, len, start) in &segments {
+                                plane[start..start + len].copy_from_slice(&row[col..col + len]);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The packed columns `c0 .. c0 + b.cols` of a block of padded images: patch row
+/// `k = (ci, i, j)` (the weight's own order), column `(image, oh, x)` with `x < pitch`.
+/// Patch rows past `k` are zero.
 #[inline(always)]
-fn im2col(g: &Conv2d, padded: &[u8], nb: usize, cg: usize, [ph, pw]: [usize; 2], pitch: usize, b: &mut PackedB) {
+#[allow(clippy::too_many_arguments)]
+fn im2col_tile(g: &Conv2d, padded: &[u8], cg: usize, [ph, pw]: [usize; 2], pitch: usize, c0: usize, b: &mut PackedB, zeros: &[u8]) {
     let [kh, kw] = g.kernel;
     let [oh, _] = g.out_hw;
     let [sh, sw] = g.strides;
     let [dh, dw] = g.dilations;
-    let k = b.k;
-    let run = if sw == 1 { oh * pitch } else { (pitch - 1) * sw + 1 }; // source bytes one copy reads
-    let zeros = vec![0u8; run]; // the rows past k
+    let (k, width) = (b.k, b.cols);
+    let per_image = oh * pitch;
     for q in 0..b.quads {
         let offsets: [Option<usize>; 4] = std::array::from_fn(|t| {
             let kk = 4 * q + t;
             (kk < k).then(|| (kk / (kh * kw)) * ph * pw + (kk / kw % kh) * dh * pw + (kk % kw) * dw)
         });
         let quad = b.quad_mut(q);
-        for img in 0..nb {
-            let image = img * cg * ph * pw;
+        let mut col = c0;
+        while col < c0 + width {
+            let (img, within) = (col / per_image, col % per_image);
+            let (y, xo) = (within / pitch, within % pitch);
+            // one run: to the end of the image (unit strides: its rows lie back to back in
+            // the padded input) or of the output row
+            let end = if sh == 1 && sw == 1 { (img + 1) * per_image } else { col - xo + pitch }.min(c0 + width);
+            let len = end - col;
+            let lanes = &mut quad[(col - c0) * 4..][..len * 4];
+            let start = img * cg * ph * pw + y * sh * pw + xo * sw;
             if sw == 1 {
-                // rows y·sh of the image, each pw wide: for sh = 1 one run of oh·pw bytes
-                for y in 0..if sh == 1 { 1 } else { oh } {
-                    let width = if sh == 1 { oh * pw } else { pw };
-                    let start = image + y * sh * pw;
-                    let src = offsets.map(|o| o.map_or(&zeros[..width], |o| &padded[start + o..][..width]));
-                    interleave4(src, &mut quad[(img * oh + y) * pitch * 4..][..width * 4]);
-                }
-                continue;
-            }
-            for y in 0..oh {
-                let start = image + y * sh * pw;
-                let src = offsets.map(|o| o.map_or(&zeros[..], |o| &padded[start + o..][..run]));
-                let lanes = &mut quad[(img * oh + y) * pitch * 4..][..pitch * 4];
-                for (xo, lane) in lanes.chunks_exact_mut(4).enumerate() {
-                    lane.copy_from_slice(&[src[0][xo * sw], src[1][xo * sw], src[2][xo * sw], src[3][xo * sw]]);
+                let src = offsets.map(|o| o.map_or(&zeros[..len], |o| &padded[start + o..][..len]));
+                interleave4(src, lanes);
+            } else {
+                let run = (len - 1) * sw + 1;
+                let src = offsets.map(|o| o.map_or(&zeros[..run], |o| &padded[start + o..][..run]));
+                // strided iterators: no bounds check per byte
+                let [s0, s1, s2, s3] = src.map(|s| s.iter().step_by(sw));
+                for (lane, (((&a, &b), &c), &d)) in lanes.chunks_exact_mut(4).zip(s0.zip(s1).zip(s2).zip(s3)) {
+                    lane.copy_from_slice(&[a, b, c, d]);
                 }
             }
+            col = end;
         }
     }
 }
@@ -450,15 +591,32 @@ mod tests {
             Conv2d { n: 3, c: 1, h: 9, w: 8, m: 6, kernel: [5, 5], strides: [1, 1], dilations: [1, 1], pads: [2, 2, 2, 2], out_hw: [9, 8], group: 1 },
             Conv2d { n: 2, c: 4, h: 7, w: 7, m: 4, kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pads: [1, 1, 1, 1], out_hw: [4, 4], group: 2 },
             Conv2d { n: 1, c: 3, h: 9, w: 9, m: 5, kernel: [3, 2], strides: [1, 2], dilations: [2, 1], pads: [0, 1, 2, 0], out_hw: [7, 5], group: 1 },
+            // several blocks of padded images, and tiles that end inside images and rows
+            Conv2d { n: 7, c: 8, h: 38, w: 38, m: 10, kernel: [3, 3], strides: [1, 1], dilations: [1, 1], pads: [1, 1, 1, 1], out_hw: [38, 38], group: 1 },
+            Conv2d { n: 3, c: 16, h: 21, w: 21, m: 8, kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pads: [1, 1, 1, 1], out_hw: [11, 11], group: 1 },
+            Conv2d { n: 4, c: 6, h: 14, w: 14, m: 16, kernel: [5, 5], strides: [2, 1], dilations: [1, 1], pads: [0, 0, 0, 0], out_hw: [5, 10], group: 2 },
+            // unit strides with ≥ 4 channels per group: the direct convolution on the VNNI path
+            // when the weights have no zero-point (channels not a multiple of 4, dilation,
+            // uneven pads, groups, several column steps of one image)
+            Conv2d { n: 3, c: 6, h: 11, w: 9, m: 7, kernel: [3, 3], strides: [1, 1], dilations: [2, 1], pads: [1, 0, 2, 1], out_hw: [10, 8], group: 1 },
+            Conv2d { n: 2, c: 10, h: 6, w: 6, m: 4, kernel: [2, 2], strides: [1, 1], dilations: [1, 1], pads: [0, 0, 0, 0], out_hw: [5, 5], group: 2 },
         ];
+        // the shapes above do cover those cases
+        let blocks = |g: &Conv2d| g.n.div_ceil(padded_block(g.c / g.group, g.h + g.pads[0] + g.pads[2], g.w + g.pads[1] + g.pads[3], g.n));
+        let tiles = |g: &Conv2d| {
+            let pitch = if g.strides[1] == 1 { g.w + g.pads[1] + g.pads[3] } else { g.out_hw[1] };
+            (g.n * g.out_hw[0] * pitch).div_ceil(tile_cols((g.c / g.group * g.kernel[0] * g.kernel[1]).div_ceil(4), usize::MAX / 2))
+        };
+        assert!(blocks(&shapes[3]) > 1 && tiles(&shapes[3]) > 2 && tiles(&shapes[4]) > 1);
         for g in &shapes {
-            for (x_signed, w_signed) in [(true, true), (false, true), (true, false)] {
+            // symmetric: weights without a zero-point (0 for int8, 128 for uint8)
+            for (x_signed, w_signed, symmetric) in [(true, true, false), (false, true, false), (true, false, false), (true, true, true), (false, false, true)] {
                 let xb: Vec<u8> = (0..g.n * g.c * g.h * g.w).map(|_| rng.byte()).collect();
                 let k = g.c / g.group * g.kernel[0] * g.kernel[1];
                 let wb: Vec<u8> = (0..g.m * k).map(|_| rng.byte()).collect();
                 let val = |b: u8, s: bool| if s { b as i8 as i64 } else { b as i64 };
                 let zx: i32 = if x_signed { -128 } else { 255 };
-                let zw: Vec<i32> = (0..g.m).map(|m| if w_signed { [0, 127, -128][m % 3] } else { [128, 0, 255][m % 3] }).collect();
+                let zw: Vec<i32> = (0..g.m).map(|m| if w_signed { [0, 127, -128][if symmetric { 0 } else { m % 3 }] } else { [128, 0, 255][if symmetric { 0 } else { m % 3 }] }).collect();
                 let bias: Vec<i32> = (0..g.m).map(|m| m as i32 * 1000 - 2000).collect();
                 let expect = conv_reference(
                     g,
@@ -478,3 +636,4 @@ mod tests {
         }
     }
 }
+

@@ -81,6 +81,19 @@ impl Correction {
         self.za.iter().any(|&z| z != 0).then(|| b.col_sums())
     }
 
+    /// Whether no row of A has a zero-point (then B's column sums are not needed).
+    pub fn without_col_sums(&self) -> bool {
+        self.za.iter().all(|&z| z == 0)
+    }
+
+    /// [`Self::apply`] for rows of `cols` values when no row of A has a zero-point.
+    pub fn apply_base(&self, c: &mut [i32], cols: usize) {
+        assert!(self.without_col_sums(), "A has zero-points: the correction needs B's column sums");
+        for (row, &base) in c.chunks_exact_mut(cols).zip(&self.base) {
+            row.iter_mut().for_each(|v| *v = v.wrapping_add(base));
+        }
+    }
+
     /// Turns `c = Σ A_s8 · B_u8` (rows × `b.padded_cols`) into the accumulators in place.
     pub fn apply(&self, c: &mut [i32], b: &PackedB) {
         let col_sums = self.col_sums(b);
@@ -104,38 +117,173 @@ pub struct Run {
     pub stride: usize,
 }
 
+/// One output channel's requantisation: `requantize(acc + base, mult, bits, zero_point, lo, hi)`.
+#[derive(Clone, Copy)]
+pub struct RowRequant {
+    pub base: i32,
+    pub mult: i64,
+    pub bits: u32,
+    pub zero_point: i64,
+    pub lo: i64,
+    pub hi: i64,
+}
+
+/// `out[j] = requantize(acc[j] + base − za·sums[j])` as bytes (`sums`: B's column sums and
+/// A's zero-point, when it has one): the store of one run of GEMM outputs. The AVX-512 path
+/// runs 16 values per step (and a masked last step); the others a loop the compiler
+/// vectorises as it can. The same integers on every path.
+#[inline(always)]
+pub fn requantize_row(path: Path, acc: &[i32], sums: Option<(&[i32], i32)>, q: &RowRequant, out: &mut [u8]) {
+    assert!(out.len() == acc.len() && sums.is_none_or(|(s, _)| s.len() == acc.len()));
+    #[cfg(target_arch = "x86_64")]
+    if path == Path::Avx512Vnni && q.bits <= 63 {
+        // SAFETY: the path's CPU features (checked by `Path::supported` when the kernels were
+        // made) include AVX-512 F, BW, DQ and VL, all these functions enable.
+        return unsafe { x86::Avx512Row::new(q, sums.map_or(0, |(_, z)| z)).store(acc, sums.map(|(s, _)| s), out) };
+    }
+    let _ = path;
+    requantize_row_scalar(acc, sums, q, out)
+}
+
+#[inline(always)]
+fn requantize_row_scalar(acc: &[i32], sums: Option<(&[i32], i32)>, q: &RowRequant, out: &mut [u8]) {
+    let value = |v: i32| requantize(v.wrapping_add(q.base), q.mult, q.bits, q.zero_point, q.lo, q.hi) as u8;
+    match sums {
+        Some((sums, za)) => out.iter_mut().zip(acc).zip(sums).for_each(|((o, &v), &s)| *o = value(v.wrapping_sub(za.wrapping_mul(s)))),
+        None => out.iter_mut().zip(acc).for_each(|(o, &v)| *o = value(v)),
+    }
+}
+
+/// A tile of GEMM rows stored as output planes: row `r` is output channel `ch0 + r`, and each
+/// segment `(col, len, start)` writes its requantised columns `col .. col + len` (corrected
+/// with `fix`) at `out[start + (ch0 + r)·plane ..][..len]`. Rows outside, segments inside,
+/// so a row's constants are set once for all of its (often short) segments.
+#[allow(clippy::too_many_arguments)]
+pub fn store_segments(path: Path, c: &[i32], padded_cols: usize, fix: &Correction, col_sums: Option<&[i32]>, rq: &Requant, ch0: usize, plane: usize, segments: &[(usize, usize, usize)], out: &mut [u8]) {
+    let mut bytes = Vec::new();
+    for (r, acc) in c.chunks_exact(padded_cols).enumerate().take(fix.base.len()) {
+        let (mult, bits) = rq.row(ch0 + r);
+        let q = RowRequant { base: fix.base[r], mult, bits, zero_point: rq.zero_point, lo: rq.lo, hi: rq.hi };
+        let za = fix.za[r];
+        let sums = col_sums.filter(|_| za != 0);
+        let offset = (ch0 + r) * plane;
+        #[cfg(target_arch = "x86_64")]
+        if path == Path::Avx512Vnni && q.bits <= 63 {
+            // SAFETY: as in `requantize_row`.
+            unsafe {
+                let row = x86::Avx512Row::new(&q, za);
+                for &(col, len, start) in segments {
+                    row.store(&acc[col..col + len], sums.map(|s| &s[col..col + len]), &mut out[offset + start..offset + start + len]);
+                }
+            }
+            continue;
+        }
+        // elsewhere one long loop over the row's columns (short segments would not
+        // vectorise), then the segments copied out of it
+        let used = segments.iter().map(|&(col, len, _)| col + len).max().unwrap_or(0);
+        bytes.resize(used, 0);
+        crate::path::vectorized(path, #[inline(always)] || {
+            requantize_row_scalar(&acc[..used], sums.map(|s| (&s[..used], za)), &q, &mut bytes[..used]);
+        });
+        for &(col, len, start) in segments {
+            out[offset + start..offset + start + len].copy_from_slice(&bytes[col..col + len]);
+        }
+    }
+}
+
 /// Corrects the raw product `c` (rows × `padded_cols`) with `fix` and stores it requantised
-/// to bytes (`out` as u8: an int8 value is stored as its two's-complement byte). One pass
-/// per GEMM row turns the whole row into bytes (one multiplier, one long loop the compiler
-/// vectorises), then the runs copy bytes out of it.
+/// to bytes (`out` as u8: an int8 value is stored as its two's-complement byte), each run
+/// straight from the accumulators into its place in `out`.
+#[allow(clippy::too_many_arguments)]
 pub fn store_requantized(path: Path, c: &[i32], padded_cols: usize, fix: &Correction, col_sums: Option<&[i32]>, rq: &Requant, runs: &[Run], out: &mut [u8]) {
     crate::path::vectorized(path, #[inline(always)] || {
-        let mut bytes = vec![0u8; padded_cols];
-        let mut i = 0;
-        while i < runs.len() {
-            let (r, channel) = (runs[i].row, runs[i].channel);
-            let (mult, bits) = rq.row(channel);
-            let (base, za) = (fix.base[r], fix.za[r]);
-            let acc = &c[r * padded_cols..(r + 1) * padded_cols];
-            let value = |v: i32| requantize(v, mult, bits, rq.zero_point, rq.lo, rq.hi) as u8;
-            match col_sums {
-                Some(sums) if za != 0 => bytes.iter_mut().zip(acc).zip(sums).for_each(|((o, &v), &s)| {
-                    *o = value(v.wrapping_add(base).wrapping_sub(za.wrapping_mul(s)))
-                }),
-                _ => bytes.iter_mut().zip(acc).for_each(|(o, &v)| *o = value(v.wrapping_add(base))),
-            }
-            while i < runs.len() && runs[i].row == r {
-                let run = &runs[i];
-                let src = &bytes[run.cols.clone()];
-                if run.stride == 1 {
-                    out[run.start..run.start + src.len()].copy_from_slice(src);
-                } else {
-                    src.iter().enumerate().for_each(|(j, &v)| out[run.start + j * run.stride] = v);
-                }
-                i += 1;
+        let mut bytes = Vec::new(); // a strided run's values, before they are spread out
+        for run in runs {
+            let r = run.row;
+            let (mult, bits) = rq.row(run.channel);
+            let q = RowRequant { base: fix.base[r], mult, bits, zero_point: rq.zero_point, lo: rq.lo, hi: rq.hi };
+            let acc = &c[r * padded_cols..(r + 1) * padded_cols][run.cols.clone()];
+            let sums = col_sums.filter(|_| fix.za[r] != 0).map(|s| (&s[run.cols.clone()], fix.za[r]));
+            if run.stride == 1 {
+                requantize_row(path, acc, sums, &q, &mut out[run.start..run.start + acc.len()]);
+            } else {
+                bytes.resize(acc.len(), 0);
+                requantize_row(path, acc, sums, &q, &mut bytes);
+                bytes.iter().enumerate().for_each(|(j, &v)| out[run.start + j * run.stride] = v);
             }
         }
     })
+}
+
+#[cfg(target_arch = "x86_64")]
+mod x86 {
+    use super::RowRequant;
+    use std::arch::x86_64::*;
+
+    /// One row's requantisation constants in zmm registers, for [`super::requantize_row`].
+    pub struct Avx512Row {
+        base: __m512i,
+        za: __m512i,
+        mult: __m512i,
+        half: __m512i,
+        count: __m128i,
+        zp: __m512i,
+        lo: __m512i,
+        hi: __m512i,
+    }
+
+    impl Avx512Row {
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+        pub fn new(q: &RowRequant, za: i32) -> Avx512Row {
+            Avx512Row {
+                base: _mm512_set1_epi32(q.base),
+                za: _mm512_set1_epi32(za),
+                mult: _mm512_set1_epi64(q.mult),
+                half: _mm512_set1_epi64((1i64 << q.bits) >> 1),
+                count: _mm_cvtsi64_si128(q.bits as i64),
+                zp: _mm512_set1_epi64(q.zero_point),
+                lo: _mm512_set1_epi64(q.lo),
+                hi: _mm512_set1_epi64(q.hi),
+            }
+        }
+
+        /// The rounding shift `(p + 2^(bits−1) − [p < 0]) >> bits` of the products `p = v·m`
+        /// (`vpmuldq` of the lanes' low halves: exact, |v|, m < 2^31), `+ zp`, clamped.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+        fn finish(&self, v: __m512i) -> __m512i {
+            let prod = _mm512_mul_epi32(v, self.mult);
+            let rounded = _mm512_add_epi64(_mm512_add_epi64(prod, self.half), _mm512_srai_epi64::<63>(prod));
+            let y = _mm512_add_epi64(_mm512_sra_epi64(rounded, self.count), self.zp);
+            _mm512_min_epi64(_mm512_max_epi64(y, self.lo), self.hi)
+        }
+
+        /// `out[j] = requantize(acc[j] + base − za·sums[j])`, 16 values per step: even and odd
+        /// lanes through [`Self::finish`] in i64, merged back to 16 i32 lanes and narrowed.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+        pub fn store(&self, acc: &[i32], sums: Option<&[i32]>, out: &mut [u8]) {
+            let n = acc.len();
+            assert!(out.len() == n && sums.is_none_or(|s| s.len() == n));
+            let mut j = 0;
+            while j < n {
+                let mask: __mmask16 = if n - j >= 16 { 0xffff } else { (1u16 << (n - j)) - 1 };
+                // SAFETY: the masked loads and store touch only elements j .. j + popcount(mask) ≤ n.
+                unsafe {
+                    let mut v = _mm512_add_epi32(_mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(j).cast()), self.base);
+                    if let Some(s) = sums {
+                        v = _mm512_sub_epi32(v, _mm512_mullo_epi32(self.za, _mm512_maskz_loadu_epi32(mask, s.as_ptr().add(j).cast())));
+                    }
+                    let even = self.finish(v);
+                    let odd = self.finish(_mm512_srli_epi64::<32>(v));
+                    let both = _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64::<32>(odd));
+                    _mm_mask_storeu_epi8(out.as_mut_ptr().add(j).cast(), mask, _mm512_cvtepi32_epi8(both));
+                }
+                j += 16;
+            }
+        }
+    }
 }
 
 /// Stores the accumulators of `c` as they are: the exact `Σ (a − za)(x − zx) + bias`.
