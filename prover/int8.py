@@ -55,11 +55,19 @@ Everything between the input quantisation and the prover's ``A`` is an int8 / in
 numpy array; no float array is created.
 
 The step itself is ``fixed_point.integer_step``, shared with fp32 (``y`` rounded to
-nearest, ``δ = ⌊−A·y / 2^s⌋``). In int8 units that floor is visible: every kept
-weight of a block with a masked weight moves by −½ LSB on average. And because
-per-channel int8 puts a ±127 in every channel, compensations of a few LSB already
-leave int8 unless ``damp`` is large; :func:`edgetrain.prover.unlearn` then raises
-rather than clip (the proof states ``w' = w + δ``).
+nearest, ``δ = ⌊−A·y / 2^s⌋``). On the int8 weights themselves that floor is visible
+(every kept weight of a block with a masked weight moves by −½ LSB on average), and
+because per-channel int8 puts a ±127 in every channel, compensations of a few LSB
+leave int8 unless ``damp`` is large. So by default the target layers are first widened
+(:func:`widen`): int16 weights ``q·2^6`` at scale ``s/2^6`` (zero-point 0) and int32 bias
+``b·2^6`` — the same real weights, the same outputs bit for bit — and the step runs on
+those integers at ``s = 16``: a grid 64 times finer and room up to 4 times the layer's
+largest int8 weight. The circuit takes signed 24-bit weights, so its statement is
+unchanged and is exactly this integer step; the provider commits to ``q·2^6`` of the
+model it sent. The runtime runs int16-weight QGemm / QLinearMatMul on int8
+activations (numpy on every backend, bit-identical) and writes such a layer as int16
+QDQ (opset 21), which onnxruntime runs. A compensated weight outside int16 (or int8,
+``widen_bits=0``) still raises rather than clip (the proof states ``w' = w + δ``).
 """
 from __future__ import annotations
 

@@ -204,12 +204,15 @@ def unlearn(model: Model, mask: dict[str, np.ndarray], data: tuple, block: int =
     int8 layers (QGemm / QLinearMatMul of an onnxruntime int8 model): integers from
     the input quantisation to the step — gradients, inverse Fisher and ``A`` as
     :mod:`edgetrain.prover.int8` describes (its docstring holds the rounding rules).
-    ``w_int`` is the int8 weights themselves (their scales stay as they are),
-    ``scale_bits`` (default ``INT8_SCALE_BITS``) is the fixed-point scale of ``y``
-    only, and ``damp`` damps the Fisher of the dequantised weights, as for fp32.
-    The new model is int8 with ``w'_int``; a compensated weight outside
-    [-128, 127] raises ValueError naming the layer and index (it is not clipped:
-    the proof states ``w' = w + δ`` exactly).
+    The target layers are first widened (``int8.widen``, ``widen_bits`` = 6): ``w_int``
+    is the int16 weights ``q·2^6`` at scale ``s/2^6`` (the same model, bit for bit),
+    ``scale_bits`` defaults to ``WIDE_SCALE_BITS`` (16), and the new model holds those
+    layers as int16 (written as int16 QDQ, which onnxruntime runs). With
+    ``widen_bits=0`` the step runs on the int8 weights themselves (``scale_bits``
+    default ``INT8_SCALE_BITS``, the new layers int8). ``damp`` damps the Fisher of the
+    dequantised weights, as for fp32. A compensated weight outside its integer type
+    raises ValueError naming the layer and index (it is not clipped: the proof states
+    ``w' = w + δ`` exactly).
 
     ``progress``: a bar on stderr over the samples of the Fisher passes (:mod:`edgetrain.progress`).
     """

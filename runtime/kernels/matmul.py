@@ -161,6 +161,8 @@ class _IntegerMatMul(Kernel):
         a, b = shapes[self.node.inputs[0]], shapes[self.node.inputs[self.weight_input]]
         rows, k = _size(a[:-1]), a[-1]
         n = b[0] if self.attr("transB", 0) else b[-1]
+        if dtypes.get(self.node.inputs[self.weight_input]) == np.int16:  # numpy: hi and lo, int64 sum, clamp
+            return 4 * rows * k + 8 * k * n + 4 * rows * n * (2 if self.float_gemm else 1) + 2 * 8 * rows * n
         if self.native is not None:  # the int32 product (lanes of 16) and the s8 / u8 operands it packs
             pad16, quad_bytes = (lambda v: -(-v // 16) * 16), 4 * -(-k // 4)
             if self.packed is not None:
