@@ -417,6 +417,8 @@ def _fake_demo_result():
                            "verify_key_and_proof_seconds": 4.0, "bundle_bytes": 399360},
             "unlearning_int8": {"forget_class": 3, "layer": "11.weight_quantized", "model": "lenet5.personal.onnx",
                                 "weights_dtype": "int16", "scale_bits": 16, "masked_weights": 84, "block": 8,
+                                "mask_c": 2.0, "with_default_mask": {"c": 0.5, "forget_class_test_accuracy": 0.6,
+                                                                     "retain_test_accuracy": 0.85},
                                 "forget_set_accuracy": acc, "forget_class_test_accuracy": acc,
                                 "retain_test_accuracy": {"before": 0.92, "mask_only": 0.91, "after": 0.935},
                                 "onnxruntime_argmax_agreement": 1.0, "unlearned_model": "unlearned.int8.onnx",
