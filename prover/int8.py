@@ -180,6 +180,26 @@ def widen(model: Model, names: Sequence[str], bits: int = WIDEN_BITS) -> Model:
     return Model(proto, float_gemm=model.float_gemm, source=model.source, backend=model.backend)
 
 
+def unlearned_model_error(original: Model, unlearned: Model, names: Sequence[str],
+                          bits: int = WIDEN_BITS) -> str | None:
+    """The provider's check of what the proof does not state: the proof is about the
+    integers of the target layers (``w`` = the widened ``q·2^bits`` of ``original``, ``w'``
+    those of ``unlearned``); everything else — the widened layers' scales, zero-points and
+    bias, every other parameter, the graph — must be ``widen(original)``'s exactly, or the
+    proven integers would run under another meaning. Returns what differs, or None."""
+    want = widen(original, names, bits)
+    if [(n.op_type, n.inputs, n.outputs) for n in want.nodes] != \
+            [(n.op_type, n.inputs, n.outputs) for n in unlearned.nodes]:
+        return "the graph differs from the original's (widened)"
+    for key, value in want.params.items():
+        got = unlearned.params.get(key)
+        if got is None or got.dtype != value.dtype or got.shape != value.shape:
+            return f"parameter {key!r} is missing or of another type or shape"
+        if key not in names and not np.array_equal(got, value):
+            return f"parameter {key!r} differs from the original's (widened)"
+    return None
+
+
 @dataclass
 class Signals:
     """One target layer's per-sample backward quantities, integers with one real scale."""

@@ -328,3 +328,25 @@ def test_a_real_proof_of_the_widened_int8_step_verifies_and_binds_the_widened_we
     skipped = np.where(wit.keep, wit.w, 0).reshape(-1)
     assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"], mask=m,
                                       h_w_new={wit.name: zk.commit(skipped.tolist())})
+
+
+def test_the_provider_catches_a_model_whose_scales_are_not_the_widened_ones(quantized, mnist):
+    """The proof states the integer step; the meaning of those integers (scale s/2^6, bias·2^6,
+    the rest of the model) is checked against the original by the provider: the honest
+    unlearned model passes, one with a wrong weight scale (or a changed bias) does not, and
+    its weights are still the ones h_W' commits to."""
+    import edgetrain_zk as zk
+    model, mask, data = step_inputs(quantized, mnist, True, damp=0.01)
+    new, (wit,) = prover.unlearn(model, mask, data=data, block=8, damp=0.01)
+    names = [wit.name]
+    reloaded = edgetrain.Model(new.to_proto())  # as the provider receives it: the int16 QDQ file
+    assert int8.unlearned_model_error(model, reloaded, names) is None
+    padded = np.zeros(wit.w.size, np.int64)
+    padded[:wit.size] = reloaded.params[wit.name].reshape(-1)
+    assert zk.commit(padded.tolist()) == zk.commit(wit.w_new.reshape(-1).tolist())
+    node = next(n for n in reloaded.nodes if n.inputs[3:4] == names)
+    for position, change in ((4, lambda v: v * np.float32(2)), (6, lambda v: v + 1)):  # weight scale, bias
+        forged = edgetrain.Model(reloaded.to_proto())
+        forged.params[node.inputs[position]] = change(forged.params[node.inputs[position]])
+        forged = edgetrain.Model(forged.to_proto())
+        assert "differs from the original" in int8.unlearned_model_error(model, forged, names)
