@@ -55,11 +55,19 @@ Everything between the input quantisation and the prover's ``A`` is an int8 / in
 numpy array; no float array is created.
 
 The step itself is ``fixed_point.integer_step``, shared with fp32 (``y`` rounded to
-nearest, ``δ = ⌊−A·y / 2^s⌋``). In int8 units that floor is visible: every kept
-weight of a block with a masked weight moves by −½ LSB on average. And because
-per-channel int8 puts a ±127 in every channel, compensations of a few LSB already
-leave int8 unless ``damp`` is large; :func:`edgetrain.prover.unlearn` then raises
-rather than clip (the proof states ``w' = w + δ``).
+nearest, ``δ = ⌊−A·y / 2^s⌋``). On the int8 weights themselves that floor is visible
+(every kept weight of a block with a masked weight moves by −½ LSB on average), and
+because per-channel int8 puts a ±127 in every channel, compensations of a few LSB
+leave int8 unless ``damp`` is large. So by default the target layers are first widened
+(:func:`widen`): int16 weights ``q·2^6`` at scale ``s/2^6`` (zero-point 0) and int32 bias
+``b·2^6`` — the same real weights, the same outputs bit for bit — and the step runs on
+those integers at ``s = 16``: a grid 64 times finer and room up to 4 times the layer's
+largest int8 weight. The circuit takes signed 24-bit weights, so its statement is
+unchanged and is exactly this integer step; the provider commits to ``q·2^6`` of the
+model it sent. The runtime runs int16-weight QGemm / QLinearMatMul on int8
+activations (numpy on every backend, bit-identical) and writes such a layer as int16
+QDQ (opset 21), which onnxruntime runs. A compensated weight outside int16 (or int8,
+``widen_bits=0``) still raises rather than clip (the proof states ``w' = w + δ``).
 """
 from __future__ import annotations
 
@@ -67,6 +75,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from onnx import numpy_helper
 
 from .. import int_autodiff, quant
 from ..int_loss import ERR_BITS as LOSS_ERR_BITS
@@ -99,13 +108,13 @@ def _int8_fc(model: Model):
     """(layer, kernel) of every integer fully connected layer with an int8 weight initializer."""
     for layer in model.layers():
         kernel = model.kernels[layer.index]
-        if kernel.numeric == "int" and kernel.fully_connected and model.params[layer.weight].dtype == np.int8:
+        if kernel.numeric == "int" and kernel.fully_connected and model.params[layer.weight].dtype in (np.int8, np.int16):
             yield layer, kernel
 
 
 def fc_weights(model: Model) -> list[str]:
-    """The int8 weight initializers of the model's integer fully connected layers
-    (QGemm / QLinearMatMul)."""
+    """The int8 (or widened int16, :func:`widen`) weight initializers of the model's
+    integer fully connected layers (QGemm / QLinearMatMul)."""
     return [layer.weight for layer, _ in _int8_fc(model)]
 
 
@@ -126,6 +135,69 @@ def layers(model: Model, names: Sequence[str]) -> list[Int8Layer]:
         out.append(Int8Layer(name, layer.index, kernel.weight_nk(w) is not w,
                              quant.fixed_point_ratios(float(s.min()) / s, RATIO_BITS), s.copy()))
     return out
+
+
+WIDEN_BITS = 6  # int8 weights become int16 q·2^6 at scale s/2^6: 1/64-LSB steps, 4× the int8 range
+
+
+def widen(model: Model, names: Sequence[str], bits: int = WIDEN_BITS) -> Model:
+    """A copy of ``model`` whose int8 target layers ``names`` hold int16 weights
+    ``q·2^bits`` at scale ``s/2^bits`` (zero-point 0) and int32 bias ``b·2^bits``: the
+    same real weights and bias, and the same outputs bit for bit (the requantisation
+    multiplier ``s_a·s/2^bits/s_y`` has the same Q31 mantissa, its shift ``bits`` less).
+    The unlearning step then compensates on a grid 2^bits times finer, with room for
+    weights up to ``2^(15−bits)/127`` times the layer's largest (the circuit takes
+    signed 24-bit weights; the runtime runs int16 weights on int8 activations).
+    int16 layers are left as they are (already widened)."""
+    if not 1 <= bits <= 8:
+        raise ValueError(f"bits={bits!r} must be in [1, 8] (int8 · 2^bits must fit int16)")
+    plain = Model(model.to_proto(), float_gemm=model.float_gemm, source=model.source, backend=model.backend)
+    plain.compressed = {k: v for k, v in plain.compressed.items() if k not in names}  # stored as int16 from here
+    proto = plain.to_proto()
+    inits = {t.name: t for t in proto.graph.initializer}
+    for name in names:
+        if model.params[name].dtype != np.int8:
+            continue
+        node = next(n for n in proto.graph.node if n.op_type in ("QGemm", "QLinearMatMul") and n.input[3] == name)
+        kernel = next(k for n, k in zip(model.nodes, model.kernels) if n.inputs[3:4] == [name])
+        if np.any(kernel.bq.zero_point != 0):
+            raise ValueError(f"layer {name!r}: weight zero-points must be 0 (symmetric int8 weights)")
+        scale = model.params[node.input[4]]
+        new = {name: model.params[name].astype(np.int16) << bits,
+               f"{name}.wide_scale": (scale / np.float32(2 ** bits)).astype(np.float32),  # exact: a power of two
+               f"{name}.wide_zero_point": np.zeros(np.shape(model.params[node.input[5]]), np.int16)}
+        node.input[4], node.input[5] = f"{name}.wide_scale", f"{name}.wide_zero_point"
+        if node.op_type == "QGemm" and len(node.input) > 6 and node.input[6]:
+            b = model.params[node.input[6]].astype(np.int64) << bits
+            if np.abs(b).max(initial=0) >= 1 << 31:
+                raise ValueError(f"layer {name!r}: the bias ·2^{bits} leaves int32; widen by fewer bits")
+            new[f"{name}.wide_bias"] = b.astype(np.int32)
+            node.input[6] = f"{name}.wide_bias"
+        for key, value in new.items():
+            if key in inits:
+                proto.graph.initializer.remove(inits[key])
+            proto.graph.initializer.append(numpy_helper.from_array(value, key))
+    return Model(proto, float_gemm=model.float_gemm, source=model.source, backend=model.backend)
+
+
+def unlearned_model_error(original: Model, unlearned: Model, names: Sequence[str],
+                          bits: int = WIDEN_BITS) -> str | None:
+    """The provider's check of what the proof does not state: the proof is about the
+    integers of the target layers (``w`` = the widened ``q·2^bits`` of ``original``, ``w'``
+    those of ``unlearned``); everything else — the widened layers' scales, zero-points and
+    bias, every other parameter, the graph — must be ``widen(original)``'s exactly, or the
+    proven integers would run under another meaning. Returns what differs, or None."""
+    want = widen(original, names, bits)
+    if [(n.op_type, n.inputs, n.outputs) for n in want.nodes] != \
+            [(n.op_type, n.inputs, n.outputs) for n in unlearned.nodes]:
+        return "the graph differs from the original's (widened)"
+    for key, value in want.params.items():
+        got = unlearned.params.get(key)
+        if got is None or got.dtype != value.dtype or got.shape != value.shape:
+            return f"parameter {key!r} is missing or of another type or shape"
+        if key not in names and not np.array_equal(got, value):
+            return f"parameter {key!r} differs from the original's (widened)"
+    return None
 
 
 @dataclass

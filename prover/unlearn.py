@@ -178,10 +178,12 @@ class LayerWitness:
 
 # int8 weights are O(2^7) instead of O(2^16·|w|): y gets its precision from the scale instead
 INT8_SCALE_BITS = 24
+# widened int16 weights (int8.widen) are O(2^7+WIDEN_BITS): the fp32 path's scale
+WIDE_SCALE_BITS = 16
 
 
 def unlearn(model: Model, mask: dict[str, np.ndarray], data: tuple, block: int = 64, damp: float = 1.0,
-            scale_bits: int | None = None, fisher_bits: int = 14,
+            scale_bits: int | None = None, fisher_bits: int = 14, widen_bits: int = int8.WIDEN_BITS,
             progress: bool = False) -> tuple[Model, list[LayerWitness]]:
     """The device's step: per masked layer, the inverse Fisher blocks of its own
     ``data = (x, y)`` (per-sample gradients, Sherman–Morrison), the group-OBS step
@@ -202,12 +204,15 @@ def unlearn(model: Model, mask: dict[str, np.ndarray], data: tuple, block: int =
     int8 layers (QGemm / QLinearMatMul of an onnxruntime int8 model): integers from
     the input quantisation to the step — gradients, inverse Fisher and ``A`` as
     :mod:`edgetrain.prover.int8` describes (its docstring holds the rounding rules).
-    ``w_int`` is the int8 weights themselves (their scales stay as they are),
-    ``scale_bits`` (default ``INT8_SCALE_BITS``) is the fixed-point scale of ``y``
-    only, and ``damp`` damps the Fisher of the dequantised weights, as for fp32.
-    The new model is int8 with ``w'_int``; a compensated weight outside
-    [-128, 127] raises ValueError naming the layer and index (it is not clipped:
-    the proof states ``w' = w + δ`` exactly).
+    The target layers are first widened (``int8.widen``, ``widen_bits`` = 6): ``w_int``
+    is the int16 weights ``q·2^6`` at scale ``s/2^6`` (the same model, bit for bit),
+    ``scale_bits`` defaults to ``WIDE_SCALE_BITS`` (16), and the new model holds those
+    layers as int16 (written as int16 QDQ, which onnxruntime runs). With
+    ``widen_bits=0`` the step runs on the int8 weights themselves (``scale_bits``
+    default ``INT8_SCALE_BITS``, the new layers int8). ``damp`` damps the Fisher of the
+    dequantised weights, as for fp32. A compensated weight outside its integer type
+    raises ValueError naming the layer and index (it is not clipped: the proof states
+    ``w' = w + δ`` exactly).
 
     ``progress``: a bar on stderr over the samples of the Fisher passes (:mod:`edgetrain.progress`).
     """
@@ -227,14 +232,18 @@ def unlearn(model: Model, mask: dict[str, np.ndarray], data: tuple, block: int =
     passes = len(names) if quantized else 2  # int8: one pass per layer; fp32: two over all layers
     with _progress.bar(progress, total=passes * len(x), desc="unlearn: Fisher", unit="sample") as bar:
         if quantized:
-            scale_bits = INT8_SCALE_BITS if scale_bits is None else scale_bits
             if not 1 <= fisher_bits <= fx.FISHER_VALUE_BITS - 2:  # as fisher_to_fixed checks
                 raise ValueError(f"fisher_bits={fisher_bits!r} must be in [1, {fx.FISHER_VALUE_BITS - 2}]")
-            new = Model(model.to_proto(), float_gemm=False, source=model.source)  # integer GEMMs: no float array
+            if widen_bits:
+                new = int8.widen(Model(model.to_proto(), float_gemm=False, source=model.source), names, widen_bits)
+            else:
+                new = Model(model.to_proto(), float_gemm=False, source=model.source)  # integer GEMMs: no float array
             targets = int8.layers(new, names)  # constants from the float scales, before any data (R3)
             a_int = int8.inverse_fisher_fixed(new, targets, new.quantize_input(x), y, block, damp, fisher_bits,
                                               tick=bar.update)
-            w_ints = {n: model.params[n].astype(np.int64) for n in names}
+            w_ints = {n: new.params[n].astype(np.int64) for n in names}
+            scale_bits = (INT8_SCALE_BITS if new.params[names[0]].dtype == np.int8 else WIDE_SCALE_BITS) \
+                if scale_bits is None else scale_bits
         else:
             scale_bits = 16 if scale_bits is None else scale_bits
             # Two streamed passes (no samples × weights array): the damping needs the
@@ -269,7 +278,7 @@ def unlearn(model: Model, mask: dict[str, np.ndarray], data: tuple, block: int =
         step = fx.integer_step(w_int, a_int[n], keep, scale_bits)
         flat = step["w_new"].reshape(-1)[:size]
         if quantized:
-            _check_int8(n, flat, shape)
+            _check_int(n, flat, shape, new.params[n].dtype)
             new.params[n][...] = flat.reshape(shape)
         else:
             new.params[n][...] = (flat / 2.0 ** scale_bits).reshape(shape)
@@ -279,10 +288,12 @@ def unlearn(model: Model, mask: dict[str, np.ndarray], data: tuple, block: int =
     return new, witnesses
 
 
-def _check_int8(name, w_new, shape):
-    bad = np.flatnonzero((w_new < -128) | (w_new > 127))
+def _check_int(name, w_new, shape, dtype):
+    info = np.iinfo(dtype)
+    bad = np.flatnonzero((w_new < info.min) | (w_new > info.max))
     if bad.size:
         i = int(bad[0])
         raise ValueError(f"layer {name!r}: the compensated weight at index {np.unravel_index(i, shape)} (flat {i}) "
-                         f"is {int(w_new[i])}, outside int8 [-128, 127] ({bad.size} such weights); the proof fixes "
-                         "w' = w + δ, so it is not clipped — raise damp or mask fewer weights of this layer")
+                         f"is {int(w_new[i])}, outside {info.dtype} [{info.min}, {info.max}] ({bad.size} such "
+                         "weights); the proof fixes w' = w + δ, so it is not clipped — raise damp or mask fewer "
+                         "weights of this layer")

@@ -26,7 +26,7 @@ from .kernels import KERNELS, Node, supported_ops
 from .kernels.declare import check_node
 
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT8: np.int8,
-                onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT64: np.int64,
+                onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT16: np.int16, onnx.TensorProto.INT64: np.int64,
                 onnx.TensorProto.INT32: np.int32, onnx.TensorProto.DOUBLE: np.float64}
 _DOMAINS = ("", "ai.onnx", "com.microsoft")
 
@@ -141,12 +141,22 @@ class Model:
         used = {i for n in self.nodes for i in n.inputs if i} - rebuilt
         inits = [numpy_helper.from_array(np.asarray(v), name) for name, v in self.params.items() if name in used]
         inits += decode_inits
-        nodes = decode_nodes + [helper.make_node(n.op_type, n.inputs, n.outputs, name=n.name, domain=n.domain,
-                                                 **n.attrs) for n in self.nodes]
+        nodes, wide = list(decode_nodes), False
+        for n, k in zip(self.nodes, self.kernels):
+            if k.numeric == "int" and k.fully_connected and self.params.get(n.inputs[k.weight_input],
+                                                                            np.empty(0, np.int8)).dtype == np.int16:
+                extra, more = _wide_as_qdq(n, k)
+                nodes += more
+                inits += extra
+                wide = True
+            else:
+                nodes.append(helper.make_node(n.op_type, n.inputs, n.outputs, name=n.name, domain=n.domain, **n.attrs))
         graph = helper.make_graph(nodes, "edgetrain", self._input_infos, self._output_infos, inits)
         opsets = {o.domain: o.version for o in self._opsets}
         if any(n.domain == "com.microsoft" for n in self.nodes):
             opsets.setdefault("com.microsoft", 1)
+        if wide:  # DequantizeLinear of int16 needs opset 21
+            opsets[""] = max(opsets.get("", opsets.pop("ai.onnx", 17)), 21)
         return helper.make_model(graph, opset_imports=[helper.make_opsetid(d, v) for d, v in opsets.items()])
 
     # -- introspection -----------------------------------------------------
@@ -253,6 +263,40 @@ class Model:
             bad = int(np.size(x) - np.count_nonzero(np.isfinite(x)))
             raise ValueError(f"input {name!r}: {bad} NaN or infinite value(s)")
         return x
+
+
+def _wide_as_qdq(n, k) -> tuple[list, list]:
+    """An integer FC node with int16 weights (an unlearned layer, prover/int8.py) as the QDQ
+    pattern onnxruntime runs (int16 DequantizeLinear, opset 21) and :func:`fold_qdq` folds
+    back into the same node: DequantizeLinear of A, B and the int32 bias (scale s_a·s_b),
+    Gemm / MatMul, QuantizeLinear. Returns (new initializers, nodes)."""
+    a, a_s, a_zp, b, b_s, b_zp = [n.inputs[k.a_pos + i] for i in range(3)] + [n.inputs[k.b_pos + i] for i in range(3)]
+    y_s, y_zp = n.inputs[k.y_pos], n.inputs[k.y_pos + 1]
+    trans_b = n.attrs.get("transB", 0)
+    per_channel = k.bq.scale.size > 1
+    b_axis = {"axis": 0 if trans_b else 1} if per_channel else {}
+    t = f"{n.name}.qdq"
+    nodes = [helper.make_node("DequantizeLinear", [a, a_s, a_zp], [f"{t}.a"], name=f"{t}.dq_a"),
+             helper.make_node("DequantizeLinear", [b, b_s, b_zp], [f"{t}.b"], name=f"{t}.dq_b", **b_axis)]
+    inits = []
+    if n.op_type == "QGemm":
+        inputs = [f"{t}.a", f"{t}.b"]
+        bias = n.inputs[k.bias_input] if len(n.inputs) > k.bias_input else ""
+        if bias:
+            bias_scale = (k.aq.scale.astype(np.float32) * k.bq.scale.astype(np.float32)).astype(np.float32)
+            inits += [numpy_helper.from_array(bias_scale.reshape(-1) if per_channel else bias_scale.reshape(()),
+                                              f"{t}.bias_scale"),
+                      numpy_helper.from_array(np.zeros(np.shape(bias_scale.reshape(-1)) if per_channel else (),
+                                                       np.int32), f"{t}.bias_zero_point")]
+            nodes.append(helper.make_node("DequantizeLinear", [bias, f"{t}.bias_scale", f"{t}.bias_zero_point"],
+                                          [f"{t}.bias"], name=f"{t}.dq_bias", **({"axis": 0} if per_channel else {})))
+            inputs.append(f"{t}.bias")
+        attrs = {key: v for key, v in n.attrs.items() if key in ("alpha", "transB")}
+        nodes.append(helper.make_node("Gemm", inputs, [f"{t}.y"], name=n.name, **attrs))
+    else:
+        nodes.append(helper.make_node("MatMul", [f"{t}.a", f"{t}.b"], [f"{t}.y"], name=n.name))
+    nodes.append(helper.make_node("QuantizeLinear", [f"{t}.y", y_s, y_zp], list(n.outputs), name=f"{t}.q_y"))
+    return inits, nodes
 
 
 def load(path: str | os.PathLike, *, float_gemm: bool = True, backend: str | None = None) -> Model:

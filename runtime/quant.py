@@ -234,8 +234,8 @@ class QParams:
             zero_point = np.zeros((), dtype=np.uint8)
         zero_point = np.asarray(zero_point)
         zero_point = zero_point.reshape(()) if zero_point.size == 1 else zero_point
-        if zero_point.dtype not in (np.int8, np.uint8, np.int32):
-            raise ValueError(f"{where}: zero-point dtype must be int8, uint8 or int32, "
+        if zero_point.dtype not in (np.int8, np.uint8, np.int16, np.int32):
+            raise ValueError(f"{where}: zero-point dtype must be int8, uint8, int16 or int32, "
                              f"got {zero_point.dtype}")
         info = np.iinfo(zero_point.dtype)
         return cls(scale, zero_point.astype(np.int64), int(info.min), int(info.max),

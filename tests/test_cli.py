@@ -414,7 +414,16 @@ def _fake_demo_result():
                            "retain_test_accuracy": {"before": 0.94, "mask_only": 0.95, "after": 0.95},
                            "proof_weights": 840, "model_weights": 61706, "proof_chunks": 1, "proof_bytes": 9144,
                            "prove_seconds": 8.0, "setup_seconds": 15.0, "verified": True, "verify_seconds": 0.3,
-                           "verify_key_and_proof_seconds": 4.0, "bundle_bytes": 399360}}
+                           "verify_key_and_proof_seconds": 4.0, "bundle_bytes": 399360},
+            "unlearning_int8": {"forget_class": 3, "layer": "11.weight_quantized", "model": "lenet5.personal.onnx",
+                                "weights_dtype": "int16", "scale_bits": 16, "masked_weights": 84, "block": 8,
+                                "mask_c": 2.0, "with_default_mask": {"c": 0.5, "forget_class_test_accuracy": 0.6,
+                                                                     "retain_test_accuracy": 0.85},
+                                "forget_set_accuracy": acc, "forget_class_test_accuracy": acc,
+                                "retain_test_accuracy": {"before": 0.92, "mask_only": 0.91, "after": 0.935},
+                                "onnxruntime_argmax_agreement": 1.0, "unlearned_model": "unlearned.int8.onnx",
+                                "proof_weights": 840, "proof_chunks": 1, "proof_bytes": 9144, "prove_seconds": 8.0,
+                                "verified": True, "verify_seconds": 0.3}}
 
 
 def test_demo_prints_its_summary_once_and_writes_only_into_out(capsys, tmp_path, monkeypatch):
@@ -428,6 +437,8 @@ def test_demo_prints_its_summary_once_and_writes_only_into_out(capsys, tmp_path,
     assert main(["demo", "--out", "d"]) == 0
     captured = capsys.readouterr()
     assert captured.out.count("test accuracy on 1000 MNIST images") == 1 and captured.err == ""
+    assert "other digits in the test set        92.0% ->  93.5%   (masking alone, no compensation: 91.0%)   fp32 " \
+           "path: 95.0%" in captured.out  # the int8 request's figures beside the fp32 path's
     assert captured.out.rstrip().endswith(f"report with charts: {os.path.join('d', demo.REPORT)}")
     assert os.listdir(tmp_path) == ["d"] and os.listdir(tmp_path / "d") == [demo.REPORT]
 

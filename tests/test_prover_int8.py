@@ -4,6 +4,7 @@ fisher_to_fixed, an integer-only device step, and forgetting on an int8 LeNet-5.
 import numpy as np
 import onnx
 import pytest
+from onnx import numpy_helper
 
 import edgetrain
 from edgetrain import prover
@@ -144,18 +145,18 @@ def accuracy(model, mnist, n=3000):
     return float((pred[y == FORGET] == FORGET).mean()), float((pred[y != FORGET] == y[y != FORGET]).mean())
 
 
-def test_int8_unlearning_forgets_the_class_and_keeps_the_rest(quantized, mnist):
-    """Per-tensor int8 LeNet-5 (pinned), 10 % of the FC weights masked for class 3, Fisher of 300
+def test_plain_int8_unlearning_forgets_the_class_and_keeps_the_rest(quantized, mnist):
+    """Without widening (``widen_bits=0``, the step on the int8 weights themselves). Per-tensor int8 LeNet-5 (pinned), 10 % of the FC weights masked for class 3, Fisher of 300
     retain samples, damp 100 (smaller damping pushes compensated weights out of int8). The
     pipeline is integer from the input quantisation on, so these figures are the same on every
     CPU; measured: forget 0.953 → 0.802, retain 0.927 → 0.879 (masking alone: 0.709 / 0.838).
-    int8 unlearning is weak (issue #14); the test pins what it does today."""
+    Plain int8 unlearning is weak (issue #14); the widened step below is the default."""
     model = edgetrain.load(quantized(per_channel=False))
     forget, retain = split(mnist)
     mask = prover.make_mask(model, forget=forget, retain=retain, fraction=0.1)
     total = sum(m.size for m in mask.values())
     assert sum(int(m.sum()) for m in mask.values()) == round(0.1 * total)
-    new, witnesses = prover.unlearn(model, mask, data=(retain[0][:300], retain[1][:300]), damp=100.0)
+    new, witnesses = prover.unlearn(model, mask, data=(retain[0][:300], retain[1][:300]), damp=100.0, widen_bits=0)
     masked_only = edgetrain.Model(model.to_proto())
     for n, m in mask.items():
         assert new.params[n].dtype == np.int8
@@ -175,11 +176,177 @@ def test_int8_unlearning_forgets_the_class_and_keeps_the_rest(quantized, mnist):
 
 def test_a_compensated_weight_outside_int8_is_an_error_naming_layer_and_index(quantized, mnist):
     """Per-channel scales put a ±127 in every channel; at small damping the compensation
-    pushes some past int8, and the proof's w' = w + δ forbids clipping."""
+    pushes some past int8 (without widening), and the proof's w' = w + δ forbids clipping."""
     model = edgetrain.load(quantized())
     forget, retain = split(mnist)
     last = prover.target_layers(model)[-1:]
     mask = prover.make_mask(model, forget=forget, retain=retain, fraction=0.05, layers=last)
     with pytest.raises(ValueError, match=r"layer '11\.weight_quantized': the compensated weight at index \(.*\) "
                                          r"\(flat \d+\) is -?\d+, outside int8"):
-        prover.unlearn(model, mask, data=(retain[0][:200], retain[1][:200]), damp=1e-2)
+        prover.unlearn(model, mask, data=(retain[0][:200], retain[1][:200]), damp=1e-2, widen_bits=0)
+
+
+# -- widened weights (int8.widen): the default int8 step ----------------------------------------
+
+def onnxruntime_outputs(path, x):
+    import onnxruntime as ort
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run(None, {sess.get_inputs()[0].name: x})[0]
+
+
+def output_step(model):
+    """The real value of one LSB of the int8 logits (the output DequantizeLinear's scale)."""
+    return float(model.params[model.nodes[model.integer_span()[1]].inputs[1]])
+
+
+def check_against_onnxruntime(model, path, x):
+    """``model`` written to ``path``: the runtime loads it back bit-identical on both backends,
+    and onnxruntime (which runs the int16 QDQ layers in float, then requantises) agrees within
+    one output LSB (its float rounding against our exact integer requantisation)."""
+    onnx.save(model.to_proto(), path)
+    ours = model.run(x)
+    for backend in ("numpy", None):
+        assert np.array_equal(edgetrain.load(path, backend=backend).run(x), ours), backend
+    ref = onnxruntime_outputs(path, x)
+    assert np.abs(ref - ours).max() <= output_step(model) * 1.001
+    assert (ref.argmax(1) == ours.argmax(1)).mean() >= 0.99
+    return ours, ref
+
+
+@pytest.mark.parametrize("fmt,per_channel", [("qoperator", True), ("qoperator", False), ("qdq", True)])
+def test_widened_model_is_the_int8_model_bit_for_bit_and_onnxruntime_runs_its_file(quantized, mnist, tmp_path,
+                                                                                   fmt, per_channel):
+    """int16 q·2^6 at scale s/2^6 and bias·2^6: the requantisation multiplier keeps its Q31
+    mantissa, so every output is identical; the file stores the layers as int16 QDQ (opset 21)."""
+    q8 = edgetrain.load(quantized(fmt, per_channel))
+    names = prover.target_layers(q8)
+    wide = int8.widen(q8, names)
+    for n in names:
+        assert wide.params[n].dtype == np.int16 and np.array_equal(wide.params[n], q8.params[n].astype(np.int16) * 64)
+    x = mnist.x_test[:500]
+    assert np.array_equal(wide.run(x), q8.run(x))
+    check_against_onnxruntime(wide, tmp_path / "wide.onnx", x)
+    proto = onnx.load(tmp_path / "wide.onnx")
+    inits = {t.name: numpy_helper.to_array(t) for t in proto.graph.initializer}
+    dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in names]
+    assert len(dq) == 3 and all(inits[n.input[0]].dtype == np.int16 for n in dq)
+    assert next(o.version for o in proto.opset_import if o.domain == "") >= 21
+
+
+def test_int16_weights_with_a_multiplier_that_could_wrap_int32_are_refused(quantized):
+    """The int32 clamp of the int16 accumulator is exact only when any |acc| ≥ 2^31 saturates."""
+    q8 = edgetrain.load(quantized())
+    wide = int8.widen(q8, prover.target_layers(q8)[-1:])
+    proto = wide.to_proto()
+    y_scale = next(n for n in proto.graph.node if n.op_type == "QuantizeLinear" and n.name.endswith(".q_y")).input[1]
+    for t in proto.graph.initializer:
+        if t.name == y_scale:
+            t.CopyFrom(numpy_helper.from_array(np.array(1e9, np.float32), y_scale))
+    with pytest.raises(edgetrain.ModelFormatError, match=r"multiplier .* < 2\^-22"):
+        edgetrain.Model(proto)
+
+
+def step_inputs(quantized, mnist, per_channel, damp, fraction=0.1):
+    model = edgetrain.load(quantized(per_channel=per_channel))
+    forget, retain = split(mnist)
+    last = prover.target_layers(model)[-1:]
+    mask = prover.make_mask(model, forget=forget, retain=retain, fraction=fraction, layers=last)
+    return model, mask, (retain[0][:300], retain[1][:300])
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_widened_int8_step_is_the_float64_step_on_the_dequantised_weights_within_its_rounding(
+        quantized, mnist, per_channel):
+    """The float64 OBS step (obs_step: exact solve, no rounding) with the same A on the same
+    weights, in the layer's integer coordinates (the dequantised weights are ``S·q16/2^6``,
+    and δ_W = S·δ_q): the integer step differs by
+    the floor of δ (< 1) plus the rounding of y (|y − y*| ≤ ½ per masked weight, moved by A/2^s):
+    ``|δ_int − δ_float| ≤ 1 + ½·Σ_{j∈S}|A_ij|/2^s`` per weight, in units of the widened LSB
+    (s/2^6 real). Measured: at most 0.997 widened LSB (1/64 of an int8 LSB)."""
+    model, mask, data = step_inputs(quantized, mnist, per_channel, damp=0.01)
+    new, (wit,) = prover.unlearn(model, mask, data=data, block=8, damp=0.01)
+    assert new.params[wit.name].dtype == np.int16 and wit.scale_bits == 16
+    want = prover.obs_step(wit.w.astype(np.float64), wit.a.astype(np.float64), wit.keep)
+    bound = 1 + 0.5 * (np.abs(wit.a) * ~wit.keep[:, None, :]).sum(axis=2) / 2.0 ** wit.scale_bits
+    gap = np.abs(wit.w_new - want)
+    assert np.all(gap <= bound) and np.all(wit.w_new[~wit.keep] == 0)
+    assert gap.max() < 1.0  # the floor: under one widened LSB here
+    # in real units: the dequantised weights of the new model are S·w_new/2^6, the float step's S·want/2^6
+    t = int8.layers(new, [wit.name])[0]
+    real_gap = np.abs(int8.dequantized(new, wit.name).reshape(-1)
+                      - (want.reshape(-1)[:wit.size] * t.scales[t.flat_channel(wit.shape)]))
+    assert real_gap.max() <= t.scales.max() * 1.0
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_widened_unlearning_keeps_retain_accuracy_where_plain_int8_cannot(quantized, mnist, tmp_path, per_channel):
+    """Pinned int8 LeNet-5, the last FC layer, 10 % masked for class 3 (mask from the 600-sample
+    split), Fisher of 300 retain samples in blocks of 64, damp 0.01. Plain int8 cannot take this step (the
+    compensation leaves int8); widened, retain accuracy stays within 3 points of before
+    (measured on 1000 test images: per channel 92.7 → 92.5 %, per tensor 92.7 → 92.0 %;
+    masking alone 88.5 / 84.4 %). These pinned 3-epoch models do not forget class 3 under
+    this mask even in fp32 (masking alone keeps ~94 %), so forgetting is measured in
+    bench/unlearn.py on the demo's recipe. Integers from the input quantisation on: the same
+    on every CPU. The written unlearned model: onnxruntime within one output LSB."""
+    model, mask, data = step_inputs(quantized, mnist, per_channel, damp=0.01)
+    with pytest.raises(ValueError, match="outside int8"):
+        prover.unlearn(model, mask, data=data, block=64, damp=0.01, widen_bits=0)
+    new, _ = prover.unlearn(model, mask, data=data, block=64, damp=0.01)
+    masked_only = edgetrain.Model(model.to_proto())
+    for n, m in mask.items():
+        masked_only.params[n][m] = 0
+        assert np.all(new.params[n][m] == 0)
+    x, y = mnist.x_test, mnist.y_test
+    retain_acc = lambda logits: float((logits.argmax(1) == y)[y != FORGET].mean())
+    ours, ref = check_against_onnxruntime(new, tmp_path / "unlearned.onnx", x)
+    r0, r1, rm = retain_acc(model.run(x)), retain_acc(ours), retain_acc(masked_only.run(x))
+    assert r1 >= r0 - 0.03 and r1 > rm + 0.02, (r0, r1, rm)
+    assert abs(retain_acc(ref) - r1) <= 0.005
+
+
+def test_a_real_proof_of_the_widened_int8_step_verifies_and_binds_the_widened_weights(quantized, mnist):
+    """The circuit's statement is about integers: here the int16 weights q·2^6 (scale_bits 16).
+    The provider commits to the widened weights of the model it sent; a proof about the raw
+    int8 integers, or a claimed w' with the compensation skipped, does not verify."""
+    import edgetrain_zk as zk
+    model, mask, data = step_inputs(quantized, mnist, True, damp=0.01, fraction=0.02)
+    new, (wit,) = prover.unlearn(model, mask, data=data, block=8, damp=0.01)
+    out = prover.prove([wit])
+    digests = prover.commitments([wit])[wit.name]
+    assert out["chunks"] == 1  # so the digest of W is the commitment of the whole (padded) layer
+    widened = np.zeros(wit.w.size, np.int64)
+    widened[:wit.size] = int8.widen(model, [wit.name]).params[wit.name].reshape(-1)
+    assert digests["w"] == zk.commit(widened.tolist())
+    m = {wit.name: mask[wit.name].reshape(-1)}
+    assert edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"], mask=m,
+                                  h_w={wit.name: digests["w"]}, h_a={wit.name: digests["a"]},
+                                  h_w_new={wit.name: digests["w_new"]})
+    raw = np.zeros_like(wit.w).reshape(-1)
+    raw[:wit.size] = model.params[wit.name].reshape(-1)
+    assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"], mask=m,
+                                      h_w={wit.name: zk.commit(raw.tolist())})
+    skipped = np.where(wit.keep, wit.w, 0).reshape(-1)
+    assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"], mask=m,
+                                      h_w_new={wit.name: zk.commit(skipped.tolist())})
+
+
+def test_the_provider_catches_a_model_whose_scales_are_not_the_widened_ones(quantized, mnist):
+    """The proof states the integer step; the meaning of those integers (scale s/2^6, bias·2^6,
+    the rest of the model) is checked against the original by the provider: the honest
+    unlearned model passes, one with a wrong weight scale (or a changed bias) does not, and
+    its weights are still the ones h_W' commits to."""
+    import edgetrain_zk as zk
+    model, mask, data = step_inputs(quantized, mnist, True, damp=0.01)
+    new, (wit,) = prover.unlearn(model, mask, data=data, block=8, damp=0.01)
+    names = [wit.name]
+    reloaded = edgetrain.Model(new.to_proto())  # as the provider receives it: the int16 QDQ file
+    assert int8.unlearned_model_error(model, reloaded, names) is None
+    padded = np.zeros(wit.w.size, np.int64)
+    padded[:wit.size] = reloaded.params[wit.name].reshape(-1)
+    assert zk.commit(padded.tolist()) == zk.commit(wit.w_new.reshape(-1).tolist())
+    node = next(n for n in reloaded.nodes if n.inputs[3:4] == names)
+    for position, change in ((4, lambda v: v * np.float32(2)), (6, lambda v: v + 1)):  # weight scale, bias
+        forged = edgetrain.Model(reloaded.to_proto())
+        forged.params[node.inputs[position]] = change(forged.params[node.inputs[position]])
+        forged = edgetrain.Model(forged.to_proto())
+        assert "differs from the original" in int8.unlearned_model_error(model, forged, names)

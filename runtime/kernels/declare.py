@@ -17,6 +17,7 @@ import numpy as np
 # element-type groups for input_types
 FLOAT = (np.float32, np.float64)
 INT8 = (np.int8, np.uint8)
+INT16 = (np.int16,)  # widened weights of an unlearned FC layer (prover/int8.py)
 SCALE = (np.float32,)
 INT32 = (np.int32,)
 INT64 = (np.int64,)

@@ -6,7 +6,7 @@ import numpy as np
 from .. import quant
 from . import IntGrad, Kernel, _size, register, sum_to_shape
 from .conv import _per_row
-from .declare import FLOAT, INT8, INT32, SCALE, Float, OneOf, Size
+from .declare import FLOAT, INT8, INT16, INT32, SCALE, Float, OneOf, Size
 
 
 @register("MatMul")
@@ -96,6 +96,13 @@ class _IntegerMatMul(Kernel):
 
     The output channel is the last axis of B (after any transpose), so
     per-channel weight scales broadcast along the result's last axis.
+
+    B may also be int16 with zero-point 0 — the widened weights of a layer that
+    unlearning compensated (:mod:`edgetrain.prover.int8`) — on int8 activations. That
+    product runs on numpy in every backend (the native kernels are 8-bit): B = 256·hi + lo
+    with hi = B >> 8 (int8) and lo = B & 255, two exact 8-bit GEMMs, summed in int64,
+    then clamped to int32 before requantising. The clamp changes no output: the load
+    check ``M ≥ 2^−22`` for every channel's multiplier makes any |acc| ≥ 2^31 saturate.
     """
     a_pos = b_pos = y_pos = 0  # input positions of (x, scale, zp) triples
     weight_input, numeric, fully_connected = 3, "int", True
@@ -112,6 +119,13 @@ class _IntegerMatMul(Kernel):
         real = (self.aq.scale.astype(np.float64) * self.bq.scale.astype(np.float64)
                 / float(self.yq.scale) * alpha)
         self.mult, self.shift = quant.quantize_multipliers(np.atleast_1d(real))
+        if self.bq.dtype == np.int16:
+            if np.any(self.bq.zero_point != 0):
+                raise ValueError(f"node {node.name!r} ({node.op_type}): int16 weights need zero-point 0")
+            if np.min(real) < 2.0 ** -22:
+                raise ValueError(f"node {node.name!r} ({node.op_type}): int16 weights with a requantisation "
+                                 f"multiplier {float(np.min(real)):.3g} < 2^-22: the int32 accumulator could "
+                                 "wrap before the output saturates")
         # for int_grad: the real weight is s_n·q[n, k]; c_n = s_n / max s in Q16 (R3 of prover/int8.py)
         s_max = float(np.max(self.bq.scale))
         self.channel_q16 = quant.fixed_point_ratios(self.bq.scale.astype(np.float64) / s_max, CHANNEL_BITS)
@@ -147,6 +161,8 @@ class _IntegerMatMul(Kernel):
         a, b = shapes[self.node.inputs[0]], shapes[self.node.inputs[self.weight_input]]
         rows, k = _size(a[:-1]), a[-1]
         n = b[0] if self.attr("transB", 0) else b[-1]
+        if dtypes.get(self.node.inputs[self.weight_input]) == np.int16:  # numpy: hi and lo, int64 sum, clamp
+            return 4 * rows * k + 8 * k * n + 4 * rows * n * (2 if self.float_gemm else 1) + 2 * 8 * rows * n
         if self.native is not None:  # the int32 product (lanes of 16) and the s8 / u8 operands it packs
             pad16, quad_bytes = (lambda v: -(-v // 16) * 16), 4 * -(-k // 4)
             if self.packed is not None:
@@ -158,6 +174,8 @@ class _IntegerMatMul(Kernel):
         return max(operands + product, 4 * rows * n + quant.requantize_workspace(rows * n))
 
     def accumulate(self, a, b, bias=None):
+        if b.dtype == np.int16:
+            return self._accumulate_wide(a, b, bias)
         # shifted operands in the GEMM's working type (float32 holds them exactly)
         work = np.float32 if self.float_gemm else np.int32
         a = a.astype(work)
@@ -169,10 +187,25 @@ class _IntegerMatMul(Kernel):
             acc += bias.astype(np.int32)
         return acc
 
+    def _accumulate_wide(self, a, b, bias=None):
+        """int16 ``b`` (zero-point 0): ``256·(a−za)@hi + (a−za)@lo [+ bias]`` with
+        ``b = 256·hi + lo``, exact in int64, clamped to int32 (see the class docstring)."""
+        work = np.float32 if self.float_gemm else np.int32
+        a = a.astype(work)
+        a -= work(self.aq.zp)
+        hi, lo = (b >> 8).astype(work), (b & 255).astype(work)
+        acc = quant.int_matmul(a, hi, self.float_gemm).astype(np.int64)
+        acc <<= 8
+        acc += quant.int_matmul(a, lo, self.float_gemm)
+        if bias is not None:
+            acc += bias.astype(np.int64)
+        return np.clip(acc, -(1 << 31), (1 << 31) - 1).astype(np.int32)
+
     def product(self, a, b, bias=None):
         """``requantize(Σ (a − za)(b − zb) + bias)`` for ``b`` (K, N): in the native kernels
-        when they run and both operands are matrices (else the numpy reference, same bits)."""
-        if self.native is None or a.ndim < 2 or b.ndim != 2:
+        when they run, both operands are matrices and ``b`` is 8-bit (else the numpy
+        reference, same bits)."""
+        if self.native is None or a.ndim < 2 or b.ndim != 2 or b.dtype == np.int16:
             return quant.requantize(self.accumulate(a, b, bias), self.mult, self.shift, self.yq)
         n = b.shape[1]
         x = a if a.ndim == 2 and a.flags.c_contiguous else np.ascontiguousarray(a.reshape(-1, a.shape[-1]))
@@ -196,7 +229,7 @@ class QLinearMatMul(_IntegerMatMul):
     # a, a_scale, a_zp, b, b_scale, b_zp, y_scale, y_zp
     inputs = (8, 8)
     const_inputs = (1, 2, 4, 5, 6, 7)
-    input_types = (INT8, SCALE, INT8, INT8, SCALE, INT8, SCALE, INT8)
+    input_types = (INT8, SCALE, INT8, INT8 + INT16, SCALE, INT8 + INT16, SCALE, INT8)
     input_sizes = {**dict.fromkeys((1, 2, 6, 7), Size()), 4: Size(of=3, axis=-1), 5: Size(of=3, axis=-1)}
     a_pos, b_pos, y_pos = 0, 3, 6
 
@@ -209,7 +242,7 @@ class QGemm(_IntegerMatMul):
     # A, a_scale, a_zp, B, b_scale, b_zp, C (int32 bias), y_scale, y_zp
     inputs = (8, 9)  # y_scale is required: the runtime keeps integer ops integer
     const_inputs = (1, 2, 4, 5, 7, 8)
-    input_types = (INT8, SCALE, INT8, INT8, SCALE, INT8, INT32, SCALE, INT8)
+    input_types = (INT8, SCALE, INT8, INT8 + INT16, SCALE, INT8 + INT16, INT32, SCALE, INT8)
     input_ranks = {0: 2, 3: 2}
     input_sizes = {**dict.fromkeys((1, 2, 7, 8), Size()), **dict.fromkeys((4, 5), Size(of=3, axis=("transB", 1, 0))),
                    6: Size(of=3, axis=("transB", 1, 0), one_ok=False)}

@@ -6,7 +6,7 @@ import numpy as np
 
 from .. import quant
 from . import Kernel, _size, register
-from .declare import FLOAT, INT8, INT32, SCALE, Axis, OneOf, Size
+from .declare import FLOAT, INT8, INT16, INT32, SCALE, Axis, OneOf, Size
 
 
 class _Boundary(Kernel):
@@ -50,7 +50,7 @@ class QuantizeLinear(_Boundary):
 
 @register("DequantizeLinear")
 class DequantizeLinear(_Boundary):
-    input_types = (INT8 + INT32, SCALE, INT8 + INT32)
+    input_types = (INT8 + INT16 + INT32, SCALE, INT8 + INT16 + INT32)
     attributes = {**_Boundary.attributes, "output_dtype": OneOf(0)}
 
     def workspace(self, shapes, dtypes, out_bytes):
