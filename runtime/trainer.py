@@ -30,8 +30,9 @@ from .int8_step import Int8Step
 from .model import Model
 from .plan import METHODS, plan
 
-# Each method's step parameters and their defaults (bench/train.py and the README's "Choosing
-# the ZO step" hold the measurements behind them). fp32 steps are real numbers; ``zo_lr`` and
+# Each method's step parameters and their defaults (bench/zo_sweep.py, bench/train.py and the
+# README's "Choosing the ZO step" hold the measurements behind them; ``zo_layers`` 1: sparse ZO
+# on the head's first layer, which absorbs input shifts and is small enough for q = 2). fp32 steps are real numbers; ``zo_lr`` and
 # ``eps`` are relative to each layer's weight rms. The int8 step's are integers with units in
 # their names: the BP tail's update bit-width, the ZO update's (no head weight moves by
 # more than 2^zo_bits LSBs in a step), the perturbation in weight LSBs.
@@ -77,7 +78,9 @@ class Trainer:
     bit-width's range: :mod:`edgetrain.compressed`), so ``export`` writes a file of the
     same size. Step parameters (defaults in ``DEFAULTS``): fp32 methods take ``lr``
     (BP step), ``zo_lr`` (ZO step), ``eps`` (perturbation) and ``q`` (ZO directions per
-    step); ``elasticzo-int8`` takes ``lr_bits``, ``zo_bits``, ``eps_lsb`` and ``q``. A
+    step); ``elasticzo-int8`` takes ``lr_bits``, ``zo_bits``, ``eps_lsb`` and ``q``. ZO methods
+    take ``zo_layers``: only the head's first ``zo_layers`` layers are perturbed and trained
+    (sparse ZO), the rest of the head stays frozen; 0: every head layer. A
     parameter the method does not use is an error, not ignored.
 
     Constructing a trainer changes nothing in the model. int8 GEMMs take the route the
