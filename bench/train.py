@@ -12,9 +12,9 @@ BLAS (bit-identical weights, tested), timed and measured but not trained again.
 * from scratch: default init (``build("lenet5", seed)``), batch 32, ``--epochs`` epochs
   over the 4,000 MNIST training samples, test accuracy;
 * personalisation: a model pretrained with torch (Adam, ``--pretrain-epochs``) on clean
-  MNIST meets a "user" distribution (``SHIFTS``): MNIST digits moved 3 px right,
-  inverted, with thicker strokes or rotated 30° (``edgetrain.export.datasets.user_shift``),
-  or scikit-learn's digits. ``--pers-epochs`` passes over 500 user samples (15 steps
+  MNIST meets a "user" distribution (``SHIFTS``, ``--shifts``): MNIST digits moved 3 px
+  right, inverted, with thicker strokes, rotated 30° or faded on grey
+  (``edgetrain.export.datasets.user_shift``), or scikit-learn's digits. ``--pers-epochs`` passes over 500 user samples (15 steps
   each), accuracy on the matching test set (1,000 MNIST or 360 digits) after the first
   pass and the last;
 * equal steps and equal wall-clock: every learner sees the same batches (epoch ``e`` of
@@ -38,7 +38,8 @@ onnxruntime's arena is off for the same reason. All children compute on one
 thread (OPENBLAS_NUM_THREADS=1, torch and onnxruntime at 1 thread): an edge
 core's view, steadier on a shared machine.
 
-    python bench/train.py [--epochs 20] [--pers-epochs 5] [--seeds 3] [--ort-training-python PY] [--json]
+    python bench/train.py [--epochs 20] [--pers-epochs 5] [--seeds 3] [--shifts S …] [--ort-training-python PY]
+                          [--json]
 
 onnxruntime-training conflicts with onnxruntime, so it lives in its own venv:
 ``python3 -m venv /tmp/ortt && /tmp/ortt/bin/pip install onnxruntime-training==1.19.2
@@ -63,8 +64,8 @@ import numpy as np
 BATCH = 32
 N_USER = 500
 N_CALIB = 256
-SHIFTS = ("translate", "invert", "dilate", "rotate", "digits")  # user distributions; digits: scikit-learn's
-HEAD_SHIFTS = ("invert", "dilate", "rotate")  # issue #11's shifts a frozen head should absorb badly
+SHIFTS = ("translate", "invert", "dilate", "rotate", "contrast", "digits")  # digits: scikit-learn's
+HEAD_SHIFTS = ("invert", "dilate", "rotate", "contrast")  # issue #11's shifts a frozen head should absorb badly
 TORCH_LR = 0.05  # plain SGD at our bp's default step
 TIMING_ROUNDS = 45  # interleaved steps per learner for the step-time ratios
 # key → how to train it; edgetrain methods use the Trainer's default step sizes
@@ -97,7 +98,7 @@ MEMORY_ENV = {**CHILD_ENV, "MALLOC_MMAP_THRESHOLD_": str(4096)}
 
 
 # -- preparation (host side: torch, export, quantisation) ------------------------------------
-def prepare(workdir: Path, seeds: list, pretrain_epochs: int) -> dict:
+def prepare(workdir: Path, seeds: list, pretrain_epochs: int, shifts=SHIFTS) -> dict:
     """Data arrays (MNIST, and per shift the user samples and the test set), per seed the
     initial and the pretrained lenet5 as torch weights, fp32 ONNX and int8 ONNX (calibrated
     on 256 clean training samples)."""
@@ -107,7 +108,7 @@ def prepare(workdir: Path, seeds: list, pretrain_epochs: int) -> dict:
     from edgetrain.export.train_torch import accuracy, train
     d = datasets.load("mnist")
     arrays = {"x_train": d.x_train, "y_train": d.y_train, "x_test": d.x_test, "y_test": d.y_test}
-    for kind in SHIFTS:
+    for kind in shifts:
         if kind == "digits":
             g = datasets.load("digits")
             arrays.update({f"x_user_{kind}": g.x_train[:N_USER], f"y_user_{kind}": g.y_train[:N_USER],
@@ -125,7 +126,7 @@ def prepare(workdir: Path, seeds: list, pretrain_epochs: int) -> dict:
                 train(module, d.x_train, d.y_train, epochs=pretrain_epochs, lr=2e-3, seed=s, progress=False)
                 pretrained[s] = {"clean_test_acc": accuracy(module, d.x_test, d.y_test),
                                  **{f"{k}_test_acc": accuracy(module, arrays[f"x_test_{k}"], arrays[f"y_test_{k}"])
-                                    for k in SHIFTS}}
+                                    for k in shifts}}
             torch.save(module.state_dict(), workdir / f"{kind}_{s}.pt")
             export_onnx(module, workdir / f"{kind}_{s}.onnx")
             quantize(workdir / f"{kind}_{s}.onnx", workdir / f"{kind}_{s}.int8.onnx", d.x_train[:N_CALIB])
@@ -294,7 +295,7 @@ def train_worker(key: str, workdir: Path) -> dict:
                                "seconds": time.perf_counter() - t0})
         print(f"  {key} seed {s}: from scratch {scores[steps]:.4f} after {steps} steps "
               f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr, flush=True)
-        for kind in SHIFTS:
+        for kind in cfg["shifts"]:
             learner = make_learner(key, workdir, "pretrained", s)
             x, y = d[f"x_user_{kind}"], d[f"y_user_{kind}"]
             xt, yt = d[f"x_test_{kind}"], d[f"y_test_{kind}"]
@@ -430,7 +431,7 @@ def ablation(setting: str, raw: dict, cfg: dict) -> dict:
     for who in ("tail", "bp"):
         n = equal_time_steps(steps, cfg, setting, SETTINGS[setting] if who == "tail" else "bp")
         sc[f"{who}_time"], sc[f"{who}_time_steps"] = at(SETTINGS[setting] if who == "tail" else bp, "scratch", n), n
-    for shift in SHIFTS:
+    for shift in cfg["shifts"]:
         per_epoch = next(r["steps_per_epoch"] for r in raw[setting]["train"]["personalisation"] if r["shift"] == shift)
         last = per_epoch * cfg["pers_epochs"]
         p = {"before": at(setting, "personalisation", 0, shift)}
@@ -500,7 +501,7 @@ def targets_issue11(rows: dict, abl: dict, cfg: dict) -> list:
         out.append({"target": name, "met": bool(met), "detail": detail})
     for label, what in (("end", f"{cfg['pers_epochs']} passes"), ("1", "1 pass")):
         met_shifts = []
-        for shift in HEAD_SHIFTS:
+        for shift in (k for k in HEAD_SHIFTS if k in cfg["shifts"]):
             parts, ok = [], True
             for setting in SETTINGS:
                 p = abl[setting]["pers"][shift]
@@ -511,7 +512,8 @@ def targets_issue11(rows: dict, abl: dict, cfg: dict) -> list:
             met_shifts += [shift] if ok else []
             add(f"{shift}, {what}: head ≥ 3 points over the frozen head and ≥ 40 % of the tail→BP gap closed, "
                 "every setting", ok, "; ".join(parts))
-        add(f"personalisation ({what}): the above on at least two of {HEAD_SHIFTS}", len(met_shifts) >= 2,
+        add(f"personalisation ({what}): the above on at least two of {HEAD_SHIFTS} (run: {cfg['shifts']})",
+            len(met_shifts) >= 2,
             f"met on {met_shifts or 'none'}")
     for setting in ("elasticzo-cut2", "elasticzo-int8-cut2"):
         sc = abl[setting]["scratch"]
@@ -599,6 +601,8 @@ def main(argv=None):
                    help="a Python with onnxruntime-training (and onnx ≤ 1.17) installed; without it, skipped")
     p.add_argument("--only", nargs="+", choices=list(METHODS), help="run only these methods (an ElasticZO "
                    "setting's ablation needs it, its -tail and bp)")
+    p.add_argument("--shifts", nargs="+", choices=SHIFTS, default=list(SHIFTS),
+                   help="personalisation shifts to run (translate always runs: issue #3's rows need it)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--worker", nargs=3, metavar=("KIND", "METHOD", "WORKDIR"), help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -612,6 +616,7 @@ def main(argv=None):
     if args.ort_training_python and not os.access(args.ort_training_python, os.X_OK):
         p.error(f"--ort-training-python {args.ort_training_python!r} is not an executable")
     keys = [k for k in (args.only or METHODS) if k != "ort-training-bp" or args.ort_training_python]
+    shifts = [k for k in SHIFTS if k in set(args.shifts) | {"translate"}]
     settings = [k for k in SETTINGS if {k, SETTINGS[k], "bp"} <= set(keys)]
     start = time.perf_counter()
     seeds = list(range(args.seeds))
@@ -619,11 +624,11 @@ def main(argv=None):
         workdir = Path(tmp)
         print("preparing models (torch pretraining, export, quantisation)…", file=sys.stderr, flush=True)
         with contextlib.redirect_stdout(sys.stderr):
-            pretrained = prepare(workdir, seeds, args.pretrain_epochs)
+            pretrained = prepare(workdir, seeds, args.pretrain_epochs, shifts)
         data = np.load(workdir / "data.npz")
         cfg = {"epochs": args.epochs, "pers_epochs": args.pers_epochs, "seeds": seeds,
                "pretrain_epochs": args.pretrain_epochs, "batch_size": BATCH, "n_train": len(data["x_train"]),
-               "n_test": len(data["x_test"]), "steps_per_epoch": len(data["x_train"]) // BATCH, "shifts": SHIFTS,
+               "n_test": len(data["x_test"]), "steps_per_epoch": len(data["x_train"]) // BATCH, "shifts": shifts,
                "n_user": N_USER, "n_calib": N_CALIB, "torch_pretrained": pretrained,
                "ort_training_python": args.ort_training_python, "cpu_count": os.cpu_count(), "commit": _git_commit(),
                "timing": {}, "budgets": {}}

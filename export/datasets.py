@@ -51,7 +51,7 @@ def _unshuffled(name: str) -> tuple[np.ndarray, np.ndarray, int]:
     return x, d.target, 1437
 
 
-SHIFTS = ("translate", "invert", "dilate", "rotate")
+SHIFTS = ("translate", "invert", "dilate", "rotate", "contrast")
 
 
 def user_shift(x: np.ndarray, kind: str) -> np.ndarray:
@@ -59,8 +59,9 @@ def user_shift(x: np.ndarray, kind: str) -> np.ndarray:
     ``translate``: moved 3 px right (:func:`shifted`, a differently framed camera);
     ``invert``: 1 − x, dark strokes on a light ground (a pen on paper); ``dilate``: strokes
     about 2 px thicker (a 3×3 grey dilation, a broader pen); ``rotate``: turned 30°
-    anticlockwise about the centre (bilinear, a tilted device). The last three change
-    what the first layers see, which a frozen head cannot absorb as easily."""
+    anticlockwise about the centre (bilinear, a tilted device); ``contrast``: 0.4 + 0.5·x,
+    faded strokes on a grey ground (a dim photo of paper). The last four change what the
+    first layers see, which a frozen head cannot absorb as easily."""
     from scipy import ndimage
     if kind == "translate":
         out = shifted(x, 3)
@@ -68,6 +69,8 @@ def user_shift(x: np.ndarray, kind: str) -> np.ndarray:
         out = 1.0 - x
     elif kind == "dilate":
         out = ndimage.grey_dilation(x, size=(1,) * (x.ndim - 2) + (3, 3))
+    elif kind == "contrast":
+        out = 0.4 + 0.5 * x
     elif kind == "rotate":
         out = np.clip(ndimage.rotate(x, 30, axes=(-2, -1), reshape=False, order=1), 0.0, 1.0)
     else:

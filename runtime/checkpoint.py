@@ -20,7 +20,7 @@ import onnx
 from .datasets import read_npz
 from .errors import TrainingError
 
-FORMAT = 3  # 3: ZO steps relative to each layer (zo_lr, eps), int8 zo_bits and q
+FORMAT = 4  # 3: ZO steps relative to each layer (zo_lr, eps), int8 zo_bits and q; 4: zo_layers
 
 
 def _digest(model: bytes, state: bytes, params: dict[str, np.ndarray]) -> bytes:

@@ -163,7 +163,8 @@ def cmd_run(args, out: Outputs) -> dict:
     return result
 
 
-TRAIN_CONFIG = ("method", "cut", "batch_size", "seed", "lr", "zo_lr", "eps", "q", "lr_bits", "zo_bits", "eps_lsb")
+TRAIN_CONFIG = ("method", "cut", "batch_size", "seed", "lr", "zo_lr", "eps", "q", "zo_layers", "lr_bits", "zo_bits",
+                "eps_lsb")
 
 
 def cmd_train(args, out: Outputs) -> dict:
@@ -544,8 +545,9 @@ def build_parser() -> argparse.ArgumentParser:
                              ("--zo-lr", float, "fp32 methods: the ZO step, relative to each layer's weight rms"),
                              ("--eps", float, "fp32 methods: the ZO perturbation, relative to each layer's weight rms"),
                              ("--q", int, "ZO directions per step"),
+                             ("--zo-layers", int, "ZO methods: the head's first layers the ZO trains (0: all)"),
                              ("--lr-bits", int, "elasticzo-int8: the BP tail's update bit-width"),
-                             ("--zo-bits", int, "elasticzo-int8: the ZO update's bit-width (moves < 2^bits LSBs)"),
+                             ("--zo-bits", int, "elasticzo-int8: the ZO update's bit-width (moves ≤ 2^bits LSBs)"),
                              ("--eps-lsb", int, "elasticzo-int8: the ZO perturbation in weight LSBs")):
         key = flag[2:].replace("-", "_")
         s.add_argument(flag, type=kind, help=f"{what} (default {fp32.get(key, int8.get(key))})")

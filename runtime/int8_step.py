@@ -8,7 +8,7 @@
 * The ZO head: ``q`` directions of ±``eps_lsb`` LSBs, each probed one-sided against the clean
   pass's integer loss (:mod:`edgetrain.zo`, the sequence the fp32 step runs); the update
   ``SR(Σ_j ΔL_j·z_j / 2^s)`` with the integer loss differences ``ΔL_j``, normalised so that
-  no weight moves by ``2^zo_bits`` LSBs or more.
+  no weight moves by more than ``2^zo_bits`` LSBs (the expected move is below it).
 
 Rounding noise and directions come from the counter PRNG and the step's seed, so a step
 is a pure function of (weights, batch, seed).

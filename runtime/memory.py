@@ -59,10 +59,12 @@ def _shapes(model, batch_size):
     return shapes, dtypes
 
 
-def estimate_memory(model, method: str = "inference", cut: int = 1, batch_size: int = 32) -> dict:
+def estimate_memory(model, method: str = "inference", cut: int = 1, batch_size: int = 32,
+                    zo_layers: int | None = None) -> dict:
     """Predicted peak bytes of inference (``method="inference"``) or of one training
     step with the given method and cut, at ``batch_size``, with the model's GEMM route
-    (``model.float_gemm``). Returns ``{"peak_bytes", "inference_peak_bytes", ...}``."""
+    (``model.float_gemm``); ``zo_layers``: the head's layers the ZO trains (the
+    Trainer's default when None). Returns ``{"peak_bytes", "inference_peak_bytes", ...}``."""
     if method not in METHODS + ("inference",):
         raise ValueError(f"method={method!r} must be 'inference' or one of {METHODS}")
     int8 = method == "elasticzo-int8"
@@ -70,7 +72,10 @@ def estimate_memory(model, method: str = "inference", cut: int = 1, batch_size: 
     if method == "inference":
         return {"peak_bytes": inference, "inference_peak_bytes": inference, "method": method,
                 "batch_size": batch_size}
-    p = plan(model, method, cut)
+    if zo_layers is None:
+        from .trainer import DEFAULTS
+        zo_layers = DEFAULTS[method].get("zo_layers", 0)
+    p = plan(model, method, cut, zo_layers=zo_layers)
     zo, bp, tail_start = p.zo_layers, p.bp_layers, p.tail_start
     params = model.params
     peak = inference

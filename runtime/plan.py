@@ -34,7 +34,7 @@ class Plan:
                                   + self.zo_params + self.bp_params))
 
 
-def plan(model: Model, method: str, cut: int | str = 1, trainable=None) -> Plan:
+def plan(model: Model, method: str, cut: int | str = 1, trainable=None, zo_layers: int = 0) -> Plan:
     """The training structure of ``model`` for ``method``: boundaries, layers, cut.
 
     Integer models train between the input QuantizeLinear and the output
@@ -42,8 +42,9 @@ def plan(model: Model, method: str, cut: int | str = 1, trainable=None) -> Plan:
     fp32 models train over the whole graph. ``trainable="codebooks"`` trains the
     codebooks and projections of a compressed file's codebook weights and nothing
     else; a codebook weight always trains through them (:mod:`edgetrain.compressed`).
-    Raises TrainingError naming the argument when the model, ``trainable`` or ``cut``
-    do not fit.
+    ``zo_layers``: the ZO head perturbs and trains only its first ``zo_layers`` layers (sparse
+    ZO; 0: all of them), the rest of the head stays frozen. Raises TrainingError naming the
+    argument when the model, ``trainable`` or ``cut`` do not fit.
     """
     if method not in METHODS:
         raise TrainingError(f"method={method!r} must be one of {METHODS}")
@@ -61,6 +62,9 @@ def plan(model: Model, method: str, cut: int | str = 1, trainable=None) -> Plan:
     layers = _trainable(model, trainable)
     n_tail = _resolve_cut(layers, method, cut)
     zo, bp = layers[:len(layers) - n_tail], layers[len(layers) - n_tail:]
+    if zo_layers:
+        zo = zo[:zo_layers]
+        layers = zo + bp
     tail_start = bp[0].index if bp else last
     if method == "elasticzo-int8":
         for node, kernel in zip(model.nodes[tail_start:last], model.kernels[tail_start:last]):

@@ -30,16 +30,17 @@ from .int8_step import Int8Step
 from .model import Model
 from .plan import METHODS, plan
 
-# Each method's step parameters and their defaults (bench/train.py and the README's "Choosing
-# the ZO step" hold the measurements behind them). fp32 steps are real numbers; ``zo_lr`` and
+# Each method's step parameters and their defaults (bench/zo_sweep.py, bench/train.py and the
+# README's "Choosing the ZO step" hold the measurements behind them; ``zo_layers`` 1: sparse ZO
+# on the head's first layer, which absorbs input shifts and is small enough for q = 2). fp32 steps are real numbers; ``zo_lr`` and
 # ``eps`` are relative to each layer's weight rms. The int8 step's are integers with units in
 # their names: the BP tail's update bit-width, the ZO update's (no head weight moves by
-# 2^zo_bits LSBs or more in a step), the perturbation in weight LSBs.
+# more than 2^zo_bits LSBs in a step), the perturbation in weight LSBs.
 DEFAULTS = {
     "bp": {"lr": 0.05},
-    "zo": {"zo_lr": 0.02, "eps": 0.01, "q": 2},
-    "elasticzo": {"lr": 0.05, "zo_lr": 0.02, "eps": 0.01, "q": 2},
-    "elasticzo-int8": {"lr_bits": 3, "zo_bits": 1, "eps_lsb": 4, "q": 2},
+    "zo": {"zo_lr": 0.02, "eps": 0.01, "q": 2, "zo_layers": 0},
+    "elasticzo": {"lr": 0.05, "zo_lr": 0.05, "eps": 0.01, "q": 2, "zo_layers": 1},
+    "elasticzo-int8": {"lr_bits": 3, "zo_bits": 4, "eps_lsb": 4, "q": 2, "zo_layers": 1},
 }
 # parameter → (check, what it must be); declared once, checked at construction
 _CONSTRAINTS = {
@@ -47,10 +48,12 @@ _CONSTRAINTS = {
     "zo_lr": (lambda v: _real(v) and 0 < v <= 1, "a real in (0, 1] (a step, relative to each layer's weight rms)"),
     "eps": (lambda v: _real(v) and 0 < v <= 1,
             "a real in (0, 1] (the perturbation, relative to each layer's weight rms)"),
+    "zo_layers": (lambda v: _int(v) and 0 <= v <= 64,
+                  "an int in [0, 64] (the head's first layers the ZO trains; 0: all)"),
     "q": (lambda v: _int(v) and 1 <= v <= 64, "an int in [1, 64] (ZO directions per step)"),
     "lr_bits": (lambda v: _int(v) and 1 <= v <= 7, "an int in [1, 7] (the tail's update bit-width)"),
     "zo_bits": (lambda v: _int(v) and -7 <= v <= 7,
-                "an int in [-7, 7] (a ZO step moves a weight by less than 2^zo_bits LSBs)"),
+                "an int in [-7, 7] (a ZO step moves a weight by at most 2^zo_bits LSBs)"),
     "eps_lsb": (lambda v: _int(v) and 1 <= v <= 63, "an int in [1, 63] (the perturbation in weight LSBs)"),
 }
 
@@ -75,7 +78,9 @@ class Trainer:
     bit-width's range: :mod:`edgetrain.compressed`), so ``export`` writes a file of the
     same size. Step parameters (defaults in ``DEFAULTS``): fp32 methods take ``lr``
     (BP step), ``zo_lr`` (ZO step), ``eps`` (perturbation) and ``q`` (ZO directions per
-    step); ``elasticzo-int8`` takes ``lr_bits``, ``zo_bits``, ``eps_lsb`` and ``q``. A
+    step); ``elasticzo-int8`` takes ``lr_bits``, ``zo_bits``, ``eps_lsb`` and ``q``. ZO methods
+    take ``zo_layers``: only the head's first ``zo_layers`` layers are perturbed and trained
+    (sparse ZO), the rest of the head stays frozen; 0: every head layer. A
     parameter the method does not use is an error, not ignored.
 
     Constructing a trainer changes nothing in the model. int8 GEMMs take the route the
@@ -83,8 +88,8 @@ class Trainer:
     """
 
     def __init__(self, model: Model, method: str = "elasticzo", cut: int | str = 1, *, lr=None, zo_lr=None,
-                 eps=None, q=None, lr_bits=None, zo_bits=None, eps_lsb=None, batch_size: int = 32, seed: int = 0,
-                 trainable=None):
+                 eps=None, q=None, zo_layers=None, lr_bits=None, zo_bits=None, eps_lsb=None, batch_size: int = 32,
+                 seed: int = 0, trainable=None):
         if not isinstance(model, Model):
             raise TrainingError(f"model must be an edgetrain Model (from edgetrain.load), got {type(model).__name__}")
         if method not in METHODS:
@@ -93,8 +98,8 @@ class Trainer:
             raise TrainingError(f"batch_size={batch_size!r} must be a positive int")
         if not _int(seed):
             raise TrainingError(f"seed={seed!r} must be an int")
-        given = {k: v for k, v in dict(lr=lr, zo_lr=zo_lr, eps=eps, q=q, lr_bits=lr_bits, zo_bits=zo_bits,
-                                       eps_lsb=eps_lsb).items() if v is not None}
+        given = {k: v for k, v in dict(lr=lr, zo_lr=zo_lr, eps=eps, q=q, zo_layers=zo_layers, lr_bits=lr_bits,
+                                       zo_bits=zo_bits, eps_lsb=eps_lsb).items() if v is not None}
         extra = sorted(set(given) - set(DEFAULTS[method]))
         if extra:
             raise TrainingError(f"{', '.join(f'{k}={given[k]!r}' for k in extra)}: method={method!r} takes "
@@ -105,10 +110,11 @@ class Trainer:
             if not ok(value):
                 raise TrainingError(f"{name}={value!r} must be {what}")
         self.model, self.method, self.batch_size, self.seed = model, method, int(batch_size), int(seed)
-        self.plan = plan(model, method, cut, trainable)
+        self.plan = plan(model, method, cut, trainable, self.hyper.get("zo_layers", 0))
         self.layers, self.cut = self.plan.layers, self.plan.cut
         self.step_count = 0
-        self._step = (Int8Step if method == "elasticzo-int8" else Fp32Step)(model, self.plan, **self.hyper)
+        self._step = (Int8Step if method == "elasticzo-int8" else Fp32Step)(
+            model, self.plan, **{k: v for k, v in self.hyper.items() if k != "zo_layers"})
         self.n_classes = self._probe_classes()
         self.config = {"method": method, "cut": self.cut, "batch_size": self.batch_size, "seed": self.seed,
                        "trainable": "codebooks" if trainable == "codebooks" else [l.name for l in self.layers],

@@ -139,7 +139,7 @@ class SignPerturbation:
 def sign_update(directions: Sequence[SignPerturbation], diffs: Sequence[int], bits: int, seed: int) -> None:
     """``w ← clip(w − SR(Σ_j ΔL_j·z_j / 2^s))`` in place, ``ΔL_j`` the integer loss differences
     and ``s = bit_length(Σ_j |ΔL_j|) − bits`` (at least 0), so no weight moves by
-    ``2^bits`` LSBs or more: the integer form of :func:`gaussian_update`, as the BP tail's
+    more than ``2^bits`` LSBs (the expected move is below it): the integer form of :func:`gaussian_update`, as the BP tail's
     update is normalised to ``lr_bits``. SR: stochastic rounding from ``seed``.
 
     int64 holds it exactly while ``Σ_j |ΔL_j| < 2^62``: ``|Σ_j ΔL_j·z_j|`` is at most that
