@@ -351,11 +351,11 @@ pub(crate) mod tests {
     pub const K: u32 = 11;
 
     // Gate indices in configure order: six range lanes (0–5), the W and A
-    // commitment chips (pack first, pack and Poseidon's three gates each: 6–15),
-    // then MAC first, MAC, floor (16–18), solve (19), update (20).
-    const FLOOR: (usize, &str) = (18, "floor: 2^s·δ + r + P = 0");
-    const SOLVE: (usize, &str) = (19, "solve: (1−keep)(P − 2^s·w − e) = 0, e+τ");
-    const UPDATE: (usize, &str) = (20, "update: keep bool, w' = keep(w+δ), keep·y = 0");
+    // commitment chips (pack first, pack and Poseidon's four gates each: 6–17),
+    // then MAC first, MAC, floor (18–20), solve (21), update (22).
+    const FLOOR: (usize, &str) = (20, "floor: 2^s·δ + r + P = 0");
+    const SOLVE: (usize, &str) = (21, "solve: (1−keep)(P − 2^s·w − e) = 0, e+τ");
+    const UPDATE: (usize, &str) = (22, "update: keep bool, w' = keep(w+δ), keep·y = 0");
     /// Constraint 0 of the solve gate; constraint 1 of the update gate.
     const SOLVE_EQ: (usize, &str) = (0, "");
     const W_NEW_EQ: (usize, &str) = (1, "");

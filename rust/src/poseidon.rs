@@ -20,6 +20,8 @@
 //! is a function of the row's state, so a row's constraints determine the next
 //! state exactly: the chip computes the same function as the native hash,
 //! which the tests check against `halo2_poseidon`.
+//! * initial state: `x = (0, 0, 16·2^64)` (ConstantLength's capacity element).
+//!
 //! One permutation takes 4 + 28 + 4 = 36 rows plus its output row, which is
 //! also where the next two inputs are absorbed; an `H16` is [`H16_ROWS`] rows.
 
@@ -43,8 +45,9 @@ const HALF_FULL_ROUNDS: usize = 4;
 const PARTIAL_ROUNDS: usize = 56;
 const ROUND_ROWS: usize = 2 * HALF_FULL_ROUNDS + PARTIAL_ROUNDS / 2;
 const PERMUTATIONS: usize = H16_INPUTS / RATE;
-/// Rows of one `H16` region: 8 permutations of 36 round rows plus an output row.
-pub const H16_ROWS: usize = PERMUTATIONS * (ROUND_ROWS + 1);
+/// Rows of one `H16` region: the initial state, then per permutation the
+/// absorbed state and 36 round rows; the last row holds the output.
+pub const H16_ROWS: usize = 1 + PERMUTATIONS * (ROUND_ROWS + 1);
 
 type State = [Fp; WIDTH];
 
@@ -127,6 +130,7 @@ pub struct PoseidonConfig {
     q_full: Selector,
     q_partial: Selector,
     q_absorb: Selector,
+    q_init: Selector,
 }
 
 #[derive(Clone, Debug)]
@@ -150,12 +154,17 @@ impl PoseidonChip {
         state: [Column<Advice>; WIDTH],
         aux: [Column<Advice>; WIDTH],
     ) -> PoseidonConfig {
-        for c in state.iter().chain(&aux[..RATE]) {
-            meta.enable_equality(*c);
+        // Inputs are copied into aux_0 and aux_1 and the digest out of state_0;
+        // the initial state is pinned by a gate, so state_1, state_2 and aux_2
+        // need no copies (each equality column costs the proof a third of a
+        // permutation product).
+        for c in [state[0], aux[0], aux[1]] {
+            meta.enable_equality(c);
         }
         let rc_a = [(); WIDTH].map(|_| meta.fixed_column());
         let rc_b = [(); WIDTH].map(|_| meta.fixed_column());
-        let (q_full, q_partial, q_absorb) = (meta.selector(), meta.selector(), meta.selector());
+        let (q_full, q_partial, q_absorb, q_init) =
+            (meta.selector(), meta.selector(), meta.selector(), meta.selector());
         let mds = constants().mds.map(|row| row.map(Expression::Constant));
         let mds_mul = |v: [Expression<Fp>; WIDTH]| -> [Expression<Fp>; WIDTH] {
             [0, 1, 2].map(|j| {
@@ -214,6 +223,16 @@ impl PoseidonChip {
             ]
         });
 
+        meta.create_gate("poseidon initial state (0, 0, capacity)", |m| {
+            let q = m.query_selector(q_init);
+            let x = state.map(|c| m.query_advice(c, Rotation::cur()));
+            vec![
+                q.clone() * x[0].clone(),
+                q.clone() * x[1].clone(),
+                q * (x[2].clone() - Expression::Constant(capacity())),
+            ]
+        });
+
         PoseidonConfig {
             state,
             aux,
@@ -222,6 +241,7 @@ impl PoseidonChip {
             q_full,
             q_partial,
             q_absorb,
+            q_init,
         }
     }
 
@@ -239,22 +259,17 @@ impl PoseidonChip {
         layouter.assign_region(
             || "poseidon H16",
             |mut region| {
-                let mut x = [
-                    msg[0].copy_advice(|| "m_0", &mut region, cfg.state[0], 0)?,
-                    msg[1].copy_advice(|| "m_1", &mut region, cfg.state[1], 0)?,
-                    region.assign_advice_from_constant(|| "capacity", cfg.state[2], 0, capacity())?,
-                ];
+                cfg.q_init.enable(&mut region, 0)?;
+                let mut x = self.assign_state(&mut region, 0, Value::known([Fp::ZERO, Fp::ZERO, capacity()]))?;
                 let mut row = 0;
                 for p in 0..PERMUTATIONS {
-                    if p > 0 {
-                        cfg.q_absorb.enable(&mut region, row)?;
-                        let m0 = msg[2 * p].copy_advice(|| "m", &mut region, cfg.aux[0], row)?;
-                        let m1 = msg[2 * p + 1].copy_advice(|| "m", &mut region, cfg.aux[1], row)?;
-                        let vals = state_value(&x).zip(m0.value().zip(m1.value()));
-                        let next = vals.map(|(s, (m0, m1))| [s[0] + m0, s[1] + m1, s[2]]);
-                        row += 1;
-                        x = self.assign_state(&mut region, row, next)?;
-                    }
+                    cfg.q_absorb.enable(&mut region, row)?;
+                    let m0 = msg[2 * p].copy_advice(|| "m", &mut region, cfg.aux[0], row)?;
+                    let m1 = msg[2 * p + 1].copy_advice(|| "m", &mut region, cfg.aux[1], row)?;
+                    let vals = state_value(&x).zip(m0.value().zip(m1.value()));
+                    let next = vals.map(|(s, (m0, m1))| [s[0] + m0, s[1] + m1, s[2]]);
+                    row += 1;
+                    x = self.assign_state(&mut region, row, next)?;
                     x = self.permutation(&mut region, row, x)?;
                     row += ROUND_ROWS;
                 }
@@ -479,21 +494,22 @@ mod tests {
         let msg = message(3);
         let digest = vec![vec![native_reference(&msg)]];
         let at_row = |c: &TestCircuit, row| at(h16_region(c), row);
-        // Full round 0, aux_1 = t_1² + 1: its square constraint (1) and all three
-        // next-state constraints (3–5) fail on that row; later rows are honest.
+        // Full round 0 (row 1, after the initial state), aux_1 = t_1² + 1: its
+        // square constraint (1) and all three next-state constraints (3–5) fail
+        // on that row; later rows are honest.
         let c = TestCircuit {
             msg,
-            tamper: Some((0, 1, Fp::ONE)),
+            tamper: Some((1, 1, Fp::ONE)),
         };
         let expected: Vec<Failure> = [1, 3, 4, 5]
             .iter()
-            .map(|i| constraint(FULL, (*i, ""), at_row(&c, 0)))
+            .map(|i| constraint(FULL, (*i, ""), at_row(&c, 1)))
             .collect();
         assert_failures(failures(K, &c, digest.clone()), expected);
-        // The partial-round row 4 of the third permutation (offset 2·37 + 4 + 4):
+        // The partial-round row 4 of the third permutation (offset 1 + 2·37 + 4 + 4):
         // y_0 off by one breaks its own constraint (1), the square of y_0 + b_0 (2)
         // and the next state (3–5).
-        let row = 2 * (ROUND_ROWS + 1) + HALF_FULL_ROUNDS + 4;
+        let row = 1 + 2 * (ROUND_ROWS + 1) + HALF_FULL_ROUNDS + 4;
         let c = TestCircuit {
             msg,
             tamper: Some((row, 1, Fp::ONE)),
