@@ -139,6 +139,9 @@ pub struct PoseidonChip {
     /// Tests only: (region offset, aux column, value added) of a wrong witness.
     #[cfg(test)]
     tamper: Option<(usize, usize, Fp)>,
+    /// Tests only: added to the initial capacity element.
+    #[cfg(test)]
+    tamper_capacity: Option<Fp>,
 }
 
 type Cell = AssignedCell<Fp, Fp>;
@@ -250,6 +253,8 @@ impl PoseidonChip {
             config,
             #[cfg(test)]
             tamper: None,
+            #[cfg(test)]
+            tamper_capacity: None,
         }
     }
 
@@ -260,7 +265,13 @@ impl PoseidonChip {
             || "poseidon H16",
             |mut region| {
                 cfg.q_init.enable(&mut region, 0)?;
-                let mut x = self.assign_state(&mut region, 0, Value::known([Fp::ZERO, Fp::ZERO, capacity()]))?;
+                #[allow(unused_mut)]
+                let mut init = [Fp::ZERO, Fp::ZERO, capacity()];
+                #[cfg(test)]
+                if let Some(d) = self.tamper_capacity {
+                    init[2] += d;
+                }
+                let mut x = self.assign_state(&mut region, 0, Value::known(init))?;
                 let mut row = 0;
                 for p in 0..PERMUTATIONS {
                     cfg.q_absorb.enable(&mut region, row)?;
@@ -385,6 +396,7 @@ mod tests {
     struct TestCircuit {
         msg: [Fp; H16_INPUTS],
         tamper: Option<(usize, usize, Fp)>,
+        tamper_capacity: Option<Fp>,
     }
 
     #[derive(Clone, Debug)]
@@ -424,6 +436,7 @@ mod tests {
             )?;
             let mut chip = PoseidonChip::construct(cfg.poseidon.clone());
             chip.tamper = self.tamper;
+            chip.tamper_capacity = self.tamper_capacity;
             let digest = chip.hash16(&mut layouter, &cells.try_into().unwrap())?;
             layouter.constrain_instance(digest.cell(), cfg.instance, 0)
         }
@@ -450,7 +463,10 @@ mod tests {
     fn in_circuit_digest_equals_halo2_poseidon() {
         for seed in 0..2 {
             let msg = message(seed);
-            let c = TestCircuit { msg, tamper: None };
+            let c = TestCircuit {
+                msg,
+                ..Default::default()
+            };
             let p = MockProver::run(K, &c, vec![vec![native_reference(&msg)]]).unwrap();
             assert_eq!(p.verify(), Ok(()), "seed {seed}");
         }
@@ -467,7 +483,10 @@ mod tests {
     #[test]
     fn other_message_or_digest_fails() {
         let msg = message(9);
-        let c = TestCircuit { msg, tamper: None };
+        let c = TestCircuit {
+            msg,
+            ..Default::default()
+        };
         let h = h16_region(&c);
         // The copy of state_0's last cell to instance row 0 breaks, at both cells.
         let digest_copy = || {
@@ -484,7 +503,7 @@ mod tests {
         other[15] += Fp::ONE;
         let c = TestCircuit {
             msg: other,
-            tamper: None,
+            ..Default::default()
         };
         assert_failures(failures(K, &c, vec![vec![native_reference(&msg)]]), digest_copy());
     }
@@ -500,6 +519,7 @@ mod tests {
         let c = TestCircuit {
             msg,
             tamper: Some((1, 1, Fp::ONE)),
+            ..Default::default()
         };
         let expected: Vec<Failure> = [1, 3, 4, 5]
             .iter()
@@ -513,6 +533,7 @@ mod tests {
         let c = TestCircuit {
             msg,
             tamper: Some((row, 1, Fp::ONE)),
+            ..Default::default()
         };
         let expected: Vec<Failure> = (1..6).map(|i| constraint(PARTIAL, (i, ""), at_row(&c, row))).collect();
         assert_failures(failures(K, &c, digest.clone()), expected);
@@ -521,11 +542,34 @@ mod tests {
         let c = TestCircuit {
             msg,
             tamper: Some((row, 0, Fp::from(7))),
+            ..Default::default()
         };
         let expected: Vec<Failure> = [0, 1, 3, 4, 5]
             .iter()
             .map(|i| constraint(PARTIAL, (*i, ""), at_row(&c, row)))
             .collect();
         assert_failures(failures(K, &c, digest), expected);
+    }
+
+    #[test]
+    fn another_initial_state_fails_the_init_gate() {
+        // A capacity element other than ConstantLength<16>'s (another hash
+        // domain): the init gate's third constraint fails on row 0, and the
+        // chain then reaches another digest, whose copy out breaks.
+        let msg = message(4);
+        let c = TestCircuit {
+            msg,
+            tamper_capacity: Some(Fp::ONE),
+            ..Default::default()
+        };
+        let h = h16_region(&c);
+        assert_failures(
+            failures(K, &c, vec![vec![native_reference(&msg)]]),
+            vec![
+                constraint((3, "poseidon initial state (0, 0, capacity)"), (2, ""), at(h, 0)),
+                permutation((Any::Advice, 0), at(h, H16_ROWS - 1)),
+                permutation((Any::Instance, 0), FailureLocation::OutsideRegion { row: 0 }),
+            ],
+        );
     }
 }
