@@ -1,11 +1,14 @@
 """Proving benchmark: the ZK-APEX unlearning proof (rust/, Halo2 IPA) over growing weight counts.
 
 One run on one machine. Each configuration ``B:WEIGHTS:K`` runs in a fresh
-child process: a synthetic layer of WEIGHTS weights (N(0, 0.05)), 4 % of them
-masked at random, inverse-Fisher blocks of B×B from 64 random per-sample
-gradients (Sherman–Morrison, damping 1e-2), the fixed-point group-OBS step,
-then ``prover.prove`` in chunk proofs of 2^K rows (as many blocks as fit,
-``prover.proof.blocks_per_proof_for``) chained through the Poseidon digests,
+child process (once per ``--workers`` value): synthetic layers of WEIGHTS
+weights (a count, ``W1+W2+…`` for several layers proven together, or
+``lenet5-fc`` = lenet5's fully connected weights, 48,000 + 10,080 + 840),
+N(0, 0.05), 4 % of them masked at random, inverse-Fisher blocks of B×B from 64
+random per-sample gradients (Sherman–Morrison, damping 1e-2), the fixed-point
+group-OBS step, then ``prover.prove`` in chunk proofs of 2^K rows (as many
+blocks as fit, ``prover.proof.blocks_per_proof_for``; each layer is padded to
+whole chunks) chained through the Poseidon digests, ``workers`` chunks at once,
 and ``verify_proof`` with the provider's mask and digests. Proving cost
 depends only on the shape (B, blocks per chunk, chunk count), never on the
 values or on how many weights are masked (rust/README.md), so synthetic
@@ -13,18 +16,22 @@ weights time the same circuit as real ones.
 
 Reported per configuration: circuit size k, chunks, setup (IPA parameters +
 proving key, once per shape; ``params`` is the parameters' share, which a disk
-cache saves), prove time (all chunks), peak memory (the child's VmHWM, Python
-and numpy included), proof size, and verification: ``key`` regenerates the
-verifying key from its descriptor (zcash halo2 0.3 cannot serialise keys; a
-provider does this once per shape and keeps it), ``verify`` checks the proof
-(all chunks) with the key in memory.
+cache saves), prove time (all chunks), CPU time of the proving key and all
+chunks (user + system, every thread: steadier than wall time on a shared
+machine, and wall ≈ CPU / cores in use), peak memory (the child's VmHWM, Python
+and numpy included), proof size (all chunks; ``chunk_proof_bytes`` in the JSON
+is the largest one), and verification: ``key`` regenerates the verifying key
+from its descriptor (zcash halo2 0.3 cannot serialise keys; a provider does
+this once per shape and keeps it), ``verify`` checks the proof (all chunks)
+with the key in memory.
 
 With ``--ezkl-python`` (a Python that has ezkl, e.g. a venv of its own: ezkl
 is a peer to measure, not a dependency), the same run then proves the same
 step in ezkl over ``--ezkl-weights`` (``bench/ezkl_peer.py``, whose docstring
 says how its statement differs from ours).
 
-    python bench/prove.py [--configs 8:1000:15 8:10000:15 8:10000:16 8:100000:16]
+    python bench/prove.py [--configs 8:1000:15 8:10000:15 8:10000:16 8:lenet5-fc:16] [--workers 1 2]
+                          [--params-cache DIR]
                           [--ezkl-python /tmp/ezkl-venv/bin/python --ezkl-weights 1000] [--json]
 """
 from __future__ import annotations
@@ -32,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import subprocess
 import sys
 import time
@@ -49,12 +57,18 @@ def _status(field: str) -> int:
     raise RuntimeError(f"{field} not in /proc/self/status")
 
 
-def worker(block: int, weights: int, k: int, seed: int = 0) -> dict:
-    import edgetrain_zk as zk
+LAYERS = {"lenet5-fc": (48000, 10080, 840)}  # lenet5's fully connected weights: 400×120, 120×84, 84×10
+
+
+def layer_sizes(spec: str) -> tuple[int, ...]:
+    """``WEIGHTS`` (one layer), ``W1+W2+…`` (layers proven together) or a name in LAYERS."""
+    return LAYERS.get(spec) or tuple(int(v) for v in spec.split("+"))
+
+
+def _layer(rng, name: str, block: int, weights: int):
     from edgetrain import prover
     from edgetrain.prover import fixed_point as fx
     from edgetrain.prover.unlearn import LayerWitness
-    rng = np.random.default_rng(seed)
     nb = -(-weights // block)
     w = np.zeros(nb * block)
     w[:weights] = rng.normal(0, 0.05, weights)
@@ -64,70 +78,104 @@ def worker(block: int, weights: int, k: int, seed: int = 0) -> dict:
     w_int, a_int = fx.to_fixed(w, 16).reshape(nb, block), fx.fisher_to_fixed(a)
     keep = keep.reshape(nb, block)
     step = fx.integer_step(w_int, a_int, keep, 16)
-    wit = LayerWitness("layer", (weights,), block, 16, w_int, a_int, keep, step["w_new"])
-    per_proof = prover.proof.blocks_per_proof_for([wit], k)
-    vk = prover.keygen(block, per_proof, 16)
+    return LayerWitness(name, (weights,), block, 16, w_int, a_int, keep, step["w_new"])
+
+
+def _cpu_seconds() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def worker(block: int, spec: str, k: int, workers: int = 1, params_cache: str | None = None, seed: int = 0) -> dict:
+    import edgetrain_zk as zk
+    from edgetrain import prover
+    rng = np.random.default_rng(seed)
+    wits = [_layer(rng, f"layer{i}", block, n) for i, n in enumerate(layer_sizes(spec))]
+    per_proof = prover.proof.blocks_per_proof_for(wits, k)
+    vk = prover.keygen(block, per_proof, 16, k)
     t0 = time.perf_counter()
-    pp = prover.proof.params(vk)
+    pp = prover.proof.params(vk, params_cache)
     params_seconds = time.perf_counter() - t0
-    out = prover.prove([wit], per_proof)
+    cpu0 = _cpu_seconds()
+    out = prover.prove(wits, per_proof, k=k, workers=workers, params_cache=params_cache)
+    cpu = _cpu_seconds() - cpu0  # proving key and chunks: all threads of this process
     peak = _status("VmHWM")
-    digests = prover.commitments([wit], per_proof)["layer"]
+    digests = prover.commitments(wits, per_proof)
     t0 = time.perf_counter()
     verifier = zk.Verifier(bytes(out["verifying_key"]), pp)
     key_seconds = time.perf_counter() - t0
-    public = prover.proof._decode_public(out["public_inputs"])[0]
-    chunks = prover.proof._decode_proof(out["proof"])[0]
+    publics = prover.proof._decode_public(out["public_inputs"])
+    segments = prover.proof._decode_proof(out["proof"])
     t0 = time.perf_counter()
-    padded = np.ones(out["chunks"] * per_proof * block, bool)  # the last chunk is padded with kept weights
-    padded[:keep.size] = keep.reshape(-1)
-    ok = verifier.verify_chain(chunks, public[1], *public[0]["digests"], padded.tolist())
+    ok = True
+    for wit, chunks, (head, public) in zip(wits, segments, publics):
+        padded = np.ones(len(chunks) * per_proof * block, bool)  # the last chunk is padded with kept weights
+        padded[:wit.keep.size] = wit.keep.reshape(-1)
+        ok &= bool(verifier.verify_chain(chunks, public, *head["digests"], padded.tolist()))
     verify_seconds = time.perf_counter() - t0
     ok_api = prover.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"],
-                                 mask={"layer": ~keep.reshape(-1)[:weights]}, h_w={"layer": digests["w"]},
-                                 h_w_new={"layer": digests["w_new"]}, h_a={"layer": digests["a"]}, params=pp)
-    return {"block": block, "weights": out["weights"], "blocks_per_proof": per_proof, "chunks": out["chunks"],
-            "k": out["verifying_key"][7], "masked": int((~keep).sum()), "setup_seconds": out["setup_seconds"],
-            "params_seconds": params_seconds, "prove_seconds": out["prove_seconds"], "peak_bytes": peak,
-            "proof_bytes": len(out["proof"]), "public_input_bytes": len(out["public_inputs"]),
+                                 mask={w.name: ~w.keep.reshape(-1)[:w.size] for w in wits},
+                                 h_w={w.name: digests[w.name]["w"] for w in wits},
+                                 h_w_new={w.name: digests[w.name]["w_new"] for w in wits},
+                                 h_a={w.name: digests[w.name]["a"] for w in wits}, params=pp)
+    chunk_bytes = [len(c) for seg in segments for c in seg]
+    return {"block": block, "layers": spec, "weights": out["weights"], "blocks_per_proof": per_proof,
+            "chunks": out["chunks"], "workers": workers, "k": out["verifying_key"][7],
+            "masked": int(sum((~w.keep).sum() for w in wits)), "setup_seconds": out["setup_seconds"],
+            "params_seconds": params_seconds, "prove_seconds": out["prove_seconds"], "cpu_seconds": cpu,
+            "peak_bytes": peak,
+            "proof_bytes": len(out["proof"]), "chunk_proof_bytes": max(chunk_bytes),
+            "public_input_bytes": len(out["public_inputs"]),
             "key_seconds": key_seconds, "verify_seconds": verify_seconds, "verified": bool(ok and ok_api)}
 
 
 def table(rows) -> str:
-    lines = ["| B | weights | chunks × blocks | k | setup (params) | prove | peak memory | proof | key | verify "
-             "| verified |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = ["| B | weights | chunks × blocks | k | workers | setup (params) | prove | CPU (keys + prove) | peak memory "
+             "| proof | key | verify | verified |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['block']} | {r['weights']:,} | {r['chunks']} × {r['blocks_per_proof']} | {r['k']} | "
+        weights = f"{r['weights']:,}" + (f" ({r['layers']})" if not r["layers"].isdigit() else "")
+        lines.append(f"| {r['block']} | {weights} | {r['chunks']} × {r['blocks_per_proof']} | {r['k']} | "
+                     f"{r['workers']} | "
                      f"{r['setup_seconds']:.0f} s ({r['params_seconds']:.0f} s) | {r['prove_seconds']:.1f} s | "
-                     f"{r['peak_bytes'] / 2**20:.0f} MiB | {r['proof_bytes'] / 1024:.1f} KiB | "
+                     f"{r.get('cpu_seconds', float('nan')):.0f} s | {r['peak_bytes'] / 2**20:.0f} MiB | {r['proof_bytes'] / 1024:.1f} KiB | "
                      f"{r['key_seconds']:.1f} s | {r['verify_seconds']:.2f} s | {r['verified']} |")
     return "\n".join(lines)
 
 
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--configs", nargs="+", default=["8:1000:15", "8:10000:15", "8:10000:16", "8:100000:16"],
-                   metavar="B:WEIGHTS:K")
+    p.add_argument("--configs", nargs="+", default=["8:1000:15", "8:10000:15", "8:10000:16", "8:lenet5-fc:16"],
+                   metavar="B:WEIGHTS:K", help="WEIGHTS: a count, W1+W2+… (layers) or lenet5-fc")
+    p.add_argument("--workers", type=int, nargs="+", default=[1],
+                   help="chunk proofs at once (each configuration runs once per value)")
     p.add_argument("--ezkl-python", help="a Python with ezkl 23: also prove the same step in ezkl")
     p.add_argument("--ezkl-weights", type=int, nargs="+", default=[1000],
                    help="hashed 3,000 and 10,000 pass 20 GiB in ezkl's setup here (bench/ezkl_peer.py)")
     p.add_argument("--ezkl-variants", nargs="+", default=["hashed", "polycommit"])
     p.add_argument("--json", action="store_true")
-    p.add_argument("--worker", nargs=3, type=int, help=argparse.SUPPRESS)
+    p.add_argument("--params-cache", metavar="DIR",
+                   help="keep the IPA parameters here (setup then excludes making them after the first run)")
+    p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:
-        print(json.dumps(worker(*args.worker)))
+        block, spec, k, workers = args.worker
+        print(json.dumps(worker(int(block), spec, int(k), int(workers), args.params_cache)))
         return
     rows = []
     for config in args.configs:
-        block, weights, k = (int(v) for v in config.split(":"))
-        print(f"B={block}, {weights} weights, chunks of 2^{k} rows ...", file=sys.stderr, flush=True)
-        out = subprocess.run([sys.executable, __file__, "--worker", str(block), str(weights), str(k)],
-                             capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-        if out.returncode:
-            raise RuntimeError(f"worker {config} failed:\n{out.stderr}")
-        rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
-        print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+        block, spec, k = config.split(":")
+        layer_sizes(spec)  # fail early on a bad spec
+        for workers in args.workers:
+            print(f"B={block}, {spec} weights, chunks of 2^{k} rows, {workers} at once ...", file=sys.stderr,
+                  flush=True)
+            cache = ["--params-cache", args.params_cache] if args.params_cache else []
+            out = subprocess.run([sys.executable, __file__, "--worker", block, spec, k, str(workers), *cache],
+                                 capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+            if out.returncode:
+                raise RuntimeError(f"worker {config} failed:\n{out.stderr}")
+            rows.append(json.loads(out.stdout.strip().splitlines()[-1]))
+            print(table(rows[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
     print("\n" + table(rows), file=sys.stderr, flush=True)
     peer = None
     if args.ezkl_python:

@@ -43,8 +43,8 @@ except ImportError:  # the device side without the prover: the error type still 
 
 MAGIC, VERSION = b"ETUL", 1
 _DIGEST = 32
-# Default circuit size: 2^15 rows hold 637 blocks of 8 weights and prove in
-# ~2.5 GB here (bench/prove.py); 2^16 rows take twice the memory.
+# Default circuit size: 2^15 rows hold 682 blocks of 8 weights; 2^16 rows hold 1,365 and
+# peak at ~3.1 GB here (bench/prove.py, lenet5's FC layers in 7 chunks: 63,036 bytes of proofs).
 PROOF_K = 15
 # The inverse Fisher of a padding block is PAD_FISHER·I. Every weight of a padding block is
 # kept, so its δ is 0 whatever A holds: any symmetric A in the committed 16-bit range proves.
@@ -221,7 +221,8 @@ def describe(todo: dict) -> str:
 
 def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None, *,
           max_blocks: int | None = None, k: int | None = None,
-          params_cache: str | os.PathLike | None = None, progress: bool = False) -> dict:
+          params_cache: str | os.PathLike | None = None, progress: bool = False,
+          workers: int = 1) -> dict:
     """Proves the step of every layer in ``witnesses`` (from :func:`unlearn`); with
     ``max_blocks``, only the first ``max_blocks`` blocks of each layer (a segment).
     Each chunk proof covers ``blocks_per_proof`` blocks (None: as many as 2^k rows
@@ -229,12 +230,21 @@ def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None
     :func:`plan` says beforehand what that costs. ``progress``: bars on stderr
     (:mod:`edgetrain.progress`); a Ctrl-C interrupts at once in any case.
 
+    Chunks chain through their digests, which are computed natively first
+    (:func:`chunk_jobs`), so no chunk waits for another's proof: ``workers`` > 1
+    proves that many chunks at once (each holds its own ~``plan()["memory_bytes"]``
+    working set; halo2 already spreads one proof over the cores, so measure before
+    raising it: ``bench/prove.py --workers``). The proofs' public inputs and w' are
+    the same whatever ``workers`` is.
+
     Returns ``{"proof", "public_inputs", "verifying_key"}`` (bytes) plus
     ``"weights"`` (how many real weights the proof covers), ``"chunks"``,
     ``"blocks_per_proof"``, ``"prove_seconds"`` (the proving itself) and
     ``"setup_seconds"`` (parameters and proving key). The crate recomputes the
     witness; a mismatch with ``unlearn``'s integers is an error.
     """
+    if workers < 1:
+        raise ValueError(f"workers = {workers} must be at least 1")
     z = _zk()
     t0 = time.perf_counter()
     todo = plan(witnesses, blocks_per_proof, max_blocks=max_blocks, k=k, params_cache=params_cache)
@@ -244,33 +254,68 @@ def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None
     with _progress.bar(progress, desc=f"proving key (2^{todo['k']} rows)") as bar:
         prover = _progress.wait(z.Prover, vk, pp, ticking=bar)
     setup = time.perf_counter() - t0
-    proofs, publics = [], []
+    jobs, heads = chunk_jobs(witnesses, chunk, max_blocks)
     t0 = time.perf_counter()
     with _progress.bar(progress, total=todo["chunks"], desc="proving", unit="chunk") as bar:
         bar.set_postfix_str(f"estimated {(1 << todo['k']) * COST_SECONDS_PER_ROW['chunk']:.0f} s per chunk")
-        for wit in witnesses:
-            w, a, keep, w_new = _segments(wit, chunk, max_blocks)
-            n_fisher = len(w) * wit.block * (wit.block + 1) // 2  # the lower triangles
-            acc = (z.initial_acc(w.size), z.initial_acc(w.size), z.initial_acc(n_fisher))
-            seg_proofs, seg_publics = [], []
-            for c in range(0, len(w), chunk):
-                p, q, proven = _progress.wait(prover.prove, w[c:c + chunk].reshape(-1).tolist(),
-                                              a[c:c + chunk].reshape(-1).tolist(),
-                                              keep[c:c + chunk].reshape(-1).tolist(), acc, ticking=bar)
-                if not np.array_equal(np.asarray(proven), w_new[c:c + chunk].reshape(-1)):
-                    raise ValueError(f"layer {wit.name!r}, blocks {c}..{c + chunk - 1}: the prover's w' differs "
-                                     "from unlearn's (a tie in rounding y); unlearn again with another damp")
-                info = z.public_inputs_info(q)
-                acc = (info["w_out"], info["w_new_out"], info["a_out"])
-                seg_proofs.append(bytes(p))
-                seg_publics.append(bytes(q))
-                bar.update(1)
-            head = {"name": wit.name, "size": wit.size, "digests": tuple(bytes(d) for d in acc)}
-            proofs.append(seg_proofs)
-            publics.append((head, seg_publics))
+
+        def one(job):
+            p, q, proven = prover.prove(job["w"], job["a"], job["keep"], job["acc_in"])
+            bar.update(1)
+            return bytes(p), bytes(q), proven
+
+        if workers == 1:
+            done = [_progress.wait(one, job, ticking=bar) for job in jobs]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            def all_jobs():
+                with ThreadPoolExecutor(max_workers=workers) as pool:
+                    return list(pool.map(one, jobs))
+            done = _progress.wait(all_jobs, ticking=bar)
+    proofs = [[] for _ in heads]
+    publics = [(head, []) for head in heads]
+    for job, (p, q, proven) in zip(jobs, done):
+        if not np.array_equal(np.asarray(proven), job["w_new"]):
+            raise ValueError(f"layer {job['name']!r}, blocks {job['first_block']}.. : the prover's w' differs "
+                             "from unlearn's (a tie in rounding y); unlearn again with another damp")
+        info = z.public_inputs_info(q)
+        out = (info["w_out"], info["w_new_out"], info["a_out"])
+        if tuple(bytes(d) for d in out) != job["acc_out"]:
+            raise ValueError(f"layer {job['name']!r}, blocks {job['first_block']}.. : the proof's digests differ "
+                             "from the natively chained ones")
+        proofs[job["segment"]].append(p)
+        publics[job["segment"]][1].append(q)
     return {"proof": _encode_proof(proofs), "public_inputs": _encode_public(publics), "verifying_key": vk,
             "weights": todo["weights"], "blocks_per_proof": chunk, "chunks": todo["chunks"],
             "prove_seconds": time.perf_counter() - t0, "setup_seconds": setup}
+
+
+def chunk_jobs(witnesses: Sequence[LayerWitness], blocks_per_proof: int,
+               max_blocks: int | None = None) -> tuple[list[dict], list[dict]]:
+    """Every chunk proof :func:`prove` makes, with its inputs (flat ``w``, ``a``, ``keep``
+    lists), the w' it must reproduce and its chain accumulators in and out (W, W', A),
+    chained natively (``commit_chain``, ``commit_fisher_chain``) so the chunks do not
+    depend on each other's proofs; and per segment its head (name, size, final digests)."""
+    z = _zk()
+    jobs, heads = [], []
+    for seg, wit in enumerate(witnesses):
+        w, a, keep, w_new = _segments(wit, blocks_per_proof, max_blocks)
+        b = wit.block
+        n_fisher = len(w) * b * (b + 1) // 2  # the lower triangles
+        acc = tuple(bytes(x) for x in (z.initial_acc(w.size), z.initial_acc(w.size), z.initial_acc(n_fisher)))
+        for c in range(0, len(w), blocks_per_proof):
+            job = {"segment": seg, "name": wit.name, "first_block": c,
+                   "w": w[c:c + blocks_per_proof].reshape(-1).tolist(),
+                   "a": a[c:c + blocks_per_proof].reshape(-1).tolist(),
+                   "keep": keep[c:c + blocks_per_proof].reshape(-1).tolist(),
+                   "w_new": w_new[c:c + blocks_per_proof].reshape(-1), "acc_in": acc}
+            acc = (bytes(z.commit_chain(acc[0], job["w"])), bytes(z.commit_chain(acc[1], job["w_new"].tolist())),
+                   bytes(z.commit_fisher_chain(acc[2], job["a"], b)))
+            job["acc_out"] = acc
+            jobs.append(job)
+        heads.append({"name": wit.name, "size": wit.size, "digests": acc})
+    return jobs, heads
 
 
 def verify_proof(proof: bytes, public_inputs: bytes, verifying_key: bytes, *,

@@ -187,6 +187,27 @@ def test_honest_device_verifies_with_the_providers_expectations(honest):
     assert info["digests"] == (digests["w"], digests["w_new"], digests["a"])
 
 
+def test_chunks_proven_at_once_equal_the_chunks_proven_in_series(honest):
+    # The chunks' chain accumulators are computed natively up front, so proofs run
+    # concurrently; the witness (bound by every chunk's digests and returned w') must
+    # not depend on it. Proof bytes differ (fresh blinding), the public inputs may not.
+    wit, series = honest
+    at_once = prover.prove([wit], blocks_per_proof=1, workers=2)
+    assert at_once["chunks"] == series["chunks"] == 2
+    assert at_once["public_inputs"] == series["public_inputs"]
+    assert at_once["verifying_key"] == series["verifying_key"]
+    jobs, heads = prover.proof.chunk_jobs([wit], 1)
+    assert [j["acc_in"] for j in jobs[1:]] == [j["acc_out"] for j in jobs[:-1]]
+    assert heads[0]["digests"] == prover.proof_info(series["public_inputs"])[0]["digests"]
+    assert at_once["proof"] != series["proof"]
+    digests = prover.commitments([wit], 1)[wit.name]
+    assert edgetrain.verify_proof(at_once["proof"], at_once["public_inputs"], at_once["verifying_key"],
+                                  mask={wit.name: ~wit.keep.reshape(-1)}, h_w={wit.name: digests["w"]},
+                                  h_a={wit.name: digests["a"]}, h_w_new={wit.name: digests["w_new"]})
+    with pytest.raises(ValueError, match="workers"):
+        prover.prove([wit], blocks_per_proof=1, workers=0)
+
+
 def _with_digests(public_inputs, name, w_new=None, a=None):
     """Public inputs claiming other values: every chunk's and the segment's digests redone."""
     seg = prover.proof._decode_public(public_inputs)

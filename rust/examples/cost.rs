@@ -20,6 +20,10 @@ fn main() {
         tol: 1 << 23,
         y_bits: 32,
     };
+    let (degree, extended) = proof::constraint_degree();
+    println!("constraint degree {degree}: extended domain {extended} × 2^k");
+    let heights = proof::advice_heights(&shape).expect("valid shape");
+    println!("rows per advice column (commit W, commit A, range lanes, arithmetic): {heights:?}");
     let rows = proof::rows_needed(&shape).expect("valid shape");
     let min_k = proof::min_k(&shape).expect("fits MAX_K");
     let fit = proof::max_blocks(k, &shape).expect("valid k");

@@ -45,7 +45,7 @@ pub const ROW_MASK: usize = 8;
 
 /// Range-check lanes: range checks are the most rows, so they get the most columns.
 pub const RANGE_LANES: usize = 6;
-const COMMIT_COLUMNS: usize = 6;
+const COMMIT_COLUMNS: usize = 8;
 const ARITH_COLUMNS: usize = 9;
 const ADVICE_COLUMNS: usize = 2 * COMMIT_COLUMNS + RANGE_LANES + ARITH_COLUMNS;
 
@@ -213,7 +213,7 @@ impl Circuit<Fp> for UnlearnCircuit {
         let (lanes, arith) = rest.split_at(RANGE_LANES);
         let range = RangeCheckChip::configure(meta, lanes, constants);
         let commit = |meta: &mut ConstraintSystem<Fp>, packing, c: &[Column<Advice>]| {
-            CommitChip::configure(meta, packing, [c[0], c[1]], [c[2], c[3], c[4]], c[5])
+            CommitChip::configure(meta, packing, [c[0], c[1]], [c[2], c[3], c[4]], [c[5], c[6], c[7]])
         };
         let commit_w = commit(meta, WEIGHTS, &commit_cols[..COMMIT_COLUMNS]);
         let commit_a = commit(meta, FISHER, &commit_cols[COMMIT_COLUMNS..]);
@@ -341,6 +341,7 @@ fn assign_from_instance(
 pub(crate) mod tests {
     use super::*;
     use crate::mock::{assert_failures, at, constraint, failures, nth_region, permutation, region_names, Failure};
+    use crate::poseidon::H16_ROWS;
     use crate::witness::honest_witness;
     use halo2_proofs::dev::{FailureLocation, MockProver};
     use halo2_proofs::plonk::Any;
@@ -350,11 +351,11 @@ pub(crate) mod tests {
     pub const K: u32 = 11;
 
     // Gate indices in configure order: six range lanes (0–5), the W and A
-    // commitment chips (pack first, pack and Pow5's three gates each: 6–15),
-    // then MAC first, MAC, floor (16–18), solve (19), update (20).
-    const FLOOR: (usize, &str) = (18, "floor: 2^s·δ + r + P = 0");
-    const SOLVE: (usize, &str) = (19, "solve: (1−keep)(P − 2^s·w − e) = 0, e+τ");
-    const UPDATE: (usize, &str) = (20, "update: keep bool, w' = keep(w+δ), keep·y = 0");
+    // commitment chips (pack first, pack and Poseidon's four gates each: 6–17),
+    // then MAC first, MAC, floor (18–20), solve (21), update (22).
+    const FLOOR: (usize, &str) = (20, "floor: 2^s·δ + r + P = 0");
+    const SOLVE: (usize, &str) = (21, "solve: (1−keep)(P − 2^s·w − e) = 0, e+τ");
+    const UPDATE: (usize, &str) = (22, "update: keep bool, w' = keep(w+δ), keep·y = 0");
     /// Constraint 0 of the solve gate; constraint 1 of the update gate.
     const SOLVE_EQ: (usize, &str) = (0, "");
     const W_NEW_EQ: (usize, &str) = (1, "");
@@ -362,8 +363,6 @@ pub(crate) mod tests {
     /// Advice columns of each commitment chip's Pow5 state_0, which ends in the digest.
     const W_STATE_0: usize = 2;
     const A_STATE_0: usize = COMMIT_COLUMNS + 2;
-    /// Permutations per vector at small_shape (one H16 step of 8 each): W, W', A.
-    const PERMUTATIONS: usize = 8;
 
     /// A region of `UnlearnCircuit` by name and occurrence.
     struct Layout(Vec<String>);
@@ -382,13 +381,12 @@ pub(crate) mod tests {
 
         /// The copy of a digest to its instance row (`ROW_W_OUT`, `ROW_W_NEW_OUT`
         /// or `ROW_A_OUT`) broken, at both cells: the instance cell and state_0
-        /// of the vector's last permutation, on row 36 (4 + 28 + 4 rounds).
+        /// on the last row of the vector's (only) H16.
         fn digest_mismatch(&self, row: usize) -> [Failure; 2] {
             let vector = row / 2; // W, W', A in synthesis order
             let state_0 = if row == ROW_A_OUT { A_STATE_0 } else { W_STATE_0 };
-            let last = (vector + 1) * PERMUTATIONS - 1;
             [
-                permutation((Any::Advice, state_0), self.at("permute state", last, 36)),
+                permutation((Any::Advice, state_0), self.at("poseidon H16", vector, H16_ROWS - 1)),
                 permutation((Any::Instance, 0), FailureLocation::OutsideRegion { row }),
             ]
         }

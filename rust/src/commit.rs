@@ -21,10 +21,7 @@
 //! ([`lower_triangle`]): the blocks are symmetric, so the triangle binds them.
 
 use ff::Field;
-use halo2_gadgets::poseidon::{
-    primitives::{self as poseidon, ConstantLength, P128Pow5T3},
-    Hash as PoseidonHash, Pow5Chip, Pow5Config,
-};
+use halo2_gadgets::poseidon::primitives::{self as poseidon, ConstantLength, P128Pow5T3};
 use halo2_proofs::{
     circuit::{AssignedCell, Layouter, Value},
     plonk::{Advice, Column, ConstraintSystem, Error, Expression, Selector},
@@ -32,6 +29,7 @@ use halo2_proofs::{
 };
 
 use crate::field::{fp_from_i128, pow2};
+use crate::poseidon::{PoseidonChip, PoseidonConfig, H16_INPUTS};
 use crate::range::RangeCheckChip;
 use crate::{Fp, ZkError};
 
@@ -58,6 +56,7 @@ pub const FISHER: Packing = Packing {
 /// Packed elements absorbed per chain step (the 16th input is the accumulator).
 pub const ELEMENTS_PER_STEP: usize = 15;
 const STEP_INPUTS: usize = ELEMENTS_PER_STEP + 1;
+const _: () = assert!(STEP_INPUTS == H16_INPUTS);
 
 impl Packing {
     /// Smallest committed value.
@@ -161,7 +160,7 @@ pub struct CommitConfig {
     /// First value of a group (`acc' = v + 2^(bits−1)`): no constant 0 to start from.
     q_pack_first: Selector,
     q_pack: Selector,
-    poseidon: Pow5Config<Fp, 3, 2>,
+    poseidon: PoseidonConfig,
 }
 
 /// Range-checks values to the packing's width, packs them and hashes the
@@ -174,8 +173,8 @@ pub struct CommitChip {
 
 impl CommitChip {
     /// `pack` = (value, accumulator) columns of the packing gate; `state` and
-    /// `partial_sbox` are the Pow5 Poseidon columns (all equality-enabled).
-    /// Each commit chip has columns of its own so the floor planner can run
+    /// `aux` are the Poseidon chip's columns ([`crate::poseidon`]). Each
+    /// commit chip has columns of its own so the floor planner can run
     /// packing, hashing and other chips' work side by side. Adds 6 fixed
     /// columns for round constants.
     pub fn configure(
@@ -183,7 +182,7 @@ impl CommitChip {
         packing: Packing,
         pack: [Column<Advice>; 2],
         state: [Column<Advice>; 3],
-        partial_sbox: Column<Advice>,
+        aux: [Column<Advice>; 3],
     ) -> CommitConfig {
         assert!(
             packing.bits * packing.per_element <= 253,
@@ -209,9 +208,7 @@ impl CommitChip {
             let shifted = a * Expression::Constant(pow2(packing.bits)) + v + Expression::Constant(packing.offset());
             vec![q * (a_next - shifted)]
         });
-        let rc_a = [(); 3].map(|_| meta.fixed_column());
-        let rc_b = [(); 3].map(|_| meta.fixed_column());
-        let poseidon = Pow5Chip::configure::<P128Pow5T3>(meta, state, partial_sbox, rc_a, rc_b);
+        let poseidon = PoseidonChip::configure(meta, state, aux);
         CommitConfig {
             packing,
             v,
@@ -264,19 +261,15 @@ impl CommitChip {
             )?;
             packed.extend(std::iter::repeat_n(zero, n_pad));
         }
+        let chip = PoseidonChip::construct(self.config.poseidon.clone());
         let mut acc = acc_in;
-        for (c, step) in packed.chunks(ELEMENTS_PER_STEP).enumerate() {
+        for step in packed.chunks(ELEMENTS_PER_STEP) {
             let msg: [AssignedCell<Fp, Fp>; STEP_INPUTS] = std::iter::once(acc)
                 .chain(step.iter().cloned())
                 .collect::<Vec<_>>()
                 .try_into()
                 .unwrap();
-            let chip = Pow5Chip::construct(self.config.poseidon.clone());
-            acc = PoseidonHash::<_, _, P128Pow5T3, ConstantLength<STEP_INPUTS>, 3, 2>::init(
-                chip,
-                layouter.namespace(|| format!("H16 step {c}")),
-            )?
-            .hash(layouter.namespace(|| format!("H16 step {c}")), msg)?;
+            acc = chip.hash16(layouter, &msg)?;
         }
         Ok(acc)
     }
@@ -340,7 +333,7 @@ mod tests {
         fisher: CommitConfig,
         range: crate::range::RangeCheckConfig,
         instance: Column<Instance>,
-        advice: [Column<Advice>; 13],
+        advice: [Column<Advice>; 17],
     }
 
     impl Circuit<Fp> for TestCircuit {
@@ -350,14 +343,14 @@ mod tests {
             self.clone()
         }
         fn configure(meta: &mut ConstraintSystem<Fp>) -> Cfg {
-            let advice = [(); 13].map(|_| meta.advice_column());
+            let advice = [(); 17].map(|_| meta.advice_column());
             let constants = meta.fixed_column();
-            let range = RangeCheckChip::configure(meta, &[advice[12]], constants);
+            let range = RangeCheckChip::configure(meta, &[advice[16]], constants);
             let chip = |meta: &mut ConstraintSystem<Fp>, packing, c: &[Column<Advice>]| {
-                CommitChip::configure(meta, packing, [c[0], c[1]], [c[2], c[3], c[4]], c[5])
+                CommitChip::configure(meta, packing, [c[0], c[1]], [c[2], c[3], c[4]], [c[5], c[6], c[7]])
             };
-            let weights = chip(meta, WEIGHTS, &advice[..6]);
-            let fisher = chip(meta, FISHER, &advice[6..12]);
+            let weights = chip(meta, WEIGHTS, &advice[..8]);
+            let fisher = chip(meta, FISHER, &advice[8..16]);
             let instance = meta.instance_column();
             meta.enable_equality(instance);
             Cfg {
@@ -468,23 +461,22 @@ mod tests {
 
     #[test]
     fn wrong_digest_or_out_of_range_value_fails_mock_prover() {
-        // The test circuit's columns: W's state_0 is advice 2, A's advice 8.
-        for (packing, fisher, state_0) in [(WEIGHTS, false, 2), (FISHER, true, 8)] {
+        // The test circuit's columns: W's state_0 is advice 2, A's advice 10.
+        for (packing, fisher, state_0) in [(WEIGHTS, false, 2), (FISHER, true, 10)] {
             let vals = values(13, packing);
             let digest = commit(&vals, packing).unwrap();
 
             // Another value: the chain computes another digest, and only the copy
-            // of the last permutation's state_0 (row 36: 4 + 28 + 4 rounds) to
-            // instance row 0 breaks, reported at both of its cells. One step of
-            // 15 elements is 8 permutations of Pow5 (rate 2).
+            // of the H16's last state_0 cell to instance row 0 breaks, reported
+            // at both of its cells.
             let mut other = vals.clone();
             other[3] += 1;
             let c = circuit(other, fisher);
-            let last_permutation = nth_region(&region_names(&c), "permute state", 7);
+            let h16 = nth_region(&region_names(&c), "poseidon H16", 0);
             assert_failures(
                 failures(K, &c, vec![vec![digest]]),
                 vec![
-                    permutation((Any::Advice, state_0), at(last_permutation, 36)),
+                    permutation((Any::Advice, state_0), at(h16, crate::poseidon::H16_ROWS - 1)),
                     permutation((Any::Instance, 0), FailureLocation::OutsideRegion { row: 0 }),
                 ],
             );

@@ -12,6 +12,7 @@ pub mod field;
 pub mod fixed_point;
 #[cfg(test)]
 mod mock;
+pub mod poseidon;
 pub mod proof;
 pub mod range;
 pub mod solve;

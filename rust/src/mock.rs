@@ -122,8 +122,8 @@ pub fn region_names<C: Circuit<Fp>>(circuit: &C) -> Vec<String> {
     // Constants land outside regions, so any fixed column serves to list names.
     let constants = vec![cs.fixed_column()];
     let mut layout = LayoutPass {
-        rows: 0,
         regions: Some(vec![]),
+        ..Default::default()
     };
     C::FloorPlanner::synthesize(&mut layout, circuit, config, constants).expect("the circuit lays out");
     layout.regions.unwrap_or_default()

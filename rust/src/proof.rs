@@ -40,7 +40,7 @@ use crate::{Fp, ZkError};
 pub const MAGIC: &[u8; 4] = b"ETZK";
 pub const VERSION: u8 = 1;
 /// Bumped whenever the circuit layout changes (keys are then incompatible).
-pub const CIRCUIT_VERSION: u8 = 2;
+pub const CIRCUIT_VERSION: u8 = 3;
 const KIND_PROOF: u8 = b'P';
 const KIND_PUBLIC: u8 = b'I';
 const KIND_KEY: u8 = b'V';
@@ -292,6 +292,16 @@ pub fn verifying_key_with(
     keygen_vk(params, &blank).map_err(backend)
 }
 
+/// The constraint system's degree (largest of gates, lookups and the
+/// permutation argument) and the extended domain's size as a multiple of 2^k:
+/// the quotient has degree (degree − 1)·2^k, rounded up to a power of two.
+pub fn constraint_degree() -> (usize, usize) {
+    let mut cs = ConstraintSystem::<Fp>::default();
+    UnlearnCircuit::configure(&mut cs);
+    let d = cs.degree();
+    (d, (d - 1).next_power_of_two())
+}
+
 /// Rows the circuit of `shape` needs, unusable (blinding) rows included: one
 /// layout pass without values, so it costs a fraction of a proof.
 pub fn rows_needed(shape: &Shape) -> Result<usize, ZkError> {
@@ -308,6 +318,23 @@ pub fn rows_needed(shape: &Shape) -> Result<usize, ZkError> {
     let instance_rows = crate::circuit::ROW_MASK + shape.n_weights();
     // halo2 reserves blinding_factors + 1 rows at the end of every column.
     Ok(layout.rows.max(instance_rows) + cs.blinding_factors() + 1)
+}
+
+/// Rows each advice column of the circuit of `shape` fills, in column order
+/// (commitment chips, range lanes, arithmetic; see `circuit.rs`): where the
+/// height comes from.
+pub fn advice_heights(shape: &Shape) -> Result<Vec<usize>, ZkError> {
+    shape.validate()?;
+    let mut cs = ConstraintSystem::default();
+    let config = UnlearnCircuit::configure(&mut cs);
+    let constants = vec![config.constants];
+    let blank = UnlearnCircuit {
+        shape: *shape,
+        witness: None,
+    };
+    let mut layout = LayoutPass::default();
+    SimpleFloorPlanner::synthesize(&mut layout, &blank, config, constants).map_err(backend)?;
+    Ok(layout.advice_rows.into_values().collect())
 }
 
 /// Checks, without any key generation, that the circuit of `kp` fits 2^k rows.
@@ -383,6 +410,8 @@ pub(crate) struct LayoutPass {
     /// One past the highest row touched.
     pub rows: usize,
     pub regions: Option<Vec<String>>,
+    /// One past the highest row assigned, per advice column.
+    pub advice_rows: std::collections::BTreeMap<Column<Advice>, usize>,
 }
 
 impl LayoutPass {
@@ -410,13 +439,15 @@ impl Assignment<Fp> for LayoutPass {
     fn query_instance(&self, _: Column<Instance>, _: usize) -> Result<Value<Fp>, Error> {
         Ok(Value::unknown())
     }
-    fn assign_advice<V, VR, A, AR>(&mut self, _: A, _: Column<Advice>, row: usize, _: V) -> Result<(), Error>
+    fn assign_advice<V, VR, A, AR>(&mut self, _: A, c: Column<Advice>, row: usize, _: V) -> Result<(), Error>
     where
         V: FnOnce() -> Value<VR>,
         VR: Into<Assigned<Fp>>,
         A: FnOnce() -> AR,
         AR: Into<String>,
     {
+        let h = self.advice_rows.entry(c).or_default();
+        *h = (*h).max(row + 1);
         self.touch(row)
     }
     fn assign_fixed<V, VR, A, AR>(&mut self, _: A, _: Column<Fixed>, row: usize, _: V) -> Result<(), Error>
@@ -628,6 +659,14 @@ pub fn verify_chain_bytes(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn lookups_set_the_degree_and_the_domain_is_four_times_k() {
+        // Gates reach 4 (Poseidon's aux²·t with its selector), the range lookups
+        // 2 + 2 + 1 = 5: a quotient of degree 4·2^k, so a 4× extended domain
+        // (halo2_gadgets' Pow5 gates had degree 6: 8×).
+        assert_eq!(constraint_degree(), (5, 4));
+    }
 
     #[test]
     fn max_blocks_fill_but_do_not_overflow_k() {

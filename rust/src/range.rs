@@ -85,8 +85,11 @@ impl RangeCheckChip {
                     let z_next = m.query_advice(z, Rotation::next());
                     let mul = m.query_fixed(mul);
                     let shift = m.query_fixed(shift);
-                    let limb = mul * z_cur + shift - z_next * Expression::Constant(pow2(LIMB_BITS));
-                    vec![(q * limb, table)]
+                    // mul and shift are 0 wherever q is off, so only the z_next term
+                    // needs the selector: off rows look up 0, on rows the limb, and the
+                    // input has degree 2 (lookup degree 2 + 2 + 1 = 5, not 6).
+                    let limb = mul * z_cur + shift - q * z_next * Expression::Constant(pow2(LIMB_BITS));
+                    vec![(limb, table)]
                 });
                 // A gate rather than a copy to a constant: constants share one
                 // fixed column, which would make every check cost a row there.
