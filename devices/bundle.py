@@ -91,7 +91,7 @@ def device_wheel(packages: dict[str, list[str]], version: str, requires: list[st
     members += [(f"{info}/METADATA", metadata.encode()),
                 (f"{info}/WHEEL", b"Wheel-Version: 1.0\nGenerator: edgetrain.devices\nRoot-Is-Purelib: true\n"
                                   b"Tag: py3-none-any\n"),
-                (f"{info}/entry_points.txt", b"[console_scripts]\nedgetrain = edgetrain.cli:main\n")]
+                (f"{info}/entry_points.txt", b"[console_scripts]\nedgetrain = edgetrain.cli:entry\n")]
     record = "".join(f"{path},sha256={base64.urlsafe_b64encode(hashlib.sha256(data).digest()).decode().rstrip('=')},"
                      f"{len(data)}\n" for path, data in members) + f"{info}/RECORD,,\n"
     members.append((f"{info}/RECORD", record.encode()))

@@ -259,13 +259,16 @@ def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None
     with _progress.bar(progress, total=todo["chunks"], desc="proving", unit="chunk") as bar:
         bar.set_postfix_str(f"estimated {(1 << todo['k']) * COST_SECONDS_PER_ROW['chunk']:.0f} s per chunk")
 
-        def one(job):
+        def one(job):  # in a worker thread: no writes to stderr there (a daemon thread holding
+            # stderr's lock when Ctrl-C ends the interpreter aborts it), so the bar moves here
             p, q, proven = prover.prove(job["w"], job["a"], job["keep"], job["acc_in"])
-            bar.update(1)
             return bytes(p), bytes(q), proven
 
         if workers == 1:
-            done = [_progress.wait(one, job, ticking=bar) for job in jobs]
+            done = []
+            for job in jobs:
+                done.append(_progress.wait(one, job, ticking=bar))
+                bar.update(1)
         else:
             from concurrent.futures import ThreadPoolExecutor
 
@@ -273,6 +276,7 @@ def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None
                 with ThreadPoolExecutor(max_workers=workers) as pool:
                     return list(pool.map(one, jobs))
             done = _progress.wait(all_jobs, ticking=bar)
+            bar.update(len(jobs))
     proofs = [[] for _ in heads]
     publics = [(head, []) for head in heads]
     for job, (p, q, proven) in zip(jobs, done):

@@ -648,5 +648,18 @@ def _fail(prog: str, json_out: bool, what: str, message: str, code: int) -> int:
     return code
 
 
+def entry() -> None:
+    """The ``edgetrain`` command: :func:`main`, then exit with its code. After a Ctrl-C a
+    native call (a proof) may still run in a daemon thread; at the interpreter's shutdown
+    that thread, coming back for the GIL, is ended by a forced unwind through Rust frames,
+    which aborts the process (SIGABRT instead of 130). Nothing is left to write, so leave at once."""
+    code = main()
+    if code == 130:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

@@ -305,16 +305,7 @@ pub fn constraint_degree() -> (usize, usize) {
 /// Rows the circuit of `shape` needs, unusable (blinding) rows included: one
 /// layout pass without values, so it costs a fraction of a proof.
 pub fn rows_needed(shape: &Shape) -> Result<usize, ZkError> {
-    shape.validate()?;
-    let mut cs = ConstraintSystem::default();
-    let config = UnlearnCircuit::configure(&mut cs);
-    let constants = vec![config.constants];
-    let blank = UnlearnCircuit {
-        shape: *shape,
-        witness: None,
-    };
-    let mut layout = LayoutPass::default();
-    SimpleFloorPlanner::synthesize(&mut layout, &blank, config, constants).map_err(backend)?;
+    let (layout, cs) = layout_pass(shape)?;
     let instance_rows = crate::circuit::ROW_MASK + shape.n_weights();
     // halo2 reserves blinding_factors + 1 rows at the end of every column.
     Ok(layout.rows.max(instance_rows) + cs.blinding_factors() + 1)
@@ -324,6 +315,11 @@ pub fn rows_needed(shape: &Shape) -> Result<usize, ZkError> {
 /// (commitment chips, range lanes, arithmetic; see `circuit.rs`): where the
 /// height comes from.
 pub fn advice_heights(shape: &Shape) -> Result<Vec<usize>, ZkError> {
+    Ok(layout_pass(shape)?.0.advice_rows.into_values().collect())
+}
+
+/// The circuit of `shape` laid out without values, and its constraint system.
+fn layout_pass(shape: &Shape) -> Result<(LayoutPass, ConstraintSystem<Fp>), ZkError> {
     shape.validate()?;
     let mut cs = ConstraintSystem::default();
     let config = UnlearnCircuit::configure(&mut cs);
@@ -334,7 +330,7 @@ pub fn advice_heights(shape: &Shape) -> Result<Vec<usize>, ZkError> {
     };
     let mut layout = LayoutPass::default();
     SimpleFloorPlanner::synthesize(&mut layout, &blank, config, constants).map_err(backend)?;
-    Ok(layout.advice_rows.into_values().collect())
+    Ok((layout, cs))
 }
 
 /// Checks, without any key generation, that the circuit of `kp` fits 2^k rows.
