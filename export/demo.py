@@ -433,9 +433,10 @@ def _markdown(r: dict) -> str:
               "first time (making the key).", ""]
     v = r.get("unlearning_int8")
     if v:
+        tried = [(t["c"], t["user_images_recognised"]) for t in v["mask_c_tried"]]
         lines += [f"### The same request on the personalised int8 model ({v['model']})", "",
                   f"Layer {v['layer']}: {v['masked_weights']} weights masked (mask c = {v['mask_c']:g}: of "
-                  f"{', '.join(format(t['c'], 'g') for t in v['mask_c_tried'])}, the first whose step leaves under "
+                  f"{', '.join(f'{t[0]:g} ({t[1]:.0%} left)' for t in tried)}, the first whose step leaves under "
                   f"{FORGOTTEN:.0%} of the user's images of the digit recognised), group-OBS "
                   f"in blocks of {v['block']} on "
                   f"the integer weights widened to {v['weights_dtype']} (scale_bits {v['scale_bits']}); "
