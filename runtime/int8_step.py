@@ -34,6 +34,12 @@ class Int8Step:
         self.lr_bits, self.zo_bits, self.eps_lsb, self.q = lr_bits, zo_bits, eps_lsb, q
         self.loss = model.int_loss()
         self.zo_names = [l.weight for l in plan.zo_layers]
+        wide = [l.weight for l in plan.zo_layers + plan.bp_layers if model.params[l.weight].dtype.itemsize > 1]
+        if wide:  # the int8 updates clip to ±127 in the weight's own units, which would wreck a widened layer
+            raise NotImplementedError(
+                f"training layers with {model.params[wide[0]].dtype} weights ({', '.join(wide)}: widened by "
+                "unlearning, prover/int8.py) is not supported yet (issue #14); train before unlearning, or "
+                "leave them out with trainable=")
         # what the BP tail reads: the clean pass keeps these activations only
         self.tail_reads = {i for n in model.nodes[plan.tail_start:plan.last] for i in n.inputs if i}
 
@@ -71,7 +77,10 @@ class Int8Step:
         return self.loss(env[self.model.nodes[self.plan.last].inputs[0]], y)[0]
 
     def _tail_updates(self, env, err, seed):
-        """The new int8 weights of the tail (not applied yet)."""
+        """The new int8 weights of the tail's trained layers (not applied yet); a layer the
+        walk passes but ``trainable`` left out keeps its weights."""
+        trained = {l.weight for l in self.plan.bp_layers}
+
         def noise(index, k, shape):
             return prng.uniform_below_pow2(seed, _ERR_STREAM + index, int(np.prod(shape)), k).reshape(shape)
         updates = {}
@@ -80,6 +89,8 @@ class Int8Step:
         for sig in signals:
             kernel, node = self.model.kernels[sig.index], self.model.nodes[sig.index]
             name = node.inputs[kernel.weight_input]
+            if name not in trained:
+                continue
             new = _tail_update(kernel.weight_nk(self.model.params[name]), sig.weight_gradient(), self.lr_bits,
                                seed, _UPDATE_STREAM + sig.index)
             updates[name] = kernel.weight_nk(new)  # the same transpose takes (N, K) back to storage

@@ -1,6 +1,8 @@
 """ZK-APEX unlearning on int8 models: the integer gradients against the dequantised
 float model, the integer inverse Fisher against numpy's inverse, the prover's A against
 fisher_to_fixed, an integer-only device step, and forgetting on an int8 LeNet-5."""
+import re
+
 import numpy as np
 import onnx
 import pytest
@@ -231,6 +233,23 @@ def test_widened_model_is_the_int8_model_bit_for_bit_and_onnxruntime_runs_its_fi
     dq = [n for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in names]
     assert len(dq) == 3 and all(inits[n.input[0]].dtype == np.int16 for n in dq)
     assert next(o.version for o in proto.opset_import if o.domain == "") >= 21
+
+
+def test_training_a_widened_layer_is_refused_naming_it_and_the_rest_still_trains(quantized, mnist):
+    """The int8 step's updates clip to ±127 in the weight's own units: on a widened layer
+    (q·2^6) that would wreck it, so the Trainer refuses it until issue #14 adds wide updates;
+    the other layers still train."""
+    q8 = edgetrain.load(quantized("qoperator", True))
+    names = prover.target_layers(q8)
+    wide = int8.widen(q8, names[-1:])
+    x, y = mnist.x_train[:32], mnist.y_train[:32]
+    with pytest.raises(NotImplementedError, match=rf"int16 weights \({re.escape(names[-1])}.*issue #14"):
+        edgetrain.Trainer(wide, method="elasticzo-int8", cut=3, batch_size=32, seed=0).step(x, y)
+    before = wide.params[names[-1]].copy()
+    trainer = edgetrain.Trainer(wide, method="elasticzo-int8", cut=2, batch_size=32, seed=0, trainable=names[:-1])
+    trainer.step(x, y)
+    assert np.array_equal(wide.params[names[-1]], before)
+    assert not np.array_equal(wide.params[names[0]], q8.params[names[0]])
 
 
 def test_int16_weights_with_a_multiplier_that_could_wrap_int32_are_refused(quantized):

@@ -466,6 +466,18 @@ def test_trainable_freezes_the_rest(mnist, trained_onnx):
     assert changed == {trainer.layers[0].weight, trainer.layers[0].bias}
 
 
+
+def test_int8_trainable_freezes_a_layer_the_tail_walks_through(mnist, lenet5_int8):
+    """The int8 tail's integer walk passes every layer below the last; a layer ``trainable``
+    leaves out keeps its weights (the walk used to update every layer it passed)."""
+    model = edgetrain.load(lenet5_int8)
+    fcs = [l.weight for l in model.layers()][-3:]
+    trainer = Trainer(model, method="elasticzo-int8", cut=2, trainable=fcs[:2], batch_size=32)
+    frozen = {n: v.copy() for n, v in model.params.items()}
+    trainer.step(*batch(mnist))
+    changed = {n for n, v in model.params.items() if not np.array_equal(v, frozen[n])}
+    assert changed == set(fcs[:2])
+
 # -- sparse ZO (zo_layers) and the int8 estimator ---------------------------------------
 
 def test_zo_layers_trains_only_the_heads_first_layers(mnist, trained_onnx):
