@@ -96,13 +96,13 @@ class Model:
                                                           opset=self.opset, native=self.backend.kernels))
             except ValueError as e:
                 raise ModelFormatError(f"{source}: {e}") from None
-        self._last_use = _last_uses(nodes, self.output_names)
-        # what ``run`` does per node, worked out once: the kernel, the input names, the output
-        # name, and the tensors it is the last reader of (dropped after it)
+        last_use = _last_uses(nodes, self.output_names)
+        # what ``execute`` does per node, worked out once: the kernel, the input names, the
+        # output name, and the tensors it is the last reader of (dropped after it)
         outputs = set(self.output_names)
         self._steps = [(kernel, node, node.inputs, node.outputs[0],
                         tuple(i for i in dict.fromkeys(node.inputs) if i and i not in outputs
-                              and self._last_use.get(i) is node))
+                              and last_use.get(i) is node))
                        for kernel, node in zip(self.kernels, nodes)]
         self.probe = self._probe()
 
@@ -206,19 +206,8 @@ class Model:
 
     # -- execution ---------------------------------------------------------
     def run(self, x: np.ndarray) -> np.ndarray:
-        """Run the graph on ``x`` and return its first output: :meth:`execute` with
-        ``keep=False`` over every node, in a loop with its bookkeeping made at load."""
-        name, shape, dtype = self.inputs[0]
-        env = {name: self._check_input(x, name, shape, dtype)}
-        params = self.params
-        for kernel, node, inputs, output, drop in self._steps:
-            try:
-                env[output] = kernel.run(*[env[i] if i in env else params[i] if i else None for i in inputs])
-            except ValueError as e:
-                raise ValueError(f"{self.source}: node {node.name!r} ({node.op_type}): {e}") from None
-            for i in drop:
-                env.pop(i, None)
-        return env[self.output_names[0]]
+        """Run the graph on ``x`` and return its first output."""
+        return self.run_all(x, keep=False)[self.output_names[0]]
 
     def run_all(self, x: np.ndarray, keep: bool | set[str] = True) -> dict[str, np.ndarray]:
         """Run and return tensors by name: every tensor if ``keep`` is True, the graph
@@ -234,19 +223,19 @@ class Model:
         reader, so memory stays that of inference; the graph outputs, the tensors in
         ``keep`` (a set) and those produced by node ``stop − 1`` are always kept."""
         stop = len(self.nodes) if stop is None else stop
-        retain = set(self.output_names) | (keep if isinstance(keep, set) else set())
+        retain = set(keep) if isinstance(keep, set) else set()  # the graph outputs are never in a drop list
         if stop > start:
             retain.update(self.nodes[stop - 1].outputs)
-        for kernel, node in zip(self.kernels[start:stop], self.nodes[start:stop]):
-            args = [(env[i] if i in env else self.params[i]) if i else None for i in node.inputs]
+        params = self.params
+        for kernel, node, inputs, output, drop in self._steps[start:stop]:
             try:
-                env[node.outputs[0]] = kernel.run(*args)
+                env[output] = kernel.run(*[env[i] if i in env else params[i] if i else None for i in inputs])
             except ValueError as e:
                 raise ValueError(f"{self.source}: node {node.name!r} ({node.op_type}): {e}") from None
             if keep is not True:
-                for i in node.inputs:
-                    if i in env and i not in retain and self._last_use.get(i) is node:
-                        del env[i]
+                for i in drop:
+                    if i not in retain:
+                        env.pop(i, None)
         return env
 
     def _check_input(self, x, name, shape, dtype):
