@@ -42,7 +42,7 @@ def target_layers(model: Model, layers: Sequence[str] | None = None) -> list[str
 def is_int8(model: Model, names: Sequence[str]) -> bool:
     """Whether the target layers ``names`` are integer — int8, or int16 after an earlier
     int8 unlearning widened them — (all of them) or fp32 (all of them)."""
-    kinds = {model.params[n].dtype in (np.int8, np.int16) for n in names}
+    kinds = {model.params[n].dtype in int8.WEIGHT_DTYPES for n in names}
     if len(kinds) > 1:
         raise ValueError(f"layers {list(names)!r} mix int8 and fp32 weights; unlearn one kind at a time")
     return kinds == {True}
@@ -50,7 +50,7 @@ def is_int8(model: Model, names: Sequence[str]) -> bool:
 
 def weight_values(model: Model, name: str) -> np.ndarray:
     """The real weights of a target layer: the parameter (fp32) or ``s·q`` (int8, dequantised)."""
-    return int8.dequantized(model, name) if model.params[name].dtype in (np.int8, np.int16) else model.params[name]
+    return int8.dequantized(model, name) if model.params[name].dtype in int8.WEIGHT_DTYPES else model.params[name]
 
 
 def n_blocks(size: int, block: int) -> int:

@@ -104,11 +104,15 @@ class Int8Layer:
         return np.tile(ch, shape[0]) if self.transposed else np.repeat(ch, shape[1])
 
 
+# the target layers' integer weights: int8, or int16 once :func:`widen` has widened them
+WEIGHT_DTYPES = (np.int8, np.int16)
+
+
 def _int8_fc(model: Model):
     """(layer, kernel) of every integer fully connected layer with an int8 weight initializer."""
     for layer in model.layers():
         kernel = model.kernels[layer.index]
-        if kernel.numeric == "int" and kernel.fully_connected and model.params[layer.weight].dtype in (np.int8, np.int16):
+        if kernel.numeric == "int" and kernel.fully_connected and model.params[layer.weight].dtype in WEIGHT_DTYPES:
             yield layer, kernel
 
 
