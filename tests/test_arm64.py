@@ -52,7 +52,7 @@ def weights(checkpoint: Path) -> dict:
         return {n[len("param/"):]: z[n] for n in z.files if n.startswith("param/")}
 
 
-def _trains_bit_identical_to_this_machine(capsys, tmp_path, int8_onnx, mnist, device_args, backend):
+def _trains_bit_identical_to_this_machine(capsys, tmp_path, int8_onnx, mnist, device_args, backend, device_env=None):
     from edgetrain.cli import main
     assert main(["keygen", "-o", str(tmp_path / "k"), "--json"]) == 0
     capsys.readouterr()
@@ -69,7 +69,7 @@ def _trains_bit_identical_to_this_machine(capsys, tmp_path, int8_onnx, mnist, de
     lib = device / "current" / "lib"
     trained = arm64("-c", "import sys; from edgetrain import backend; from edgetrain.cli import main; "
                     "print(backend.select().name); sys.exit(main(sys.argv[1:]))", "device", "--root", device, "train",
-                    "--data", tmp_path / "user.npz", "--json", env={"PYTHONPATH": str(lib)})
+                    "--data", tmp_path / "user.npz", "--json", env={"PYTHONPATH": str(lib), **(device_env or {})})
     assert trained.returncode == 0, trained.stderr
     assert trained.stdout.splitlines()[0] == backend  # the backend the release runs there
 
@@ -100,13 +100,16 @@ def _kernel_wheel() -> Path:
     return wheels[-1]
 
 
-def test_the_native_kernels_built_for_aarch64_train_there_bit_identical_too(capsys, tmp_path, int8_onnx, mnist):
+@pytest.mark.parametrize("forced", [None, "neon"])
+def test_the_native_kernels_built_for_aarch64_train_there_bit_identical_too(capsys, tmp_path, int8_onnx, mnist, forced):
     wheel = _kernel_wheel()
     profile = {**edgetrain.devices.profile("generic-aarch64"), "name": "debian12-arm64", "python": "3.11"}
     (tmp_path / "debian12-arm64.json").write_text(json.dumps(profile))
-    # qemu-user's default CPU (`max`) has the dot product, so the fastest path there is sdot's
+    # qemu-user's default CPU (`max`) has the dot product, so the fastest path there is sdot's;
+    # the plain NEON one (a Raspberry Pi 4's) is forced by name
     _trains_bit_identical_to_this_machine(capsys, tmp_path, int8_onnx, mnist, [
-        "--device", str(tmp_path / "debian12-arm64.json"), "--wheel", str(wheel)], "native (dotprod)")
+        "--device", str(tmp_path / "debian12-arm64.json"), "--wheel", str(wheel)], f"native ({forced or 'dotprod'})",
+        device_env={"EDGETRAIN_NATIVE_PATH": forced} if forced else None)
 
 
 def test_each_aarch64_kernel_path_equals_int64_references_there(tmp_path):
