@@ -132,7 +132,7 @@ def main(argv=None):
 
 
 def native_path() -> str | None:
-    """The native kernels' path on this CPU (VNNI / AVX2 / scalar), None without the wheel."""
+    """The native kernels' path on this CPU (VNNI / AVX2 / NEON / dotprod / scalar), None without the wheel."""
     from edgetrain import backend
     return backend.native_paths()[-1] if backend.native_paths() else None
 

@@ -8,8 +8,8 @@ place that chooses:
 * ``EDGETRAIN_BACKEND=numpy`` (or ``load(..., backend="numpy")``) forces the reference;
   ``native`` insists on the wheel; unset, the wheel runs when it is installed.
 * ``EDGETRAIN_NATIVE_PATH`` (or ``backend="native:avx2"``) forces one instruction-set
-  path of the native kernels (``scalar``, ``avx2``, ``avx512-vnni``); unset, the
-  fastest this CPU offers.
+  path of the native kernels (``scalar``, ``avx2``, ``avx512-vnni``; on aarch64
+  ``scalar``, ``neon``, ``dotprod``); unset, the fastest this CPU offers.
 """
 from __future__ import annotations
 

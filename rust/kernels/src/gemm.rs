@@ -101,8 +101,11 @@ pub fn gemm(path: Path, a: &PackedA, b: &PackedB, c: &mut [i32]) {
         Path::Avx2 => unsafe { x86::avx2(a, b, c) },
         #[cfg(target_arch = "x86_64")]
         Path::Avx512Vnni => unsafe { x86::avx512_vnni(a, b, c) },
-        #[cfg(not(target_arch = "x86_64"))]
-        _ => unreachable!(),
+        #[cfg(target_arch = "aarch64")]
+        Path::Neon => unsafe { crate::neon::gemm_neon(a, b, c) },
+        #[cfg(target_arch = "aarch64")]
+        Path::Dotprod => unsafe { crate::neon::gemm_dotprod(a, b, c) },
+        _ => unreachable!("kernel path {} is not built for this architecture", path.name()),
     }
 }
 

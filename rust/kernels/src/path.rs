@@ -3,7 +3,8 @@
 //!
 //! Every path computes the same exact integers; they differ in speed only. None of
 //! them can saturate: AVX2 without VNNI uses `vpmaddwd` on 16-bit values (never
-//! `vpmaddubsw`, whose 16-bit pair sums saturate).
+//! `vpmaddubsw`, whose 16-bit pair sums saturate), and NEON without the dot product
+//! widens each single product to 16 bits (`smull`) before adding pairs into 32 (`sadalp`).
 
 /// A kernel path. `Scalar` runs everywhere and is the reference the others are tested against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -14,16 +15,23 @@ pub enum Path {
     /// x86_64 AVX-512 VNNI: `vpdpbusd` on zmm (64 u8×s8 MACs per instruction); the store
     /// and the int64 products use AVX-512 F/BW/DQ/VL, which every VNNI CPU has.
     Avx512Vnni,
+    /// aarch64 NEON (every aarch64 CPU; Raspberry Pi 4): `smull` + `sadalp` (see `neon`).
+    Neon,
+    /// aarch64 NEON with the dot product (FEAT_DotProd; Raspberry Pi 5): `sdot` by lane.
+    Dotprod,
 }
 
 impl Path {
-    pub const ALL: [Path; 3] = [Path::Scalar, Path::Avx2, Path::Avx512Vnni];
+    /// Slowest first within each architecture.
+    pub const ALL: [Path; 5] = [Path::Scalar, Path::Avx2, Path::Avx512Vnni, Path::Neon, Path::Dotprod];
 
     pub fn name(self) -> &'static str {
         match self {
             Path::Scalar => "scalar",
             Path::Avx2 => "avx2",
             Path::Avx512Vnni => "avx512-vnni",
+            Path::Neon => "neon",
+            Path::Dotprod => "dotprod",
         }
     }
 
@@ -45,7 +53,10 @@ impl Path {
                     && std::arch::is_x86_feature_detected!("avx512vl")
                     && std::arch::is_x86_feature_detected!("avx512vnni")
             }
-            #[cfg(not(target_arch = "x86_64"))]
+            #[cfg(target_arch = "aarch64")]
+            Path::Neon => std::arch::is_aarch64_feature_detected!("neon"),
+            #[cfg(target_arch = "aarch64")]
+            Path::Dotprod => std::arch::is_aarch64_feature_detected!("neon") && std::arch::is_aarch64_feature_detected!("dotprod"),
             _ => false,
         }
     }
@@ -101,8 +112,10 @@ mod tests {
         for p in Path::ALL {
             assert_eq!(Path::parse(p.name()), Some(p));
         }
-        assert_eq!(Path::parse("neon"), None);
+        assert_eq!(Path::parse("sve"), None);
         assert_eq!(Path::available()[0], Path::Scalar);
         assert!(Path::best().supported());
+        #[cfg(target_arch = "aarch64")] // NEON is part of every aarch64 Linux CPU
+        assert!(Path::Neon.supported() && Path::available().contains(&Path::Neon));
     }
 }

@@ -130,8 +130,8 @@ pub struct RowRequant {
 
 /// `out[j] = requantize(acc[j] + base − za·sums[j])` as bytes (`sums`: B's column sums and
 /// A's zero-point, when it has one): the store of one run of GEMM outputs. The AVX-512 path
-/// runs 16 values per step (and a masked last step); the others a loop the compiler
-/// vectorises as it can. The same integers on every path.
+/// runs 16 values per step (and a masked last step), the aarch64 ones 8 (`neon::RequantRow`);
+/// the others a loop the compiler vectorises as it can. The same integers on every path.
 #[inline(always)]
 pub fn requantize_row(path: Path, acc: &[i32], sums: Option<(&[i32], i32)>, q: &RowRequant, out: &mut [u8]) {
     assert!(out.len() == acc.len() && sums.is_none_or(|(s, _)| s.len() == acc.len()));
@@ -140,6 +140,12 @@ pub fn requantize_row(path: Path, acc: &[i32], sums: Option<(&[i32], i32)>, q: &
         // SAFETY: the path's CPU features (checked by `Path::supported` when the kernels were
         // made) include AVX-512 F, BW, DQ and VL, all these functions enable.
         return unsafe { x86::Avx512Row::new(q, sums.map_or(0, |(_, z)| z)).store(acc, sums.map(|(s, _)| s), out) };
+    }
+    #[cfg(target_arch = "aarch64")]
+    if matches!(path, Path::Neon | Path::Dotprod) {
+        if let Some(row) = crate::neon::RequantRow::new(q, sums.map_or(0, |(_, z)| z)) {
+            return row.store(acc, sums.map(|(s, _)| s), out);
+        }
     }
     let _ = path;
     requantize_row_scalar(acc, sums, q, out)
@@ -183,7 +189,7 @@ pub fn store_segments(path: Path, c: &[i32], padded_cols: usize, fix: &Correctio
         let used = segments.iter().map(|&(col, len, _)| col + len).max().unwrap_or(0);
         bytes.resize(used, 0);
         crate::path::vectorized(path, #[inline(always)] || {
-            requantize_row_scalar(&acc[..used], sums.map(|s| (&s[..used], za)), &q, &mut bytes[..used]);
+            requantize_row(path, &acc[..used], sums.map(|s| (&s[..used], za)), &q, &mut bytes[..used]);
         });
         for &(col, len, start) in segments {
             out[offset + start..offset + start + len].copy_from_slice(&bytes[col..col + len]);
@@ -307,6 +313,32 @@ mod tests {
         let r = prod.abs() % d;
         let q = if bits > 0 && 2 * r >= d { q + 1 } else { q }; // half away from zero
         if prod < 0 { -q } else { q }
+    }
+
+    #[test]
+    fn every_path_stores_what_requantize_gives() {
+        let mut rng = crate::gemm::tests::Rng(11);
+        for n in [0, 1, 7, 8, 9, 16, 33, 100] {
+            // accumulators at the i32 extremes too, column sums for a zero-point of A
+            let acc: Vec<i32> = (0..n).map(|j| match j % 9 { 0 => i32::MAX, 1 => i32::MIN, _ => rng.next() as i32 >> (rng.next() % 32) }).collect();
+            let sums: Vec<i32> = (0..n).map(|_| (rng.next() % 65_000) as i32).collect();
+            for &(mult, bits, zp, lo, hi) in &[(1_518_500_250i64, 38u32, -128i64, -128i64, 127i64), ((1 << 31) - 1, 62, 127, -128, 127),
+                                              (1 << 30, 31, 0, 0, 255), (1_073_741_824, 1, 255, 0, 255), (0, 31, 3, 0, 255), (987_654_321, 45, -1 << 40, i64::MIN, i64::MAX)] {
+                for (za, with_sums) in [(0i32, false), (-128, true), (127, true)] {
+                    let q = RowRequant { base: rng.next() as i32, mult, bits, zero_point: zp, lo, hi };
+                    let s = with_sums.then_some((&sums[..], za));
+                    let expect: Vec<u8> = (0..n).map(|j| {
+                        let v = acc[j].wrapping_add(q.base).wrapping_sub(if with_sums { za.wrapping_mul(sums[j]) } else { 0 });
+                        requantize(v, mult, bits, zp, lo, hi) as u8
+                    }).collect();
+                    for path in Path::available() {
+                        let mut out = vec![0u8; n];
+                        requantize_row(path, &acc, s, &q, &mut out);
+                        assert_eq!(out, expect, "{} n {n} m {mult} bits {bits} zp {zp} za {za}", path.name());
+                    }
+                }
+            }
+        }
     }
 
     // (bits = 0, a multiplier ≥ 2^30, never comes out of quantize_multiplier for a real
