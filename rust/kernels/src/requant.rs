@@ -62,9 +62,14 @@ impl Correction {
     /// `za`: A's zero-points in its s8 form, per row; `zb`: B's in its u8 form;
     /// `bias`: per row, or none.
     pub fn new(a: &PackedA, za: &[i32], zb: i32, bias: Option<&[i32]>) -> Correction {
-        let k = a.k as i32;
-        let base = a
-            .row_sums()
+        Correction::from_row_sums(a.k, &a.row_sums(), za, zb, bias)
+    }
+
+    /// [`Self::new`] from A's `k` and row sums (`PackedA::row_sums`), kept from an earlier call.
+    pub fn from_row_sums(k: usize, row_sums: &[i32], za: &[i32], zb: i32, bias: Option<&[i32]>) -> Correction {
+        assert!(za.len() == row_sums.len() && bias.is_none_or(|b| b.len() == za.len()));
+        let k = k as i32;
+        let base = row_sums
             .iter()
             .zip(za)
             .enumerate()
@@ -170,12 +175,7 @@ pub fn store_segments(path: Path, c: &[i32], padded_cols: usize, fix: &Correctio
         #[cfg(target_arch = "x86_64")]
         if path == Path::Avx512Vnni && q.bits <= 63 {
             // SAFETY: as in `requantize_row`.
-            unsafe {
-                let row = x86::Avx512Row::new(&q, za);
-                for &(col, len, start) in segments {
-                    row.store(&acc[col..col + len], sums.map(|s| &s[col..col + len]), &mut out[offset + start..offset + start + len]);
-                }
-            }
+            unsafe { x86::Avx512Row::new(&q, za).store_segments(acc, sums, segments, &mut out[offset..]) };
             continue;
         }
         // elsewhere one long loop over the row's columns (short segments would not
@@ -257,6 +257,17 @@ mod x86 {
             let rounded = _mm512_add_epi64(_mm512_add_epi64(prod, self.half), _mm512_srai_epi64::<63>(prod));
             let y = _mm512_add_epi64(_mm512_sra_epi64(rounded, self.count), self.zp);
             _mm512_min_epi64(_mm512_max_epi64(y, self.lo), self.hi)
+        }
+
+        /// [`Self::store`] of each segment `(col, len, start)`: `acc[col..][..len]` to
+        /// `out[start..][..len]`, in one function so the row's constants stay in registers
+        /// across its (often short) segments.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+        pub fn store_segments(&self, acc: &[i32], sums: Option<&[i32]>, segments: &[(usize, usize, usize)], out: &mut [u8]) {
+            for &(col, len, start) in segments {
+                self.store(&acc[col..col + len], sums.map(|s| &s[col..col + len]), &mut out[start..start + len]);
+            }
         }
 
         /// `out[j] = requantize(acc[j] + base − za·sums[j])`, 16 values per step: even and odd
