@@ -108,10 +108,23 @@ class Model:
         # ``run``'s own walk: it reads inputs from one dict holding the parameters as well
         # (copied per run, so the current arrays are read), through an itemgetter, and drops
         # only what it made
-        self._run_steps = [(kernel.run, node, inputs[0] if len(inputs) == 1 else None,
-                            itemgetter(*inputs) if len(inputs) > 1 else None, output,
-                            tuple(i for i in drop if i not in self.params))
-                           for kernel, node, inputs, output, drop in self._steps]
+        # and a node whose output only the next node reads may run with it in one step (``then``)
+        self._run_steps = []
+        steps = self._steps
+        i = 0
+        while i < len(steps):
+            kernel, node, inputs, output, drop = steps[i]
+            fused = None
+            if i + 1 < len(steps) and steps[i + 1][2] == [output] and output in steps[i + 1][4]:
+                fused = kernel.then(steps[i + 1][0])
+            run, inner = kernel.run, None
+            if fused is not None:  # the first node's output is never in env
+                run, inner, output, drop = fused, output, steps[i + 1][3], drop + steps[i + 1][4]
+                i += 1
+            self._run_steps.append((run, node, inputs[0] if len(inputs) == 1 else None,
+                                    itemgetter(*inputs) if len(inputs) > 1 else None, output,
+                                    tuple(d for d in drop if d not in self.params and d != inner)))
+            i += 1
         self.probe = self._probe()
 
     def _probe(self) -> dict[str, tuple[tuple, np.dtype]] | None:

@@ -214,7 +214,7 @@ class QLinearConv(Kernel):
         # the native kernels keep the constant weight packed, made here once (the layer repacks
         # when training changes the weight's bytes), with every other constant of the call
         w = consts[3]
-        self._layer, self._layer_windows = None, set()
+        self._layer, self._layer_windows, self._pool = None, set(), None
         if self.native is not None and w is not None and w.ndim == 4 and w.shape[0] == m:
             self._layer = self.native.conv_layer(np.ascontiguousarray(w), *self._native_rows, self._x_zp, self._y_zp,
                                                  self._y_signed, self._group, list(self.attr("strides", (1, 1))))
@@ -237,17 +237,39 @@ class QLinearConv(Kernel):
             return quant.requantize(acc, self.mult[rows], self.shift[rows], self.yq)
         return _conv(self, xs, ws, product, cols_dtype, self.yq.dtype)
 
-    def _run_native(self, x, w, b):
-        """The same arithmetic in the native kernels: im2col, GEMM, bias and requantisation in one call."""
+    def then(self, nxt):
+        """With the native kernels, a MaxPool after this convolution runs in the same call
+        (``ConvLayer.run(..., pooled=True)``): the convolution's output is never a numpy array."""
+        from .pool import MaxPool
+        if self._layer is None or type(nxt) is not MaxPool or nxt.native is None or nxt.attr("channels_last", 0):
+            return None
+        self._pool = nxt
+        self._layer_windows.clear()  # added again with the pool's window
+
+        def run(x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None):
+            return self._run_native(x, w, b, pooled=True)
+        return run
+
+    def _run_native(self, x, w, b, pooled=False):
+        """The same arithmetic in the native kernels: im2col, GEMM, bias and requantisation in
+        one call; ``pooled``: and the MaxPool of ``then`` on the result."""
         layer = self._layer
         if layer is not None and (w.shape, w.dtype) == self._layer_w:  # the weight packed at load
             if x.shape not in self._layer_windows:
-                layer.add_window(x.shape[2:], *_geometry(self, x, w))
+                geometry = _geometry(self, x, w)
+                pool = self._pool
+                kernel = None if pool is None else pool.attr("kernel_shape")
+                layer.add_window(x.shape[2:], *geometry, None if pool is None else (kernel, *pool.window(kernel, geometry[3])))
                 self._layer_windows.add(x.shape)
             if b is not None and not (b.dtype == np.int32 and b.flags.c_contiguous):
                 b = _per_row(b, w.shape[0], np.int32)
             return layer.run(x if x.flags.c_contiguous else np.ascontiguousarray(x),
-                             w if w.flags.c_contiguous else np.ascontiguousarray(w), b)
+                             w if w.flags.c_contiguous else np.ascontiguousarray(w), b, pooled)
+        y = self._run_native_call(x, w, b)
+        return self._pool.run(y) if pooled else y
+
+    def _run_native_call(self, x, w, b):
+        """``qlinear_conv`` with every argument passed (a weight of another shape than at load)."""
         key = (x.shape, w.shape)
         call = self._native_calls.get(key)
         if call is None:  # the shape-dependent arguments, checked and made once per pair of shapes

@@ -181,43 +181,65 @@ struct ConvLayer {
     rq: Requant,
     x_zp: i32,
     y_signed: bool,
-    /// per input `(h, w)`: strides, dilations, pads, out_hw
-    windows: Vec<([usize; 2], [usize; 2], [usize; 2], [usize; 4], [usize; 2])>,
+    /// per input `(h, w)`: strides, dilations, pads, out_hw, and the window of a MaxPool run
+    /// on the output (the node after this one), if it was given
+    windows: Vec<ConvWindow>,
+}
+
+#[derive(Clone, Copy)]
+struct ConvWindow {
+    hw: [usize; 2],
+    strides: [usize; 2],
+    dilations: [usize; 2],
+    pads: [usize; 4],
+    out_hw: [usize; 2],
+    /// a following MaxPool's kernel, strides, dilations, pads and out_hw
+    pool: Option<([usize; 2], [usize; 2], [usize; 2], [usize; 4], [usize; 2])>,
 }
 
 #[pymethods]
 impl ConvLayer {
-    /// The window for inputs of spatial size `hw`, as `_window.window_geometry` gives it;
-    /// ValueError when it leaves the padded input.
-    fn add_window(&mut self, hw: Vec<usize>, strides: Vec<usize>, dilations: Vec<usize>, pads: Vec<usize>, out_hw: Vec<usize>) -> PyResult<()> {
+    /// The window for inputs of spatial size `hw`, as `_window.window_geometry` gives it,
+    /// and optionally `pool = (kernel, strides, dilations, pads, out_hw)`: the window of a
+    /// MaxPool over the output that `run(..., pooled=True)` applies. ValueError when a
+    /// window leaves its padded input.
+    #[pyo3(signature = (hw, strides, dilations, pads, out_hw, pool=None))]
+    #[allow(clippy::type_complexity)]
+    fn add_window(&mut self, hw: Vec<usize>, strides: Vec<usize>, dilations: Vec<usize>, pads: Vec<usize>, out_hw: Vec<usize>, pool: Option<(Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>)>) -> PyResult<()> {
         let (hw, strides, dilations, pads, out_hw) = (pair(&hw, "hw")?, pair(&strides, "strides")?, pair(&dilations, "dilations")?, four(&pads, "pads")?, pair(&out_hw, "out_hw")?);
-        let p = &self.packed;
-        let span = |i: usize| (out_hw[i].max(1) - 1) * strides[i] + (p.kernel[i] - 1) * dilations[i] + 1;
+        let kernel = self.packed.kernel;
+        let span = |i: usize| (out_hw[i].max(1) - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1;
         if out_hw.contains(&0) || strides.contains(&0) || dilations.contains(&0) || span(0) > hw[0] + pads[0] + pads[2] || span(1) > hw[1] + pads[1] + pads[3] {
             return Err(PyValueError::new_err(format!("conv_layer: window (strides {strides:?}, dilations {dilations:?}, pads {pads:?}, out {out_hw:?}) leaves the padded input {hw:?}")));
         }
-        self.windows.retain(|w| w.0 != hw);
-        self.windows.push((hw, strides, dilations, pads, out_hw));
+        let pool = match pool {
+            None => None,
+            // as `max_pool` takes it (its taps on padding, ceil-mode rows included, are skipped)
+            Some((k, s, d, p, o)) => Some((pair(&k, "pool kernel")?, pair(&s, "pool strides")?, pair(&d, "pool dilations")?, four(&p, "pool pads")?, pair(&o, "pool out_hw")?)),
+        };
+        self.windows.retain(|w| w.hw != hw);
+        self.windows.push(ConvWindow { hw, strides, dilations, pads, out_hw, pool });
         Ok(())
     }
 
     /// QLinearConv of `x (n, c, h, w)` (a window added for `(h, w)`) by the layer's current
     /// weights `w` (the shape and dtype packed; repacked first if their bytes changed) and
-    /// `bias` (int32 per output channel, or None): as `Kernels.qlinear_conv`.
-    #[pyo3(signature = (x, w, bias=None))]
-    fn run<'py>(&mut self, py: Python<'py>, x: &Bound<'py, PyAny>, w: &Bound<'py, PyAny>, bias: Option<PyReadonlyArray1<i32>>) -> PyResult<Bound<'py, PyAny>> {
+    /// `bias` (int32 per output channel, or None): as `Kernels.qlinear_conv`. `pooled`: the
+    /// window's MaxPool applied to that output, which is then never a numpy array.
+    #[pyo3(signature = (x, w, bias=None, pooled=false))]
+    fn run<'py>(&mut self, py: Python<'py>, x: &Bound<'py, PyAny>, w: &Bound<'py, PyAny>, bias: Option<PyReadonlyArray1<i32>>, pooled: bool) -> PyResult<Bound<'py, PyAny>> {
         let (xa, wa) = (ByteArray::new(x, "x")?, ByteArray::new(w, "w")?);
         let (xs, ws) = (xa.shape(), wa.shape());
         let p = &self.packed;
         if xs.len() != 4 || ws != [p.m, p.cg, p.kernel[0], p.kernel[1]] || xs[1] != p.cg * p.group {
             return Err(PyValueError::new_err(format!("conv_layer: x {xs:?} and w {ws:?} do not fit the packed weights")));
         }
-        let &(_, strides, dilations, pads, out_hw) = self
+        let win = *self
             .windows
             .iter()
-            .find(|win| win.0 == [xs[2], xs[3]])
+            .find(|win| win.hw == [xs[2], xs[3]])
             .ok_or_else(|| PyValueError::new_err(format!("conv_layer: no window for inputs of size {:?}", &xs[2..])))?;
-        let g = Conv2d { n: xs[0], c: xs[1], h: xs[2], w: xs[3], m: p.m, kernel: p.kernel, strides, dilations, pads, out_hw, group: p.group };
+        let g = Conv2d { n: xs[0], c: xs[1], h: xs[2], w: xs[3], m: p.m, kernel: p.kernel, strides: win.strides, dilations: win.dilations, pads: win.pads, out_hw: win.out_hw, group: p.group };
         let bias = bias.as_ref().map(|b| b.as_slice()).transpose()?;
         if bias.is_some_and(|b| b.len() != g.m) {
             return Err(PyValueError::new_err("conv_layer: the bias needs one value per output channel"));
@@ -228,8 +250,24 @@ impl ConvLayer {
         }
         let xb = xa.bytes("x")?;
         self.packed.refresh(wb);
-        let (path, x_zp, packed, rq) = (self.path, self.x_zp, &self.packed, &self.rq);
-        new_bytes(py, &[g.n, g.m, out_hw[0], out_hw[1]], self.y_signed, |out| conv_packed(path, &g, xb, x_zp, packed, bias, Output::Requantized(rq, out)))
+        let (path, x_zp, packed, rq, y_signed) = (self.path, self.x_zp, &self.packed, &self.rq, self.y_signed);
+        let [oh, ow] = win.out_hw;
+        if !pooled {
+            return new_bytes(py, &[g.n, g.m, oh, ow], y_signed, |out| conv_packed(path, &g, xb, x_zp, packed, bias, Output::Requantized(rq, out)));
+        }
+        let (kernel, strides, dilations, pads, out_hw) = win.pool.ok_or_else(|| PyValueError::new_err("conv_layer: pooled=True, but the window has no pool"))?;
+        let mut y = vec![0u8; g.n * g.m * oh * ow];
+        conv_packed(path, &g, xb, x_zp, packed, bias, Output::Requantized(rq, &mut y));
+        let pool = Window { planes: g.n * g.m, h: oh, w: ow, kernel, strides, dilations, pads, out_hw };
+        new_bytes(py, &[g.n, g.m, out_hw[0], out_hw[1]], y_signed, |out| {
+            crate::path::vectorized(path, #[inline(always)] || {
+                if y_signed {
+                    max_pool(&pool, i8_slice(&y), i8::MIN, i8_slice_mut(out));
+                } else {
+                    max_pool(&pool, &y, u8::MIN, out);
+                }
+            })
+        })
     }
 }
 
