@@ -222,6 +222,12 @@ mod x86 {
 
     /// One row's requantisation constants in zmm registers, for [`super::requantize_row`].
     pub struct Avx512Row {
+        /// the output is a whole 8-bit type (`lo, hi` = −128, 127 or 0, 255) and `32 ≤ bits ≤ 48`:
+        /// then every result fits i32 and `zp` folds into the rounding constant (exact:
+        /// `⌊(p + c + zp·2^bits) / 2^bits⌋ = ⌊(p + c) / 2^bits⌋ + zp`, no i64 overflow), so one
+        /// saturating narrowing clamps (see [`Self::store`])
+        narrow: Option<bool>,
+        half_zp: __m512i,
         base: __m512i,
         za: __m512i,
         mult: __m512i,
@@ -236,7 +242,15 @@ mod x86 {
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
         pub fn new(q: &RowRequant, za: i32) -> Avx512Row {
+            let whole = match (q.lo, q.hi) {
+                (-128, 127) => Some(true),
+                (0, 255) => Some(false),
+                _ => None,
+            };
+            let narrow = whole.filter(|_| (32..=48).contains(&q.bits) && (-255..=255).contains(&q.zero_point));
             Avx512Row {
+                narrow,
+                half_zp: _mm512_set1_epi64(((1i64 << q.bits) >> 1) + if narrow.is_some() { q.zero_point << q.bits } else { 0 }),
                 base: _mm512_set1_epi32(q.base),
                 za: _mm512_set1_epi32(za),
                 mult: _mm512_set1_epi64(q.mult),
@@ -270,13 +284,44 @@ mod x86 {
             }
         }
 
+        /// [`Self::finish`] without the clamp, `zp` folded into the rounding (the `narrow` case):
+        /// `(p + 2^(bits−1) + zp·2^bits − [p < 0]) >> bits`, which fits i32.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+        fn finish_narrow(&self, v: __m512i) -> __m512i {
+            let prod = _mm512_mul_epi32(v, self.mult);
+            _mm512_sra_epi64(_mm512_add_epi64(_mm512_add_epi64(prod, self.half_zp), _mm512_srai_epi64::<63>(prod)), self.count)
+        }
+
         /// `out[j] = requantize(acc[j] + base − za·sums[j])`, 16 values per step: even and odd
-        /// lanes through [`Self::finish`] in i64, merged back to 16 i32 lanes and narrowed.
+        /// lanes through [`Self::finish`] in i64, merged back to 16 i32 lanes and narrowed
+        /// (in the `narrow` case clamped by the narrowing itself: signed saturation to int8,
+        /// or unsigned after a max with 0 — the same values as the clamp to `lo, hi`).
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
         pub fn store(&self, acc: &[i32], sums: Option<&[i32]>, out: &mut [u8]) {
             let n = acc.len();
             assert!(out.len() == n && sums.is_none_or(|s| s.len() == n));
+            if let Some(signed) = self.narrow {
+                let mut j = 0;
+                while j < n {
+                    let mask: __mmask16 = if n - j >= 16 { 0xffff } else { (1u16 << (n - j)) - 1 };
+                    // SAFETY: as below.
+                    unsafe {
+                        let mut v = _mm512_add_epi32(_mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(j).cast()), self.base);
+                        if let Some(s) = sums {
+                            v = _mm512_sub_epi32(v, _mm512_mullo_epi32(self.za, _mm512_maskz_loadu_epi32(mask, s.as_ptr().add(j).cast())));
+                        }
+                        let even = self.finish_narrow(v);
+                        let odd = self.finish_narrow(_mm512_srli_epi64::<32>(v));
+                        let both = _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64::<32>(odd));
+                        let bytes = if signed { _mm512_cvtsepi32_epi8(both) } else { _mm512_cvtusepi32_epi8(_mm512_max_epi32(both, _mm512_setzero_si512())) };
+                        _mm_mask_storeu_epi8(out.as_mut_ptr().add(j).cast(), mask, bytes);
+                    }
+                    j += 16;
+                }
+                return;
+            }
             let mut j = 0;
             while j < n {
                 let mask: __mmask16 = if n - j >= 16 { 0xffff } else { (1u16 << (n - j)) - 1 };
@@ -318,6 +363,34 @@ mod tests {
         let r = prod.abs() % d;
         let q = if bits > 0 && 2 * r >= d { q + 1 } else { q }; // half away from zero
         if prod < 0 { -q } else { q }
+    }
+
+    /// Every path's row store against `requantize` value by value: multipliers whose shifts
+    /// fall inside and outside the AVX-512 store's narrowing case, both output types, the
+    /// column-sum correction, extreme accumulators, and lengths not a multiple of 16.
+    #[test]
+    fn row_stores_equal_requantize_on_every_path() {
+        let mut accs: Vec<i32> = vec![0, 1, -1, i32::MAX, i32::MIN, i32::MIN + 1, 1 << 30, -(1 << 30)];
+        accs.extend((0..200).map(|i: i32| i.wrapping_mul(0x9E37_79B9u32 as i32) >> (i % 31)));
+        let sums: Vec<i32> = (0..accs.len() as i32).map(|i| i * 977 - 90_000).collect();
+        for path in Path::available() {
+            for &(mult, bits) in &[(1i64 << 30, 31u32), (1_518_500_250, 32), (1_073_741_824, 38), ((1 << 31) - 1, 48), (1_300_000_000, 49), (2_000_000_000, 62), (0, 40)] {
+                for &(zp, lo, hi) in &[(0i64, -128i64, 127i64), (-128, -128, 127), (127, -128, 127), (0, 0, 255), (255, 0, 255), (128, 0, 255), (5, -3, 40)] {
+                    for za in [0, 3] {
+                        for len in [accs.len(), 17, 5] {
+                            let q = RowRequant { base: -12_345, mult, bits, zero_point: zp, lo, hi };
+                            let (acc, s) = (&accs[..len], &sums[..len]);
+                            let mut got = vec![0u8; len];
+                            requantize_row(path, acc, (za != 0).then_some((s, za)), &q, &mut got);
+                            for j in 0..len {
+                                let v = acc[j].wrapping_add(q.base).wrapping_sub(za.wrapping_mul(s[j]));
+                                assert_eq!(got[j], requantize(v, mult, bits, zp, lo, hi) as u8, "{} m {mult} bits {bits} zp {zp} za {za}", path.name());
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     // (bits = 0, a multiplier ≥ 2^30, never comes out of quantize_multiplier for a real
