@@ -521,18 +521,22 @@ fn conv_direct(path: Path, g: &Conv2d, grp: usize, x: Bytes, zu: i32, a: &Packed
     let offsets: Vec<usize> = (0..quads).map(|q| 4 * ((q / kernel_quads) * plane + (q % kernel_quads / kw) * dh * pw + (q % kw) * dw)).collect();
     let image_bytes = channel_quads * plane * 4;
     let block = padded_block(cg, ph, pw, g.n);
+    // rows are copied as x stores them and the whole block flipped to u8 after, in one long
+    // loop (per-row flips of a few bytes do not vectorise); the padding and the missing
+    // channels hold the zero-point's stored byte, which the flip turns into its u8 form
     let flip = x.u8_of(0);
-    let fill = vec![zu as u8; ph * pw];
+    let stored_zero = zu as u8 ^ flip;
+    let fill = vec![stored_zero; ph * pw];
     let mut planes: [Vec<u8>; 4] = std::array::from_fn(|_| vec![0u8; ph * pw]);
     let mut c = vec![0i32; mg * DIRECT_COLS.min(cols)];
     let mut segments = Vec::with_capacity(DIRECT_COLS / pw + 2);
     for n0 in (0..g.n).step_by(block) {
         let nb = block.min(g.n - n0);
-        let mut interleaved = vec![zu as u8; nb * image_bytes];
+        let mut interleaved = vec![stored_zero; nb * image_bytes];
         crate::path::vectorized(path, #[inline(always)] || {
             for (i, image) in interleaved.chunks_exact_mut(image_bytes).enumerate() {
                 for (cq, dst) in image.chunks_exact_mut(plane * 4).enumerate() {
-                    // four padded planes (u8 form; the zero-point where a channel or pixel is missing)
+                    // four padded planes (the zero-point where a channel or pixel is missing)
                     for (t, planar) in planes.iter_mut().enumerate() {
                         planar.copy_from_slice(&fill);
                         let ch = cq * 4 + t;
@@ -541,12 +545,14 @@ fn conv_direct(path: Path, g: &Conv2d, grp: usize, x: Bytes, zu: i32, a: &Packed
                         }
                         let src = &x.data[((n0 + i) * g.c + grp * cg + ch) * g.h * g.w..][..g.h * g.w];
                         for (row, src_row) in src.chunks_exact(g.w).enumerate() {
-                            let d = &mut planar[(row + g.pads[0]) * pw + g.pads[1]..][..g.w];
-                            d.iter_mut().zip(src_row).for_each(|(d, &s)| *d = s ^ flip);
+                            planar[(row + g.pads[0]) * pw + g.pads[1]..][..g.w].copy_from_slice(src_row);
                         }
                     }
                     interleave4([&planes[0][..], &planes[1][..], &planes[2][..], &planes[3][..]], &mut dst[..ph * pw * 4]);
                 }
+            }
+            if flip != 0 {
+                interleaved.iter_mut().for_each(|v| *v ^= flip);
             }
         });
         for i in 0..nb {
