@@ -73,6 +73,12 @@ class Kernel:
     def run(self, *inputs: np.ndarray | None) -> np.ndarray:
         raise NotImplementedError
 
+    def then(self, nxt: "Kernel"):
+        """A run of this node that also runs ``nxt`` — the next node, the only reader of this
+        one's output — on that output, in one step (``Model.run`` fuses the two), or None
+        when the pair has no such run. It takes this node's inputs and returns ``nxt``'s output."""
+        return None
+
     def grad(self, gy: np.ndarray, inputs: list[np.ndarray | None], y: np.ndarray,
              needs: list[bool]) -> list[np.ndarray | None]:
         """Reverse mode: the loss gradient for each input, given ``gy`` for the output.

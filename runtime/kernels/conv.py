@@ -95,6 +95,12 @@ def _conv_workspace(kernel: Kernel, shapes, integer: bool) -> int:
     m, cg, kh, kw = w_shape
     strides, dilations, pads, out_hw = window_geometry((kh, kw), node.attrs, x_shape[2:], node.name)
     if integer and kernel.native is not None:
+        if kernel.native_strided(cg, strides, dilations):  # phase planes for a block of images, then direct
+            (n, c, h, w), (sh, sw) = x_shape, strides
+            c2, h2, w2 = c * sh * sw, -(-(h + pads[0] + pads[2]) // sh), -(-(w + pads[1] + pads[3]) // sw)
+            block = min(max(1, NATIVE_PADDED_BLOCK_BYTES // (c2 * h2 * w2)), n)
+            return block * c2 * h2 * w2 + _native_conv_workspace(
+                (block, c2, h2, w2), (m, c2, -(-kh // sh), -(-kw // sw)), 1, (1, 1), (1, 1), (0, 0, 0, 0), out_hw, True)
         return _native_conv_workspace(x_shape, w_shape, kernel.attr("group", 1), strides, dilations, pads, out_hw,
                                       kernel.native_direct(cg, strides))
     per_image = kh * kw * cg * out_hw[0] * out_hw[1] * 4
@@ -205,6 +211,14 @@ class QLinearConv(Kernel):
         self._x_zp, self._y_zp, self._y_signed = self.xq.zp, self.yq.zp, self.yq.dtype == np.int8
         self._group = self.attr("group", 1)
         self._native_calls = {}  # (x shape, w shape) → what _run_native passes besides the tensors
+        # the native kernels keep the constant weight packed, made here once (the layer repacks
+        # when training changes the weight's bytes), with every other constant of the call
+        w = consts[3]
+        self._layer, self._layer_windows, self._pool = None, set(), None
+        if self.native is not None and w is not None and w.ndim == 4 and w.shape[0] == m:
+            self._layer = self.native.conv_layer(np.ascontiguousarray(w), *self._native_rows, self._x_zp, self._y_zp,
+                                                 self._y_signed, self._group, list(self.attr("strides", (1, 1))))
+            self._layer_w = (w.shape, w.dtype)
 
     def run(self, x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None):
         if self.native is not None:
@@ -223,8 +237,39 @@ class QLinearConv(Kernel):
             return quant.requantize(acc, self.mult[rows], self.shift[rows], self.yq)
         return _conv(self, xs, ws, product, cols_dtype, self.yq.dtype)
 
-    def _run_native(self, x, w, b):
-        """The same arithmetic in the native kernels: im2col, GEMM, bias and requantisation in one call."""
+    def then(self, nxt):
+        """With the native kernels, a MaxPool after this convolution runs in the same call
+        (``ConvLayer.run(..., pooled=True)``): the convolution's output is never a numpy array."""
+        from .pool import MaxPool
+        if self._layer is None or type(nxt) is not MaxPool or nxt.native is None or nxt.attr("channels_last", 0):
+            return None
+        self._pool = nxt
+        self._layer_windows.clear()  # added again with the pool's window
+
+        def run(x, x_scale, x_zp, w, w_scale, w_zp, y_scale, y_zp, b=None):
+            return self._run_native(x, w, b, pooled=True)
+        return run
+
+    def _run_native(self, x, w, b, pooled=False):
+        """The same arithmetic in the native kernels: im2col, GEMM, bias and requantisation in
+        one call; ``pooled``: and the MaxPool of ``then`` on the result."""
+        layer = self._layer
+        if layer is not None and (w.shape, w.dtype) == self._layer_w:  # the weight packed at load
+            if x.shape not in self._layer_windows:
+                geometry = _geometry(self, x, w)
+                pool = self._pool
+                kernel = None if pool is None else pool.attr("kernel_shape")
+                layer.add_window(x.shape[2:], *geometry, None if pool is None else (kernel, *pool.window(kernel, geometry[3])))
+                self._layer_windows.add(x.shape)
+            if b is not None and not (b.dtype == np.int32 and b.flags.c_contiguous):
+                b = _per_row(b, w.shape[0], np.int32)
+            return layer.run(x if x.flags.c_contiguous else np.ascontiguousarray(x),
+                             w if w.flags.c_contiguous else np.ascontiguousarray(w), b, pooled)
+        y = self._run_native_call(x, w, b)
+        return self._pool.run(y) if pooled else y
+
+    def _run_native_call(self, x, w, b):
+        """``qlinear_conv`` with every argument passed (a weight of another shape than at load)."""
         key = (x.shape, w.shape)
         call = self._native_calls.get(key)
         if call is None:  # the shape-dependent arguments, checked and made once per pair of shapes
@@ -244,6 +289,16 @@ class QLinearConv(Kernel):
         path, unit strides, at least 4 channels per group, weights without a zero-point."""
         zero = 0 if self.wq.dtype == np.int8 else 128
         return (self.native.path == "avx512-vnni" and tuple(strides) == (1, 1) and cg >= 4
+                and bool(np.all(self.wq.zero_point == zero)))
+
+    def native_strided(self, cg: int, strides, dilations) -> bool:
+        """Whether the native kernels run this strided convolution as a unit-stride direct one
+        on phase planes (``qlinear::conv_strided``): on the VNNI path, one group, strides above
+        1, no dilation, 1–3 channels (at least 4 once the strides fold into them), weights
+        without a zero-point."""
+        zero = 0 if self.wq.dtype == np.int8 else 128
+        return (self.native.path == "avx512-vnni" and self._group == 1 and tuple(strides) != (1, 1)
+                and tuple(dilations) == (1, 1) and cg < 4 and cg * strides[0] * strides[1] >= 4
                 and bool(np.all(self.wq.zero_point == zero)))
 
     def workspace(self, shapes, dtypes, out_bytes):

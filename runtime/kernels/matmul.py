@@ -134,10 +134,17 @@ class _IntegerMatMul(Kernel):
         # the native kernels keep a packed copy of a constant 2-D weight, made here once; each
         # call compares it with the weight's current bytes and repacks when training changed them
         w = consts[self.weight_input]
-        self.packed = None
+        self.packed = self._layer = None
         if self.native is not None and w is not None and w.ndim == 2 and w.dtype in (np.int8, np.uint8):
             w_nk = np.ascontiguousarray(self.weight_nk(w))
             self.packed, self._packed_shape, self._packed_dtype = self.native.pack_weights(w_nk), w_nk.shape, w_nk.dtype
+            # the same packed weights with every other constant of the call, for ``product``'s
+            # shortest path (a 2-D input, the weight of the shape packed)
+            n = w_nk.shape[0]
+            self._layer = self.native.fc_layer(w_nk, _per_row(self.bq.zero_point, n, np.int32),
+                                               _per_row(self.mult, n, np.int64), _per_row(self.shift, n, np.int64),
+                                               self.aq.zp, self.yq.zp, self.yq.dtype == np.int8)
+            self._layer_kn = (w_nk.shape[::-1], w_nk.dtype)
 
     def weight_nk(self, w: np.ndarray) -> np.ndarray:
         """The weight as (N outputs, K inputs): B transposed unless it is stored so (transB)."""
@@ -205,6 +212,12 @@ class _IntegerMatMul(Kernel):
         """``requantize(Σ (a − za)(b − zb) + bias)`` for ``b`` (K, N): in the native kernels
         when they run, both operands are matrices and ``b`` is 8-bit (else the numpy
         reference, same bits)."""
+        layer = self._layer
+        if layer is not None and a.ndim == 2 and (b.shape, b.dtype) == self._layer_kn:
+            if bias is not None and not (bias.dtype == np.int32 and bias.shape == b.shape[1:] and bias.flags.c_contiguous):
+                bias = _per_row(bias, b.shape[1], np.int32)
+            return layer.run(a if a.flags.c_contiguous else np.ascontiguousarray(a),
+                             b.T if b.flags.f_contiguous else np.ascontiguousarray(b.T), bias)
         if self.native is None or a.ndim < 2 or b.ndim != 2 or b.dtype == np.int16:
             return quant.requantize(self.accumulate(a, b, bias), self.mult, self.shift, self.yq)
         n = b.shape[1]

@@ -44,6 +44,11 @@ impl<'a> PackedA<'a> {
         PackedA { m, k, quads, data: std::borrow::Cow::Owned(data) }
     }
 
+    /// The same operand owning its bytes (to keep it beyond the bytes it was made from).
+    pub fn into_owned(self) -> PackedA<'static> {
+        PackedA { m: self.m, k: self.k, quads: self.quads, data: std::borrow::Cow::Owned(self.data.into_owned()) }
+    }
+
     pub fn row(&self, r: usize) -> &[i8] {
         &self.data[r * self.quads * 4..(r + 1) * self.quads * 4]
     }

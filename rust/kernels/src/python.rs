@@ -15,7 +15,7 @@ use crate::elementwise::{add_bytes, quantize, AddParams};
 use crate::exact::matmul_i64;
 use crate::path::Path;
 use crate::pool::{max_pool, mean_pool, Mean, Window};
-use crate::qlinear::{conv, fully_connected, fully_connected_packed, Bytes, Conv2d, Output, PackedWeights, Weights};
+use crate::qlinear::{conv, conv_packed, fully_connected, fully_connected_packed, Bytes, Conv2d, Output, PackedConv, PackedWeights, Weights};
 use crate::requant::Requant;
 use crate::zo::{self, Direction, Stream, UpdateError};
 
@@ -170,6 +170,147 @@ struct Packed {
     inner: PackedWeights,
 }
 
+/// One QLinearConv node made ready at load by `Kernels.conv_layer`: its weights packed (and
+/// repacked when training changes them), its requantisation, zero-points and output type,
+/// and the windows of the input sizes it has seen (`add_window`), so that a call passes
+/// only the input, the current weights and the bias.
+#[pyclass(module = "edgetrain_kernels")]
+struct ConvLayer {
+    path: Path,
+    packed: PackedConv,
+    rq: Requant,
+    x_zp: i32,
+    y_signed: bool,
+    /// per input `(h, w)`: strides, dilations, pads, out_hw, and the window of a MaxPool run
+    /// on the output (the node after this one), if it was given
+    windows: Vec<ConvWindow>,
+}
+
+#[derive(Clone, Copy)]
+struct ConvWindow {
+    hw: [usize; 2],
+    strides: [usize; 2],
+    dilations: [usize; 2],
+    pads: [usize; 4],
+    out_hw: [usize; 2],
+    /// a following MaxPool's kernel, strides, dilations, pads and out_hw
+    pool: Option<([usize; 2], [usize; 2], [usize; 2], [usize; 4], [usize; 2])>,
+}
+
+#[pymethods]
+impl ConvLayer {
+    /// The window for inputs of spatial size `hw`, as `_window.window_geometry` gives it,
+    /// and optionally `pool = (kernel, strides, dilations, pads, out_hw)`: the window of a
+    /// MaxPool over the output that `run(..., pooled=True)` applies. ValueError when a
+    /// window leaves its padded input.
+    #[pyo3(signature = (hw, strides, dilations, pads, out_hw, pool=None))]
+    #[allow(clippy::type_complexity)]
+    fn add_window(&mut self, hw: Vec<usize>, strides: Vec<usize>, dilations: Vec<usize>, pads: Vec<usize>, out_hw: Vec<usize>, pool: Option<(Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>, Vec<usize>)>) -> PyResult<()> {
+        let (hw, strides, dilations, pads, out_hw) = (pair(&hw, "hw")?, pair(&strides, "strides")?, pair(&dilations, "dilations")?, four(&pads, "pads")?, pair(&out_hw, "out_hw")?);
+        let kernel = self.packed.kernel;
+        let span = |i: usize| (out_hw[i].max(1) - 1) * strides[i] + (kernel[i] - 1) * dilations[i] + 1;
+        if out_hw.contains(&0) || strides.contains(&0) || dilations.contains(&0) || span(0) > hw[0] + pads[0] + pads[2] || span(1) > hw[1] + pads[1] + pads[3] {
+            return Err(PyValueError::new_err(format!("conv_layer: window (strides {strides:?}, dilations {dilations:?}, pads {pads:?}, out {out_hw:?}) leaves the padded input {hw:?}")));
+        }
+        let pool = match pool {
+            None => None,
+            // as `max_pool` takes it (its taps on padding, ceil-mode rows included, are skipped)
+            Some((k, s, d, p, o)) => Some((pair(&k, "pool kernel")?, pair(&s, "pool strides")?, pair(&d, "pool dilations")?, four(&p, "pool pads")?, pair(&o, "pool out_hw")?)),
+        };
+        self.windows.retain(|w| w.hw != hw);
+        self.windows.push(ConvWindow { hw, strides, dilations, pads, out_hw, pool });
+        Ok(())
+    }
+
+    /// QLinearConv of `x (n, c, h, w)` (a window added for `(h, w)`) by the layer's current
+    /// weights `w` (the shape and dtype packed; repacked first if their bytes changed) and
+    /// `bias` (int32 per output channel, or None): as `Kernels.qlinear_conv`. `pooled`: the
+    /// window's MaxPool applied to that output, which is then never a numpy array.
+    #[pyo3(signature = (x, w, bias=None, pooled=false))]
+    fn run<'py>(&mut self, py: Python<'py>, x: &Bound<'py, PyAny>, w: &Bound<'py, PyAny>, bias: Option<PyReadonlyArray1<i32>>, pooled: bool) -> PyResult<Bound<'py, PyAny>> {
+        let (xa, wa) = (ByteArray::new(x, "x")?, ByteArray::new(w, "w")?);
+        let (xs, ws) = (xa.shape(), wa.shape());
+        let p = &self.packed;
+        if xs.len() != 4 || ws != [p.m, p.cg, p.kernel[0], p.kernel[1]] || xs[1] != p.cg * p.group {
+            return Err(PyValueError::new_err(format!("conv_layer: x {xs:?} and w {ws:?} do not fit the packed weights")));
+        }
+        let win = *self
+            .windows
+            .iter()
+            .find(|win| win.hw == [xs[2], xs[3]])
+            .ok_or_else(|| PyValueError::new_err(format!("conv_layer: no window for inputs of size {:?}", &xs[2..])))?;
+        let g = Conv2d { n: xs[0], c: xs[1], h: xs[2], w: xs[3], m: p.m, kernel: p.kernel, strides: win.strides, dilations: win.dilations, pads: win.pads, out_hw: win.out_hw, group: p.group };
+        let bias = bias.as_ref().map(|b| b.as_slice()).transpose()?;
+        if bias.is_some_and(|b| b.len() != g.m) {
+            return Err(PyValueError::new_err("conv_layer: the bias needs one value per output channel"));
+        }
+        let wb = wa.bytes("w")?;
+        if wb.signed != p.signed {
+            return Err(PyValueError::new_err("conv_layer: w's dtype is not the packed weights'"));
+        }
+        let xb = xa.bytes("x")?;
+        self.packed.refresh(wb);
+        let (path, x_zp, packed, rq, y_signed) = (self.path, self.x_zp, &self.packed, &self.rq, self.y_signed);
+        let [oh, ow] = win.out_hw;
+        if !pooled {
+            return new_bytes(py, &[g.n, g.m, oh, ow], y_signed, |out| conv_packed(path, &g, xb, x_zp, packed, bias, Output::Requantized(rq, out)));
+        }
+        let (kernel, strides, dilations, pads, out_hw) = win.pool.ok_or_else(|| PyValueError::new_err("conv_layer: pooled=True, but the window has no pool"))?;
+        let mut y = vec![0u8; g.n * g.m * oh * ow];
+        conv_packed(path, &g, xb, x_zp, packed, bias, Output::Requantized(rq, &mut y));
+        let pool = Window { planes: g.n * g.m, h: oh, w: ow, kernel, strides, dilations, pads, out_hw };
+        new_bytes(py, &[g.n, g.m, out_hw[0], out_hw[1]], y_signed, |out| {
+            crate::path::vectorized(path, #[inline(always)] || {
+                if y_signed {
+                    max_pool(&pool, i8_slice(&y), i8::MIN, i8_slice_mut(out));
+                } else {
+                    max_pool(&pool, &y, u8::MIN, out);
+                }
+            })
+        })
+    }
+}
+
+/// One fully connected node made ready at load by `Kernels.fc_layer`: its weights packed
+/// (repacked when training changes them), zero-points, requantisation and output type.
+#[pyclass(module = "edgetrain_kernels")]
+struct FcLayer {
+    path: Path,
+    packed: PackedWeights,
+    zero_points: Vec<i32>,
+    rq: Requant,
+    x_zp: i32,
+    y_signed: bool,
+}
+
+#[pymethods]
+impl FcLayer {
+    /// `qgemm_packed` of `x (rows, k)` by the layer's current weights `w (n, k)` (the shape
+    /// and dtype packed) and `bias` (int32 per output, or None), requantised.
+    #[pyo3(signature = (x, w, bias=None))]
+    fn run<'py>(&mut self, py: Python<'py>, x: &Bound<'py, PyAny>, w: &Bound<'py, PyAny>, bias: Option<PyReadonlyArray1<i32>>) -> PyResult<Bound<'py, PyAny>> {
+        let (xa, wa) = (ByteArray::new(x, "x")?, ByteArray::new(w, "w")?);
+        let (xs, ws) = (xa.shape(), wa.shape());
+        let (n, k) = (self.packed.n, self.packed.k);
+        if xs.len() != 2 || ws != [n, k] || xs[1] != k {
+            return Err(PyValueError::new_err(format!("fc_layer: x {xs:?} and w {ws:?} do not fit packed weights ({n}, {k})")));
+        }
+        let wb = wa.bytes("w")?;
+        if wb.signed != self.packed.signed {
+            return Err(PyValueError::new_err("fc_layer: w's dtype is not the packed weights'"));
+        }
+        let bias = bias.as_ref().map(|b| b.as_slice()).transpose()?;
+        if bias.is_some_and(|b| b.len() != n) {
+            return Err(PyValueError::new_err("fc_layer: the bias needs one value per output"));
+        }
+        let xb = xa.bytes("x")?;
+        let rows = xs[0];
+        self.packed.refresh(wb);
+        let (path, x_zp, packed, zp, rq) = (self.path, self.x_zp, &self.packed, &self.zero_points[..], &self.rq);
+        new_bytes(py, &[rows, n], self.y_signed, |out| fully_connected_packed(path, xb, x_zp, rows, packed, zp, bias, Output::Requantized(rq, out)))
+    }
+}
+
 /// The native integer kernels, on one instruction-set path (the fastest by default).
 #[pyclass(frozen, module = "edgetrain_kernels")]
 struct Kernels {
@@ -265,6 +406,26 @@ impl Kernels {
         })
     }
 
+    /// A QLinearConv node's constants made ready once: weights `w (m, c/group, kh, kw)`
+    /// (8-bit; packed now), per-output-channel `w_zp`, `mult`, `shift`, the input's and the
+    /// output's zero-points, the output's dtype (`y_signed`: int8), `group`, `strides`. Its `run` then
+    /// computes what `qlinear_conv` would.
+    #[allow(clippy::too_many_arguments)]
+    fn conv_layer(&self, w: &Bound<'_, PyAny>, w_zp: PyReadonlyArray1<i32>, mult: PyReadonlyArray1<i64>, shift: PyReadonlyArray1<i64>, x_zp: i32, y_zp: i64, y_signed: bool, group: usize, strides: Vec<usize>) -> PyResult<ConvLayer> {
+        let wa = ByteArray::new(w, "w")?;
+        let ws = wa.shape();
+        if ws.len() != 4 || group == 0 || ws[0] % group != 0 || strides.contains(&0) {
+            return Err(PyValueError::new_err(format!("conv_layer: weights {ws:?} with group {group} do not fit")));
+        }
+        let rq = requant(&mult, &shift, y_zp, y_signed)?;
+        let zp = w_zp.as_slice()?;
+        if zp.len() != ws[0] || !(rq.mult.len() == 1 || rq.mult.len() == ws[0]) {
+            return Err(PyValueError::new_err("conv_layer: zero-points and multipliers need one value per output channel"));
+        }
+        let packed = PackedConv::new(self.path, wa.bytes("w")?, zp, ws[0], ws[1], [ws[2], ws[3]], group, pair(&strides, "strides")?);
+        Ok(ConvLayer { path: self.path, packed, rq, x_zp, y_signed, windows: Vec::new() })
+    }
+
     /// The fully connected layers: `y = (x − x_zp) · (w − w_zp)ᵀ + bias` for `x (rows, k)` and
     /// `w (n, k)`, requantised per output column (`mult`, `shift`: one or n values) to
     /// int8 / uint8 — or, with `mult=None`, the int32 accumulators themselves.
@@ -309,6 +470,26 @@ impl Kernels {
         }
         let (n, k) = (ws[0], ws[1]);
         Ok(Packed { inner: PackedWeights::new(wa.bytes("w")?, n, k) })
+    }
+
+    /// A fully connected node's constants made ready once: weights `w (n, k)` (8-bit; packed
+    /// now), per-output `w_zp`, `mult`, `shift` (one or n values), the input's and the output's
+    /// zero-points, the output's dtype (`y_signed`: int8). Its `run` computes what
+    /// `qgemm_packed` would with them.
+    #[allow(clippy::too_many_arguments)]
+    fn fc_layer(&self, w: &Bound<'_, PyAny>, w_zp: PyReadonlyArray1<i32>, mult: PyReadonlyArray1<i64>, shift: PyReadonlyArray1<i64>, x_zp: i32, y_zp: i64, y_signed: bool) -> PyResult<FcLayer> {
+        let wa = ByteArray::new(w, "w")?;
+        let ws = wa.shape();
+        if ws.len() != 2 {
+            return Err(PyValueError::new_err(format!("fc_layer: expected (n, k) weights, got shape {ws:?}")));
+        }
+        let rq = requant(&mult, &shift, y_zp, y_signed)?;
+        let zp = w_zp.as_slice()?;
+        if zp.len() != ws[0] || !(rq.mult.len() == 1 || rq.mult.len() == ws[0]) {
+            return Err(PyValueError::new_err("fc_layer: zero-points and multipliers need one value per output"));
+        }
+        let packed = PackedWeights::new(wa.bytes("w")?, ws[0], ws[1]);
+        Ok(FcLayer { path: self.path, packed, zero_points: zp.to_vec(), rq, x_zp, y_signed })
     }
 
     /// `qgemm` on weights packed by `pack_weights`: `w` is the layer's current weight array,
@@ -566,6 +747,8 @@ fn available_paths() -> Vec<&'static str> {
 fn edgetrain_kernels(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Kernels>()?;
     m.add_class::<Packed>()?;
+    m.add_class::<ConvLayer>()?;
+    m.add_class::<FcLayer>()?;
     m.add_function(wrap_pyfunction!(available_paths, m)?)?;
     Ok(())
 }

@@ -234,20 +234,134 @@ pub fn padded_block(cg: usize, ph: usize, pw: usize, n: usize) -> usize {
 /// image is then one contiguous run of the padded input, so im2col is a 4-way byte
 /// interleave of long runs. The `pw − ow` extra columns of each row read past its end
 /// (harmless values) and are never stored.
-pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: Output) {
+pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, out: Output) {
+    let packed = PackedConv::new(path, w.bytes, w.zero_points, g.m, g.c / g.group, g.kernel, g.group, g.strides);
+    conv_packed(path, g, x, x_zp, &packed, w.bias, out)
+}
+
+/// A convolution's weights `(m, cg, kh, kw)` made ready for [`conv_packed`] once (at load),
+/// instead of on every call: per group the GEMM's left operand with its s8 zero-points and
+/// row sums, and, on the VNNI path when no weight row has a zero-point and `cg ≥ 4`, the
+/// quads [`conv_direct`] reads. It keeps the weights it packed, to see when training has
+/// changed them (one memcmp).
+pub struct PackedConv {
+    pub m: usize,
+    pub cg: usize,
+    pub kernel: [usize; 2],
+    pub group: usize,
+    pub signed: bool,
+    path: Path,
+    zero_points: Vec<i32>,
+    source: Vec<u8>,
+    /// per group: the weights as PackedA, A's zero-points in s8 form, A's row sums
+    groups: Vec<(PackedA<'static>, Vec<i32>, Vec<i32>)>,
+    /// per group, when the direct convolution can run: its reordered weights and their row sums
+    direct: Vec<(PackedA<'static>, Vec<i32>)>,
+    /// the strides the layer runs at, and, when [`conv_strided`] runs it, the kernel of its
+    /// unit-stride form and that form's direct weights and row sums
+    strides: [usize; 2],
+    strided: Option<([usize; 2], PackedA<'static>, Vec<i32>)>,
+}
+
+/// Whether a convolution of `cg` channels per group at `strides` runs as [`conv_strided`]:
+/// on the VNNI path, one group, strides above 1 and too few channels for the direct
+/// convolution (`cg < 4`) but enough once the strides fold into them (`cg·sh·sw ≥ 4`).
+pub fn strided_direct(path: Path, cg: usize, group: usize, strides: [usize; 2]) -> bool {
+    path == Path::Avx512Vnni && group == 1 && strides != [1, 1] && cg < 4 && cg * strides[0] * strides[1] >= 4
+}
+
+impl PackedConv {
+    /// `w` holds `m × cg·kh·kw` bytes; `zero_points` one per output channel.
+    /// `strides`: those of the layer (another stride still runs, on the im2col path).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(path: Path, w: Bytes, zero_points: &[i32], m: usize, cg: usize, kernel: [usize; 2], group: usize, strides: [usize; 2]) -> PackedConv {
+        assert!(group > 0 && m % group == 0 && zero_points.len() == m && !strides.contains(&0));
+        assert_eq!(w.data.len(), m * cg * kernel[0] * kernel[1]);
+        let mut packed = PackedConv { m, cg, kernel, group, signed: w.signed, path, zero_points: zero_points.to_vec(), source: Vec::new(), groups: Vec::new(), direct: Vec::new(), strides, strided: None };
+        packed.pack(w);
+        packed
+    }
+
+    fn pack(&mut self, w: Bytes) {
+        let (mg, k) = (self.m / self.group, self.cg * self.kernel[0] * self.kernel[1]);
+        self.source.clear();
+        self.source.extend_from_slice(w.data);
+        let weights = Weights { bytes: w, zero_points: &self.zero_points, bias: None };
+        self.groups = (0..self.group)
+            .map(|grp| {
+                let (a, za) = weights.packed(grp * mg..(grp + 1) * mg, k);
+                let a = a.into_owned();
+                let sums = a.row_sums();
+                (a, za, sums)
+            })
+            .collect();
+        let symmetric = self.groups.iter().all(|(_, za, _)| za.iter().all(|&z| z == 0));
+        self.direct = if self.path == Path::Avx512Vnni && self.cg >= 4 && symmetric {
+            (0..self.group)
+                .map(|grp| {
+                    let a = direct_weights(w, grp, mg, self.cg, self.kernel);
+                    let sums = a.row_sums();
+                    (a, sums)
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
+        self.strided = (symmetric && strided_direct(self.path, self.cg, self.group, self.strides)).then(|| {
+            // the weights of the unit-stride form: channel (ci, pr, pc) holds taps (di·sh + pr, dj·sw + pc)
+            let ([kh, kw], [sh, sw]) = (self.kernel, self.strides);
+            let (kh2, kw2, c2) = (kh.div_ceil(sh), kw.div_ceil(sw), self.cg * sh * sw);
+            let zero = if w.signed { 0 } else { 0x80 }; // the value 0 (symmetric weights)
+            let mut w2 = vec![zero; self.m * c2 * kh2 * kw2];
+            for r in 0..self.m {
+                for ci in 0..self.cg {
+                    for i in 0..kh {
+                        for j in 0..kw {
+                            let ch = (ci * sh + i % sh) * sw + j % sw;
+                            w2[((r * c2 + ch) * kh2 + i / sh) * kw2 + j / sw] = w.data[((r * self.cg + ci) * kh + i) * kw + j];
+                        }
+                    }
+                }
+            }
+            let a = direct_weights(Bytes { data: &w2, signed: w.signed }, 0, self.m, c2, [kh2, kw2]);
+            let sums = a.row_sums();
+            ([kh2, kw2], a, sums)
+        });
+    }
+
+    /// Packs `w` again unless it is what is packed (training changes weights in place);
+    /// true when it repacked.
+    pub fn refresh(&mut self, w: Bytes) -> bool {
+        if w.signed == self.signed && w.data == &self.source[..] {
+            return false;
+        }
+        assert!(w.signed == self.signed && w.data.len() == self.source.len(), "weights changed dtype or shape");
+        self.pack(w);
+        true
+    }
+}
+
+/// QLinearConv on weights packed by [`PackedConv`]: [`conv`]'s arithmetic, per-channel `bias`.
+pub fn conv_packed(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, p: &PackedConv, bias: Option<&[i32]>, mut out: Output) {
     let (cg, mg) = (g.c / g.group, g.m / g.group);
     let k = cg * g.kernel[0] * g.kernel[1];
     let (ph, pw) = (g.h + g.pads[0] + g.pads[2], g.w + g.pads[1] + g.pads[3]);
     let [oh, ow] = g.out_hw;
     let pitch = if g.strides[1] == 1 { pw } else { ow }; // columns per output row
     assert_eq!(x.data.len(), g.n * g.c * g.h * g.w);
-    assert_eq!(w.bytes.data.len(), g.m * k);
+    assert!(p.m == g.m && p.cg == cg && p.kernel == g.kernel && p.group == g.group, "packed weights of another shape");
+    assert!(bias.is_none_or(|b| b.len() == g.m));
     let zu = x.u8_zero(x_zp);
-    if path == Path::Avx512Vnni && g.strides == [1, 1] && cg >= 4 && (0..g.m).all(|r| w.bytes.s8_zero(w.zero_points[r]) == 0) {
-        for grp in 0..g.group {
-            conv_direct(path, g, grp, x, zu, w, &mut out);
+    if path == Path::Avx512Vnni && g.strides == [1, 1] && !p.direct.is_empty() {
+        for (grp, (a, sums)) in p.direct.iter().enumerate() {
+            conv_direct(path, g, grp, x, zu, a, sums, bias, &mut out);
         }
         return;
+    }
+    if let Some((kernel2, a, sums)) = &p.strided {
+        if path == Path::Avx512Vnni && g.strides == p.strides && g.dilations == [1, 1] {
+            return conv_strided(path, g, x, x_zp, *kernel2, a, sums, bias, out);
+        }
     }
     let block = padded_block(cg, ph, pw, g.n);
     let tile = tile_cols(k.div_ceil(4), block * oh * pitch);
@@ -256,8 +370,8 @@ pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: O
     let zeros = vec![0u8; tile.max(pitch * g.strides[1])]; // the patch rows past k
     let mut segments = Vec::new();
     for grp in 0..g.group {
-        let (a, za) = w.packed(grp * mg..(grp + 1) * mg, k);
-        let fix = Correction::new(&a, &za, zu, w.bias.map(|b| &b[grp * mg..(grp + 1) * mg]));
+        let (a, za, sums) = &p.groups[grp];
+        let fix = Correction::from_row_sums(k, sums, za, zu, bias.map(|b| &b[grp * mg..(grp + 1) * mg]));
         for n0 in (0..g.n).step_by(block) {
             let nb = block.min(g.n - n0);
             // the block's input channels as u8, padded with the zero-point (0 once shifted),
@@ -284,7 +398,7 @@ pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: O
                 // columns, whose products are never stored
                 b.cols = width;
                 crate::path::vectorized(path, #[inline(always)] || im2col_tile(g, &padded, cg, [ph, pw], pitch, c0, &mut b, &zeros));
-                gemm(path, &a, &b, &mut c);
+                gemm(path, a, &b, &mut c);
                 // the stored outputs of the tile: (column in the tile, length, output offset of channel 0)
                 segments.clear();
                 let mut col = c0;
@@ -316,6 +430,71 @@ pub fn conv(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, w: &Weights, mut out: O
     }
 }
 
+/// A strided convolution (one group, no dilation) as the unit-stride one [`conv_direct`]
+/// runs: the padded input is split by the strides into `sh·sw` phase planes per channel,
+/// plane `(ci, pr, pc)` holding pixels `(y·sh + pr, x·sw + pc)`, and tap `(i, j)` of channel
+/// `ci` reads plane `(ci, i % sh, j % sw)` at `(y + i / sh, x + j / sw)`: the same products
+/// (the taps past the kernel weigh 0), with no strided gather. Built for blocks of images;
+/// cells past the padded input hold the zero-point (only zero weights reach them).
+#[allow(clippy::too_many_arguments)]
+fn conv_strided(path: Path, g: &Conv2d, x: Bytes, x_zp: i32, kernel2: [usize; 2], a: &PackedA, row_sums: &[i32], bias: Option<&[i32]>, mut out: Output) {
+    let [sh, sw] = g.strides;
+    let (ph, pw) = (g.h + g.pads[0] + g.pads[2], g.w + g.pads[1] + g.pads[3]);
+    let (h2, w2, c2) = (ph.div_ceil(sh), pw.div_ceil(sw), g.c * sh * sw);
+    let pad = (x.u8_zero(x_zp) as u8) ^ x.u8_of(0); // the zero-point as x stores it
+    let block = padded_block(c2, h2, w2, g.n);
+    let per_out = g.m * g.out_hw[0] * g.out_hw[1];
+    let mut phases = Vec::new();
+    for n0 in (0..g.n).step_by(block) {
+        let nb = block.min(g.n - n0);
+        phases.clear();
+        phases.resize(nb * c2 * h2 * w2, pad);
+        for (i, image) in phases.chunks_exact_mut(c2 * h2 * w2).enumerate() {
+            for (plane_index, plane) in image.chunks_exact_mut(h2 * w2).enumerate() {
+                let (ci, pr, pc) = (plane_index / (sh * sw), plane_index / sw % sh, plane_index % sw);
+                let src = &x.data[((n0 + i) * g.c + ci) * g.h * g.w..][..g.h * g.w];
+                // the first column of the plane inside the input, and the input column it reads
+                let x0 = g.pads[1].saturating_sub(pc).div_ceil(sw);
+                let col0 = x0 * sw + pc - g.pads[1];
+                for (y2, dst) in plane.chunks_exact_mut(w2).enumerate() {
+                    let yp = y2 * sh + pr;
+                    if yp < g.pads[0] || yp - g.pads[0] >= g.h || col0 >= g.w {
+                        continue; // padding: the zero-point
+                    }
+                    let row = &src[(yp - g.pads[0]) * g.w..][..g.w];
+                    dst[x0..].iter_mut().zip(row[col0..].iter().step_by(sw)).for_each(|(d, &v)| *d = v);
+                }
+            }
+        }
+        let g2 = Conv2d { n: nb, c: c2, h: h2, w: w2, m: g.m, kernel: kernel2, strides: [1, 1], dilations: [1, 1], pads: [0; 4], out_hw: g.out_hw, group: 1 };
+        let xb = Bytes { data: &phases, signed: x.signed };
+        let range = n0 * per_out..(n0 + nb) * per_out;
+        let mut part = match &mut out {
+            Output::Requantized(rq, bytes) => Output::Requantized(rq, &mut bytes[range]),
+            Output::Accumulators(acc) => Output::Accumulators(&mut acc[range]),
+        };
+        conv_direct(path, &g2, 0, xb, x.u8_zero(x_zp), a, row_sums, bias, &mut part);
+    }
+}
+
+/// Group `grp`'s weights as [`conv_direct`] reads them: s8 quads `(cq, i, j)` × 4 channels
+/// (zeros for the channels past `cg`: no effect on any sum).
+fn direct_weights(w: Bytes, grp: usize, mg: usize, cg: usize, [kh, kw]: [usize; 2]) -> PackedA<'static> {
+    let (channel_quads, kernel_quads) = (cg.div_ceil(4), kh * kw);
+    let quads = channel_quads * kernel_quads;
+    let mut wq = vec![0u8; mg * quads * 4];
+    for r in 0..mg {
+        let src = &w.data[(grp * mg + r) * cg * kernel_quads..][..cg * kernel_quads];
+        for ch in 0..cg {
+            for ij in 0..kernel_quads {
+                let v = src[ch * kernel_quads + ij];
+                wq[((r * channel_quads + ch / 4) * kernel_quads + ij) * 4 + ch % 4] = if w.signed { v } else { v ^ 0x80 };
+            }
+        }
+    }
+    PackedA::new(&wq, mg, quads * 4, false).into_owned()
+}
+
 /// Output columns per step of [`conv_direct`] (its int32 product is `mg` × this).
 const DIRECT_COLS: usize = 512;
 
@@ -326,7 +505,8 @@ const DIRECT_COLS: usize = 512;
 /// the GEMM's operand for patch quad `(channel quad, i, j)` at output pixel `p` is simply the
 /// word at pixel `p + i·dh·pw + j·dw`: [`gemm_direct`] reads it in place. Weights are
 /// reordered to the same quads (zeros for the missing channels: no effect on any sum).
-fn conv_direct(path: Path, g: &Conv2d, grp: usize, x: Bytes, zu: i32, w: &Weights, out: &mut Output) {
+#[allow(clippy::too_many_arguments)]
+fn conv_direct(path: Path, g: &Conv2d, grp: usize, x: Bytes, zu: i32, a: &PackedA, row_sums: &[i32], bias: Option<&[i32]>, out: &mut Output) {
     let (cg, mg) = (g.c / g.group, g.m / g.group);
     let (ph, pw) = (g.h + g.pads[0] + g.pads[2], g.w + g.pads[1] + g.pads[3]);
     let [oh, ow] = g.out_hw;
@@ -334,36 +514,29 @@ fn conv_direct(path: Path, g: &Conv2d, grp: usize, x: Bytes, zu: i32, w: &Weight
     let [dh, dw] = g.dilations;
     let (channel_quads, kernel_quads) = (cg.div_ceil(4), kh * kw);
     let quads = channel_quads * kernel_quads;
+    assert!(a.m == mg && a.quads == quads);
     let cols = (oh * pw).div_ceil(LANES) * LANES; // the image's output pixels, pw per row
     let plane = cols + (kh - 1) * dh * pw + (kw - 1) * dw; // words per channel quad (≥ ph·pw)
-    // the weights as s8 quads (cq, i, j) × 4 channels
-    let mut wq = vec![0u8; mg * quads * 4];
-    for r in 0..mg {
-        let src = &w.bytes.data[(grp * mg + r) * cg * kernel_quads..][..cg * kernel_quads];
-        for ch in 0..cg {
-            for ij in 0..kernel_quads {
-                let v = src[ch * kernel_quads + ij];
-                wq[((r * channel_quads + ch / 4) * kernel_quads + ij) * 4 + ch % 4] = if w.bytes.signed { v } else { v ^ 0x80 };
-            }
-        }
-    }
-    let a = PackedA::new(&wq, mg, quads * 4, false);
-    let fix = Correction::new(&a, &vec![0; mg], zu, w.bias.map(|b| &b[grp * mg..(grp + 1) * mg]));
+    let fix = Correction::from_row_sums(quads * 4, row_sums, &vec![0; mg], zu, bias.map(|b| &b[grp * mg..(grp + 1) * mg]));
     let offsets: Vec<usize> = (0..quads).map(|q| 4 * ((q / kernel_quads) * plane + (q % kernel_quads / kw) * dh * pw + (q % kw) * dw)).collect();
     let image_bytes = channel_quads * plane * 4;
     let block = padded_block(cg, ph, pw, g.n);
+    // rows are copied as x stores them and the whole block flipped to u8 after, in one long
+    // loop (per-row flips of a few bytes do not vectorise); the padding and the missing
+    // channels hold the zero-point's stored byte, which the flip turns into its u8 form
     let flip = x.u8_of(0);
-    let fill = vec![zu as u8; ph * pw];
+    let stored_zero = zu as u8 ^ flip;
+    let fill = vec![stored_zero; ph * pw];
     let mut planes: [Vec<u8>; 4] = std::array::from_fn(|_| vec![0u8; ph * pw]);
     let mut c = vec![0i32; mg * DIRECT_COLS.min(cols)];
     let mut segments = Vec::with_capacity(DIRECT_COLS / pw + 2);
     for n0 in (0..g.n).step_by(block) {
         let nb = block.min(g.n - n0);
-        let mut interleaved = vec![zu as u8; nb * image_bytes];
+        let mut interleaved = vec![stored_zero; nb * image_bytes];
         crate::path::vectorized(path, #[inline(always)] || {
             for (i, image) in interleaved.chunks_exact_mut(image_bytes).enumerate() {
                 for (cq, dst) in image.chunks_exact_mut(plane * 4).enumerate() {
-                    // four padded planes (u8 form; the zero-point where a channel or pixel is missing)
+                    // four padded planes (the zero-point where a channel or pixel is missing)
                     for (t, planar) in planes.iter_mut().enumerate() {
                         planar.copy_from_slice(&fill);
                         let ch = cq * 4 + t;
@@ -372,12 +545,14 @@ fn conv_direct(path: Path, g: &Conv2d, grp: usize, x: Bytes, zu: i32, w: &Weight
                         }
                         let src = &x.data[((n0 + i) * g.c + grp * cg + ch) * g.h * g.w..][..g.h * g.w];
                         for (row, src_row) in src.chunks_exact(g.w).enumerate() {
-                            let d = &mut planar[(row + g.pads[0]) * pw + g.pads[1]..][..g.w];
-                            d.iter_mut().zip(src_row).for_each(|(d, &s)| *d = s ^ flip);
+                            planar[(row + g.pads[0]) * pw + g.pads[1]..][..g.w].copy_from_slice(src_row);
                         }
                     }
                     interleave4([&planes[0][..], &planes[1][..], &planes[2][..], &planes[3][..]], &mut dst[..ph * pw * 4]);
                 }
+            }
+            if flip != 0 {
+                interleaved.iter_mut().for_each(|v| *v ^= flip);
             }
         });
         for i in 0..nb {
@@ -385,7 +560,7 @@ fn conv_direct(path: Path, g: &Conv2d, grp: usize, x: Bytes, zu: i32, w: &Weight
             for p0 in (0..cols).step_by(DIRECT_COLS) {
                 let width = DIRECT_COLS.min(cols - p0);
                 let c = &mut c[..mg * width];
-                gemm_direct(path, &a, &image[4 * p0..], &offsets, width, c);
+                gemm_direct(path, a, &image[4 * p0..], &offsets, width, c);
                 segments.clear();
                 for y in p0 / pw..oh {
                     let (lo, hi) = (y * pw, y * pw + ow);
@@ -600,7 +775,15 @@ mod tests {
             // uneven pads, groups, several column steps of one image)
             Conv2d { n: 3, c: 6, h: 11, w: 9, m: 7, kernel: [3, 3], strides: [1, 1], dilations: [2, 1], pads: [1, 0, 2, 1], out_hw: [10, 8], group: 1 },
             Conv2d { n: 2, c: 10, h: 6, w: 6, m: 4, kernel: [2, 2], strides: [1, 1], dilations: [1, 1], pads: [0, 0, 0, 0], out_hw: [5, 5], group: 2 },
+            // strided with 1–3 channels: the unit-stride form of conv_strided on the VNNI path
+            // (odd padded sizes, a kernel wider than the stride, uneven pads, stride 3)
+            Conv2d { n: 3, c: 1, h: 13, w: 12, m: 5, kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pads: [1, 1, 1, 1], out_hw: [7, 6], group: 1 },
+            Conv2d { n: 2, c: 3, h: 9, w: 10, m: 4, kernel: [5, 4], strides: [2, 1], dilations: [1, 1], pads: [2, 0, 1, 2], out_hw: [4, 9], group: 1 },
+            Conv2d { n: 2, c: 1, h: 11, w: 11, m: 3, kernel: [2, 3], strides: [3, 2], dilations: [1, 1], pads: [0, 1, 0, 0], out_hw: [4, 5], group: 1 },
+            Conv2d { n: 80, c: 1, h: 28, w: 28, m: 16, kernel: [3, 3], strides: [2, 2], dilations: [1, 1], pads: [1, 1, 1, 1], out_hw: [14, 14], group: 1 },
         ];
+        assert!(shapes[8..].iter().all(|g| strided_direct(Path::Avx512Vnni, g.c, g.group, g.strides)));
+        assert!(padded_block(4, 15, 15, 80) < 80); // the last shape takes several blocks of phase planes
         // the shapes above do cover those cases
         let blocks = |g: &Conv2d| g.n.div_ceil(padded_block(g.c / g.group, g.h + g.pads[0] + g.pads[2], g.w + g.pads[1] + g.pads[3], g.n));
         let tiles = |g: &Conv2d| {

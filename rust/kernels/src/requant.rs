@@ -62,9 +62,14 @@ impl Correction {
     /// `za`: A's zero-points in its s8 form, per row; `zb`: B's in its u8 form;
     /// `bias`: per row, or none.
     pub fn new(a: &PackedA, za: &[i32], zb: i32, bias: Option<&[i32]>) -> Correction {
-        let k = a.k as i32;
-        let base = a
-            .row_sums()
+        Correction::from_row_sums(a.k, &a.row_sums(), za, zb, bias)
+    }
+
+    /// [`Self::new`] from A's `k` and row sums (`PackedA::row_sums`), kept from an earlier call.
+    pub fn from_row_sums(k: usize, row_sums: &[i32], za: &[i32], zb: i32, bias: Option<&[i32]>) -> Correction {
+        assert!(za.len() == row_sums.len() && bias.is_none_or(|b| b.len() == za.len()));
+        let k = k as i32;
+        let base = row_sums
             .iter()
             .zip(za)
             .enumerate()
@@ -176,12 +181,7 @@ pub fn store_segments(path: Path, c: &[i32], padded_cols: usize, fix: &Correctio
         #[cfg(target_arch = "x86_64")]
         if path == Path::Avx512Vnni && q.bits <= 63 {
             // SAFETY: as in `requantize_row`.
-            unsafe {
-                let row = x86::Avx512Row::new(&q, za);
-                for &(col, len, start) in segments {
-                    row.store(&acc[col..col + len], sums.map(|s| &s[col..col + len]), &mut out[offset + start..offset + start + len]);
-                }
-            }
+            unsafe { x86::Avx512Row::new(&q, za).store_segments(acc, sums, segments, &mut out[offset..]) };
             continue;
         }
         // elsewhere one long loop over the row's columns (short segments would not
@@ -228,6 +228,12 @@ mod x86 {
 
     /// One row's requantisation constants in zmm registers, for [`super::requantize_row`].
     pub struct Avx512Row {
+        /// the output is a whole 8-bit type (`lo, hi` = −128, 127 or 0, 255) and `32 ≤ bits ≤ 48`:
+        /// then every result fits i32 and `zp` folds into the rounding constant (exact:
+        /// `⌊(p + c + zp·2^bits) / 2^bits⌋ = ⌊(p + c) / 2^bits⌋ + zp`, no i64 overflow), so one
+        /// saturating narrowing clamps (see [`Self::store`])
+        narrow: Option<bool>,
+        half_zp: __m512i,
         base: __m512i,
         za: __m512i,
         mult: __m512i,
@@ -242,7 +248,15 @@ mod x86 {
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
         pub fn new(q: &RowRequant, za: i32) -> Avx512Row {
+            let whole = match (q.lo, q.hi) {
+                (-128, 127) => Some(true),
+                (0, 255) => Some(false),
+                _ => None,
+            };
+            let narrow = whole.filter(|_| (32..=48).contains(&q.bits) && (-255..=255).contains(&q.zero_point));
             Avx512Row {
+                narrow,
+                half_zp: _mm512_set1_epi64(((1i64 << q.bits) >> 1) + if narrow.is_some() { q.zero_point << q.bits } else { 0 }),
                 base: _mm512_set1_epi32(q.base),
                 za: _mm512_set1_epi32(za),
                 mult: _mm512_set1_epi64(q.mult),
@@ -265,13 +279,55 @@ mod x86 {
             _mm512_min_epi64(_mm512_max_epi64(y, self.lo), self.hi)
         }
 
+        /// [`Self::store`] of each segment `(col, len, start)`: `acc[col..][..len]` to
+        /// `out[start..][..len]`, in one function so the row's constants stay in registers
+        /// across its (often short) segments.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+        pub fn store_segments(&self, acc: &[i32], sums: Option<&[i32]>, segments: &[(usize, usize, usize)], out: &mut [u8]) {
+            for &(col, len, start) in segments {
+                self.store(&acc[col..col + len], sums.map(|s| &s[col..col + len]), &mut out[start..start + len]);
+            }
+        }
+
+        /// [`Self::finish`] without the clamp, `zp` folded into the rounding (the `narrow` case):
+        /// `(p + 2^(bits−1) + zp·2^bits − [p < 0]) >> bits`, which fits i32.
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+        fn finish_narrow(&self, v: __m512i) -> __m512i {
+            let prod = _mm512_mul_epi32(v, self.mult);
+            _mm512_sra_epi64(_mm512_add_epi64(_mm512_add_epi64(prod, self.half_zp), _mm512_srai_epi64::<63>(prod)), self.count)
+        }
+
         /// `out[j] = requantize(acc[j] + base − za·sums[j])`, 16 values per step: even and odd
-        /// lanes through [`Self::finish`] in i64, merged back to 16 i32 lanes and narrowed.
+        /// lanes through [`Self::finish`] in i64, merged back to 16 i32 lanes and narrowed
+        /// (in the `narrow` case clamped by the narrowing itself: signed saturation to int8,
+        /// or unsigned after a max with 0 — the same values as the clamp to `lo, hi`).
         #[inline]
         #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
         pub fn store(&self, acc: &[i32], sums: Option<&[i32]>, out: &mut [u8]) {
             let n = acc.len();
             assert!(out.len() == n && sums.is_none_or(|s| s.len() == n));
+            if let Some(signed) = self.narrow {
+                let mut j = 0;
+                while j < n {
+                    let mask: __mmask16 = if n - j >= 16 { 0xffff } else { (1u16 << (n - j)) - 1 };
+                    // SAFETY: as below.
+                    unsafe {
+                        let mut v = _mm512_add_epi32(_mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(j).cast()), self.base);
+                        if let Some(s) = sums {
+                            v = _mm512_sub_epi32(v, _mm512_mullo_epi32(self.za, _mm512_maskz_loadu_epi32(mask, s.as_ptr().add(j).cast())));
+                        }
+                        let even = self.finish_narrow(v);
+                        let odd = self.finish_narrow(_mm512_srli_epi64::<32>(v));
+                        let both = _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64::<32>(odd));
+                        let bytes = if signed { _mm512_cvtsepi32_epi8(both) } else { _mm512_cvtusepi32_epi8(_mm512_max_epi32(both, _mm512_setzero_si512())) };
+                        _mm_mask_storeu_epi8(out.as_mut_ptr().add(j).cast(), mask, bytes);
+                    }
+                    j += 16;
+                }
+                return;
+            }
             let mut j = 0;
             while j < n {
                 let mask: __mmask16 = if n - j >= 16 { 0xffff } else { (1u16 << (n - j)) - 1 };
@@ -315,26 +371,29 @@ mod tests {
         if prod < 0 { -q } else { q }
     }
 
+    /// Every path's row store against `requantize` value by value: multipliers whose shifts
+    /// fall inside and outside the AVX-512 store's narrowing case, both output types, the
+    /// column-sum correction (zero-points of A at −128 and 127 too), extreme accumulators and
+    /// clamps, and lengths not a multiple of 16 or 8 (the AVX-512 and NEON steps).
     #[test]
-    fn every_path_stores_what_requantize_gives() {
-        let mut rng = crate::gemm::tests::Rng(11);
-        for n in [0, 1, 7, 8, 9, 16, 33, 100] {
-            // accumulators at the i32 extremes too, column sums for a zero-point of A
-            let acc: Vec<i32> = (0..n).map(|j| match j % 9 { 0 => i32::MAX, 1 => i32::MIN, _ => rng.next() as i32 >> (rng.next() % 32) }).collect();
-            let sums: Vec<i32> = (0..n).map(|_| (rng.next() % 65_000) as i32).collect();
-            for &(mult, bits, zp, lo, hi) in &[(1_518_500_250i64, 38u32, -128i64, -128i64, 127i64), ((1 << 31) - 1, 62, 127, -128, 127),
-                                              (1 << 30, 31, 0, 0, 255), (1_073_741_824, 1, 255, 0, 255), (0, 31, 3, 0, 255), (987_654_321, 45, -1 << 40, i64::MIN, i64::MAX)] {
-                for (za, with_sums) in [(0i32, false), (-128, true), (127, true)] {
-                    let q = RowRequant { base: rng.next() as i32, mult, bits, zero_point: zp, lo, hi };
-                    let s = with_sums.then_some((&sums[..], za));
-                    let expect: Vec<u8> = (0..n).map(|j| {
-                        let v = acc[j].wrapping_add(q.base).wrapping_sub(if with_sums { za.wrapping_mul(sums[j]) } else { 0 });
-                        requantize(v, mult, bits, zp, lo, hi) as u8
-                    }).collect();
-                    for path in Path::available() {
-                        let mut out = vec![0u8; n];
-                        requantize_row(path, &acc, s, &q, &mut out);
-                        assert_eq!(out, expect, "{} n {n} m {mult} bits {bits} zp {zp} za {za}", path.name());
+    fn row_stores_equal_requantize_on_every_path() {
+        let mut accs: Vec<i32> = vec![0, 1, -1, i32::MAX, i32::MIN, i32::MIN + 1, 1 << 30, -(1 << 30)];
+        accs.extend((0..200).map(|i: i32| i.wrapping_mul(0x9E37_79B9u32 as i32) >> (i % 31)));
+        let sums: Vec<i32> = (0..accs.len() as i32).map(|i| i * 977 - 90_000).collect();
+        for path in Path::available() {
+            for &(mult, bits) in &[(1i64 << 30, 31u32), (1_518_500_250, 32), (1_073_741_824, 38), ((1 << 31) - 1, 48), (1_300_000_000, 49), (2_000_000_000, 62), (0, 40), (1_073_741_824, 1), (987_654_321, 45)] {
+                for &(zp, lo, hi) in &[(0i64, -128i64, 127i64), (-128, -128, 127), (127, -128, 127), (0, 0, 255), (255, 0, 255), (128, 0, 255), (5, -3, 40), (-1 << 40, i64::MIN, i64::MAX)] {
+                    for za in [0, 3, -128, 127] {
+                        for len in [accs.len(), 17, 9, 8, 7, 5, 1, 0] {
+                            let q = RowRequant { base: -12_345, mult, bits, zero_point: zp, lo, hi };
+                            let (acc, s) = (&accs[..len], &sums[..len]);
+                            let mut got = vec![0u8; len];
+                            requantize_row(path, acc, (za != 0).then_some((s, za)), &q, &mut got);
+                            for j in 0..len {
+                                let v = acc[j].wrapping_add(q.base).wrapping_sub(za.wrapping_mul(s[j]));
+                                assert_eq!(got[j], requantize(v, mult, bits, zp, lo, hi) as u8, "{} m {mult} bits {bits} zp {zp} za {za}", path.name());
+                            }
+                        }
                     }
                 }
             }
