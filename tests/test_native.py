@@ -42,6 +42,7 @@ def test_paths_are_offered_and_forced_by_name(monkeypatch):
 
 def test_info_names_the_backend(capsys, monkeypatch, int8_onnx):
     from edgetrain.cli import main
+    monkeypatch.delenv(backend.PATH_ENV, raising=False)  # a forced path would be named instead
     for env, expect in (("numpy", "numpy"), ("native", f"native ({PATHS[-1]})")):
         monkeypatch.setenv(backend.BACKEND_ENV, env)
         assert main(["info", str(int8_onnx()), "--json"]) == 0
