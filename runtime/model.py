@@ -23,6 +23,7 @@ from .errors import ModelFormatError
 from .graph_rewrite import fold_batchnorm, fold_decoders, fold_qdq, prune_dead
 from .int_loss import IntCrossEntropy
 from .kernels import KERNELS, Node, supported_ops
+from .kernels.conv import chains
 from .kernels.declare import check_node
 
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT8: np.int8,
@@ -104,6 +105,14 @@ class Model:
                         tuple(i for i in dict.fromkeys(node.inputs) if i and i not in outputs
                               and last_use.get(i) is node))
                        for kernel, node in zip(self.kernels, nodes)]
+        # ``run``'s steps: the same, with each float Conv → Relu / MaxPool chain as one step
+        # (conv.chains) whose intermediate tensors are never made; the drops are those of its nodes
+        self._run_steps, self._chained = [], set()  # the latter: the tensors chains never make
+        for kernel, taken in chains(self.kernels, outputs):  # a chain reads only its first node's inputs
+            first = taken[0].node
+            drop = tuple(i for i in dict.fromkeys(first.inputs) if i and i not in outputs and last_use.get(i) is first)
+            self._run_steps.append((kernel, first, first.inputs, taken[-1].node.outputs[0], drop))
+            self._chained.update(k.node.outputs[0] for k in taken[:-1])
         self.probe = self._probe()
 
     def _probe(self) -> dict[str, tuple[tuple, np.dtype]] | None:
@@ -207,7 +216,18 @@ class Model:
     # -- execution ---------------------------------------------------------
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run the graph on ``x`` and return its first output."""
-        return self.run_all(x, keep=False)[self.output_names[0]]
+        name, shape, dtype = self.inputs[0]
+        env = {name: self._check_input(x, name, shape, dtype)}
+        return self._walk(env, self._run_steps, set(), False)[self.output_names[0]]
+
+    def steps_for(self, keep: bool | set[str]) -> list:
+        """The steps a whole-graph ``execute`` walks: the nodes one by one when every tensor is
+        kept or a kept one is inside a float convolution chain (:func:`kernels.conv.chains`),
+        else the chains in one step each (the same values; the chains' inner tensors are
+        never made). Each step: ``(kernel, node, input names, output name, names it drops)``."""
+        if keep is True or (keep and not self._chained.isdisjoint(keep)):
+            return self._steps
+        return self._run_steps
 
     def run_all(self, x: np.ndarray, keep: bool | set[str] = True) -> dict[str, np.ndarray]:
         """Run and return tensors by name: every tensor if ``keep`` is True, the graph
@@ -226,8 +246,12 @@ class Model:
         retain = set(keep) if isinstance(keep, set) else set()  # the graph outputs are never in a drop list
         if stop > start:
             retain.update(self.nodes[stop - 1].outputs)
+        steps = self.steps_for(keep) if (start, stop) == (0, len(self.nodes)) else self._steps[start:stop]
+        return self._walk(env, steps, retain, keep)
+
+    def _walk(self, env, steps, retain, keep):
         params = self.params
-        for kernel, node, inputs, output, drop in self._steps[start:stop]:
+        for kernel, node, inputs, output, drop in steps:
             try:
                 env[output] = kernel.run(*[env[i] if i in env else params[i] if i else None for i in inputs])
             except ValueError as e:

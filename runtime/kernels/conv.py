@@ -43,6 +43,176 @@ def _conv(kernel, x, w, product, cols_dtype, out_dtype):
     return y
 
 
+def _float_layout(x_shape, w_shape, group, strides, pads, out_hw, bias: bool, itemsize: int = 4):
+    """How :func:`_conv_float` lays out its work: ``(flat, length, k, block)`` — whether the
+    columns are taken on the flattened padded plane (unit strides), the columns per image,
+    the rows of the patch part of the columns and the images per block."""
+    (n, _, h, wd), (_, cg, kh, kw) = x_shape, w_shape
+    flat = tuple(strides) == (1, 1)
+    wp = wd + pads[1] + pads[3]
+    length = (out_hw[0] - 1) * wp + out_hw[1] if flat else out_hw[0] * out_hw[1]
+    k = kh * kw * cg
+    block = min(n, max(1, COLS_BLOCK_BYTES // ((k + bias) * length * itemsize)))
+    return flat, length, k, block
+
+
+def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None):
+    """Float 2-D convolution, im2col per image, written straight into the NCHW output.
+
+    Blocks of images whose columns fit in ``COLS_BLOCK_BYTES``; each image's columns are
+    (KH·KW·Cg [+1], L) and one batched product ``W · cols`` gives its (Mg, L) rows, so no
+    output transpose is needed. The bias rides in the product (a row of ones under the
+    columns, the bias as the weight's last column). With unit strides the columns are taken
+    on the padded image's flattened plane: position ``q = oh·Wp + ow`` for offset (i, j) reads
+    ``q + i·dh·Wp + j·dw``, so each column row is one contiguous run of L = (OH−1)·Wp + OW
+    values (fast to copy), at the price of the (KW−1)·dw positions per row that wrap into the
+    next row; the product's rows are then cropped into the output. Other strides gather the
+    (OH, OW) grid and, unless something follows, write the product straight into the output.
+
+    ``relu`` and ``pool`` (a max-pool window ``(ph, pw)`` that tiles the output with stride
+    ``(ph, pw)``) are applied to each block's rows as they are stored (:class:`ConvChain`):
+    the same values as the Relu and MaxPool kernels give on the whole output (max and
+    relu are exact and commute), without making that output.
+    """
+    strides, dilations, pads, (oh, ow) = _geometry(kernel, x, w)
+    m, cg, kh, kw = w.shape
+    group = kernel.attr("group", 1)
+    mg, n, h, wd = m // group, x.shape[0], x.shape[2], x.shape[3]
+    hp, wp = h + pads[0] + pads[2], wd + pads[1] + pads[3]
+    extra = int(b is not None)
+    flat, length, k, block = _float_layout(x.shape, w.shape, group, strides, pads, (oh, ow), bool(extra),
+                                           x.itemsize)
+    w2d = []
+    for g in range(group):
+        wg = w[g * mg:(g + 1) * mg].transpose(0, 2, 3, 1).reshape(mg, k)
+        w2d.append(np.concatenate([wg, b[g * mg:(g + 1) * mg, None]], axis=1) if extra else wg)
+    padded = any(pads) or not x.flags.c_contiguous
+    if padded:  # one block's padded images; the border stays zero, the interior is rewritten
+        src = np.zeros((block, x.shape[1], hp, wp), dtype=x.dtype)
+        inner = src[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd]
+    else:
+        src = x
+    cols_buf = np.empty((block, k + extra, length), dtype=x.dtype)
+    if extra:
+        cols_buf[:, k] = 1
+    (sh, sw), (dh, dw), it = strides, dilations, x.itemsize
+    sn, sc, sy, sx = src.strides
+    if flat:
+        shape, steps = (kh, kw, cg, length), (sy * dh, sx * dw, sc, sx)
+    else:
+        shape, steps = (kh, kw, cg, oh, ow), (sy * dh, sx * dw, sc, sy * sh, sx * sw)
+    direct = not flat and pool is None and group == 1  # the product lands in the output as it is
+    out_hw = (oh, ow) if pool is None else (oh // pool[0], ow // pool[1])
+    y = np.empty((n, m) + out_hw, dtype=x.dtype)
+    if not direct:  # the rows' (pooled) output positions: views of the rows, one per pool offset
+        rows_buf = np.empty((block, mg, length), dtype=x.dtype)
+        pitch, (ph, pw) = wp if flat else ow, pool or (1, 1)
+        stored = [np.lib.stride_tricks.as_strided(rows_buf.reshape(-1)[i * pitch + j:], (block, mg) + out_hw,
+                                                  (mg * length * it, length * it, ph * pitch * it, pw * it))
+                  for i in range(ph) for j in range(pw)]
+    # every block's patches and columns as views made once (a view costs more than a block's copy)
+    patches = [np.lib.stride_tricks.as_strided(src[:, g * cg:], (src.shape[0],) + shape, (sn,) + steps,
+                                               writeable=False) for g in range(group)]
+    cols_in = cols_buf[:, :k].reshape((block,) + shape)
+    for n0 in range(0, n, block):
+        nb = min(block, n - n0)
+        if padded:
+            inner[:nb] = x[n0:n0 + nb]
+        at = slice(0, nb) if padded else slice(n0, n0 + nb)
+        for g in range(group):
+            np.copyto(cols_in[:nb], patches[g][at])
+            yb = y[n0:n0 + nb, g * mg:(g + 1) * mg]
+            if direct:
+                np.matmul(w2d[g], cols_buf[:nb], out=yb.reshape(nb, mg, length))
+            else:
+                np.matmul(w2d[g], cols_buf[:nb], out=rows_buf[:nb])
+                if len(stored) == 1:
+                    yb[...] = stored[0][:nb]
+                else:
+                    np.maximum(stored[0][:nb], stored[1][:nb], out=yb)
+                    for v in stored[2:]:
+                        np.maximum(yb, v[:nb], out=yb)
+            if relu:
+                np.maximum(yb, np.zeros((), dtype=yb.dtype), out=yb)
+    return y
+
+
+class ConvChain:
+    """A float Conv and the Relu and/or exactly tiling MaxPool that alone read its output, run
+    as one step of ``Model.execute`` (:func:`chains`; not when a caller keeps a tensor inside
+    the chain, as backprop does its tail's inputs): the block's rows are relu'd and pooled as
+    they are stored, so the convolution's full output is never made."""
+    returns_view = False
+
+    def __init__(self, conv: "Conv", relu: bool, pool):
+        self.conv, self.relu, self.pool = conv, relu, pool
+        self.node = conv.node
+
+    def _window(self, x_shape, w_shape):
+        """The pool window if it tiles the convolution's output exactly (else None: pooled apart)."""
+        if self.pool is None:
+            return None
+        oh, ow = self.conv.window(w_shape[2:], x_shape[2:])[3]
+        kernel = tuple(self.pool.attr("kernel_shape"))
+        p_strides, p_dil, p_pads, p_out = self.pool.window(kernel, (oh, ow))
+        if tuple(p_strides) == kernel and tuple(p_dil) == (1, 1) and not any(p_pads) \
+                and tuple(p_out) == (oh // kernel[0], ow // kernel[1]):
+            return kernel
+        return None
+
+    def run(self, x, w, b=None):
+        window = self._window(x.shape, w.shape)
+        y = _conv_float(self.conv, x, w, b, relu=self.relu, pool=window)
+        return self.pool.run(y) if self.pool is not None and window is None else y
+
+    def workspace(self, shapes, dtypes, out_bytes):
+        node = self.conv.node
+        x_shape, w_shape = shapes[node.inputs[0]], shapes[node.inputs[1]]
+        window = self._window(x_shape, w_shape)
+        ws = _conv_workspace(self.conv, shapes, integer=False, pooled=window is not None)
+        if self.pool is not None and window is None:  # the convolution's output, then pooled apart
+            conv_bytes = 4 * _size((x_shape[0], w_shape[0]) + tuple(self.conv.window(w_shape[2:], x_shape[2:])[3]))
+            ws = max(ws, conv_bytes + conv_bytes)  # the pool's copy of its first slice is output-sized
+        return ws
+
+
+def chains(kernels, outputs) -> list:
+    """Model.run's steps: ``kernels`` with each float Conv followed by a Relu and/or a MaxPool
+    that alone read its output (not a graph output, one of ``outputs``) grouped into a
+    :class:`ConvChain`; returns a list of ``(kernel_or_chain, kernels it stands for)``."""
+    from .activation import Relu
+    from .pool import MaxPool
+    readers = {}
+    for kn in kernels:
+        for i in kn.node.inputs:
+            readers[i] = readers.get(i, 0) + 1
+    out, i = [], 0
+    while i < len(kernels):
+        kn = kernels[i]
+        taken = [kn]
+        if type(kn) is Conv:
+            relu = pool = None
+            for cls in (Relu, MaxPool, Relu):
+                nxt = kernels[i + len(taken)] if i + len(taken) < len(kernels) else None
+                prev = taken[-1].node.outputs[0]
+                if nxt is None or type(nxt) is not cls or nxt.node.inputs[:1] != [prev] or readers.get(prev) != 1 \
+                        or prev in outputs:
+                    continue
+                if cls is MaxPool and (pool is not None or nxt.attr("storage_order", 0)):
+                    continue
+                if cls is Relu and relu is not None:
+                    continue
+                taken.append(nxt)
+                relu, pool = (nxt if cls is Relu else relu), (nxt if cls is MaxPool else pool)
+            if len(taken) > 1:
+                out.append((ConvChain(kn, relu is not None, pool), taken))
+                i += len(taken)
+                continue
+        out.append((kn, taken))
+        i += 1
+    return out
+
+
 def _geometry(kernel, x, w):
     """The window of ``kernel``'s convolution of ``x`` by ``w``: ``(strides, dilations, pads, out_hw)``."""
     where = kernel.node.name
@@ -88,13 +258,22 @@ def _native_conv_workspace(x_shape, w_shape, group, strides, dilations, pads, ou
             + max(tile, pitch * strides[1]) + mg * quad_bytes)
 
 
-def _conv_workspace(kernel: Kernel, shapes, integer: bool) -> int:
-    """What :func:`_conv` and its ``product`` allocate beyond the output (memory model)."""
+def _conv_workspace(kernel: Kernel, shapes, integer: bool, pooled: bool = False) -> int:
+    """What :func:`_conv` and its ``product`` (integer) or :func:`_conv_float` allocate beyond
+    the output (memory model); ``pooled``: a :class:`ConvChain` pools as it stores."""
     node = kernel.node
     x_shape, w_shape = shapes[node.inputs[0]], shapes[node.inputs[kernel.weight_input]]
     m, cg, kh, kw = w_shape
     strides, dilations, pads, out_hw = window_geometry((kh, kw), node.attrs, x_shape[2:], node.name)
-    if integer and kernel.native is not None:
+    if not integer:
+        group, bias = kernel.attr("group", 1), int(len(node.inputs) > 2 and bool(node.inputs[2]))
+        flat, length, k, block = _float_layout(x_shape, w_shape, group, strides, pads, out_hw, bool(bias))
+        padded = block * x_shape[1] * (x_shape[2] + pads[0] + pads[2]) * (x_shape[3] + pads[1] + pads[3]) \
+            if any(pads) else 0
+        rows = 0 if (not flat and not pooled and group == 1) else block * (m // group) * length
+        # the reordered weights (with the bias column), a block's padded images, columns and rows
+        return 4 * (m * (k + bias) + padded + block * (k + bias) * length + rows)
+    if kernel.native is not None:
         return _native_conv_workspace(x_shape, w_shape, kernel.attr("group", 1), strides, dilations, pads, out_hw,
                                       kernel.native_direct(cg, strides))
     per_image = kh * kw * cg * out_hw[0] * out_hw[1] * 4
@@ -103,17 +282,13 @@ def _conv_workspace(kernel: Kernel, shapes, integer: bool) -> int:
     padded_all = x_shape[0] * x_shape[1] * padded_hw if any(pads) else 0  # the input padded once
     cols = per_image * block
     out_block = (m // kernel.attr("group", 1)) * block * out_hw[0] * out_hw[1]
-    if integer:
-        shifted = 2 * _size(x_shape) + 2 * padded_all  # x − zx as int16 (and padded), held throughout
-        weights = (2 + 2 + 4) * _size(w_shape)     # int16 copy, reordered, working type
-        im2col = cols  # one strided copy of the (already padded) input, no other temporary
-        # the GEMM's float32 result and its int32 copy, then the int32 block being requantised
-        gemm = cols + max(4 * out_block * (2 if kernel.float_gemm else 1),
-                          4 * out_block + quant.requantize_workspace(out_block))
-        return shifted + weights + max(im2col, gemm)
-    im2col = cols
-    gemm = cols + 4 * out_block * 2                 # the product and its bias-added copy
-    return 4 * padded_all + 4 * _size(w_shape) + max(im2col, gemm)
+    shifted = 2 * _size(x_shape) + 2 * padded_all  # x − zx as int16 (and padded), held throughout
+    weights = (2 + 2 + 4) * _size(w_shape)     # int16 copy, reordered, working type
+    im2col = cols  # one strided copy of the (already padded) input, no other temporary
+    # the GEMM's float32 result and its int32 copy, then the int32 block being requantised
+    gemm = cols + max(4 * out_block * (2 if kernel.float_gemm else 1),
+                      4 * out_block + quant.requantize_workspace(out_block))
+    return shifted + weights + max(im2col, gemm)
 
 
 @register("Conv")
@@ -135,12 +310,7 @@ class Conv(Kernel):
                              f"not split input channels {x[1]} and weight {list(w)}")
 
     def run(self, x, w, b=None):
-        mg = w.shape[0] // self.attr("group", 1)
-
-        def product(g, w2d, cols):
-            out = w2d @ cols
-            return out if b is None else out + b[g * mg:(g + 1) * mg, None]
-        return _conv(self, x, w, product, x.dtype, x.dtype)
+        return _conv_float(self, x, w, b)
 
     def workspace(self, shapes, dtypes, out_bytes):
         return _conv_workspace(self, shapes, integer=False)
