@@ -108,10 +108,10 @@ class Model:
         # ``run``'s steps: the same, with each float Conv → Relu / MaxPool chain as one step
         # (conv.chains) whose intermediate tensors are never made; the drops are those of its nodes
         self._run_steps, self._chained = [], set()  # the latter: the tensors chains never make
-        for kernel, taken in chains(self.kernels, outputs):  # a chain reads only its first node's inputs
-            first = taken[0].node
-            drop = tuple(i for i in dict.fromkeys(first.inputs) if i and i not in outputs and last_use.get(i) is first)
-            self._run_steps.append((kernel, first, first.inputs, taken[-1].node.outputs[0], drop))
+        for kernel, taken, inputs in chains(self.kernels, outputs):
+            drop = tuple(i for i in dict.fromkeys(inputs) if i and i not in outputs
+                         and any(last_use.get(i) is k.node for k in taken))
+            self._run_steps.append((kernel, taken[0].node, inputs, taken[-1].node.outputs[0], drop))
             self._chained.update(k.node.outputs[0] for k in taken[:-1])
         self.probe = self._probe()
 

@@ -56,7 +56,7 @@ def _float_layout(x_shape, w_shape, group, strides, pads, out_hw, bias: bool, it
     return flat, length, k, block
 
 
-def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None):
+def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None, residual=None):
     """Float 2-D convolution, im2col per image, written straight into the NCHW output.
 
     Blocks of images whose columns fit in ``COLS_BLOCK_BYTES``; each image's columns are
@@ -69,10 +69,11 @@ def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None):
     next row; the product's rows are then cropped into the output. Other strides gather the
     (OH, OW) grid and, unless something follows, write the product straight into the output.
 
-    ``relu`` and ``pool`` (a max-pool window ``(ph, pw)`` that tiles the output with stride
-    ``(ph, pw)``) are applied to each block's rows as they are stored (:class:`ConvChain`):
-    the same values as the Relu and MaxPool kernels give on the whole output (max and
-    relu are exact and commute), without making that output.
+    ``residual`` (added, an array of the output's shape), ``relu`` and ``pool`` (a max-pool
+    window ``(ph, pw)`` that tiles the output with stride ``(ph, pw)``), in this order, are
+    applied to each block's rows as they are stored (:class:`ConvChain`): the same values as
+    the Add, Relu and MaxPool kernels give on the whole output (max and relu are exact and
+    commute; a float sum does not depend on its operands' order), without making that output.
     """
     strides, dilations, pads, (oh, ow) = _geometry(kernel, x, w)
     m, cg, kh, kw = w.shape
@@ -102,6 +103,7 @@ def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None):
     else:
         shape, steps = (kh, kw, cg, oh, ow), (sy * dh, sx * dw, sc, sy * sh, sx * sw)
     direct = not flat and pool is None and group == 1  # the product lands in the output as it is
+    summed = residual is not None and pool is not None  # the residual goes into the rows, then pooled
     out_hw = (oh, ow) if pool is None else (oh // pool[0], ow // pool[1])
     y = np.empty((n, m) + out_hw, dtype=x.dtype)
     if not direct:  # the rows' (pooled) output positions: views of the rows, one per pool offset
@@ -110,6 +112,9 @@ def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None):
         stored = [np.lib.stride_tricks.as_strided(rows_buf.reshape(-1)[i * pitch + j:], (block, mg) + out_hw,
                                                   (mg * length * it, length * it, ph * pitch * it, pw * it))
                   for i in range(ph) for j in range(pw)]
+        if summed:  # every output position of the rows, before pooling
+            positions = np.lib.stride_tricks.as_strided(rows_buf, (block, mg, oh, ow),
+                                                        (mg * length * it, length * it, pitch * it, it))
     # every block's patches and columns as views made once (a view costs more than a block's copy)
     patches = [np.lib.stride_tricks.as_strided(src[:, g * cg:], (src.shape[0],) + shape, (sn,) + steps,
                                                writeable=False) for g in range(group)]
@@ -122,12 +127,20 @@ def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None):
         for g in range(group):
             np.copyto(cols_in[:nb], patches[g][at])
             yb = y[n0:n0 + nb, g * mg:(g + 1) * mg]
+            rb = None if residual is None else residual[n0:n0 + nb, g * mg:(g + 1) * mg]
             if direct:
                 np.matmul(w2d[g], cols_buf[:nb], out=yb.reshape(nb, mg, length))
+                if rb is not None:
+                    yb += rb
             else:
                 np.matmul(w2d[g], cols_buf[:nb], out=rows_buf[:nb])
+                if summed:
+                    positions[:nb] += rb
                 if len(stored) == 1:
-                    yb[...] = stored[0][:nb]
+                    if rb is None:
+                        yb[...] = stored[0][:nb]
+                    else:
+                        np.add(stored[0][:nb], rb, out=yb)
                 else:
                     np.maximum(stored[0][:nb], stored[1][:nb], out=yb)
                     for v in stored[2:]:
@@ -138,20 +151,21 @@ def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None):
 
 
 class ConvChain:
-    """A float Conv and the Relu and/or exactly tiling MaxPool that alone read its output, run
-    as one step of ``Model.execute`` (:func:`chains`; not when a caller keeps a tensor inside
-    the chain, as backprop does its tail's inputs): the block's rows are relu'd and pooled as
-    they are stored, so the convolution's full output is never made."""
+    """A float Conv and what alone reads its output — a residual Add, then a Relu and/or an
+    exactly tiling MaxPool — run as one step of ``Model.execute`` (:func:`chains`; not when a
+    caller keeps a tensor inside the chain, as backprop does its tail's inputs): each block's
+    rows get the residual added, are relu'd and pooled as they are stored, so neither the
+    convolution's output nor the sum is made."""
     returns_view = False
 
-    def __init__(self, conv: "Conv", relu: bool, pool):
-        self.conv, self.relu, self.pool = conv, relu, pool
-        self.node = conv.node
+    def __init__(self, conv: "Conv", after: list):
+        self.conv, self.after, self.node = conv, after, conv.node
+        self.add = next((k for k in after if k.node.op_type == "Add"), None)
+        self.relu = any(k.node.op_type == "Relu" for k in after)
+        self.pool = next((k for k in after if k.node.op_type == "MaxPool"), None)
 
     def _window(self, x_shape, w_shape):
         """The pool window if it tiles the convolution's output exactly (else None: pooled apart)."""
-        if self.pool is None:
-            return None
         oh, ow = self.conv.window(w_shape[2:], x_shape[2:])[3]
         kernel = tuple(self.pool.attr("kernel_shape"))
         p_strides, p_dil, p_pads, p_out = self.pool.window(kernel, (oh, ow))
@@ -160,15 +174,31 @@ class ConvChain:
             return kernel
         return None
 
-    def run(self, x, w, b=None):
-        window = self._window(x.shape, w.shape)
-        y = _conv_float(self.conv, x, w, b, relu=self.relu, pool=window)
-        return self.pool.run(y) if self.pool is not None and window is None else y
+    def _fused(self, x, w, residual) -> tuple[bool, tuple | None]:
+        """Whether the store can do it all, and the pool window it applies."""
+        window = None if self.pool is None else self._window(x.shape, w.shape)
+        if (self.pool is not None and window is None) or x.ndim != 4 or w.ndim != 4:
+            return False, None
+        if residual is not None:
+            out = (x.shape[0], w.shape[0]) + tuple(self.conv.window(w.shape[2:], x.shape[2:])[3])
+            if residual.shape != out or residual.dtype != x.dtype:  # broadcasting: the Add kernel does it
+                return False, None
+        return True, window
+
+    def run(self, x, w, b=None, residual=None):
+        fused, window = self._fused(x, w, residual)
+        if fused:
+            return _conv_float(self.conv, x, w, b, relu=self.relu, pool=window, residual=residual)
+        y = self.conv.run(x, w, b)
+        for k in self.after:  # one by one, in graph order, the Add's operands in theirs
+            y = (k.run(*(y if i == self.conv.node.outputs[0] else residual for i in k.node.inputs))
+                 if k is self.add else k.run(y))
+        return y
 
     def workspace(self, shapes, dtypes, out_bytes):
         node = self.conv.node
         x_shape, w_shape = shapes[node.inputs[0]], shapes[node.inputs[1]]
-        window = self._window(x_shape, w_shape)
+        window = None if self.pool is None else self._window(x_shape, w_shape)
         ws = _conv_workspace(self.conv, shapes, integer=False, pooled=window is not None)
         if self.pool is not None and window is None:  # the convolution's output, then pooled apart
             conv_bytes = 4 * _size((x_shape[0], w_shape[0]) + tuple(self.conv.window(w_shape[2:], x_shape[2:])[3]))
@@ -177,10 +207,13 @@ class ConvChain:
 
 
 def chains(kernels, outputs) -> list:
-    """Model.run's steps: ``kernels`` with each float Conv followed by a Relu and/or a MaxPool
-    that alone read its output (not a graph output, one of ``outputs``) grouped into a
-    :class:`ConvChain`; returns a list of ``(kernel_or_chain, kernels it stands for)``."""
+    """``Model.execute``'s steps: ``kernels`` with each float Conv grouped into a
+    :class:`ConvChain` with the nodes after it that alone read the previous one's output (not
+    a graph output, one of ``outputs``): an Add of another tensor first, then a Relu and a
+    MaxPool in either order. Returns ``(kernel or chain, the kernels it stands for, its
+    input names)``."""
     from .activation import Relu
+    from .add import Add
     from .pool import MaxPool
     readers = {}
     for kn in kernels:
@@ -189,26 +222,28 @@ def chains(kernels, outputs) -> list:
     out, i = [], 0
     while i < len(kernels):
         kn = kernels[i]
-        taken = [kn]
+        taken, inputs = [kn], list(kn.node.inputs)
         if type(kn) is Conv:
-            relu = pool = None
-            for cls in (Relu, MaxPool, Relu):
+            inputs += [""] * (3 - len(inputs))  # the bias's place, then the residual's
+            for cls in (Add, Relu, MaxPool, Relu):
                 nxt = kernels[i + len(taken)] if i + len(taken) < len(kernels) else None
                 prev = taken[-1].node.outputs[0]
-                if nxt is None or type(nxt) is not cls or nxt.node.inputs[:1] != [prev] or readers.get(prev) != 1 \
-                        or prev in outputs:
+                if nxt is None or type(nxt) is not cls or prev not in nxt.node.inputs or readers.get(prev) != 1 \
+                        or prev in outputs or any(type(t) is cls for t in taken[1:]):
                     continue
-                if cls is MaxPool and (pool is not None or nxt.attr("storage_order", 0)):
-                    continue
-                if cls is Relu and relu is not None:
+                if cls is Add:
+                    other = [t for t in nxt.node.inputs if t != prev]
+                    if len(other) != 1 or len(nxt.node.inputs) != 2:
+                        continue
+                    inputs.append(other[0])
+                elif nxt.node.inputs[0] != prev or (cls is MaxPool and nxt.attr("storage_order", 0)):
                     continue
                 taken.append(nxt)
-                relu, pool = (nxt if cls is Relu else relu), (nxt if cls is MaxPool else pool)
             if len(taken) > 1:
-                out.append((ConvChain(kn, relu is not None, pool), taken))
+                out.append((ConvChain(kn, taken[1:]), taken, inputs))
                 i += len(taken)
                 continue
-        out.append((kn, taken))
+        out.append((kn, taken, kn.node.inputs))
         i += 1
     return out
 
