@@ -249,6 +249,10 @@ RESIDUAL_CASES = {
     "strided": (1, "conv", [], dict(pads=[1, 1, 1, 1], strides=[2, 2]), (2, 2, 9, 9)),
     "strided-grouped": (1, "conv", [], dict(pads=[1, 1, 1, 1], strides=[2, 2], group=2), (2, 2, 9, 9)),
     "broadcast-residual": (0, "const", [("Relu", {})], dict(pads=[1, 1, 1, 1]), (2, 2, 9, 9)),
+    "relu-global-mean": (0, "conv", [("Relu", {}), ("GlobalAveragePool", {})], dict(pads=[1, 1, 1, 1]),
+                         (3, 2, 9, 9)),
+    "strided-global-mean": (1, "conv", [("GlobalAveragePool", {})], dict(pads=[1, 1, 1, 1], strides=[2, 2]),
+                            (3, 2, 9, 9)),
 }
 
 

@@ -56,7 +56,8 @@ def _float_layout(x_shape, w_shape, group, strides, pads, out_hw, bias: bool, it
     return flat, length, k, block
 
 
-def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None, residual=None):
+def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None, residual=None,
+                mean: bool = False):
     """Float 2-D convolution, im2col per image, written straight into the NCHW output.
 
     Blocks of images whose columns fit in ``COLS_BLOCK_BYTES``; each image's columns are
@@ -73,7 +74,9 @@ def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None, 
     window ``(ph, pw)`` that tiles the output with stride ``(ph, pw)``), in this order, are
     applied to each block's rows as they are stored (:class:`ConvChain`): the same values as
     the Add, Relu and MaxPool kernels give on the whole output (max and relu are exact and
-    commute; a float sum does not depend on its operands' order), without making that output.
+    commute; a float sum does not depend on its operands' order), without making that output;
+    ``mean``: then each image's channels are averaged over the plane, block by block, as
+    GlobalAveragePool does (the same per-channel reduction), giving (N, M, 1, 1).
     """
     strides, dilations, pads, (oh, ow) = _geometry(kernel, x, w)
     m, cg, kh, kw = w.shape
@@ -102,10 +105,12 @@ def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None, 
         shape, steps = (kh, kw, cg, length), (sy * dh, sx * dw, sc, sx)
     else:
         shape, steps = (kh, kw, cg, oh, ow), (sy * dh, sx * dw, sc, sy * sh, sx * sw)
-    direct = not flat and pool is None and group == 1  # the product lands in the output as it is
+    direct = not flat and pool is None and group == 1 and not mean  # the product lands in the output as it is
     summed = residual is not None and pool is not None  # the residual goes into the rows, then pooled
     out_hw = (oh, ow) if pool is None else (oh // pool[0], ow // pool[1])
-    y = np.empty((n, m) + out_hw, dtype=x.dtype)
+    y = np.empty((n, m) + ((1, 1) if mean else out_hw), dtype=x.dtype)
+    if mean:  # a block's output, averaged as it is done
+        whole = np.empty((block, mg) + out_hw, dtype=x.dtype)
     if not direct:  # the rows' (pooled) output positions: views of the rows, one per pool offset
         rows_buf = np.empty((block, mg, length), dtype=x.dtype)
         pitch, (ph, pw) = wp if flat else ow, pool or (1, 1)
@@ -119,6 +124,7 @@ def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None, 
     patches = [np.lib.stride_tricks.as_strided(src[:, g * cg:], (src.shape[0],) + shape, (sn,) + steps,
                                                writeable=False) for g in range(group)]
     cols_in = cols_buf[:, :k].reshape((block,) + shape)
+    zero = np.zeros((), dtype=x.dtype)
     for n0 in range(0, n, block):
         nb = min(block, n - n0)
         if padded:
@@ -126,7 +132,7 @@ def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None, 
         at = slice(0, nb) if padded else slice(n0, n0 + nb)
         for g in range(group):
             np.copyto(cols_in[:nb], patches[g][at])
-            yb = y[n0:n0 + nb, g * mg:(g + 1) * mg]
+            yb = whole[:nb] if mean else y[n0:n0 + nb, g * mg:(g + 1) * mg]
             rb = None if residual is None else residual[n0:n0 + nb, g * mg:(g + 1) * mg]
             if direct:
                 np.matmul(w2d[g], cols_buf[:nb], out=yb.reshape(nb, mg, length))
@@ -136,17 +142,20 @@ def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None, 
                 np.matmul(w2d[g], cols_buf[:nb], out=rows_buf[:nb])
                 if summed:
                     positions[:nb] += rb
-                if len(stored) == 1:
-                    if rb is None:
-                        yb[...] = stored[0][:nb]
-                    else:
-                        np.add(stored[0][:nb], rb, out=yb)
+                if len(stored) == 1 and rb is None and relu:  # the crop, relu'd on the way
+                    np.maximum(stored[0][:nb], zero, out=yb)
+                elif len(stored) == 1 and rb is None:
+                    yb[...] = stored[0][:nb]
+                elif len(stored) == 1:
+                    np.add(stored[0][:nb], rb, out=yb)
                 else:
                     np.maximum(stored[0][:nb], stored[1][:nb], out=yb)
                     for v in stored[2:]:
                         np.maximum(yb, v[:nb], out=yb)
-            if relu:
-                np.maximum(yb, np.zeros((), dtype=yb.dtype), out=yb)
+            if relu and (direct or len(stored) > 1 or rb is not None):
+                np.maximum(yb, zero, out=yb)
+            if mean:
+                y[n0:n0 + nb, g * mg:(g + 1) * mg] = yb.mean(axis=(2, 3), keepdims=True, dtype=np.float32)
     return y
 
 
@@ -163,6 +172,7 @@ class ConvChain:
         self.add = next((k for k in after if k.node.op_type == "Add"), None)
         self.relu = any(k.node.op_type == "Relu" for k in after)
         self.pool = next((k for k in after if k.node.op_type == "MaxPool"), None)
+        self.mean = any(k.node.op_type == "GlobalAveragePool" for k in after)
 
     def _window(self, x_shape, w_shape):
         """The pool window if it tiles the convolution's output exactly (else None: pooled apart)."""
@@ -177,7 +187,8 @@ class ConvChain:
     def _fused(self, x, w, residual) -> tuple[bool, tuple | None]:
         """Whether the store can do it all, and the pool window it applies."""
         window = None if self.pool is None else self._window(x.shape, w.shape)
-        if (self.pool is not None and window is None) or x.ndim != 4 or w.ndim != 4:
+        if (self.pool is not None and window is None) or x.ndim != 4 or w.ndim != 4 \
+                or (self.mean and x.dtype != np.float32):
             return False, None
         if residual is not None:
             out = (x.shape[0], w.shape[0]) + tuple(self.conv.window(w.shape[2:], x.shape[2:])[3])
@@ -188,7 +199,7 @@ class ConvChain:
     def run(self, x, w, b=None, residual=None):
         fused, window = self._fused(x, w, residual)
         if fused:
-            return _conv_float(self.conv, x, w, b, relu=self.relu, pool=window, residual=residual)
+            return _conv_float(self.conv, x, w, b, relu=self.relu, pool=window, residual=residual, mean=self.mean)
         y = self.conv.run(x, w, b)
         for k in self.after:  # one by one, in graph order, the Add's operands in theirs
             y = (k.run(*(y if i == self.conv.node.outputs[0] else residual for i in k.node.inputs))
@@ -199,7 +210,12 @@ class ConvChain:
         node = self.conv.node
         x_shape, w_shape = shapes[node.inputs[0]], shapes[node.inputs[1]]
         window = None if self.pool is None else self._window(x_shape, w_shape)
-        ws = _conv_workspace(self.conv, shapes, integer=False, pooled=window is not None)
+        ws = _conv_workspace(self.conv, shapes, integer=False, pooled=window is not None or self.mean)
+        if self.mean:  # a block's output before it is averaged
+            group, (strides, _, pads, out_hw) = self.conv.attr("group", 1), self.conv.window(w_shape[2:], x_shape[2:])
+            block = _float_layout(x_shape, w_shape, group, strides, pads, out_hw,
+                                  len(node.inputs) > 2 and bool(node.inputs[2]))[3]
+            ws += 4 * block * (w_shape[0] // group) * _size(out_hw)
         if self.pool is not None and window is None:  # the convolution's output, then pooled apart
             conv_bytes = 4 * _size((x_shape[0], w_shape[0]) + tuple(self.conv.window(w_shape[2:], x_shape[2:])[3]))
             ws = max(ws, conv_bytes + conv_bytes)  # the pool's copy of its first slice is output-sized
@@ -210,11 +226,11 @@ def chains(kernels, outputs) -> list:
     """``Model.execute``'s steps: ``kernels`` with each float Conv grouped into a
     :class:`ConvChain` with the nodes after it that alone read the previous one's output (not
     a graph output, one of ``outputs``): an Add of another tensor first, then a Relu and a
-    MaxPool in either order. Returns ``(kernel or chain, the kernels it stands for, its
+    MaxPool in either order, or a Relu and a GlobalAveragePool. Returns ``(kernel or chain, the kernels it stands for, its
     input names)``."""
     from .activation import Relu
     from .add import Add
-    from .pool import MaxPool
+    from .pool import GlobalAveragePool, MaxPool
     readers = {}
     for kn in kernels:
         for i in kn.node.inputs:
@@ -225,11 +241,12 @@ def chains(kernels, outputs) -> list:
         taken, inputs = [kn], list(kn.node.inputs)
         if type(kn) is Conv:
             inputs += [""] * (3 - len(inputs))  # the bias's place, then the residual's
-            for cls in (Add, Relu, MaxPool, Relu):
+            for cls in (Add, Relu, MaxPool, Relu, GlobalAveragePool):
                 nxt = kernels[i + len(taken)] if i + len(taken) < len(kernels) else None
                 prev = taken[-1].node.outputs[0]
                 if nxt is None or type(nxt) is not cls or prev not in nxt.node.inputs or readers.get(prev) != 1 \
-                        or prev in outputs or any(type(t) is cls for t in taken[1:]):
+                        or prev in outputs or any(type(t) is cls for t in taken[1:]) \
+                        or (cls is GlobalAveragePool and any(type(t) is MaxPool for t in taken)):
                     continue
                 if cls is Add:
                     other = [t for t in nxt.node.inputs if t != prev]
