@@ -210,6 +210,11 @@ CHAIN_CASES = {
                              [("Relu", {})], (2, 2, 9, 9), True),
     "pool-not-tiling": (dict(pads=[1, 1, 1, 1]), True, [("Relu", {}), ("MaxPool", dict(
         kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1))], (2, 2, 9, 9), True),
+    "same-width-dilated-asymmetric": (dict(dilations=[1, 2], pads=[1, 1, 1, 3], group=2), True, [("Relu", {})],
+                                      (2, 4, 9, 10), True),
+    "same-width-no-bias-pool": (dict(pads=[0, 2, 1, 2]), False, [("MaxPool", dict(kernel_shape=[2, 2],
+                                                                                   strides=[2, 2]))],
+                                (3, 2, 8, 11), True),
     "output-read-twice": (dict(pads=[1, 1, 1, 1]), True, [("Relu", {}), ("Add", {})], (2, 2, 9, 9), False),
 }
 

@@ -44,16 +44,18 @@ def _conv(kernel, x, w, product, cols_dtype, out_dtype):
 
 
 def _float_layout(x_shape, w_shape, group, strides, pads, out_hw, bias: bool, itemsize: int = 4):
-    """How :func:`_conv_float` lays out its work: ``(flat, length, k, block)`` — whether the
-    columns are taken on the flattened padded plane (unit strides), the columns per image,
-    the rows of the patch part of the columns and the images per block."""
+    """How :func:`_conv_float` lays out its work: ``(mode, length, k, block)`` — where the
+    columns come from ("same": the flattened plane, padded above and below only, when the
+    output is as wide as the input; "flat": the flattened padded plane; "gather": the strided
+    grid), the columns per image, the rows of the patch part of the columns and the images
+    per block."""
     (n, _, h, wd), (_, cg, kh, kw) = x_shape, w_shape
-    flat = tuple(strides) == (1, 1)
+    mode = "gather" if tuple(strides) != (1, 1) else "same" if out_hw[1] == wd else "flat"
     wp = wd + pads[1] + pads[3]
-    length = (out_hw[0] - 1) * wp + out_hw[1] if flat else out_hw[0] * out_hw[1]
+    length = (out_hw[0] - 1) * wp + out_hw[1] if mode == "flat" else out_hw[0] * out_hw[1]
     k = kh * kw * cg
     block = min(n, max(1, COLS_BLOCK_BYTES // ((k + bias) * length * itemsize)))
-    return flat, length, k, block
+    return mode, length, k, block
 
 
 def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None, residual=None,
@@ -67,8 +69,12 @@ def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None, 
     on the padded image's flattened plane: position ``q = oh·Wp + ow`` for offset (i, j) reads
     ``q + i·dh·Wp + j·dw``, so each column row is one contiguous run of L = (OH−1)·Wp + OW
     values (fast to copy), at the price of the (KW−1)·dw positions per row that wrap into the
-    next row; the product's rows are then cropped into the output. Other strides gather the
-    (OH, OW) grid and, unless something follows, write the product straight into the output.
+    next row; the product's rows are then cropped into the output. When the output is as wide
+    as the input ("same" padding across), the plane is padded above and below only and read at
+    pitch W: no position is wasted and the product lands in the output as it is, and the reads
+    that wrap into the neighbouring row (where the padding would be) are zeroed in the columns.
+    Other strides gather the (OH, OW) grid and, unless something follows, write the product
+    straight into the output.
 
     ``residual`` (added, an array of the output's shape), ``relu`` and ``pool`` (a max-pool
     window ``(ph, pw)`` that tiles the output with stride ``(ph, pw)``), in this order, are
@@ -84,14 +90,23 @@ def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None, 
     mg, n, h, wd = m // group, x.shape[0], x.shape[2], x.shape[3]
     hp, wp = h + pads[0] + pads[2], wd + pads[1] + pads[3]
     extra = int(b is not None)
-    flat, length, k, block = _float_layout(x.shape, w.shape, group, strides, pads, (oh, ow), bool(extra),
+    mode, length, k, block = _float_layout(x.shape, w.shape, group, strides, pads, (oh, ow), bool(extra),
                                            x.itemsize)
+    flat, same = mode == "flat", mode == "same"
     w2d = []
     for g in range(group):
         wg = w[g * mg:(g + 1) * mg].transpose(0, 2, 3, 1).reshape(mg, k)
         w2d.append(np.concatenate([wg, b[g * mg:(g + 1) * mg, None]], axis=1) if extra else wg)
     padded = any(pads) or not x.flags.c_contiguous
-    if padded:  # one block's padded images; the border stays zero, the interior is rewritten
+    (sh, sw), (dh, dw), it = strides, dilations, x.itemsize
+    head = 0
+    if same and padded:  # a block's images with rows of zeros above and below, after pads[1] zeros
+        head, wp = pads[1], wd  # (reads before the first image's start or after the last image's end)
+        flat_buf = np.zeros(head + block * x.shape[1] * hp * wd + (kw - 1) * dw, dtype=x.dtype)
+        src = _strided(flat_buf, (block, x.shape[1], hp, wd), (x.shape[1] * hp * wd * it, hp * wd * it, wd * it, it),
+                       head * it)
+        inner = src[:, :, pads[0]:pads[0] + h]
+    elif padded:  # one block's padded images; the border stays zero, the interior is rewritten
         src = np.zeros((block, x.shape[1], hp, wp), dtype=x.dtype)
         inner = src[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd]
     else:
@@ -99,13 +114,19 @@ def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None, 
     cols_buf = np.empty((block, k + extra, length), dtype=x.dtype)
     if extra:
         cols_buf[:, k] = 1
-    (sh, sw), (dh, dw), it = strides, dilations, x.itemsize
     sn, sc, sy, sx = src.strides
-    if flat:
+    if flat or same:
         shape, steps = (kh, kw, cg, length), (sy * dh, sx * dw, sc, sx)
     else:
         shape, steps = (kh, kw, cg, oh, ow), (sy * dh, sx * dw, sc, sy * sh, sx * sw)
     direct = not flat and pool is None and group == 1 and not mean  # the product lands in the output as it is
+    wrapped = []  # "same": per kernel column j, the output columns whose read falls in the side padding
+    for j in range(kw if same else 0):
+        shift = j * dw - pads[1]  # output column ow reads input column ow + shift
+        if shift < 0:
+            wrapped.append((j, slice(0, min(ow, -shift))))
+        elif shift > 0:
+            wrapped.append((j, slice(max(0, wd - shift), ow)))
     summed = residual is not None and pool is not None  # the residual goes into the rows, then pooled
     out_hw = (oh, ow) if pool is None else (oh // pool[0], ow // pool[1])
     y = np.empty((n, m) + ((1, 1) if mean else out_hw), dtype=x.dtype)
@@ -119,7 +140,12 @@ def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None, 
         if summed:  # every output position of the rows, before pooling
             positions = _strided(rows_buf, (block, mg, oh, ow), (mg * length * it, length * it, pitch * it, it))
     # every block's patches and columns as views made once (a view costs more than a block's copy)
-    patches = [_strided(src, (src.shape[0],) + shape, (sn,) + steps, g * cg * sc) for g in range(group)]
+    if same and padded:  # offsets in flat_buf: image n's plane starts at head + n·C·Hp·W
+        base, start = flat_buf, head - pads[1]
+    else:
+        base, start = src, 0
+    patches = [_strided(base, (src.shape[0],) + shape, (sn,) + steps, start * it + g * cg * sc) for g in range(group)]
+    cols_grid = cols_buf[:, :k].reshape(block, kh, kw, cg, oh, ow) if wrapped else None
     cols_in = cols_buf[:, :k].reshape((block,) + shape)
     zero = np.zeros((), dtype=x.dtype)
     for n0 in range(0, n, block):
@@ -129,6 +155,8 @@ def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None, 
         at = slice(0, nb) if padded else slice(n0, n0 + nb)
         for g in range(group):
             np.copyto(cols_in[:nb], patches[g][at])
+            for j, cols_at in wrapped:
+                cols_grid[:nb, :, j, :, :, cols_at] = 0
             yb = whole[:nb] if mean else y[n0:n0 + nb, g * mg:(g + 1) * mg]
             rb = None if residual is None else residual[n0:n0 + nb, g * mg:(g + 1) * mg]
             if direct:
@@ -322,10 +350,10 @@ def _conv_workspace(kernel: Kernel, shapes, integer: bool, pooled: bool = False)
     strides, dilations, pads, out_hw = window_geometry((kh, kw), node.attrs, x_shape[2:], node.name)
     if not integer:
         group, bias = kernel.attr("group", 1), int(len(node.inputs) > 2 and bool(node.inputs[2]))
-        flat, length, k, block = _float_layout(x_shape, w_shape, group, strides, pads, out_hw, bool(bias))
-        padded = block * x_shape[1] * (x_shape[2] + pads[0] + pads[2]) * (x_shape[3] + pads[1] + pads[3]) \
-            if any(pads) else 0
-        rows = 0 if (not flat and not pooled and group == 1) else block * (m // group) * length
+        mode, length, k, block = _float_layout(x_shape, w_shape, group, strides, pads, out_hw, bool(bias))
+        wide = x_shape[3] if mode == "same" else x_shape[3] + pads[1] + pads[3]
+        padded = block * x_shape[1] * (x_shape[2] + pads[0] + pads[2]) * wide if any(pads) else 0
+        rows = 0 if (mode != "flat" and not pooled and group == 1) else block * (m // group) * length
         # the reordered weights (with the bias column), a block's padded images, columns and rows
         return 4 * (m * (k + bias) + padded + block * (k + bias) * length + rows)
     if kernel.native is not None:
