@@ -3,8 +3,9 @@ whole run of the same file in the same process.
 
 For each model file, runs the graph node by node (``Model.execute`` one node at a time,
 the way ``run`` calls the kernels) on a batch, ``--repeat`` times, and prints each node's
-median time, the sum of the medians and the median of a whole ``Model.run`` (the
-difference is the per-node bookkeeping ``execute`` adds). One thread
+median time, the sum of the medians and the median of a whole ``Model.run``. ``run`` takes
+each float Conv with the Relu / MaxPool / residual Add / GlobalAveragePool after it as one
+step (``kernels.conv.chains``), so it can take less than the sum of its nodes. One thread
 (``OPENBLAS_NUM_THREADS=1`` for numpy, one intra-op thread for onnxruntime).
 
     OPENBLAS_NUM_THREADS=1 python bench/nodes.py MODEL.onnx [MODEL.onnx ...] [--backend numpy|native] [--batch 64]

@@ -25,24 +25,19 @@ def _nbytes(shape, dtype) -> int:
 
 def forward_profile(model, batch_size: int, keep: frozenset = frozenset()):
     """(peak bytes, bytes still live at the end) of running the graph at ``batch_size``,
-    keeping the tensors in ``keep``."""
+    keeping the tensors in ``keep``, through the steps ``Model.execute`` takes (its float
+    convolution chains in one step each unless a kept tensor is inside one)."""
     shapes, dtypes = _shapes(model, batch_size)
-    last = {}
-    for i, n in enumerate(model.nodes):
-        for t in n.inputs:
-            if t:
-                last[t] = i
     retained = set(model.output_names) | set(keep)
     live, peak = 0, 0
     alive = {}
-    for i, (n, kernel) in enumerate(zip(model.nodes, model.kernels)):
-        out = n.outputs[0]
+    for kernel, _, _, out, drop in model.steps_for(set(keep)):
         out_bytes = 0 if kernel.returns_view else _nbytes(shapes[out], dtypes[out])  # a view keeps its source
         peak = max(peak, live + out_bytes + kernel.workspace(shapes, dtypes, out_bytes))
         alive[out] = out_bytes
         live += out_bytes
-        for t in n.inputs:
-            if t in alive and last.get(t) == i and t not in retained:
+        for t in drop:  # the step is the last reader of these
+            if t in alive and t not in retained:
                 live -= alive.pop(t)
     return peak, live
 

@@ -24,6 +24,7 @@ from .errors import ModelFormatError
 from .graph_rewrite import fold_batchnorm, fold_decoders, fold_qdq, prune_dead
 from .int_loss import IntCrossEntropy
 from .kernels import KERNELS, Node, supported_ops
+from .kernels.conv import chains
 from .kernels.declare import check_node
 
 _ONNX_DTYPES = {onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.INT8: np.int8,
@@ -105,26 +106,23 @@ class Model:
                         tuple(i for i in dict.fromkeys(node.inputs) if i and i not in outputs
                               and last_use.get(i) is node))
                        for kernel, node in zip(self.kernels, nodes)]
-        # ``run``'s own walk: it reads inputs from one dict holding the parameters as well
-        # (copied per run, so the current arrays are read), through an itemgetter, and drops
-        # only what it made
-        # and a node whose output only the next node reads may run with it in one step (``then``)
-        self._run_steps = []
-        steps = self._steps
-        i = 0
-        while i < len(steps):
-            kernel, node, inputs, output, drop = steps[i]
-            fused = None
-            if i + 1 < len(steps) and steps[i + 1][2] == [output] and output in steps[i + 1][4]:
-                fused = kernel.then(steps[i + 1][0])
-            run, inner = kernel.run, None
-            if fused is not None:  # the first node's output is never in env
-                run, inner, output, drop = fused, output, steps[i + 1][3], drop + steps[i + 1][4]
-                i += 1
-            self._run_steps.append((run, node, inputs[0] if len(inputs) == 1 else None,
-                                    itemgetter(*inputs) if len(inputs) > 1 else None, output,
-                                    tuple(d for d in drop if d not in self.params and d != inner)))
-            i += 1
+        # the steps of a whole-graph walk that keeps no inner tensor: the same, with each fused
+        # chain (conv.chains: a float Conv with the Relu / MaxPool / residual Add / pool after
+        # it, or a pair a kernel's ``then`` runs in one call) as one step whose intermediate
+        # tensors are never made; a step's drops are those of its nodes
+        self._run_steps, self._chained = [], set()  # the latter: the tensors chains never make
+        for kernel, taken, inputs in chains(self.kernels, outputs):
+            drop = tuple(i for i in dict.fromkeys(inputs) if i and i not in outputs
+                         and any(last_use.get(i) is k.node for k in taken))
+            self._run_steps.append((kernel, taken[0].node, inputs, taken[-1].node.outputs[0], drop))
+            self._chained.update(k.node.outputs[0] for k in taken[:-1])
+        # ``run``'s shorter walk of those steps: it reads inputs from one dict holding the
+        # parameters as well (copied per run, so the current arrays are read), through an
+        # itemgetter, and drops only what it made
+        self._run_fast = [(kernel.run, node, inputs[0] if len(inputs) == 1 else None,
+                           itemgetter(*inputs) if len(inputs) > 1 else None, output,
+                           tuple(d for d in drop if d not in self.params))
+                          for kernel, node, inputs, output, drop in self._run_steps]
         self.probe = self._probe()
 
     def _probe(self) -> dict[str, tuple[tuple, np.dtype]] | None:
@@ -228,20 +226,29 @@ class Model:
     # -- execution ---------------------------------------------------------
     def run(self, x: np.ndarray) -> np.ndarray:
         """Run the graph on ``x`` and return its first output (``run_all(x, keep=False)``'s,
-        by a shorter walk: per node, one call and the drops, as at inference)."""
+        by a shorter walk of the same fused steps: per step, one call and the drops)."""
         name, shape, dtype = self.inputs[0]
         env = self.params.copy()
         env[""] = None  # an absent optional input
         env[name] = self._check_input(x, name, shape, dtype)
         node = None
         try:
-            for run, node, one, many, output, drop in self._run_steps:
+            for run, node, one, many, output, drop in self._run_fast:
                 env[output] = run(env[one]) if many is None else run(*many(env))
                 for i in drop:
                     del env[i]
         except ValueError as e:
             raise ValueError(f"{self.source}: node {node.name!r} ({node.op_type}): {e}") from None
         return env[self.output_names[0]]
+
+    def steps_for(self, keep: bool | set[str]) -> list:
+        """The steps a whole-graph ``execute`` walks: the nodes one by one when every tensor is
+        kept or a kept one is inside a fused chain (:func:`kernels.conv.chains`),
+        else the chains in one step each (the same values; the chains' inner tensors are
+        never made). Each step: ``(kernel, node, input names, output name, names it drops)``."""
+        if keep is True or (keep and not self._chained.isdisjoint(keep)):
+            return self._steps
+        return self._run_steps
 
     def run_all(self, x: np.ndarray, keep: bool | set[str] = True) -> dict[str, np.ndarray]:
         """Run and return tensors by name: every tensor if ``keep`` is True, the graph
@@ -260,8 +267,12 @@ class Model:
         retain = set(keep) if isinstance(keep, set) else set()  # the graph outputs are never in a drop list
         if stop > start:
             retain.update(self.nodes[stop - 1].outputs)
+        steps = self.steps_for(keep) if (start, stop) == (0, len(self.nodes)) else self._steps[start:stop]
+        return self._walk(env, steps, retain, keep)
+
+    def _walk(self, env, steps, retain, keep):
         params = self.params
-        for kernel, node, inputs, output, drop in self._steps[start:stop]:
+        for kernel, node, inputs, output, drop in steps:
             try:
                 env[output] = kernel.run(*[env[i] if i in env else params[i] if i else None for i in inputs])
             except ValueError as e:

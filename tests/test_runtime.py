@@ -198,6 +198,97 @@ def test_gemm_attributes_match_onnxruntime(tmp_path):
     assert rel_err(edgetrain.load(path).run(x), ort_run(path, x)) <= 1e-5
 
 
+# Conv → Relu / MaxPool chains that Model.run takes in one step: (conv attributes, has bias,
+# the nodes after it, input shape, whether they chain)
+CHAIN_CASES = {
+    "relu-pool-tiling": (dict(pads=[2, 2, 2, 2]), True, [("Relu", {}), ("MaxPool", dict(kernel_shape=[2, 2],
+                                                                                        strides=[2, 2]))],
+                         (3, 2, 12, 12), True),
+    "pool-odd-rows-relu": (dict(), False, [("MaxPool", dict(kernel_shape=[2, 2], strides=[2, 2])), ("Relu", {})],
+                           (2, 2, 11, 10), True),
+    "strided-grouped-relu": (dict(strides=[2, 1], dilations=[1, 2], pads=[1, 0, 2, 1], group=2), True,
+                             [("Relu", {})], (2, 2, 9, 9), True),
+    "pool-not-tiling": (dict(pads=[1, 1, 1, 1]), True, [("Relu", {}), ("MaxPool", dict(
+        kernel_shape=[3, 3], strides=[2, 2], ceil_mode=1))], (2, 2, 9, 9), True),
+    "same-width-dilated-asymmetric": (dict(dilations=[1, 2], pads=[1, 1, 1, 3], group=2), True, [("Relu", {})],
+                                      (2, 4, 9, 10), True),
+    "same-width-no-bias-pool": (dict(pads=[0, 2, 1, 2]), False, [("MaxPool", dict(kernel_shape=[2, 2],
+                                                                                   strides=[2, 2]))],
+                                (3, 2, 8, 11), True),
+    "output-read-twice": (dict(pads=[1, 1, 1, 1]), True, [("Relu", {}), ("Add", {})], (2, 2, 9, 9), False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CHAIN_CASES))
+def test_conv_chains_give_the_node_by_node_bits(case, tmp_path):
+    attrs, bias, after, shape, chained = CHAIN_CASES[case]
+    rng = np.random.default_rng(7)
+    group = attrs.get("group", 1)
+    inits = [numpy_helper.from_array(rng.standard_normal((4, shape[1] // group, 3, 3)).astype(np.float32), "w")]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"))
+    nodes = [helper.make_node("Conv", ["x"] + [t.name for t in inits], ["t0"], **attrs)]
+    for i, (op, op_attrs) in enumerate(after):
+        ins = [f"t{i}", "t0"] if op == "Add" else [f"t{i}"]  # Add also reads the convolution's output
+        nodes.append(helper.make_node(op, ins, [f"t{i + 1}"], **op_attrs))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape[1:]])],
+                              [helper.make_tensor_value_info(f"t{len(after)}", TensorProto.FLOAT, None)], inits)
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path)
+    model = edgetrain.load(path)
+    assert (len(model.steps_for(False)) == 1) == chained
+    for n in (1, shape[0]):
+        x = rng.standard_normal((n, *shape[1:])).astype(np.float32)
+        ours = model.run(x)
+        assert ours.tobytes() == model.run_all(x, keep=True)[f"t{len(after)}"].tobytes()
+        assert rel_err(ours, ort_run(path, x)) <= 1e-5
+
+
+# a residual Add after the convolution: (which operand the convolution is, the residual's source,
+# the nodes after the Add, conv attributes, input shape)
+RESIDUAL_CASES = {
+    "conv-first-relu-pool": (0, "conv", [("Relu", {}), ("MaxPool", dict(kernel_shape=[2, 2], strides=[2, 2]))],
+                             dict(pads=[1, 1, 1, 1]), (2, 2, 10, 10)),
+    "conv-second-relu": (1, "conv", [("Relu", {})], dict(pads=[1, 1, 1, 1]), (2, 2, 9, 9)),
+    "strided-pool": (0, "conv", [("MaxPool", dict(kernel_shape=[2, 2], strides=[2, 2]))],
+                     dict(pads=[1, 1, 1, 1], strides=[2, 2]), (2, 2, 9, 9)),
+    "strided": (1, "conv", [], dict(pads=[1, 1, 1, 1], strides=[2, 2]), (2, 2, 9, 9)),
+    "strided-grouped": (1, "conv", [], dict(pads=[1, 1, 1, 1], strides=[2, 2], group=2), (2, 2, 9, 9)),
+    "broadcast-residual": (0, "const", [("Relu", {})], dict(pads=[1, 1, 1, 1]), (2, 2, 9, 9)),
+    "relu-global-mean": (0, "conv", [("Relu", {}), ("GlobalAveragePool", {})], dict(pads=[1, 1, 1, 1]),
+                         (3, 2, 9, 9)),
+    "strided-global-mean": (1, "conv", [("GlobalAveragePool", {})], dict(pads=[1, 1, 1, 1], strides=[2, 2]),
+                            (3, 2, 9, 9)),
+}
+
+
+@pytest.mark.parametrize("case", sorted(RESIDUAL_CASES))
+def test_conv_residual_chains_give_the_node_by_node_bits(case, tmp_path):
+    position, source, after, attrs, shape = RESIDUAL_CASES[case]
+    rng = np.random.default_rng(8)
+    w_shape = (4, shape[1] // attrs.get("group", 1), 3, 3)
+    inits = [numpy_helper.from_array(rng.standard_normal(w_shape).astype(np.float32), n) for n in ("w", "w2")]
+    inits.append(numpy_helper.from_array(rng.standard_normal(4).astype(np.float32), "b"))
+    nodes = []
+    if source == "conv":  # the residual: another convolution of x, made before
+        nodes.append(helper.make_node("Conv", ["x", "w2", "b"], ["r"], **attrs))
+    else:
+        inits.append(numpy_helper.from_array(rng.standard_normal((4, 1, 1)).astype(np.float32), "r"))
+    nodes.append(helper.make_node("Conv", ["x", "w", "b"], ["c"], **attrs))
+    nodes.append(helper.make_node("Add", ["c", "r"] if position == 0 else ["r", "c"], ["t0"]))
+    for i, (op, op_attrs) in enumerate(after):
+        nodes.append(helper.make_node(op, [f"t{i}"], [f"t{i + 1}"], **op_attrs))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", *shape[1:]])],
+                              [helper.make_tensor_value_info(f"t{len(after)}", TensorProto.FLOAT, None)], inits)
+    path = _save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), tmp_path)
+    model = edgetrain.load(path)
+    assert len(model.steps_for(False)) == (2 if source == "conv" else 1)  # the main convolution's chain
+    for n in (1, shape[0]):
+        x = rng.standard_normal((n, *shape[1:])).astype(np.float32)
+        ours = model.run(x)
+        assert ours.tobytes() == model.run_all(x, keep=True)[f"t{len(after)}"].tobytes()
+        assert rel_err(ours, ort_run(path, x)) <= 1e-5
+
+
 def conv_bn_model(rng):
     w = rng.standard_normal((4, 3, 3, 3)).astype(np.float32)
     b = rng.standard_normal(4).astype(np.float32)

@@ -74,9 +74,10 @@ class Kernel:
         raise NotImplementedError
 
     def then(self, nxt: "Kernel"):
-        """A run of this node that also runs ``nxt`` — the next node, the only reader of this
-        one's output — on that output, in one step (``Model.run`` fuses the two), or None
-        when the pair has no such run. It takes this node's inputs and returns ``nxt``'s output."""
+        """A run of this node that also runs ``nxt`` — the next node, whose one input is this
+        node's output and which alone reads it — in one call (:class:`Then`, a step of
+        :func:`conv.chains`), or None when the pair has no such run. It takes this node's
+        inputs and returns ``nxt``'s output."""
         return None
 
     def grad(self, gy: np.ndarray, inputs: list[np.ndarray | None], y: np.ndarray,
@@ -132,6 +133,23 @@ class Kernel:
             cache[key] = tuple(tuple(v) for v in window_geometry(kernel, self.node.attrs, in_hw, self.node.name))
         return cache[key]
 
+
+
+class Then:
+    """Two nodes run as one step by the first one's :meth:`Kernel.then`: the first one's
+    output is made and pooled (say) inside the call, never a numpy array in the graph."""
+    returns_view = False
+
+    def __init__(self, first: Kernel, second: Kernel, run):
+        self.first, self.second, self.node, self.run = first, second, first.node, run
+
+    def workspace(self, shapes: dict, dtypes: dict, out_bytes: int) -> int:
+        """What the two steps would take apart: the first one's output with its workspace,
+        then with the second's output and workspace (the call holds the same buffers)."""
+        name = self.first.node.outputs[0]
+        mid = _size(shapes[name]) * np.dtype(dtypes[name]).itemsize
+        return max(mid + self.first.workspace(shapes, dtypes, mid) - out_bytes,
+                   mid + self.second.workspace(shapes, dtypes, out_bytes))
 
 @dataclass
 class IntGrad:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from .. import quant
-from . import Kernel, _size, register
+from . import Kernel, Then, _size, register
 from ._window import col2im_t, im2col_t, window_geometry
 from .declare import FLOAT, INT8, INT32, SCALE, WINDOW, Int, Size
 
@@ -41,6 +41,269 @@ def _conv(kernel, x, w, product, cols_dtype, out_dtype):
             y[n0:n0 + block, g * mg:(g + 1) * mg] = rows.transpose(1, 0, 2, 3)
             del cols, rows  # before the next block's are built
     return y
+
+
+def _float_layout(x_shape, w_shape, group, strides, pads, out_hw, bias: bool, itemsize: int = 4):
+    """How :func:`_conv_float` lays out its work: ``(mode, length, k, block)`` — where the
+    columns come from ("same": the flattened plane, padded above and below only, when the
+    output is as wide as the input; "flat": the flattened padded plane; "gather": the strided
+    grid), the columns per image, the rows of the patch part of the columns and the images
+    per block."""
+    (n, _, h, wd), (_, cg, kh, kw) = x_shape, w_shape
+    mode = "gather" if tuple(strides) != (1, 1) else "same" if out_hw[1] == wd else "flat"
+    wp = wd + pads[1] + pads[3]
+    length = (out_hw[0] - 1) * wp + out_hw[1] if mode == "flat" else out_hw[0] * out_hw[1]
+    k = kh * kw * cg
+    block = min(n, max(1, COLS_BLOCK_BYTES // ((k + bias) * length * itemsize)))
+    return mode, length, k, block
+
+
+def _conv_float(kernel, x, w, b, relu: bool = False, pool: tuple | None = None, residual=None,
+                mean: bool = False):
+    """Float 2-D convolution, im2col per image, written straight into the NCHW output.
+
+    Blocks of images whose columns fit in ``COLS_BLOCK_BYTES``; each image's columns are
+    (KH·KW·Cg [+1], L) and one batched product ``W · cols`` gives its (Mg, L) rows, so no
+    output transpose is needed. The bias rides in the product (a row of ones under the
+    columns, the bias as the weight's last column). With unit strides the columns are taken
+    on the padded image's flattened plane: position ``q = oh·Wp + ow`` for offset (i, j) reads
+    ``q + i·dh·Wp + j·dw``, so each column row is one contiguous run of L = (OH−1)·Wp + OW
+    values (fast to copy), at the price of the (KW−1)·dw positions per row that wrap into the
+    next row; the product's rows are then cropped into the output. When the output is as wide
+    as the input ("same" padding across), the plane is padded above and below only and read at
+    pitch W: no position is wasted and the product lands in the output as it is, and the reads
+    that wrap into the neighbouring row (where the padding would be) are zeroed in the columns.
+    Other strides gather the (OH, OW) grid and, unless something follows, write the product
+    straight into the output.
+
+    ``residual`` (added, an array of the output's shape), ``relu`` and ``pool`` (a max-pool
+    window ``(ph, pw)`` that tiles the output with stride ``(ph, pw)``), in this order, are
+    applied to each block's rows as they are stored (:class:`ConvChain`): the same values as
+    the Add, Relu and MaxPool kernels give on the whole output (max and relu are exact and
+    commute; a float sum does not depend on its operands' order), without making that output;
+    ``mean``: then each image's channels are averaged over the plane, block by block, as
+    GlobalAveragePool does (the same per-channel reduction), giving (N, M, 1, 1).
+    """
+    strides, dilations, pads, (oh, ow) = _geometry(kernel, x, w)
+    m, cg, kh, kw = w.shape
+    group = kernel.attr("group", 1)
+    mg, n, h, wd = m // group, x.shape[0], x.shape[2], x.shape[3]
+    hp, wp = h + pads[0] + pads[2], wd + pads[1] + pads[3]
+    extra = int(b is not None)
+    mode, length, k, block = _float_layout(x.shape, w.shape, group, strides, pads, (oh, ow), bool(extra),
+                                           x.itemsize)
+    flat, same = mode == "flat", mode == "same"
+    w2d = []
+    for g in range(group):
+        wg = w[g * mg:(g + 1) * mg].transpose(0, 2, 3, 1).reshape(mg, k)
+        w2d.append(np.concatenate([wg, b[g * mg:(g + 1) * mg, None]], axis=1) if extra else wg)
+    padded = any(pads) or not x.flags.c_contiguous
+    (sh, sw), (dh, dw), it = strides, dilations, x.itemsize
+    head = 0
+    if same and padded:  # a block's images with rows of zeros above and below, after pads[1] zeros
+        head, wp = pads[1], wd  # (reads before the first image's start or after the last image's end)
+        flat_buf = np.zeros(head + block * x.shape[1] * hp * wd + (kw - 1) * dw, dtype=x.dtype)
+        src = _strided(flat_buf, (block, x.shape[1], hp, wd), (x.shape[1] * hp * wd * it, hp * wd * it, wd * it, it),
+                       head * it)
+        inner = src[:, :, pads[0]:pads[0] + h]
+    elif padded:  # one block's padded images; the border stays zero, the interior is rewritten
+        src = np.zeros((block, x.shape[1], hp, wp), dtype=x.dtype)
+        inner = src[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + wd]
+    else:
+        src = x
+    cols_buf = np.empty((block, k + extra, length), dtype=x.dtype)
+    if extra:
+        cols_buf[:, k] = 1
+    sn, sc, sy, sx = src.strides
+    if flat or same:
+        shape, steps = (kh, kw, cg, length), (sy * dh, sx * dw, sc, sx)
+    else:
+        shape, steps = (kh, kw, cg, oh, ow), (sy * dh, sx * dw, sc, sy * sh, sx * sw)
+    direct = not flat and pool is None and group == 1 and not mean  # the product lands in the output as it is
+    wrapped = []  # "same": per kernel column j, the output columns whose read falls in the side padding
+    for j in range(kw if same else 0):
+        shift = j * dw - pads[1]  # output column ow reads input column ow + shift
+        if shift < 0:
+            wrapped.append((j, slice(0, min(ow, -shift))))
+        elif shift > 0:
+            wrapped.append((j, slice(max(0, wd - shift), ow)))
+    summed = residual is not None and pool is not None  # the residual goes into the rows, then pooled
+    out_hw = (oh, ow) if pool is None else (oh // pool[0], ow // pool[1])
+    y = np.empty((n, m) + ((1, 1) if mean else out_hw), dtype=x.dtype)
+    if mean:  # a block's output, averaged as it is done
+        whole = np.empty((block, mg) + out_hw, dtype=x.dtype)
+    if not direct:  # the rows' (pooled) output positions: views of the rows, one per pool offset
+        rows_buf = np.empty((block, mg, length), dtype=x.dtype)
+        pitch, (ph, pw) = wp if flat else ow, pool or (1, 1)
+        stored = [_strided(rows_buf, (block, mg) + out_hw, (mg * length * it, length * it, ph * pitch * it, pw * it),
+                           (i * pitch + j) * it) for i in range(ph) for j in range(pw)]
+        if summed:  # every output position of the rows, before pooling
+            positions = _strided(rows_buf, (block, mg, oh, ow), (mg * length * it, length * it, pitch * it, it))
+    # every block's patches and columns as views made once (a view costs more than a block's copy)
+    if same and padded:  # offsets in flat_buf: image n's plane starts at head + n·C·Hp·W
+        base, start = flat_buf, head - pads[1]
+    else:
+        base, start = src, 0
+    patches = [_strided(base, (src.shape[0],) + shape, (sn,) + steps, start * it + g * cg * sc) for g in range(group)]
+    cols_grid = cols_buf[:, :k].reshape(block, kh, kw, cg, oh, ow) if wrapped else None
+    cols_in = cols_buf[:, :k].reshape((block,) + shape)
+    zero = np.zeros((), dtype=x.dtype)
+    for n0 in range(0, n, block):
+        nb = min(block, n - n0)
+        if padded:
+            inner[:nb] = x[n0:n0 + nb]
+        at = slice(0, nb) if padded else slice(n0, n0 + nb)
+        for g in range(group):
+            np.copyto(cols_in[:nb], patches[g][at])
+            for j, cols_at in wrapped:
+                cols_grid[:nb, :, j, :, :, cols_at] = 0
+            yb = whole[:nb] if mean else y[n0:n0 + nb, g * mg:(g + 1) * mg]
+            rb = None if residual is None else residual[n0:n0 + nb, g * mg:(g + 1) * mg]
+            if direct:
+                np.matmul(w2d[g], cols_buf[:nb], out=yb.reshape(nb, mg, length))
+                if rb is not None:
+                    yb += rb
+            else:
+                np.matmul(w2d[g], cols_buf[:nb], out=rows_buf[:nb])
+                if summed:
+                    positions[:nb] += rb
+                if len(stored) == 1 and rb is None and relu:  # the crop, relu'd on the way
+                    np.maximum(stored[0][:nb], zero, out=yb)
+                elif len(stored) == 1 and rb is None:
+                    yb[...] = stored[0][:nb]
+                elif len(stored) == 1:
+                    np.add(stored[0][:nb], rb, out=yb)
+                else:
+                    np.maximum(stored[0][:nb], stored[1][:nb], out=yb)
+                    for v in stored[2:]:
+                        np.maximum(yb, v[:nb], out=yb)
+            if relu and (direct or len(stored) > 1 or rb is not None):
+                np.maximum(yb, zero, out=yb)
+            if mean:
+                y[n0:n0 + nb, g * mg:(g + 1) * mg] = yb.mean(axis=(2, 3), keepdims=True, dtype=np.float32)
+    return y
+
+
+def _strided(base: np.ndarray, shape, strides, offset: int = 0) -> np.ndarray:
+    """A view of the C-contiguous ``base`` (numpy checks it stays inside); a tenth of the cost
+    of ``as_strided``, which a small convolution felt."""
+    return np.ndarray(shape, base.dtype, base, offset, strides)
+
+
+class ConvChain:
+    """A float Conv and what alone reads its output — a residual Add, then a Relu and/or an
+    exactly tiling MaxPool — run as one step of ``Model.execute`` (:func:`chains`; not when a
+    caller keeps a tensor inside the chain, as backprop does its tail's inputs): each block's
+    rows get the residual added, are relu'd and pooled as they are stored, so neither the
+    convolution's output nor the sum is made."""
+    returns_view = False
+
+    def __init__(self, conv: "Conv", after: list):
+        self.conv, self.after, self.node = conv, after, conv.node
+        self.add = next((k for k in after if k.node.op_type == "Add"), None)
+        self.relu = any(k.node.op_type == "Relu" for k in after)
+        self.pool = next((k for k in after if k.node.op_type == "MaxPool"), None)
+        self.mean = any(k.node.op_type == "GlobalAveragePool" for k in after)
+
+    def _window(self, x_shape, w_shape):
+        """The pool window if it tiles the convolution's output exactly (else None: pooled apart)."""
+        oh, ow = self.conv.window(w_shape[2:], x_shape[2:])[3]
+        kernel = tuple(self.pool.attr("kernel_shape"))
+        p_strides, p_dil, p_pads, p_out = self.pool.window(kernel, (oh, ow))
+        if tuple(p_strides) == kernel and tuple(p_dil) == (1, 1) and not any(p_pads) \
+                and tuple(p_out) == (oh // kernel[0], ow // kernel[1]):
+            return kernel
+        return None
+
+    def _fused(self, x, w, residual) -> tuple[bool, tuple | None]:
+        """Whether the store can do it all, and the pool window it applies."""
+        window = None if self.pool is None else self._window(x.shape, w.shape)
+        if (self.pool is not None and window is None) or x.ndim != 4 or w.ndim != 4 \
+                or (self.mean and x.dtype != np.float32):
+            return False, None
+        if residual is not None:
+            out = (x.shape[0], w.shape[0]) + tuple(self.conv.window(w.shape[2:], x.shape[2:])[3])
+            if residual.shape != out or residual.dtype != x.dtype:  # broadcasting: the Add kernel does it
+                return False, None
+        return True, window
+
+    def run(self, x, w, b=None, residual=None):
+        fused, window = self._fused(x, w, residual)
+        if fused:
+            return _conv_float(self.conv, x, w, b, relu=self.relu, pool=window, residual=residual, mean=self.mean)
+        y = self.conv.run(x, w, b)
+        for k in self.after:  # one by one, in graph order, the Add's operands in theirs
+            y = (k.run(*(y if i == self.conv.node.outputs[0] else residual for i in k.node.inputs))
+                 if k is self.add else k.run(y))
+        return y
+
+    def workspace(self, shapes, dtypes, out_bytes):
+        node = self.conv.node
+        x_shape, w_shape = shapes[node.inputs[0]], shapes[node.inputs[1]]
+        window = None if self.pool is None else self._window(x_shape, w_shape)
+        ws = _conv_workspace(self.conv, shapes, integer=False, pooled=window is not None or self.mean)
+        if self.mean:  # a block's output before it is averaged
+            group, (strides, _, pads, out_hw) = self.conv.attr("group", 1), self.conv.window(w_shape[2:], x_shape[2:])
+            block = _float_layout(x_shape, w_shape, group, strides, pads, out_hw,
+                                  len(node.inputs) > 2 and bool(node.inputs[2]))[3]
+            ws += 4 * block * (w_shape[0] // group) * _size(out_hw)
+        if self.pool is not None and window is None:  # the convolution's output, then pooled apart
+            conv_bytes = 4 * _size((x_shape[0], w_shape[0]) + tuple(self.conv.window(w_shape[2:], x_shape[2:])[3]))
+            ws = max(ws, conv_bytes + conv_bytes)  # the pool's copy of its first slice is output-sized
+        return ws
+
+
+def chains(kernels, outputs) -> list:
+    """``Model.execute``'s steps: ``kernels`` with each float Conv grouped into a
+    :class:`ConvChain` with the nodes after it that alone read the previous one's output (not
+    a graph output, one of ``outputs``): an Add of another tensor first, then a Relu and a
+    MaxPool in either order, or a Relu and a GlobalAveragePool; and any other node with the
+    next one, when that one alone reads its output and :meth:`Kernel.then` runs the pair in
+    one call (:class:`Then`: a native integer convolution and its MaxPool). Returns
+    ``(kernel or chain, the kernels it stands for, its input names)``."""
+    from .activation import Relu
+    from .add import Add
+    from .pool import GlobalAveragePool, MaxPool
+    readers = {}
+    for kn in kernels:
+        for i in kn.node.inputs:
+            readers[i] = readers.get(i, 0) + 1
+    out, i = [], 0
+    while i < len(kernels):
+        kn = kernels[i]
+        taken, inputs = [kn], list(kn.node.inputs)
+        if type(kn) is Conv:
+            inputs += [""] * (3 - len(inputs))  # the bias's place, then the residual's
+            for cls in (Add, Relu, MaxPool, Relu, GlobalAveragePool):
+                nxt = kernels[i + len(taken)] if i + len(taken) < len(kernels) else None
+                prev = taken[-1].node.outputs[0]
+                if nxt is None or type(nxt) is not cls or prev not in nxt.node.inputs or readers.get(prev) != 1 \
+                        or prev in outputs or any(type(t) is cls for t in taken[1:]) \
+                        or (cls is GlobalAveragePool and any(type(t) is MaxPool for t in taken)):
+                    continue
+                if cls is Add:
+                    other = [t for t in nxt.node.inputs if t != prev]
+                    if len(other) != 1 or len(nxt.node.inputs) != 2:
+                        continue
+                    inputs.append(other[0])
+                elif nxt.node.inputs[0] != prev or (cls is MaxPool and nxt.attr("storage_order", 0)):
+                    continue
+                taken.append(nxt)
+            if len(taken) > 1:
+                out.append((ConvChain(kn, taken[1:]), taken, inputs))
+                i += len(taken)
+                continue
+        nxt = kernels[i + 1] if i + 1 < len(kernels) else None
+        prev = kn.node.outputs[0]
+        if nxt is not None and nxt.node.inputs == [prev] and readers.get(prev) == 1 and prev not in outputs:
+            run = kn.then(nxt)
+            if run is not None:
+                out.append((Then(kn, nxt, run), [kn, nxt], kn.node.inputs))
+                i += 2
+                continue
+        out.append((kn, taken, kn.node.inputs))
+        i += 1
+    return out
 
 
 def _geometry(kernel, x, w):
@@ -88,13 +351,22 @@ def _native_conv_workspace(x_shape, w_shape, group, strides, dilations, pads, ou
             + max(tile, pitch * strides[1]) + mg * quad_bytes)
 
 
-def _conv_workspace(kernel: Kernel, shapes, integer: bool) -> int:
-    """What :func:`_conv` and its ``product`` allocate beyond the output (memory model)."""
+def _conv_workspace(kernel: Kernel, shapes, integer: bool, pooled: bool = False) -> int:
+    """What :func:`_conv` and its ``product`` (integer) or :func:`_conv_float` allocate beyond
+    the output (memory model); ``pooled``: a :class:`ConvChain` pools as it stores."""
     node = kernel.node
     x_shape, w_shape = shapes[node.inputs[0]], shapes[node.inputs[kernel.weight_input]]
     m, cg, kh, kw = w_shape
     strides, dilations, pads, out_hw = window_geometry((kh, kw), node.attrs, x_shape[2:], node.name)
-    if integer and kernel.native is not None:
+    if not integer:
+        group, bias = kernel.attr("group", 1), int(len(node.inputs) > 2 and bool(node.inputs[2]))
+        mode, length, k, block = _float_layout(x_shape, w_shape, group, strides, pads, out_hw, bool(bias))
+        wide = x_shape[3] if mode == "same" else x_shape[3] + pads[1] + pads[3]
+        padded = block * x_shape[1] * (x_shape[2] + pads[0] + pads[2]) * wide if any(pads) else 0
+        rows = 0 if (mode != "flat" and not pooled and group == 1) else block * (m // group) * length
+        # the reordered weights (with the bias column), a block's padded images, columns and rows
+        return 4 * (m * (k + bias) + padded + block * (k + bias) * length + rows)
+    if kernel.native is not None:
         if kernel.native_strided(cg, strides, dilations):  # phase planes for a block of images, then direct
             (n, c, h, w), (sh, sw) = x_shape, strides
             c2, h2, w2 = c * sh * sw, -(-(h + pads[0] + pads[2]) // sh), -(-(w + pads[1] + pads[3]) // sw)
@@ -109,17 +381,13 @@ def _conv_workspace(kernel: Kernel, shapes, integer: bool) -> int:
     padded_all = x_shape[0] * x_shape[1] * padded_hw if any(pads) else 0  # the input padded once
     cols = per_image * block
     out_block = (m // kernel.attr("group", 1)) * block * out_hw[0] * out_hw[1]
-    if integer:
-        shifted = 2 * _size(x_shape) + 2 * padded_all  # x − zx as int16 (and padded), held throughout
-        weights = (2 + 2 + 4) * _size(w_shape)     # int16 copy, reordered, working type
-        im2col = cols  # one strided copy of the (already padded) input, no other temporary
-        # the GEMM's float32 result and its int32 copy, then the int32 block being requantised
-        gemm = cols + max(4 * out_block * (2 if kernel.float_gemm else 1),
-                          4 * out_block + quant.requantize_workspace(out_block))
-        return shifted + weights + max(im2col, gemm)
-    im2col = cols
-    gemm = cols + 4 * out_block * 2                 # the product and its bias-added copy
-    return 4 * padded_all + 4 * _size(w_shape) + max(im2col, gemm)
+    shifted = 2 * _size(x_shape) + 2 * padded_all  # x − zx as int16 (and padded), held throughout
+    weights = (2 + 2 + 4) * _size(w_shape)     # int16 copy, reordered, working type
+    im2col = cols  # one strided copy of the (already padded) input, no other temporary
+    # the GEMM's float32 result and its int32 copy, then the int32 block being requantised
+    gemm = cols + max(4 * out_block * (2 if kernel.float_gemm else 1),
+                      4 * out_block + quant.requantize_workspace(out_block))
+    return shifted + weights + max(im2col, gemm)
 
 
 @register("Conv")
@@ -141,12 +409,7 @@ class Conv(Kernel):
                              f"not split input channels {x[1]} and weight {list(w)}")
 
     def run(self, x, w, b=None):
-        mg = w.shape[0] // self.attr("group", 1)
-
-        def product(g, w2d, cols):
-            out = w2d @ cols
-            return out if b is None else out + b[g * mg:(g + 1) * mg, None]
-        return _conv(self, x, w, product, x.dtype, x.dtype)
+        return _conv_float(self, x, w, b)
 
     def workspace(self, shapes, dtypes, out_bytes):
         return _conv_workspace(self, shapes, integer=False)
