@@ -267,6 +267,8 @@ def test_packed_weights_follow_writes_to_model_params(int8_onnx, mnist):
     models = [edgetrain.load(int8_onnx("lenet5"), backend=b) for b in ("numpy", "native")]
     assert all(k.packed is not None for k in models[1].kernels if k.node.op_type == "QGemm")
     assert all(k._layer is not None for k in models[1].kernels if k.node.op_type == "QLinearConv")
+    # and lenet5's convolutions run with their MaxPools in one native call (a Then step)
+    assert sum(type(step[0]).__name__ == "Then" for step in models[1]._run_steps) == 2
     names = [l.weight for l in models[0].layers()]
     for step in range(3):
         for model in models:
