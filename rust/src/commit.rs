@@ -9,7 +9,7 @@
 //!   injective); a last partial group packs the values present;
 //! * packed elements are zero-padded to a multiple of [`ELEMENTS_PER_STEP`]
 //!   and absorbed as `acc ← H16(acc, e_1, …, e_15)`, with `H16` the
-//!   constant-length Pow5 Poseidon P128Pow5T3 hash (width 3, rate 2) of 16
+//!   constant-length Poseidon hash ([`crate::poseidon::P128Pow5T3Bn254`], width 3, rate 2) of 16
 //!   elements: 8 permutations per 15 packed elements;
 //! * a whole vector starts from `acc = n` (its length), so the digest binds the
 //!   length. [`commit_chain`] continues from any `acc`: splitting a vector at

@@ -1,5 +1,6 @@
-//! The Poseidon P128Pow5T3 permutation (width 3, rate 2, x⁵ S-box, 8 full and
-//! 56 partial rounds) and the constant-length 16-input sponge `H16` of
+//! The Poseidon permutation over BN254's scalar field ([`P128Pow5T3Bn254`]:
+//! width 3, rate 2, x⁵ S-box, 8 full and 58 partial rounds) and the
+//! constant-length 16-input sponge `H16` of
 //! [`crate::commit`], in-circuit with gates of degree ≤ 4.
 //!
 //! Why a chip of our own: halo2_gadgets' `Pow5Chip` constrains `(x + rc)⁵`
@@ -22,7 +23,7 @@
 //! which the tests check against `halo2_poseidon`.
 //! * initial state: `x = (0, 0, 16·2^64)` (ConstantLength's capacity element).
 //!
-//! One permutation takes 4 + 28 + 4 = 36 rows plus its output row, which is
+//! One permutation takes 4 + 29 + 4 = 37 rows plus its output row, which is
 //! also where the next two inputs are absorbed; an `H16` is [`H16_ROWS`] rows.
 
 use std::sync::OnceLock;
