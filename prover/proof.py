@@ -99,14 +99,18 @@ def params(verifying_key: bytes, cache_dir: str | os.PathLike | None = None, pro
     return data
 
 
+_STORED_KEY_VERSION = 1  # the crate's `K` format version (rust/README.md, Bytes); a cached key of another is made again
+
+
 def verifying_key(descriptor: bytes, params_bytes: bytes | None = None,
                   cache_dir: str | os.PathLike | None = None, progress: bool = False) -> bytes:
     """The verifying key of a descriptor (:func:`keygen`'s bytes, as the device sends
     them) as stored-key bytes, which :func:`verify_proof` loads without a key
     generation. Made here (one key generation, seconds at k = 15) from the descriptor
     alone, never taken from the prover; cached in ``cache_dir`` as
-    ``vk-{sha256(descriptor)}.bin``, and a cached key whose own descriptor differs
-    (or that this build cannot read) is made again."""
+    ``vk-{sha256(descriptor)}.bin``, and a cached key whose own descriptor or format
+    version differs is made again (one whose bytes were damaged fails its digest check
+    when verifying: ProofFormatError)."""
     import hashlib
     descriptor = bytes(descriptor)
     k = _key_k(descriptor)
@@ -117,9 +121,8 @@ def verifying_key(descriptor: bytes, params_bytes: bytes | None = None,
     if path and os.path.isfile(path):
         with open(path, "rb") as f:
             data = f.read()
-        # The stored key starts with the descriptor's fields (after its own kind byte).
-        if data[:4] == b"ETZK" and data[4:5] == b"K" and data[5:6] == descriptor[5:6] \
-                and data[6:len(descriptor)] == descriptor[6:]:
+        # The stored key starts with the descriptor's fields (after its own kind and version).
+        if data[:6] == b"ETZKK" + bytes([_STORED_KEY_VERSION]) and data[6:len(descriptor)] == descriptor[6:]:
             return data
     with _progress.bar(progress, desc=f"verifying key (2^{k} rows)") as bar:
         data = bytes(_progress.wait(_zk().verifying_key, descriptor, params_bytes, ticking=bar))
