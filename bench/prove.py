@@ -21,9 +21,12 @@ chunks (user + system, every thread: steadier than wall time on a shared
 machine, and wall ≈ CPU / cores in use), peak memory (the child's VmHWM, Python
 and numpy included), proof size (all chunks; ``chunk_proof_bytes`` in the JSON
 is the largest one), and verification: ``key`` regenerates the verifying key
-from its descriptor (zcash halo2 0.3 cannot serialise keys; a provider does
-this once per shape and keeps it), ``verify`` checks the proof (all chunks)
-with the key in memory.
+from its descriptor (a provider does this once per shape), ``verify`` checks
+the proof (all chunks) with the key in memory, ``cold`` is a fresh process
+that reads the stored key bytes (``edgetrain_zk.verifying_key``, the ``K``
+format; a build without it shows n/a) and the cached IPA parameters from disk
+and verifies every chunk: what a provider pays per proof without any key
+generation (interpreter start-up excluded, the imports included).
 
 With ``--ezkl-python`` (a Python that has ezkl, e.g. a venv of its own: ezkl
 is a peer to measure, not a dependency), the same run then proves the same
@@ -113,6 +116,7 @@ def worker(block: int, spec: str, k: int, workers: int = 1, params_cache: str | 
         padded[:wit.keep.size] = wit.keep.reshape(-1)
         ok &= bool(verifier.verify_chain(chunks, public, *head["digests"], padded.tolist()))
     verify_seconds = time.perf_counter() - t0
+    cold = _cold_verify(zk, out, pp, wits, per_proof, block) if hasattr(zk, "verifying_key") else {}
     ok_api = prover.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"],
                                  mask={w.name: ~w.keep.reshape(-1)[:w.size] for w in wits},
                                  h_w={w.name: digests[w.name]["w"] for w in wits},
@@ -126,20 +130,61 @@ def worker(block: int, spec: str, k: int, workers: int = 1, params_cache: str | 
             "peak_bytes": peak,
             "proof_bytes": len(out["proof"]), "chunk_proof_bytes": max(chunk_bytes),
             "public_input_bytes": len(out["public_inputs"]),
-            "key_seconds": key_seconds, "verify_seconds": verify_seconds, "verified": bool(ok and ok_api)}
+            "key_seconds": key_seconds, "verify_seconds": verify_seconds, **cold,
+            "verified": bool(ok and ok_api and cold.get("cold_verified", True))}
+
+
+_COLD = """
+import time
+t0 = time.perf_counter()
+import json, sys
+import edgetrain_zk as zk
+d = sys.argv[1]
+read = lambda n: open(f"{d}/{n}", "rb").read()
+job = json.loads(read("job.json"))
+verifier = zk.Verifier(read("vk.bin"), read("params.bin"))
+t1 = time.perf_counter()
+ok = all(verifier.verify_chain([bytes.fromhex(p) for p in c["proofs"]], [bytes.fromhex(q) for q in c["publics"]],
+                               *[bytes.fromhex(h) for h in c["digests"]], c["keep"]) for c in job)
+t2 = time.perf_counter()
+print(json.dumps({"cold_key_seconds": t1 - t0, "cold_seconds": t2 - t0, "cold_verified": ok}))
+"""
+
+
+def _cold_verify(zk, out, pp, wits, per_proof: int, block: int) -> dict:
+    """The stored key written here, read and used by a fresh process (see the docstring)."""
+    import tempfile
+    from edgetrain import prover
+    key = bytes(zk.verifying_key(bytes(out["verifying_key"]), pp))
+    job = []
+    for wit, chunks, (head, public) in zip(wits, prover.proof._decode_proof(out["proof"]),
+                                           prover.proof._decode_public(out["public_inputs"])):
+        padded = np.ones(len(chunks) * per_proof * block, bool)
+        padded[:wit.keep.size] = wit.keep.reshape(-1)
+        job.append({"proofs": [bytes(c).hex() for c in chunks], "publics": [bytes(q).hex() for q in public],
+                    "digests": [bytes(h).hex() for h in head["digests"]], "keep": padded.tolist()})
+    with tempfile.TemporaryDirectory() as d:
+        for name, data in (("vk.bin", key), ("params.bin", bytes(pp)), ("job.json", json.dumps(job).encode())):
+            with open(os.path.join(d, name), "wb") as f:
+                f.write(data)
+        run = subprocess.run([sys.executable, "-c", _COLD, d], capture_output=True, text=True, check=True)
+    return {"stored_key_bytes": len(key), **json.loads(run.stdout.strip().splitlines()[-1])}
 
 
 def table(rows) -> str:
     lines = ["| B | weights | chunks × blocks | k | workers | setup (params) | prove | CPU (keys + prove) | peak memory "
-             "| proof | key | verify | verified |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| proof | key | verify | cold (stored key) | verified |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         weights = f"{r['weights']:,}" + (f" ({r['layers']})" if not r["layers"].isdigit() else "")
         lines.append(f"| {r['block']} | {weights} | {r['chunks']} × {r['blocks_per_proof']} | {r['k']} | "
                      f"{r['workers']} | "
                      f"{r['setup_seconds']:.0f} s ({r['params_seconds']:.0f} s) | {r['prove_seconds']:.1f} s | "
                      f"{r.get('cpu_seconds', float('nan')):.0f} s | {r['peak_bytes'] / 2**20:.0f} MiB | {r['proof_bytes'] / 1024:.1f} KiB | "
-                     f"{r['key_seconds']:.1f} s | {r['verify_seconds']:.2f} s | {r['verified']} |")
+                     f"{r['key_seconds']:.1f} s | {r['verify_seconds']:.2f} s | "
+                     + (f"{r['cold_seconds']:.2f} s ({r['stored_key_bytes'] / 1024:.1f} KiB key) | "
+                        if "cold_seconds" in r else "n/a | ")
+                     + f"{r['verified']} |")
     return "\n".join(lines)
 
 

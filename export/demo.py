@@ -240,10 +240,12 @@ def forget_and_prove(fp32_path, data, out, key_cache, show, n_user=500, fraction
     masked_only = load(fp32_path)
     for name, m in mask.items():
         masked_only.params[name][m] = 0.0
-    # The provider's side: IPA parameters from its own cache (deterministic, no setup), the
-    # verifying key regenerated from the descriptor once per shape, then the proof itself.
+    # The provider's side: IPA parameters from its own cache (deterministic, no setup), its
+    # own verifying key for the device's descriptor (made once per shape, then read from the
+    # cache), then the proof itself.
     params = prover.proof.params(blobs["proof.bin.vk"], key_cache, show)
-    check = lambda: verify_proof(blobs["proof.bin"], blobs["proof.bin.inputs"], blobs["proof.bin.vk"], mask=mask,
+    key = prover.proof.verifying_key(blobs["proof.bin.vk"], params, key_cache, show)
+    check = lambda: verify_proof(blobs["proof.bin"], blobs["proof.bin.inputs"], key, mask=mask,
                                  h_w=h_w, h_a=h_a, params=params)
     start = time.perf_counter()
     verified = check()
@@ -322,8 +324,9 @@ def forget_and_prove_int8(personal_path, data, out, key_cache, show, n_user=500,
     digests = prover.commitments(witnesses)
     proved = prover.prove(witnesses, params_cache=key_cache, progress=show)
     params = prover.proof.params(proved["verifying_key"], key_cache, show)  # the provider's cached parameters
+    key = prover.proof.verifying_key(proved["verifying_key"], params, key_cache, show)  # and its stored key
     start = time.perf_counter()
-    verified = verify_proof(proved["proof"], proved["public_inputs"], proved["verifying_key"], mask=mask,
+    verified = verify_proof(proved["proof"], proved["public_inputs"], key, mask=mask,
                             h_w={n: d["w"] for n, d in digests.items()}, h_a={n: d["a"] for n, d in digests.items()},
                             h_w_new={n: d["w_new"] for n, d in digests.items()}, params=params)
     verify_seconds = time.perf_counter() - start

@@ -20,7 +20,11 @@ Byte formats (little endian), both versioned like the crate's:
 
 The name and size are labels that no proof binds: the provider binds a segment
 to a layer by passing the mask (and digests) it expects to :func:`verify_proof`.
-* verifying key: the crate's descriptor bytes (block, blocks per proof, k, s, τ).
+* verifying key: the crate's descriptor bytes (block, blocks per proof, k, s, τ),
+  what the device sends. The provider turns a descriptor into its own stored key
+  (:func:`verifying_key`, the crate's ``K`` bytes, cached by the descriptor) once per
+  shape and verifies under that: no key generation after the first time, in any
+  process. It never takes key material from the device.
 """
 from __future__ import annotations
 
@@ -43,8 +47,9 @@ except ImportError:  # the device side without the prover: the error type still 
 
 MAGIC, VERSION = b"ETUL", 1
 _DIGEST = 32
-# Default circuit size: 2^15 rows hold 682 blocks of 8 weights; 2^16 rows hold 1,365 and
-# peak at ~3.1 GB here (bench/prove.py, lenet5's FC layers in 7 chunks: 63,036 bytes of proofs).
+# Default circuit size: 2^15 rows hold 668 blocks of 8 weights; 2^16 rows hold 1,337 (zcash's
+# Pasta build held 682 and 1,365 and peaked at ~3.1 GB at k = 16 here: bench/prove.py, lenet5's
+# FC layers in 7 chunks, 63,036 bytes of proofs).
 PROOF_K = 15
 # The inverse Fisher of a padding block is PAD_FISHER·I. Every weight of a padding block is
 # kept, so its δ is 0 whatever A holds: any symmetric A in the committed 16-bit range proves.
@@ -71,12 +76,12 @@ def keygen(block: int, blocks_per_proof: int = 1, scale_bits: int = 16, k: int |
 
 
 def _params_path(cache_dir, k: int) -> str | None:
-    return os.path.join(os.fspath(cache_dir), f"ipa-k{k}.bin") if cache_dir else None
+    return os.path.join(os.fspath(cache_dir), f"ipa-bn254-k{k}.bin") if cache_dir else None
 
 
 def params(verifying_key: bytes, cache_dir: str | os.PathLike | None = None, progress: bool = False) -> bytes:
     """The IPA parameters for the key's circuit size (deterministic, no setup); cached
-    as ``ipa-k{k}.bin`` in ``cache_dir`` when given, since large k take a while
+    as ``ipa-bn254-k{k}.bin`` in ``cache_dir`` when given, since large k take a while
     (``progress``: a bar while they are made)."""
     k = _key_k(verifying_key)
     path = _params_path(cache_dir, k)
@@ -94,10 +99,48 @@ def params(verifying_key: bytes, cache_dir: str | os.PathLike | None = None, pro
     return data
 
 
+_STORED_KEY_VERSION = 1  # the crate's `K` format version (rust/README.md, Bytes); a cached key of another is made again
+
+
+def verifying_key(descriptor: bytes, params_bytes: bytes | None = None,
+                  cache_dir: str | os.PathLike | None = None, progress: bool = False) -> bytes:
+    """The verifying key of a descriptor (:func:`keygen`'s bytes, as the device sends
+    them) as stored-key bytes, which :func:`verify_proof` loads without a key
+    generation. Made here (one key generation, seconds at k = 15) from the descriptor
+    alone, never taken from the prover; cached in ``cache_dir`` as
+    ``vk-{sha256(descriptor)}.bin``, and a cached key whose own descriptor or format
+    version differs is made again (one whose bytes were damaged fails its digest check
+    when verifying: ProofFormatError)."""
+    import hashlib
+    descriptor = bytes(descriptor)
+    k = _key_k(descriptor)
+    if descriptor[4:5] != b"V":
+        raise ProofFormatError("verifying key: expected a descriptor (b'ETZKV'), not stored-key bytes")
+    path = (os.path.join(os.fspath(cache_dir), f"vk-{hashlib.sha256(descriptor).hexdigest()[:32]}.bin")
+            if cache_dir else None)
+    if path and os.path.isfile(path):
+        with open(path, "rb") as f:
+            data = f.read()
+        # The stored key starts with the descriptor's fields (after its own kind and version).
+        if data[:6] == b"ETZKK" + bytes([_STORED_KEY_VERSION]) and data[6:len(descriptor)] == descriptor[6:]:
+            return data
+    with _progress.bar(progress, desc=f"verifying key (2^{k} rows)") as bar:
+        data = bytes(_progress.wait(_zk().verifying_key, descriptor, params_bytes, ticking=bar))
+    if path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        tmp = f"{path}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    return data
+
+
 def _key_k(verifying_key: bytes) -> int:
+    """k of a descriptor (``b"ETZKV"``) or a stored key (``b"ETZKK"``): both start with
+    the descriptor's fields."""
     key = bytes(verifying_key)
-    if len(key) < 8 or key[:4] != b"ETZK" or key[4:5] != b"V":
-        raise ProofFormatError(f"verifying key: {len(key)} bytes that do not start with b'ETZKV'")
+    if len(key) < 8 or key[:4] != b"ETZK" or key[4:5] not in (b"V", b"K"):
+        raise ProofFormatError(f"verifying key: {len(key)} bytes that do not start with b'ETZKV' or b'ETZKK'")
     return key[7]
 
 
@@ -390,9 +433,10 @@ def verify_failure(proof: bytes, public_inputs: bytes, verifying_key: bytes, *,
 
 @functools.lru_cache(maxsize=4)
 def _verifier(verifying_key: bytes, params: bytes | None):
-    """The crate's verifier for a key, kept per process: regenerating a verifying
-    key costs a keygen (seconds at k = 15), verifying a proof under it well under
-    one. ProofFormatError for bad key bytes (and nothing is cached then)."""
+    """The crate's verifier for a key, kept per process: a descriptor costs a keygen
+    (seconds at k = 15), stored-key bytes (:func:`verifying_key`) only their reading,
+    verifying a proof under either well under a second. ProofFormatError for bad key
+    bytes (and nothing is cached then)."""
     return _zk().Verifier(verifying_key, params)
 
 

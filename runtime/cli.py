@@ -374,8 +374,12 @@ def cmd_verify(args, out: Outputs) -> dict:
     try:
         with _binding_errors():
             params = proof.params(blobs[2], cache, progress=not args.json)
+            # The provider's own key for the device's descriptor: stored in the key cache the
+            # first time, read from it (no key generation) every time after.
+            key = proof.verifying_key(blobs[2], params, cache, progress=not args.json)
             start = time.perf_counter()
-            failed = verify_failure(*blobs, mask=mask, params=params, progress=not args.json, **expected)
+            failed = verify_failure(blobs[0], blobs[1], key, mask=mask, params=params, progress=not args.json,
+                                    **expected)
             seconds = time.perf_counter() - start
             proven = proof_info(blobs[1])
     except ProofFormatError as e:  # its message starts with the kind of file it is about

@@ -323,6 +323,7 @@ def test_a_binding_runtime_error_is_one_line_and_exit_2(capsys, monkeypatch, tmp
     np.savez(tmp_path / "mask.npz", **{"fc.weight": np.zeros(8, bool)})
     proof._verifier.cache_clear()
     monkeypatch.setattr(edgetrain_zk, "Verifier", _raise_runtime_error)
+    monkeypatch.setattr(edgetrain_zk, "verifying_key", _raise_runtime_error)  # the provider's stored key
     assert main(["verify", str(tmp_path / "p.bin"), "--mask", str(tmp_path / "mask.npz")]) == 2
     assert capsys.readouterr().err == f"edgetrain verify: {one_line}"
 

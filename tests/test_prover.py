@@ -313,6 +313,67 @@ def test_a_proof_short_of_the_mask_does_not_verify_against_it(honest):
     assert edgetrain.verify_proof(*args, mask={**other, "fc2.weight": np.zeros((3, 3), bool)})
 
 
+_STORE_KEY = """
+import sys
+from edgetrain.prover import proof
+with open(sys.argv[1], "rb") as f:
+    proof.verifying_key(f.read(), None, sys.argv[2])
+"""
+
+_VERIFY_WITH_STORED_KEY = """
+import json, sys
+import edgetrain_zk
+from edgetrain import verify_proof
+from edgetrain.prover import proof
+
+def no_keygen(*args, **kwargs):
+    raise AssertionError("the stored key was made again")
+
+edgetrain_zk.verifying_key = no_keygen  # the key must come from the cache
+files = {n: open(p, "rb").read() for n, p in zip(("proof", "inputs", "descriptor"), sys.argv[1:4])}
+key = proof.verifying_key(files["descriptor"], None, sys.argv[4])
+expected = {n: {k: bytes.fromhex(v) for k, v in d.items()} for n, d in json.loads(sys.argv[5]).items()}
+ok = verify_proof(files["proof"], files["inputs"], key, **expected)
+bad = bytearray(key)
+bad[-40] ^= 0x10
+try:
+    rejected = not verify_proof(files["proof"], files["inputs"], bytes(bad), **expected)
+except edgetrain_zk.ProofFormatError:
+    rejected = True
+print(json.dumps({"kind": key[:5].decode(), "ok": ok, "tampered_rejected": rejected}))
+"""
+
+
+def test_a_verifying_key_stored_by_one_process_verifies_in_another(honest, tmp_path):
+    # The provider's key for a descriptor is made by one process and stored in its key
+    # cache; a fresh process reads it (making it again would raise) and verifies the proof.
+    import json
+    import subprocess
+    import sys
+    wit, out = honest
+    digests = prover.commitments([wit], 1)[wit.name]
+    paths = []
+    for name in ("proof", "public_inputs", "verifying_key"):
+        paths.append(tmp_path / name)
+        paths[-1].write_bytes(out[name])
+    cache = tmp_path / "keys"
+    subprocess.run([sys.executable, "-c", _STORE_KEY, str(paths[2]), str(cache)], check=True)
+    stored = list(cache.glob("vk-*.bin"))
+    assert len(stored) == 1 and stored[0].read_bytes()[:5] == b"ETZKK"
+    expected = {"h_w": {wit.name: digests["w"].hex()}, "h_a": {wit.name: digests["a"].hex()},
+                "h_w_new": {wit.name: digests["w_new"].hex()}}
+    run = subprocess.run([sys.executable, "-c", _VERIFY_WITH_STORED_KEY, *map(str, paths), str(cache),
+                          json.dumps(expected)], check=True, capture_output=True, text=True)
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == {"kind": "ETZKK", "ok": True,
+                                                               "tampered_rejected": True}
+    # Another process's key verifies here too, and a cached key of another shape is not used.
+    key = stored[0].read_bytes()
+    assert edgetrain.verify_proof(out["proof"], out["public_inputs"], key, h_w={wit.name: digests["w"]})
+    other = prover.keygen(B, 1, scale_bits=12, k=out["verifying_key"][7])
+    assert prover.proof.verifying_key(other, None, cache) != key
+    assert len(list(cache.glob("vk-*.bin"))) == 2
+
+
 def test_proofs_for_another_model_or_key_do_not_verify(honest):
     wit, out = honest
     other = prover.prove([_witness(5)], blocks_per_proof=1)

@@ -18,8 +18,9 @@
 //! (MAC, floor, update, solve) — so the floor planner runs them side by side
 //! and the circuit's height is that of its busiest group, not their sum.
 
-use halo2_proofs::{
-    circuit::{AssignedCell, Layouter, SimpleFloorPlanner, Value},
+use crate::h2::{ACell, RegionExt};
+use halo2_axiom::{
+    circuit::{Layouter, Value},
     plonk::{Advice, Circuit, Column, ConstraintSystem, Error, Fixed, Instance},
 };
 
@@ -195,7 +196,7 @@ impl UnlearnCircuit {
 
 impl Circuit<Fp> for UnlearnCircuit {
     type Config = UnlearnConfig;
-    type FloorPlanner = SimpleFloorPlanner;
+    type FloorPlanner = crate::h2::Planner;
 
     fn without_witnesses(&self) -> Self {
         UnlearnCircuit {
@@ -249,13 +250,13 @@ impl Circuit<Fp> for UnlearnCircuit {
         let (s_cell, tol_cell) = layouter.assign_region(
             || "scale and tolerance",
             |mut r| {
-                let s = r.assign_advice_from_constant(|| "s", cfg.advice[0], 0, Fp::from(sh.scale_bits as u64))?;
-                let t = r.assign_advice_from_constant(|| "τ", cfg.advice[1], 0, Fp::from(sh.tol))?;
+                let s = r.advice_from_constant(|| "s", cfg.advice[0], 0, Fp::from(sh.scale_bits as u64))?;
+                let t = r.advice_from_constant(|| "τ", cfg.advice[1], 0, Fp::from(sh.tol))?;
                 Ok((s, t))
             },
         )?;
-        layouter.constrain_instance(s_cell.cell(), cfg.instance, ROW_SCALE)?;
-        layouter.constrain_instance(tol_cell.cell(), cfg.instance, ROW_TOL)?;
+        layouter.constrain_instance(s_cell.cell(), cfg.instance, ROW_SCALE);
+        layouter.constrain_instance(tol_cell.cell(), cfg.instance, ROW_TOL);
 
         let w = commit_vector(
             &mut layouter,
@@ -319,21 +320,17 @@ fn commit_vector(
     vals: Vec<Value<Fp>>,
     row_in: usize,
     row_out: usize,
-) -> Result<Vec<AssignedCell<Fp, Fp>>, Error> {
+) -> Result<Vec<ACell>, Error> {
     let start = assign_from_instance(layouter, cfg, row_in)?;
     let (cells, out) = commit.witness_and_commit(layouter, &vals, start)?;
-    layouter.constrain_instance(out.cell(), cfg.instance, row_out)?;
+    layouter.constrain_instance(out.cell(), cfg.instance, row_out);
     Ok(cells)
 }
 
-fn assign_from_instance(
-    layouter: &mut impl Layouter<Fp>,
-    cfg: &UnlearnConfig,
-    row: usize,
-) -> Result<AssignedCell<Fp, Fp>, Error> {
+fn assign_from_instance(layouter: &mut impl Layouter<Fp>, cfg: &UnlearnConfig, row: usize) -> Result<ACell, Error> {
     layouter.assign_region(
         || "chain accumulator in",
-        |mut r| r.assign_advice_from_instance(|| "acc in", cfg.instance, row, cfg.advice[0], 0),
+        |mut r| r.advice_from_instance(|| "acc in", cfg.instance, row, cfg.advice[0], 0),
     )
 }
 
@@ -343,8 +340,8 @@ pub(crate) mod tests {
     use crate::mock::{assert_failures, at, constraint, failures, nth_region, permutation, region_names, Failure};
     use crate::poseidon::H16_ROWS;
     use crate::witness::honest_witness;
-    use halo2_proofs::dev::{FailureLocation, MockProver};
-    use halo2_proofs::plonk::Any;
+    use halo2_axiom::dev::{FailureLocation, MockProver};
+    use halo2_axiom::plonk::Any;
     use rand_chacha::ChaCha8Rng;
     use rand_core::{RngCore, SeedableRng};
 
@@ -386,7 +383,7 @@ pub(crate) mod tests {
             let vector = row / 2; // W, W', A in synthesis order
             let state_0 = if row == ROW_A_OUT { A_STATE_0 } else { W_STATE_0 };
             [
-                permutation((Any::Advice, state_0), self.at("poseidon H16", vector, H16_ROWS - 1)),
+                permutation((Any::advice(), state_0), self.at("poseidon H16", vector, H16_ROWS - 1)),
                 permutation((Any::Instance, 0), FailureLocation::OutsideRegion { row }),
             ]
         }
@@ -518,7 +515,7 @@ pub(crate) mod tests {
         // the instance cell, whose value alone differs.
         let constant_copied = |column, row| {
             vec![
-                permutation((Any::Advice, column), layout.at("scale and tolerance", 0, 0)),
+                permutation((Any::advice(), column), layout.at("scale and tolerance", 0, 0)),
                 permutation((Any::Instance, 0), FailureLocation::OutsideRegion { row }),
             ]
         };

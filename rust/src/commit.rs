@@ -9,7 +9,7 @@
 //!   injective); a last partial group packs the values present;
 //! * packed elements are zero-padded to a multiple of [`ELEMENTS_PER_STEP`]
 //!   and absorbed as `acc ← H16(acc, e_1, …, e_15)`, with `H16` the
-//!   constant-length Pow5 Poseidon P128Pow5T3 hash (width 3, rate 2) of 16
+//!   constant-length Poseidon hash ([`crate::poseidon::P128Pow5T3Bn254`], width 3, rate 2) of 16
 //!   elements: 8 permutations per 15 packed elements;
 //! * a whole vector starts from `acc = n` (its length), so the digest binds the
 //!   length. [`commit_chain`] continues from any `acc`: splitting a vector at
@@ -21,9 +21,12 @@
 //! ([`lower_triangle`]): the blocks are symmetric, so the triangle binds them.
 
 use ff::Field;
-use halo2_gadgets::poseidon::primitives::{self as poseidon, ConstantLength, P128Pow5T3};
-use halo2_proofs::{
-    circuit::{AssignedCell, Layouter, Value},
+use halo2_poseidon::{self as poseidon, ConstantLength};
+
+use crate::h2::{ACell, RegionExt};
+use crate::poseidon::P128Pow5T3Bn254;
+use halo2_axiom::{
+    circuit::{Layouter, Value},
     plonk::{Advice, Column, ConstraintSystem, Error, Expression, Selector},
     poly::Rotation,
 };
@@ -112,7 +115,7 @@ pub fn commit_chain(acc: Fp, values: &[i64], packing: Packing) -> Result<Fp, ZkE
         let mut msg = [Fp::ZERO; STEP_INPUTS];
         msg[0] = acc;
         msg[1..=step.len()].copy_from_slice(step);
-        acc = poseidon::Hash::<Fp, P128Pow5T3, ConstantLength<STEP_INPUTS>, 3, 2>::init().hash(msg);
+        acc = poseidon::Hash::<Fp, P128Pow5T3Bn254, ConstantLength<STEP_INPUTS>, 3, 2>::init().hash(msg);
     }
     Ok(acc)
 }
@@ -150,7 +153,7 @@ pub fn triangle_index(i: usize, j: usize) -> usize {
     hi * (hi + 1) / 2 + lo
 }
 
-type Cell = AssignedCell<Fp, Fp>;
+type Cell = ACell;
 
 #[derive(Clone, Debug)]
 pub struct CommitConfig {
@@ -230,7 +233,7 @@ impl CommitChip {
         &self,
         layouter: &mut impl Layouter<Fp>,
         values: &[Value<Fp>],
-        acc_in: AssignedCell<Fp, Fp>,
+        acc_in: ACell,
     ) -> Result<(Vec<Cell>, Cell), Error> {
         let bits = self.config.packing.bits;
         let cells = values
@@ -246,9 +249,9 @@ impl CommitChip {
     pub fn commit_cells(
         &self,
         layouter: &mut impl Layouter<Fp>,
-        cells: &[AssignedCell<Fp, Fp>],
-        acc_in: AssignedCell<Fp, Fp>,
-    ) -> Result<AssignedCell<Fp, Fp>, Error> {
+        cells: &[ACell],
+        acc_in: ACell,
+    ) -> Result<ACell, Error> {
         let mut packed = cells
             .chunks(self.config.packing.per_element)
             .map(|g| self.pack(layouter, g))
@@ -257,14 +260,14 @@ impl CommitChip {
         if n_pad > 0 {
             let zero = layouter.assign_region(
                 || "zero padding",
-                |mut region| region.assign_advice_from_constant(|| "0", self.config.acc, 0, Fp::ZERO),
+                |mut region| region.advice_from_constant(|| "0", self.config.acc, 0, Fp::ZERO),
             )?;
             packed.extend(std::iter::repeat_n(zero, n_pad));
         }
         let chip = PoseidonChip::construct(self.config.poseidon.clone());
         let mut acc = acc_in;
         for step in packed.chunks(ELEMENTS_PER_STEP) {
-            let msg: [AssignedCell<Fp, Fp>; STEP_INPUTS] = std::iter::once(acc)
+            let msg: [ACell; STEP_INPUTS] = std::iter::once(acc)
                 .chain(step.iter().cloned())
                 .collect::<Vec<_>>()
                 .try_into()
@@ -274,11 +277,7 @@ impl CommitChip {
         Ok(acc)
     }
 
-    fn pack(
-        &self,
-        layouter: &mut impl Layouter<Fp>,
-        group: &[AssignedCell<Fp, Fp>],
-    ) -> Result<AssignedCell<Fp, Fp>, Error> {
+    fn pack(&self, layouter: &mut impl Layouter<Fp>, group: &[ACell]) -> Result<ACell, Error> {
         let cfg = &self.config;
         let (scale, offset) = (pow2(cfg.packing.bits), cfg.packing.offset());
         layouter.assign_region(
@@ -298,7 +297,7 @@ impl CommitChip {
                             a.value().zip(v.value()).map(|(a, v)| *a * scale + *v + offset)
                         }
                     };
-                    acc = Some(region.assign_advice(|| "acc", cfg.acc, row + 1, || next)?);
+                    acc = Some(region.advice(|| "acc", cfg.acc, row + 1, || next)?);
                 }
                 Ok(acc.expect("a group of at least one value"))
             },
@@ -311,8 +310,7 @@ mod tests {
     use super::*;
     use crate::mock::{assert_failures, at, constraint, failures, nth_region, permutation, region_names};
     use crate::range::RangeCheckChip;
-    use halo2_proofs::{
-        circuit::SimpleFloorPlanner,
+    use halo2_axiom::{
         dev::{FailureLocation, MockProver, VerifyFailure},
         plonk::{Any, Circuit, Instance},
     };
@@ -338,7 +336,7 @@ mod tests {
 
     impl Circuit<Fp> for TestCircuit {
         type Config = Cfg;
-        type FloorPlanner = SimpleFloorPlanner;
+        type FloorPlanner = crate::h2::Planner;
         fn without_witnesses(&self) -> Self {
             self.clone()
         }
@@ -366,7 +364,7 @@ mod tests {
             range.load_table(&mut layouter)?;
             let acc_in = layouter.assign_region(
                 || "acc_in",
-                |mut r| r.assign_advice(|| "acc_in", cfg.advice[0], 0, || Value::known(self.acc_in)),
+                |mut r| r.advice(|| "acc_in", cfg.advice[0], 0, || Value::known(self.acc_in)),
             )?;
             let vals: Vec<Value<Fp>> = self
                 .values
@@ -375,7 +373,8 @@ mod tests {
                 .collect();
             let config = if self.fisher { cfg.fisher } else { cfg.weights };
             let (_, acc) = CommitChip::construct(config, range).witness_and_commit(&mut layouter, &vals, acc_in)?;
-            layouter.constrain_instance(acc.cell(), cfg.instance, 0)
+            layouter.constrain_instance(acc.cell(), cfg.instance, 0);
+            Ok(())
         }
     }
 
@@ -476,7 +475,7 @@ mod tests {
             assert_failures(
                 failures(K, &c, vec![vec![digest]]),
                 vec![
-                    permutation((Any::Advice, state_0), at(h16, crate::poseidon::H16_ROWS - 1)),
+                    permutation((Any::advice(), state_0), at(h16, crate::poseidon::H16_ROWS - 1)),
                     permutation((Any::Instance, 0), FailureLocation::OutsideRegion { row: 0 }),
                 ],
             );

@@ -7,8 +7,9 @@
 //! integers). The unlearning circuit bounds δ through `w' = w + δ` with both
 //! weights range-checked, instead of paying a wide range check of its own.
 
-use halo2_proofs::{
-    circuit::{AssignedCell, Layouter, Value},
+use crate::h2::{ACell, RegionExt};
+use halo2_axiom::{
+    circuit::{Layouter, Value},
     plonk::{Advice, Column, ConstraintSystem, Error, Expression, Fixed, Selector, VirtualCells},
     poly::Rotation,
 };
@@ -77,7 +78,7 @@ impl FixedPointChip {
             let p = m.query_advice(acc, Rotation::cur());
             let delta = m.query_advice(a[0], Rotation::cur());
             let r = m.query_advice(a[1], Rotation::cur());
-            let two_s = m.query_fixed(scale);
+            let two_s = m.query_fixed(scale, Rotation::cur());
             vec![q * (delta * two_s + r + p)]
         });
         FixedPointConfig {
@@ -102,18 +103,13 @@ impl FixedPointChip {
 
     /// `Σ_j a_j·y_j` over equal-length cell slices (the caller range-checks
     /// both so the sum cannot wrap).
-    pub fn dot(
-        &self,
-        layouter: &mut impl Layouter<Fp>,
-        a: &[AssignedCell<Fp, Fp>],
-        y: &[AssignedCell<Fp, Fp>],
-    ) -> Result<AssignedCell<Fp, Fp>, Error> {
+    pub fn dot(&self, layouter: &mut impl Layouter<Fp>, a: &[ACell], y: &[ACell]) -> Result<ACell, Error> {
         assert_eq!(a.len(), y.len(), "dot: a has {} entries, y has {}", a.len(), y.len());
         let cfg = &self.config;
         layouter.assign_region(
             || "dot",
             |mut region| {
-                let mut acc: Option<AssignedCell<Fp, Fp>> = None;
+                let mut acc: Option<ACell> = None;
                 for (row, (ac, yc)) in a.chunks(MAC_WIDTH).zip(y.chunks(MAC_WIDTH)).enumerate() {
                     let mut sum = match &acc {
                         None => {
@@ -132,13 +128,13 @@ impl FixedPointChip {
                             (av.value().copied(), yv.value().copied())
                         } else {
                             // Unused slots multiply two constant zeros.
-                            region.assign_advice_from_constant(|| "a pad", cfg.a[t], row, Fp::zero())?;
-                            region.assign_advice_from_constant(|| "y pad", cfg.y[t], row, Fp::zero())?;
+                            region.advice_from_constant(|| "a pad", cfg.a[t], row, Fp::zero())?;
+                            region.advice_from_constant(|| "y pad", cfg.y[t], row, Fp::zero())?;
                             (Value::known(Fp::zero()), Value::known(Fp::zero()))
                         };
                         sum = sum + av * yv;
                     }
-                    acc = Some(region.assign_advice(|| "acc", cfg.acc, row + 1, || sum)?);
+                    acc = Some(region.advice(|| "acc", cfg.acc, row + 1, || sum)?);
                 }
                 Ok(acc.expect("dot of at least one product"))
             },
@@ -151,10 +147,10 @@ impl FixedPointChip {
     pub fn floor_rescale(
         &self,
         layouter: &mut impl Layouter<Fp>,
-        p: &AssignedCell<Fp, Fp>,
+        p: &ACell,
         delta: Value<Fp>,
         remainder: Value<Fp>,
-    ) -> Result<AssignedCell<Fp, Fp>, Error> {
+    ) -> Result<ACell, Error> {
         let cfg = &self.config;
         let r = self
             .range
@@ -163,10 +159,10 @@ impl FixedPointChip {
             || "floor rescale",
             |mut region| {
                 cfg.q_floor.enable(&mut region, 0)?;
-                region.assign_fixed(|| "2^s", cfg.scale, 0, || Value::known(pow2(self.scale_bits)))?;
+                region.fixed(|| "2^s", cfg.scale, 0, || Value::known(pow2(self.scale_bits)))?;
                 p.copy_advice(|| "P", &mut region, cfg.acc, 0)?;
                 r.copy_advice(|| "r", &mut region, cfg.a[1], 0)?;
-                region.assign_advice(|| "δ", cfg.a[0], 0, || delta)
+                region.advice(|| "δ", cfg.a[0], 0, || delta)
             },
         )
     }
@@ -178,8 +174,7 @@ mod tests {
     use crate::field::fp_from_i128;
     use crate::mock::{assert_failures, at, constraint, failures, nth_region, region_names, Failure};
     use ff::Field;
-    use halo2_proofs::{
-        circuit::SimpleFloorPlanner,
+    use halo2_axiom::{
         dev::{MockProver, VerifyFailure},
         plonk::{Circuit, Instance},
     };
@@ -203,7 +198,7 @@ mod tests {
 
     impl Circuit<Fp> for TestCircuit {
         type Config = (FixedPointConfig, crate::range::RangeCheckConfig, Column<Instance>);
-        type FloorPlanner = SimpleFloorPlanner;
+        type FloorPlanner = crate::h2::Planner;
         fn without_witnesses(&self) -> Self {
             self.clone()
         }
@@ -236,7 +231,8 @@ mod tests {
             if self.bound_delta {
                 range.check(&mut layouter, &d, 40, true)?;
             }
-            layouter.constrain_instance(d.cell(), cfg.2, 0)
+            layouter.constrain_instance(d.cell(), cfg.2, 0);
+            Ok(())
         }
     }
 

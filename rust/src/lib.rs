@@ -1,4 +1,4 @@
-//! Halo2 (zcash `halo2_proofs`, IPA over Pasta) proof that a committed model was
+//! Halo2 (`halo2-axiom`, IPA over Pasta) proof that a committed model was
 //! transformed by the ZK-APEX unlearning step of DESIGN.md §6.
 //!
 //! Chips, one constraint family each: [`range`], [`fixed_point`], [`solve`],
@@ -10,6 +10,7 @@ pub mod circuit;
 pub mod commit;
 pub mod field;
 pub mod fixed_point;
+pub mod h2;
 #[cfg(test)]
 mod mock;
 pub mod poseidon;
@@ -22,9 +23,12 @@ pub mod witness;
 #[cfg(feature = "python")]
 mod python;
 
-/// The circuit field: the Pallas base field, i.e. the scalar field of Vesta,
-/// whose curve carries the IPA commitments.
-pub type Fp = pasta_curves::pallas::Base;
+/// The circuit field: the scalar field of BN254, whose G1 carries the IPA
+/// commitments (see README: halo2-axiom cannot prove over Pasta).
+pub type Fp = halo2_axiom::halo2curves::bn256::Fr;
+
+/// The curve of the IPA commitments.
+pub type Curve = halo2_axiom::halo2curves::bn256::G1Affine;
 
 /// Errors crossing the public API. Every message names what was wrong.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -6,8 +6,16 @@
 //! whole list of [`VerifyFailure`]s with the expected one (as halo2_gadgets'
 //! tests do) instead of asserting only that verification failed — a witness
 //! rejected for another reason, or for more reasons, fails the test.
+//!
+//! halo2-axiom's MockProver locates a failure in a region only through the
+//! fixed cells the region assigns (its advice assignments do not extend a
+//! region), so it reports some failures outside any region and offsets from a
+//! region's first fixed cell. [`failures`] therefore records the circuit's
+//! layout ([`LayoutPass`]) and [`assert_failures`] compares every location as
+//! an absolute row: an expected `at(region, offset)` is the region's first row
+//! plus the offset, a reported one is converted with the same layout.
 
-use halo2_proofs::{
+use halo2_axiom::{
     dev::{metadata, FailureLocation, MockProver, VerifyFailure},
     plonk::{Any, Circuit, ConstraintSystem, FloorPlanner},
 };
@@ -33,6 +41,40 @@ pub enum Failure {
     },
     /// Unassigned cells or poisoned constraints: a broken test circuit, never expected.
     Other(VerifyFailure),
+    /// Appended by [`failures`]: the region starts of its circuit (any cell, fixed
+    /// cell), which [`assert_failures`] takes to compare rows. Not a failure.
+    Layout(Vec<(Option<usize>, Option<usize>)>),
+}
+
+impl Failure {
+    fn location_mut(&mut self) -> Option<&mut FailureLocation> {
+        match self {
+            Failure::Constraint { location, .. }
+            | Failure::Lookup { location, .. }
+            | Failure::Permutation { location, .. } => Some(location),
+            _ => None,
+        }
+    }
+
+    /// The location as `OutsideRegion { row }` (absolute): regions start at
+    /// `starts[index]`.
+    fn absolute(mut self, starts: impl Fn(usize) -> usize) -> Self {
+        if let Some(loc) = self.location_mut() {
+            if let FailureLocation::InRegion { region, offset } = loc {
+                let index = format!("{region:?}");
+                // metadata::Region prints as "Region <index> ('<name>')".
+                let index: usize = index
+                    .split_whitespace()
+                    .nth(1)
+                    .and_then(|i| i.parse().ok())
+                    .expect("a region index");
+                *loc = FailureLocation::OutsideRegion {
+                    row: starts(index) + *offset,
+                };
+            }
+        }
+        self
+    }
 }
 
 impl From<VerifyFailure> for Failure {
@@ -41,7 +83,9 @@ impl From<VerifyFailure> for Failure {
             VerifyFailure::ConstraintNotSatisfied {
                 constraint, location, ..
             } => Failure::Constraint { constraint, location },
-            VerifyFailure::Lookup { lookup_index, location } => Failure::Lookup { lookup_index, location },
+            VerifyFailure::Lookup {
+                lookup_index, location, ..
+            } => Failure::Lookup { lookup_index, location },
             VerifyFailure::Permutation { column, location } => Failure::Permutation { column, location },
             other => Failure::Other(other),
         }
@@ -88,16 +132,32 @@ pub fn at(region: (usize, &str), offset: usize) -> FailureLocation {
 /// lookups, copies); panics if the circuit is satisfied or cannot be laid out.
 pub fn failures<C: Circuit<Fp>>(k: u32, circuit: &C, instance: Vec<Vec<Fp>>) -> Vec<Failure> {
     let prover = MockProver::run(k, circuit, instance).expect("the circuit lays out");
-    match prover.verify() {
+    let starts = layout(circuit).region_starts;
+    let mut out: Vec<Failure> = match prover.verify() {
         Ok(()) => panic!("MockProver accepted a witness that should be rejected"),
         Err(fs) => fs.into_iter().map(Failure::from).collect(),
-    }
+    };
+    out.push(Failure::Layout(starts));
+    out
 }
 
 /// Asserts that `actual` holds exactly the `expected` failures, in any order
 /// (the order is MockProver's iteration, not part of what a test claims).
 #[track_caller]
-pub fn assert_failures(actual: Vec<Failure>, expected: Vec<Failure>) {
+pub fn assert_failures(mut actual: Vec<Failure>, expected: Vec<Failure>) {
+    let starts = match actual.pop() {
+        Some(Failure::Layout(s)) => s,
+        _ => panic!("assert_failures takes what `failures` returns"),
+    };
+    let start = |fixed: bool| {
+        let starts = &starts;
+        move |i: usize| {
+            let (any, fx) = starts[i];
+            if fixed { fx } else { any }.expect("a region that assigns cells")
+        }
+    };
+    let actual: Vec<Failure> = actual.into_iter().map(|f| f.absolute(start(true))).collect();
+    let expected: Vec<Failure> = expected.into_iter().map(|f| f.absolute(start(false))).collect();
     let mut unexpected: Vec<&Failure> = actual.iter().collect();
     let mut missing = vec![];
     for e in &expected {
@@ -117,6 +177,10 @@ pub fn assert_failures(actual: Vec<Failure>, expected: Vec<Failure>) {
 /// The names of the regions (and tables) `circuit` assigns, indexed as
 /// MockProver indexes them: the floor planner enters each once, in synthesis order.
 pub fn region_names<C: Circuit<Fp>>(circuit: &C) -> Vec<String> {
+    layout(circuit).regions.unwrap_or_default()
+}
+
+fn layout<C: Circuit<Fp>>(circuit: &C) -> LayoutPass {
     let mut cs = ConstraintSystem::default();
     let config = C::configure(&mut cs);
     // Constants land outside regions, so any fixed column serves to list names.
@@ -126,7 +190,7 @@ pub fn region_names<C: Circuit<Fp>>(circuit: &C) -> Vec<String> {
         ..Default::default()
     };
     C::FloorPlanner::synthesize(&mut layout, circuit, config, constants).expect("the circuit lays out");
-    layout.regions.unwrap_or_default()
+    layout
 }
 
 /// Index of the `nth` (from 0) region named `name`, with its name, as [`at`] takes it.

@@ -1,5 +1,6 @@
-//! The Poseidon P128Pow5T3 permutation (width 3, rate 2, x⁵ S-box, 8 full and
-//! 56 partial rounds) and the constant-length 16-input sponge `H16` of
+//! The Poseidon permutation over BN254's scalar field ([`P128Pow5T3Bn254`]:
+//! width 3, rate 2, x⁵ S-box, 8 full and 58 partial rounds) and the
+//! constant-length 16-input sponge `H16` of
 //! [`crate::commit`], in-circuit with gates of degree ≤ 4.
 //!
 //! Why a chip of our own: halo2_gadgets' `Pow5Chip` constrains `(x + rc)⁵`
@@ -22,18 +23,19 @@
 //! which the tests check against `halo2_poseidon`.
 //! * initial state: `x = (0, 0, 16·2^64)` (ConstantLength's capacity element).
 //!
-//! One permutation takes 4 + 28 + 4 = 36 rows plus its output row, which is
+//! One permutation takes 4 + 29 + 4 = 37 rows plus its output row, which is
 //! also where the next two inputs are absorbed; an `H16` is [`H16_ROWS`] rows.
 
 use std::sync::OnceLock;
 
+use crate::h2::{ACell, RegionExt};
 use ff::{Field, PrimeField};
-use halo2_gadgets::poseidon::primitives::{P128Pow5T3, Spec};
-use halo2_proofs::{
-    circuit::{AssignedCell, Layouter, Region, Value},
+use halo2_axiom::{
+    circuit::{Layouter, Region, Value},
     plonk::{Advice, Column, ConstraintSystem, Error, Expression, Fixed, Selector},
     poly::Rotation,
 };
+use halo2_poseidon::{generate_constants, Mds, Spec};
 
 use crate::Fp;
 
@@ -42,7 +44,7 @@ const RATE: usize = 2;
 /// Inputs of one `H16` (the accumulator and 15 packed elements).
 pub const H16_INPUTS: usize = 16;
 const HALF_FULL_ROUNDS: usize = 4;
-const PARTIAL_ROUNDS: usize = 56;
+const PARTIAL_ROUNDS: usize = 58;
 const ROUND_ROWS: usize = 2 * HALF_FULL_ROUNDS + PARTIAL_ROUNDS / 2;
 const PERMUTATIONS: usize = H16_INPUTS / RATE;
 /// Rows of one `H16` region: the initial state, then per permutation the
@@ -50,6 +52,40 @@ const PERMUTATIONS: usize = H16_INPUTS / RATE;
 pub const H16_ROWS: usize = 1 + PERMUTATIONS * (ROUND_ROWS + 1);
 
 type State = [Fp; WIDTH];
+
+/// Poseidon over BN254's scalar field: width 3, rate 2, x⁵ S-box, 8 full
+/// rounds and 58 partial ones, round constants and MDS matrix from the
+/// reference Grain LFSR (`halo2_poseidon::generate_constants`, as zcash's Pasta
+/// instance). 57 partial rounds are the published minimum for 128-bit security
+/// at this width over a 254-bit field; 58 keeps the count even, which the chip's
+/// two partial rounds per row need (more rounds only add margin).
+#[derive(Debug, Clone, Copy)]
+pub struct P128Pow5T3Bn254;
+
+type SpecConstants = (Vec<State>, Mds<Fp, WIDTH>, Mds<Fp, WIDTH>);
+
+impl Spec<Fp, WIDTH, RATE> for P128Pow5T3Bn254 {
+    fn full_rounds() -> usize {
+        2 * HALF_FULL_ROUNDS
+    }
+
+    fn partial_rounds() -> usize {
+        PARTIAL_ROUNDS
+    }
+
+    fn sbox(val: Fp) -> Fp {
+        val.pow_vartime([5])
+    }
+
+    fn secure_mds() -> usize {
+        0
+    }
+
+    fn constants() -> SpecConstants {
+        static C: OnceLock<SpecConstants> = OnceLock::new();
+        C.get_or_init(generate_constants::<Fp, Self, WIDTH, RATE>).clone()
+    }
+}
 
 struct Constants {
     rc: Vec<State>,
@@ -59,7 +95,7 @@ struct Constants {
 fn constants() -> &'static Constants {
     static C: OnceLock<Constants> = OnceLock::new();
     C.get_or_init(|| {
-        let (rc, mds, _) = <P128Pow5T3 as Spec<Fp, WIDTH, RATE>>::constants();
+        let (rc, mds, _) = <P128Pow5T3Bn254 as Spec<Fp, WIDTH, RATE>>::constants();
         assert_eq!(rc.len(), 2 * HALF_FULL_ROUNDS + PARTIAL_ROUNDS);
         Constants { rc, mds }
     })
@@ -144,7 +180,7 @@ pub struct PoseidonChip {
     tamper_capacity: Option<Fp>,
 }
 
-type Cell = AssignedCell<Fp, Fp>;
+type Cell = ACell;
 
 impl PoseidonChip {
     /// Three gates (full round, two partial rounds, absorption) over `state`
@@ -182,7 +218,7 @@ impl PoseidonChip {
             let x = state.map(|c| m.query_advice(c, Rotation::cur()));
             let sq = aux.map(|c| m.query_advice(c, Rotation::cur()));
             let next = state.map(|c| m.query_advice(c, Rotation::next()));
-            let t = [0, 1, 2].map(|k| x[k].clone() + m.query_fixed(rc_a[k]));
+            let t = [0, 1, 2].map(|k| x[k].clone() + m.query_fixed(rc_a[k], Rotation::cur()));
             let s = [0, 1, 2].map(|k| sq[k].clone() * sq[k].clone() * t[k].clone());
             let out = mds_mul(s);
             let squares = (0..WIDTH).map(|k| sq[k].clone() - t[k].clone() * t[k].clone());
@@ -195,8 +231,8 @@ impl PoseidonChip {
             let x = state.map(|c| m.query_advice(c, Rotation::cur()));
             let [sq0, y0, sq1] = aux.map(|c| m.query_advice(c, Rotation::cur()));
             let next = state.map(|c| m.query_advice(c, Rotation::next()));
-            let a = rc_a.map(|c| m.query_fixed(c));
-            let b = rc_b.map(|c| m.query_fixed(c));
+            let a = rc_a.map(|c| m.query_fixed(c, Rotation::cur()));
+            let b = rc_b.map(|c| m.query_fixed(c, Rotation::cur()));
             let t = x[0].clone() + a[0].clone();
             let y = mds_mul([
                 sq0.clone() * sq0.clone() * t.clone(),
@@ -330,7 +366,7 @@ impl PoseidonChip {
                         v = v.map(|v| v + d);
                     }
                 }
-                region.assign_advice(|| "aux", cfg.aux[k], at, || v)?;
+                region.advice(|| "aux", cfg.aux[k], at, || v)?;
             }
             x = self.assign_state(region, at + 1, next)?;
         }
@@ -340,9 +376,9 @@ impl PoseidonChip {
     fn assign_state(&self, region: &mut Region<'_, Fp>, row: usize, v: Value<State>) -> Result<[Cell; WIDTH], Error> {
         let c = &self.config.state;
         Ok([
-            region.assign_advice(|| "x_0", c[0], row, || v.map(|v| v[0]))?,
-            region.assign_advice(|| "x_1", c[1], row, || v.map(|v| v[1]))?,
-            region.assign_advice(|| "x_2", c[2], row, || v.map(|v| v[2]))?,
+            region.advice(|| "x_0", c[0], row, || v.map(|v| v[0]))?,
+            region.advice(|| "x_1", c[1], row, || v.map(|v| v[1]))?,
+            region.advice(|| "x_2", c[2], row, || v.map(|v| v[2]))?,
         ])
     }
 
@@ -354,7 +390,7 @@ impl PoseidonChip {
         v: State,
     ) -> Result<(), Error> {
         for k in 0..WIDTH {
-            region.assign_fixed(|| "rc", cols[k], row, || Value::known(v[k]))?;
+            region.fixed(|| "rc", cols[k], row, || Value::known(v[k]))?;
         }
         Ok(())
     }
@@ -371,19 +407,18 @@ fn state_value(x: &[Cell; WIDTH]) -> Value<State> {
 mod tests {
     use super::*;
     use crate::mock::{assert_failures, at, constraint, failures, nth_region, permutation, region_names, Failure};
-    use halo2_gadgets::poseidon::primitives::{self as poseidon, ConstantLength};
-    use halo2_proofs::{
-        circuit::SimpleFloorPlanner,
+    use halo2_axiom::{
         dev::{FailureLocation, MockProver},
         plonk::{Any, Circuit, Instance},
     };
+    use halo2_poseidon::{self as poseidon, ConstantLength};
 
     const K: u32 = 10;
     const FULL: (usize, &str) = (0, "poseidon full round");
     const PARTIAL: (usize, &str) = (1, "poseidon two partial rounds");
 
     fn native_reference(msg: &[Fp; H16_INPUTS]) -> Fp {
-        poseidon::Hash::<Fp, P128Pow5T3, ConstantLength<H16_INPUTS>, 3, 2>::init().hash(*msg)
+        poseidon::Hash::<Fp, super::P128Pow5T3Bn254, ConstantLength<H16_INPUTS>, 3, 2>::init().hash(*msg)
     }
 
     fn message(seed: u64) -> [Fp; H16_INPUTS] {
@@ -408,7 +443,7 @@ mod tests {
 
     impl Circuit<Fp> for TestCircuit {
         type Config = Cfg;
-        type FloorPlanner = SimpleFloorPlanner;
+        type FloorPlanner = crate::h2::Planner;
         fn without_witnesses(&self) -> Self {
             Self::default()
         }
@@ -430,7 +465,7 @@ mod tests {
                 || "message",
                 |mut r| {
                     (0..H16_INPUTS)
-                        .map(|i| r.assign_advice(|| "m", cfg.input, i, || Value::known(self.msg[i])))
+                        .map(|i| r.advice(|| "m", cfg.input, i, || Value::known(self.msg[i])))
                         .collect()
                 },
             )?;
@@ -438,7 +473,8 @@ mod tests {
             chip.tamper = self.tamper;
             chip.tamper_capacity = self.tamper_capacity;
             let digest = chip.hash16(&mut layouter, &cells.try_into().unwrap())?;
-            layouter.constrain_instance(digest.cell(), cfg.instance, 0)
+            layouter.constrain_instance(digest.cell(), cfg.instance, 0);
+            Ok(())
         }
     }
 
@@ -454,8 +490,8 @@ mod tests {
         }
         // The capacity element is ConstantLength's: another length hashes differently.
         let msg = message(5);
-        let short =
-            poseidon::Hash::<Fp, P128Pow5T3, ConstantLength<15>, 3, 2>::init().hash(msg[..15].try_into().unwrap());
+        let short = poseidon::Hash::<Fp, super::P128Pow5T3Bn254, ConstantLength<15>, 3, 2>::init()
+            .hash(msg[..15].try_into().unwrap());
         assert_ne!(hash16(&msg), short);
     }
 
@@ -491,7 +527,7 @@ mod tests {
         // The copy of state_0's last cell to instance row 0 breaks, at both cells.
         let digest_copy = || {
             vec![
-                permutation((Any::Advice, 0), at(h, H16_ROWS - 1)),
+                permutation((Any::advice(), 0), at(h, H16_ROWS - 1)),
                 permutation((Any::Instance, 0), FailureLocation::OutsideRegion { row: 0 }),
             ]
         };
@@ -567,7 +603,7 @@ mod tests {
             failures(K, &c, vec![vec![native_reference(&msg)]]),
             vec![
                 constraint((3, "poseidon initial state (0, 0, capacity)"), (2, ""), at(h, 0)),
-                permutation((Any::Advice, 0), at(h, H16_ROWS - 1)),
+                permutation((Any::advice(), 0), at(h, H16_ROWS - 1)),
                 permutation((Any::Instance, 0), FailureLocation::OutsideRegion { row: 0 }),
             ],
         );

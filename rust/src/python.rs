@@ -263,16 +263,30 @@ fn params<'py>(py: Python<'py>, k: u32) -> PyResult<Bound<'py, PyBytes>> {
 
 fn params_arg(
     py: Python<'_>,
-    kp: &KeyParams,
+    k: u32,
     params: Option<&[u8]>,
-) -> PyResult<halo2_proofs::poly::commitment::Params<pasta_curves::vesta::Affine>> {
+) -> PyResult<halo2_axiom::poly::ipa::commitment::ParamsIPA<crate::Curve>> {
     py.detach(|| {
         guarded(|| match params {
             Some(b) => proof::params_from_bytes(b),
-            None => proof::params(kp.k),
+            None => proof::params(k),
         })
     })
     .map_err(to_py)
+}
+
+/// The verifying key of a descriptor as bytes (kind `K`) a verifier stores and
+/// later passes to Verifier / verify instead of the descriptor: loading them
+/// needs no key generation. Costs one key generation now.
+#[pyfunction]
+#[pyo3(signature = (vk, params=None))]
+fn verifying_key<'py>(py: Python<'py>, vk: &[u8], params: Option<&[u8]>) -> PyResult<Bound<'py, PyBytes>> {
+    let kp = KeyParams::from_bytes(vk).map_err(to_py)?;
+    let p = params_arg(py, kp.k, params)?;
+    let key = py
+        .detach(|| guarded(|| proof::verifying_key_with(&p, &kp)))
+        .map_err(to_py)?;
+    Ok(PyBytes::new(py, &proof::vk_to_bytes(&kp, &key)))
 }
 
 /// Keeps the proving key of one shape for repeated proofs (chunks).
@@ -287,9 +301,14 @@ impl PyProver {
     #[pyo3(signature = (vk, params=None))]
     fn new(py: Python<'_>, vk: &[u8], params: Option<&[u8]>) -> PyResult<Self> {
         let kp = KeyParams::from_bytes(vk).map_err(to_py)?;
-        let p = params_arg(py, &kp, params)?;
+        let p = params_arg(py, kp.k, params)?;
         let keys = py.detach(|| guarded(|| proof::keygen_with(p, &kp))).map_err(to_py)?;
         Ok(PyProver { keys })
+    }
+
+    /// The verifying key of this shape as stored-key bytes (see `verifying_key`).
+    fn verifying_key<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &proof::vk_to_bytes(&self.keys.key_params, self.keys.vk()))
     }
 
     /// Like the module-level `prove`, without regenerating the keys.
@@ -315,12 +334,14 @@ impl PyProver {
     }
 }
 
-/// Keeps the verifying key of one shape for repeated verification.
+/// Keeps the verifying key of one shape for repeated verification: `vk` is
+/// stored-key bytes (`K`, read without key generation) or a descriptor (`V`,
+/// the key is generated from it).
 #[pyclass(name = "Verifier")]
 struct PyVerifier {
     kp: KeyParams,
-    params: halo2_proofs::poly::commitment::Params<pasta_curves::vesta::Affine>,
-    vk: halo2_proofs::plonk::VerifyingKey<pasta_curves::vesta::Affine>,
+    params: halo2_axiom::poly::ipa::commitment::ParamsIPA<crate::Curve>,
+    vk: halo2_axiom::plonk::VerifyingKey<crate::Curve>,
 }
 
 #[pymethods]
@@ -328,12 +349,16 @@ impl PyVerifier {
     #[new]
     #[pyo3(signature = (vk, params=None))]
     fn new(py: Python<'_>, vk: &[u8], params: Option<&[u8]>) -> PyResult<Self> {
-        let kp = KeyParams::from_bytes(vk).map_err(to_py)?;
-        let params = params_arg(py, &kp, params)?;
-        let vk = py
-            .detach(|| guarded(|| proof::verifying_key_with(&params, &kp)))
+        let k = proof::key_k(vk).map_err(to_py)?;
+        let params = params_arg(py, k, params)?;
+        let key = py
+            .detach(|| guarded(|| proof::stored_key(&params, vk)))
             .map_err(to_py)?;
-        Ok(PyVerifier { kp, params, vk })
+        Ok(PyVerifier {
+            kp: key.key_params,
+            params,
+            vk: key.vk,
+        })
     }
 
     /// Like the module-level `verify_chain`, without regenerating the key.
@@ -409,6 +434,7 @@ fn edgetrain_zk(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(public_inputs_info, m)?)?;
     m.add_function(wrap_pyfunction!(verify_chain, m)?)?;
     m.add_function(wrap_pyfunction!(params, m)?)?;
+    m.add_function(wrap_pyfunction!(verifying_key, m)?)?;
     m.add_class::<PyProver>()?;
     m.add_class::<PyVerifier>()?;
     Ok(())

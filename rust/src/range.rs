@@ -17,9 +17,10 @@ use std::cell::Cell;
 use std::marker::PhantomData;
 use std::rc::Rc;
 
+use crate::h2::{ACell, RegionExt};
 use ff::{Field, PrimeField};
-use halo2_proofs::{
-    circuit::{AssignedCell, Layouter, Value},
+use halo2_axiom::{
+    circuit::{Layouter, Value},
     plonk::{Advice, Column, ConstraintSystem, Error, Expression, Fixed, Selector, TableColumn},
     poly::Rotation,
 };
@@ -79,12 +80,12 @@ impl RangeCheckChip {
                 let q_lookup = meta.complex_selector();
                 let mul = meta.fixed_column();
                 let shift = meta.fixed_column();
-                meta.lookup(|m| {
+                meta.lookup("range limb", |m| {
                     let q = m.query_selector(q_lookup);
                     let z_cur = m.query_advice(z, Rotation::cur());
                     let z_next = m.query_advice(z, Rotation::next());
-                    let mul = m.query_fixed(mul);
-                    let shift = m.query_fixed(shift);
+                    let mul = m.query_fixed(mul, Rotation::cur());
+                    let shift = m.query_fixed(shift, Rotation::cur());
                     // mul and shift are 0 wherever q is off, so only the z_next term
                     // needs the selector: off rows look up 0, on rows the limb, and the
                     // input has degree 2 (lookup degree 2 + 2 + 1 = 5, not 6).
@@ -144,7 +145,7 @@ impl RangeCheckChip {
         value: Value<Fp>,
         bits: usize,
         signed: bool,
-    ) -> Result<AssignedCell<Fp, Fp>, Error> {
+    ) -> Result<ACell, Error> {
         assert!(
             (1..=MAX_BITS).contains(&bits),
             "range check width {bits} outside 1..={MAX_BITS}"
@@ -160,7 +161,7 @@ impl RangeCheckChip {
     pub fn check(
         &self,
         layouter: &mut impl Layouter<Fp>,
-        cell: &AssignedCell<Fp, Fp>,
+        cell: &ACell,
         bits: usize,
         signed: bool,
     ) -> Result<(), Error> {
@@ -182,7 +183,7 @@ impl RangeCheckChip {
         bits: usize,
         signed: bool,
         scaled: bool,
-    ) -> Result<AssignedCell<Fp, Fp>, Error> {
+    ) -> Result<ACell, Error> {
         let limbs = bits.div_ceil(LIMB_BITS);
         let mul = if scaled {
             pow2(limbs * LIMB_BITS - bits)
@@ -195,7 +196,7 @@ impl RangeCheckChip {
             || format!("range check {bits} bits"),
             |mut region| {
                 let z0 = match &source {
-                    Source::Value(v) => region.assign_advice(|| "z_0", cfg.z, 0, || *v)?,
+                    Source::Value(v) => region.advice(|| "z_0", cfg.z, 0, || *v)?,
                     Source::Cell(c) => c.copy_advice(|| "z_0", &mut region, cfg.z, 0)?,
                 };
                 let mut z = z0.value().map(|v| *v * mul + shift);
@@ -203,13 +204,13 @@ impl RangeCheckChip {
                 for i in 0..limbs {
                     cfg.q_lookup.enable(&mut region, i)?;
                     let (m, s) = if i == 0 { (mul, shift) } else { (Fp::ONE, Fp::ZERO) };
-                    region.assign_fixed(|| "mul", cfg.mul, i, || Value::known(m))?;
-                    region.assign_fixed(|| "shift", cfg.shift, i, || Value::known(s))?;
+                    region.fixed(|| "mul", cfg.mul, i, || Value::known(m))?;
+                    region.fixed(|| "shift", cfg.shift, i, || Value::known(s))?;
                     let next = z.map(|zv| {
                         let limb = Fp::from_u128(low_u128(&zv) & ((1u128 << LIMB_BITS) - 1));
                         (zv - limb) * inv
                     });
-                    region.assign_advice(|| "z", cfg.z, i + 1, || next)?;
+                    region.advice(|| "z", cfg.z, i + 1, || next)?;
                     z = next;
                 }
                 cfg.q_end.enable(&mut region, limbs)?;
@@ -221,7 +222,7 @@ impl RangeCheckChip {
 
 enum Source<'a> {
     Value(Value<Fp>),
-    Cell(&'a AssignedCell<Fp, Fp>),
+    Cell(&'a ACell),
 }
 
 #[cfg(test)]
@@ -229,7 +230,7 @@ mod tests {
     use super::*;
     use crate::field::fp_from_i128;
     use crate::mock::{assert_failures, at, constraint, failures, lookup, nth_region, region_names, Failure};
-    use halo2_proofs::{circuit::SimpleFloorPlanner, dev::MockProver, plonk::Circuit};
+    use halo2_axiom::{dev::MockProver, plonk::Circuit};
 
     const K: u32 = 10;
     /// Lane l's `z_m = 0` gate is gate l (each lane adds its lookup, then its gate).
@@ -246,7 +247,7 @@ mod tests {
 
     impl Circuit<Fp> for TestCircuit {
         type Config = RangeCheckConfig;
-        type FloorPlanner = SimpleFloorPlanner;
+        type FloorPlanner = crate::h2::Planner;
         fn without_witnesses(&self) -> Self {
             self.clone()
         }
@@ -267,12 +268,12 @@ mod tests {
                     || "forged range check",
                     |mut region| {
                         for (row, z) in z.iter().enumerate() {
-                            region.assign_advice(|| "z", lane.z, row, || Value::known(fp_from_i128(*z)))?;
+                            region.advice(|| "z", lane.z, row, || Value::known(fp_from_i128(*z)))?;
                         }
                         for row in 0..2 {
                             lane.q_lookup.enable(&mut region, row)?;
-                            region.assign_fixed(|| "mul", lane.mul, row, || Value::known(Fp::ONE))?;
-                            region.assign_fixed(|| "shift", lane.shift, row, || Value::known(Fp::ZERO))?;
+                            region.fixed(|| "mul", lane.mul, row, || Value::known(Fp::ONE))?;
+                            region.fixed(|| "shift", lane.shift, row, || Value::known(Fp::ZERO))?;
                         }
                         lane.q_end.enable(&mut region, 2)
                     },

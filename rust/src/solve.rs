@@ -6,9 +6,10 @@
 //! in-circuit inversion. τ is a power of two, so the bound `−τ ≤ e < τ` is
 //! one range check: `e + τ ∈ [0, 2τ)`.
 
+use crate::h2::{ACell, RegionExt};
 use ff::Field;
-use halo2_proofs::{
-    circuit::{AssignedCell, Layouter, Value},
+use halo2_axiom::{
+    circuit::{Layouter, Value},
     plonk::{Advice, Column, ConstraintSystem, Error, Expression, Fixed, Selector},
     poly::Rotation,
 };
@@ -53,8 +54,8 @@ impl SolveCheckChip {
         meta.create_gate("solve: (1−keep)(P − 2^s·w − e) = 0, e+τ", |m| {
             let q = m.query_selector(q);
             let [keep, p, w, e, lo] = cols.map(|c| m.query_advice(c, Rotation::cur()));
-            let tau = m.query_fixed(tau_col);
-            let two_s = m.query_fixed(scale);
+            let tau = m.query_fixed(tau_col, Rotation::cur());
+            let two_s = m.query_fixed(scale, Rotation::cur());
             let one = Expression::Constant(Fp::ONE);
             vec![
                 q.clone() * (one - keep) * (p - w * two_s - e.clone()),
@@ -87,9 +88,9 @@ impl SolveCheckChip {
     pub fn check(
         &self,
         layouter: &mut impl Layouter<Fp>,
-        keep: &AssignedCell<Fp, Fp>,
-        p: &AssignedCell<Fp, Fp>,
-        w: &AssignedCell<Fp, Fp>,
+        keep: &ACell,
+        p: &ACell,
+        w: &ACell,
         residual: Value<Fp>,
     ) -> Result<(), Error> {
         let cfg = &self.config;
@@ -102,12 +103,12 @@ impl SolveCheckChip {
             || "solve check",
             |mut region| {
                 cfg.q.enable(&mut region, 0)?;
-                region.assign_fixed(|| "2^s", cfg.scale, 0, || Value::known(pow2(self.scale_bits)))?;
-                region.assign_fixed(|| "τ", cfg.tau, 0, || Value::known(tau))?;
+                region.fixed(|| "2^s", cfg.scale, 0, || Value::known(pow2(self.scale_bits)))?;
+                region.fixed(|| "τ", cfg.tau, 0, || Value::known(tau))?;
                 keep.copy_advice(|| "keep", &mut region, cfg.cols[0], 0)?;
                 p.copy_advice(|| "P", &mut region, cfg.cols[1], 0)?;
                 w.copy_advice(|| "w", &mut region, cfg.cols[2], 0)?;
-                region.assign_advice(|| "e", cfg.cols[3], 0, || residual)?;
+                region.advice(|| "e", cfg.cols[3], 0, || residual)?;
                 lo.copy_advice(|| "e+τ", &mut region, cfg.cols[4], 0)?;
                 Ok(())
             },
@@ -120,7 +121,7 @@ mod tests {
     use super::*;
     use crate::field::fp_from_i128;
     use crate::mock::{assert_failures, at, constraint, failures, nth_region, region_names, Failure};
-    use halo2_proofs::{circuit::SimpleFloorPlanner, dev::MockProver, plonk::Circuit};
+    use halo2_axiom::{dev::MockProver, plonk::Circuit};
 
     const S: usize = 4;
     const TAU: u64 = 8;
@@ -136,7 +137,7 @@ mod tests {
 
     impl Circuit<Fp> for TestCircuit {
         type Config = (SolveCheckConfig, crate::range::RangeCheckConfig, [Column<Advice>; 5]);
-        type FloorPlanner = SimpleFloorPlanner;
+        type FloorPlanner = crate::h2::Planner;
         fn without_witnesses(&self) -> Self {
             self.clone()
         }
@@ -154,9 +155,9 @@ mod tests {
                 let (k, p, w) = layouter.assign_region(
                     || "inputs",
                     |mut r| {
-                        let k = r.assign_advice(|| "", cfg.2[0], 0, || Value::known(Fp::from(*keep as u64)))?;
-                        let p = r.assign_advice(|| "", cfg.2[1], 0, || Value::known(fp_from_i128(*p)))?;
-                        let w = r.assign_advice(|| "", cfg.2[2], 0, || Value::known(fp_from_i128(*w)))?;
+                        let k = r.advice(|| "", cfg.2[0], 0, || Value::known(Fp::from(*keep as u64)))?;
+                        let p = r.advice(|| "", cfg.2[1], 0, || Value::known(fp_from_i128(*p)))?;
+                        let w = r.advice(|| "", cfg.2[2], 0, || Value::known(fp_from_i128(*w)))?;
                         Ok((k, p, w))
                     },
                 )?;

@@ -2,9 +2,10 @@
 //! `w' = keep·(w + δ)` and `keep·y = 0` (the solve variable lives on the masked
 //! set only). Masked weights are therefore exactly zero after the update.
 
+use crate::h2::{ACell, RegionExt};
 use ff::Field;
-use halo2_proofs::{
-    circuit::{AssignedCell, Layouter},
+use halo2_axiom::{
+    circuit::Layouter,
     plonk::{Advice, Column, ConstraintSystem, Error, Expression, Instance, Selector},
     poly::Rotation,
 };
@@ -59,17 +60,17 @@ impl MaskedUpdateChip {
         &self,
         layouter: &mut impl Layouter<Fp>,
         keep_row: usize,
-        w: &AssignedCell<Fp, Fp>,
-        delta: &AssignedCell<Fp, Fp>,
-        w_new: &AssignedCell<Fp, Fp>,
-        y: &AssignedCell<Fp, Fp>,
-    ) -> Result<AssignedCell<Fp, Fp>, Error> {
+        w: &ACell,
+        delta: &ACell,
+        w_new: &ACell,
+        y: &ACell,
+    ) -> Result<ACell, Error> {
         let cfg = &self.config;
         layouter.assign_region(
             || "masked update",
             |mut region| {
                 cfg.q.enable(&mut region, 0)?;
-                let keep = region.assign_advice_from_instance(|| "keep", cfg.instance, keep_row, cfg.cols[0], 0)?;
+                let keep = region.advice_from_instance(|| "keep", cfg.instance, keep_row, cfg.cols[0], 0)?;
                 w.copy_advice(|| "w", &mut region, cfg.cols[1], 0)?;
                 delta.copy_advice(|| "δ", &mut region, cfg.cols[2], 0)?;
                 w_new.copy_advice(|| "w'", &mut region, cfg.cols[3], 0)?;
@@ -85,11 +86,7 @@ mod tests {
     use super::*;
     use crate::field::fp_from_i128;
     use crate::mock::{assert_failures, at, constraint, failures, nth_region, region_names};
-    use halo2_proofs::{
-        circuit::{SimpleFloorPlanner, Value},
-        dev::MockProver,
-        plonk::Circuit,
-    };
+    use halo2_axiom::{circuit::Value, dev::MockProver, plonk::Circuit};
 
     const K: u32 = 5;
     const UPDATE: (usize, &str) = (0, "update: keep bool, w' = keep(w+δ), keep·y = 0");
@@ -105,7 +102,7 @@ mod tests {
 
     impl Circuit<Fp> for TestCircuit {
         type Config = (MaskedUpdateConfig, [Column<Advice>; 5]);
-        type FloorPlanner = SimpleFloorPlanner;
+        type FloorPlanner = crate::h2::Planner;
         fn without_witnesses(&self) -> Self {
             self.clone()
         }
@@ -123,7 +120,7 @@ mod tests {
                         [w, d, w2, y]
                             .iter()
                             .enumerate()
-                            .map(|(j, v)| r.assign_advice(|| "", cfg.1[j], 0, || Value::known(fp_from_i128(**v))))
+                            .map(|(j, v)| r.advice(|| "", cfg.1[j], 0, || Value::known(fp_from_i128(**v))))
                             .collect::<Result<Vec<_>, _>>()
                     },
                 )?;

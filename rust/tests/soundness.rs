@@ -179,3 +179,72 @@ fn malformed_bytes_give_false_or_format_error_never_panic() {
     other.shape.scale_bits = 11;
     check(&h.proof, &pi, &other.to_bytes());
 }
+
+/// The verifying key as bytes (`K`): read back without key generation, it
+/// verifies the honest proof and rejects a cheating one, as the generated key does.
+#[test]
+fn stored_verifying_key_verifies_without_keygen() {
+    let h = honest();
+    let k = keys();
+    let bytes = proof::vk_to_bytes(&k.key_params, k.vk());
+    let t = Instant::now();
+    let stored = proof::vk_from_bytes(&bytes).unwrap();
+    eprintln!("vk from {} bytes: {:.2?}", bytes.len(), t.elapsed());
+    assert_eq!(stored.key_params, key_params());
+    assert_eq!(stored.vk.transcript_repr(), k.vk().transcript_repr());
+    assert_eq!(proof::vk_to_bytes(&stored.key_params, &stored.vk), bytes);
+    assert!(proof::verify_with(&k.params, &stored.vk, &stored.key_params, &h.proof, &h.public).unwrap());
+    assert_eq!(proof::verify_bytes(&h.proof, &h.public.to_bytes(), &bytes), Ok(true));
+    let mut lazy = h.witness.clone();
+    lazy.delta.iter_mut().for_each(|d| *d = 0);
+    let p = proof::prove_with(k, lazy, &h.public, rng(8)).unwrap();
+    assert!(!proof::verify_with(&k.params, &stored.vk, &stored.key_params, &p, &h.public).unwrap());
+}
+
+/// Stored-key bytes that are cut, altered or of another version are refused
+/// with a format error (or, for a commitment moved to another valid point,
+/// verify nothing); never a panic.
+#[test]
+fn malformed_stored_keys_are_refused() {
+    let h = honest();
+    let k = keys();
+    let bytes = proof::vk_to_bytes(&k.key_params, k.vk());
+    let pi = h.public.to_bytes();
+    let format_error = |b: &[u8]| matches!(proof::vk_from_bytes(b), Err(edgetrain_zk::ZkError::Format(_)));
+    for cut in [0, 5, 7, 20, bytes.len() / 2, bytes.len() - 1] {
+        assert!(format_error(&bytes[..cut]), "cut at {cut}");
+    }
+    let mut longer = bytes.clone();
+    longer.push(0);
+    assert!(format_error(&longer));
+    let mut old = bytes.clone();
+    old[5] = 0;
+    assert!(format_error(&old));
+    let mut old_circuit = bytes.clone();
+    old_circuit[6] = 3;
+    assert!(format_error(&old_circuit));
+    let mut count = bytes.clone();
+    count[26] ^= 1; // the fixed-commitment count
+    assert!(format_error(&count));
+    // A changed commitment byte: not a point, or another point, whose key then has
+    // another digest than the stored one.
+    for pos in [40, bytes.len() / 2, bytes.len() - 40] {
+        let mut b = bytes.clone();
+        b[pos] ^= 0x10;
+        assert!(format_error(&b), "byte {pos}");
+        match proof::verify_bytes(&h.proof, &pi, &b) {
+            Ok(ok) => assert!(!ok),
+            Err(e) => assert!(matches!(e, edgetrain_zk::ZkError::Format(_)), "{e}"),
+        }
+    }
+    // Another k in front of this key's commitments: the digest (over the domain) differs.
+    let mut other_k = bytes.clone();
+    other_k[7] = K as u8 + 1;
+    assert!(format_error(&other_k));
+    // Another scale in front of them reads (the digest covers the commitments, where s and τ
+    // are fixed cells), but the proof's public inputs then differ from the key: false.
+    let mut other = bytes.clone();
+    other[16] = 11; // scale_bits
+    assert!(proof::vk_from_bytes(&other).is_ok());
+    assert_eq!(proof::verify_bytes(&h.proof, &pi, &other), Ok(false));
+}
