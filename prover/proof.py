@@ -91,12 +91,17 @@ def params(verifying_key: bytes, cache_dir: str | os.PathLike | None = None, pro
     with _progress.bar(progress, desc=f"IPA parameters (2^{k} rows)") as bar:
         data = bytes(_progress.wait(_zk().params, k, ticking=bar))
     if path:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        _write_atomic(path, data)
     return data
+
+
+def _write_atomic(path: str, data: bytes) -> None:
+    """``data`` to ``path`` through a temporary file, so a crash leaves the old file or none."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
 
 
 _STORED_KEY_VERSION = 1  # the crate's `K` format version (rust/README.md, Bytes); a cached key of another is made again
@@ -127,11 +132,7 @@ def verifying_key(descriptor: bytes, params_bytes: bytes | None = None,
     with _progress.bar(progress, desc=f"verifying key (2^{k} rows)") as bar:
         data = bytes(_progress.wait(_zk().verifying_key, descriptor, params_bytes, ticking=bar))
     if path:
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        tmp = f"{path}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
+        _write_atomic(path, data)
     return data
 
 
