@@ -25,8 +25,8 @@ def _nbytes(shape, dtype) -> int:
 
 def forward_profile(model, batch_size: int, keep: frozenset = frozenset()):
     """(peak bytes, bytes still live at the end) of running the graph at ``batch_size``,
-    keeping the tensors in ``keep``, through the steps ``Model.execute`` takes (its float
-    convolution chains in one step each unless a kept tensor is inside one)."""
+    keeping the tensors in ``keep``, through the steps ``Model.execute`` takes (its fused
+    chains, ``kernels.conv.chains``, in one step each unless a kept tensor is inside one)."""
     shapes, dtypes = _shapes(model, batch_size)
     retained = set(model.output_names) | set(keep)
     live, peak = 0, 0

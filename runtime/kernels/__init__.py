@@ -134,7 +134,6 @@ class Kernel:
         return cache[key]
 
 
-
 class Then:
     """Two nodes run as one step by the first one's :meth:`Kernel.then`: the first one's
     output is made and pooled (say) inside the call, never a numpy array in the graph."""
@@ -150,6 +149,7 @@ class Then:
         mid = _size(shapes[name]) * np.dtype(dtypes[name]).itemsize
         return max(mid + self.first.workspace(shapes, dtypes, mid) - out_bytes,
                    mid + self.second.workspace(shapes, dtypes, out_bytes))
+
 
 @dataclass
 class IntGrad:
