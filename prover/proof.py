@@ -104,7 +104,7 @@ def _write_atomic(path: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-_STORED_KEY_VERSION = 1  # the crate's `K` format version (rust/README.md, Bytes); a cached key of another is made again
+_STORED_KEY_VERSION = 2  # the crate's `K` format version (rust/README.md, Bytes); a cached key of another is made again
 
 
 def verifying_key(descriptor: bytes, params_bytes: bytes | None = None,

@@ -335,7 +335,7 @@ key = proof.verifying_key(files["descriptor"], None, sys.argv[4])
 expected = {n: {k: bytes.fromhex(v) for k, v in d.items()} for n, d in json.loads(sys.argv[5]).items()}
 ok = verify_proof(files["proof"], files["inputs"], key, **expected)
 bad = bytearray(key)
-bad[-40] ^= 0x10
+bad[40] ^= 0x10  # inside the first fixed-column commitment (after the 26-byte header and a count)
 try:
     rejected = not verify_proof(files["proof"], files["inputs"], bytes(bad), **expected)
 except edgetrain_zk.ProofFormatError:

@@ -10,8 +10,9 @@
 //!   u32, scale_bits u8, tol u64, y_bits u8 (all LE). `keygen_vk` is
 //!   deterministic in the circuit and k (IPA params need no setup), so these
 //!   bytes determine the key for this exact crate version;
-//! * verifying key `K`, v1: the key itself ([`vk_to_bytes`]), read without
-//!   key generation ([`vk_from_bytes`]);
+//! * verifying key `K`, v2: the key itself ([`vk_to_bytes`]), read without
+//!   key generation ([`vk_from_bytes`]); v1 had no selector assignments (keys
+//!   were made without selector compression);
 //! * IPA parameters `G`, v2: halo2's own `Params::write` encoding follows.
 //!   They are deterministic in k (no setup) but slow to generate (tens of
 //!   seconds at k = 15, an inverse FFT over curve points), so a verifier
@@ -24,7 +25,7 @@ use halo2_axiom::halo2curves::group::GroupEncoding;
 use halo2_axiom::{
     circuit::Value,
     plonk::{
-        create_proof, keygen_pk, keygen_vk, permutation, verify_proof, Advice, Any, Assigned, Assignment, Challenge,
+        create_proof, keygen_pk, keygen_vk_custom, permutation, verify_proof, Advice, Any, Assigned, Assignment, Challenge,
         Circuit, Column, ConstraintSystem, Error, Fixed, FloorPlanner, Instance, ProvingKey, Selector, VerifyingKey,
     },
     poly::{
@@ -47,8 +48,9 @@ use crate::{Curve, Fp, ZkError};
 
 pub const MAGIC: &[u8; 4] = b"ETZK";
 /// Bumped whenever the circuit layout or the proof system changes (keys and
-/// proofs are then incompatible): 4 = the move to halo2-axiom.
-pub const CIRCUIT_VERSION: u8 = 4;
+/// proofs are then incompatible): 4 = the move to halo2-axiom, 5 = keys with
+/// selector compression.
+pub const CIRCUIT_VERSION: u8 = 5;
 const KIND_PROOF: u8 = b'P';
 const KIND_PUBLIC: u8 = b'I';
 const KIND_KEY: u8 = b'V';
@@ -58,10 +60,10 @@ const KIND_VK: u8 = b'K';
 /// The format version of each kind of bytes. v1 proofs, public inputs and
 /// parameters were over Pasta (zcash `halo2_proofs`); v2 are over BN254
 /// (halo2-axiom). The descriptor `V` kept its layout (its circuit version says
-/// the rest); the stored verifying key `K` is new.
+/// the rest); the stored verifying key `K` v2 carries the selector assignments.
 pub fn version(kind: u8) -> u8 {
     match kind {
-        KIND_PROOF | KIND_PUBLIC | KIND_PARAMS => 2,
+        KIND_PROOF | KIND_PUBLIC | KIND_PARAMS | KIND_VK => 2,
         _ => 1,
     }
 }
@@ -316,7 +318,10 @@ pub fn verifying_key_with(params: &ParamsIPA<Curve>, kp: &KeyParams) -> Result<V
         shape: kp.shape,
         witness: None,
     };
-    keygen_vk(params, &blank).map_err(backend)
+    // Selector compression: selectors that are never on in the same row share
+    // a fixed column where the gates' degree allows (fewer fixed columns to
+    // commit, extend and open: 58 → 50, 256 bytes less per proof).
+    keygen_vk_custom(params, &blank, true).map_err(backend)
 }
 
 /// A verifying key with the descriptor it was made for: what a verifier
@@ -327,11 +332,13 @@ pub struct StoredKey {
     pub vk: VerifyingKey<Curve>,
 }
 
-/// Bytes of a verifying key (kind `K`, v1): the descriptor's fields as in
+/// Bytes of a verifying key (kind `K`, v2): the descriptor's fields as in
 /// [`KeyParams::to_bytes`], then u32 count + compressed points (32 bytes each)
-/// of the fixed-column commitments (selectors included: keys are made
-/// without selector compression), the same for the permutation's column
-/// commitments, and the key's 32-byte transcript digest. The constraint system
+/// of the fixed-column commitments (the compressed selectors among them), the
+/// same for the permutation's column commitments, then u32 count + the
+/// assignment of every selector (2^k bits each, packed 8 to a byte, lowest bit
+/// first: the compression of the constraint system depends on which selectors
+/// share rows), and the key's 32-byte transcript digest. The constraint system
 /// is not stored: the reader rebuilds it from the circuit (this build's
 /// `configure`), so it must be the same crate version, which the digest checks.
 pub fn vk_to_bytes(kp: &KeyParams, vk: &VerifyingKey<Curve>) -> Vec<u8> {
@@ -346,8 +353,22 @@ pub fn vk_to_bytes(kp: &KeyParams, vk: &VerifyingKey<Curve>) -> Vec<u8> {
             v.extend(p.to_bytes().as_ref());
         }
     }
+    // halo2-axiom keeps the assignments private; its own encoding of the key ends
+    // with them, one packed bitmap per selector, so they are that encoding's tail.
+    let n_selectors = vk.cs().num_selectors();
+    let mut fork = Vec::new();
+    vk.write(&mut fork, halo2_axiom::SerdeFormat::Processed)
+        .expect("writing to a Vec cannot fail");
+    let bitmaps = n_selectors * selector_bytes(kp.k);
+    v.extend((n_selectors as u32).to_le_bytes());
+    v.extend(&fork[fork.len() - bitmaps..]);
     v.extend(field::to_bytes(&vk.transcript_repr()));
     v
+}
+
+/// Bytes of one selector's packed assignment at 2^k rows.
+fn selector_bytes(k: u32) -> usize {
+    (1usize << k).div_ceil(8)
 }
 
 /// Reads [`vk_to_bytes`] without any key generation: the constraint system
@@ -360,13 +381,15 @@ pub fn vk_from_bytes(bytes: &[u8]) -> Result<StoredKey, ZkError> {
     let mut cs = ConstraintSystem::<Fp>::default();
     UnlearnCircuit::configure(&mut cs);
     let domain = EvaluationDomain::new(cs.degree() as u32, kp.k);
-    let n_selectors = cs.num_selectors();
-    let (cs, _) = cs.directly_convert_selectors_to_fixed(vec![vec![false]; n_selectors]);
-    let mut points = |expected: usize, name: &str| -> Result<Vec<Curve>, ZkError> {
+    // The fixed columns' count depends on the selector compression, read after
+    // them: bounded here by the uncompressed count, checked exactly below.
+    let most_fixed = cs.num_fixed_columns() + cs.num_selectors();
+    let mut points = |expected: Option<usize>, name: &str| -> Result<Vec<Curve>, ZkError> {
         let n = r.u32()? as usize;
-        if n != expected {
+        if expected.is_some_and(|e| n != e) || n > most_fixed {
             return Err(ZkError::Format(format!(
-                "{what}: {n} {name} commitments, this circuit has {expected}"
+                "{what}: {n} {name} commitments, this circuit has {}",
+                expected.unwrap_or(most_fixed)
             )));
         }
         (0..n)
@@ -378,8 +401,30 @@ pub fn vk_from_bytes(bytes: &[u8]) -> Result<StoredKey, ZkError> {
             })
             .collect()
     };
-    let fixed = points(cs.num_fixed_columns(), "fixed-column")?;
-    let sigma = points(cs.permutation().get_columns().len(), "permutation")?;
+    let fixed = points(None, "fixed-column")?;
+    let sigma = points(Some(cs.permutation().get_columns().len()), "permutation")?;
+    let n_selectors = r.u32()? as usize;
+    if n_selectors != cs.num_selectors() {
+        return Err(ZkError::Format(format!(
+            "{what}: {n_selectors} selectors, this circuit has {}",
+            cs.num_selectors()
+        )));
+    }
+    let rows = 1usize << kp.k;
+    let selectors: Vec<Vec<bool>> = (0..n_selectors)
+        .map(|_| {
+            let packed = r.take(selector_bytes(kp.k))?;
+            Ok((0..rows).map(|row| packed[row / 8] >> (row % 8) & 1 == 1).collect())
+        })
+        .collect::<Result<_, ZkError>>()?;
+    let (cs, _) = cs.compress_selectors(selectors.clone());
+    if fixed.len() != cs.num_fixed_columns() {
+        return Err(ZkError::Format(format!(
+            "{what}: {} fixed-column commitments, this circuit with these selectors has {}",
+            fixed.len(),
+            cs.num_fixed_columns()
+        )));
+    }
     let repr = r.fp()?;
     r.finish()?;
     let vk = VerifyingKey::from_parts(
@@ -387,8 +432,8 @@ pub fn vk_from_bytes(bytes: &[u8]) -> Result<StoredKey, ZkError> {
         fixed,
         permutation::VerifyingKey::from_commitments(sigma),
         cs,
-        vec![],
-        false,
+        selectors,
+        true,
     );
     if vk.transcript_repr() != repr {
         return Err(ZkError::Format(format!(

@@ -419,6 +419,15 @@ fn public_inputs_info<'py>(py: Python<'py>, public_inputs: &[u8]) -> PyResult<Bo
 
 #[pymodule]
 fn edgetrain_zk(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    // On x86-64 the field arithmetic is halo2curves' assembly (Cargo.toml), which
+    // uses BMI2's `mulx` and ADX's `adcx`/`adox`: refuse to load rather than die
+    // of an illegal instruction on a CPU without them.
+    #[cfg(target_arch = "x86_64")]
+    if !(std::arch::is_x86_feature_detected!("bmi2") && std::arch::is_x86_feature_detected!("adx")) {
+        return Err(pyo3::exceptions::PyImportError::new_err(
+            "edgetrain_zk: this x86-64 build needs a CPU with BMI2 and ADX (Intel Broadwell, AMD Zen or newer)",
+        ));
+    }
     m.add("ProofFormatError", m.py().get_type::<ProofFormatError>())?;
     m.add("WEIGHT_VALUES_PER_STEP", cm::WEIGHTS.values_per_step())?;
     m.add("FISHER_VALUES_PER_STEP", cm::FISHER.values_per_step())?;

@@ -226,9 +226,15 @@ fn malformed_stored_keys_are_refused() {
     let mut count = bytes.clone();
     count[26] ^= 1; // the fixed-commitment count
     assert!(format_error(&count));
+    // Layout after the 26-byte header: fixed commitments, permutation commitments
+    // (each a u32 count, then 32-byte points), the selector bitmaps, the digest.
+    let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    let n_fixed = u32_at(26);
+    let perm_at = 30 + 32 * n_fixed;
+    let selectors_at = perm_at + 4 + 32 * u32_at(perm_at);
     // A changed commitment byte: not a point, or another point, whose key then has
     // another digest than the stored one.
-    for pos in [40, bytes.len() / 2, bytes.len() - 40] {
+    for pos in [40, perm_at - 20, selectors_at - 10] {
         let mut b = bytes.clone();
         b[pos] ^= 0x10;
         assert!(format_error(&b), "byte {pos}");
@@ -237,6 +243,12 @@ fn malformed_stored_keys_are_refused() {
             Err(e) => assert!(matches!(e, edgetrain_zk::ZkError::Format(_)), "{e}"),
         }
     }
+    // Selector bitmaps decide which selectors share a fixed column. Every selector on
+    // in every row shares none: more fixed columns than the stored commitments.
+    let mut all_on = bytes.clone();
+    let bitmaps = all_on.len() - 32 - (selectors_at + 4);
+    all_on[selectors_at + 4..selectors_at + 4 + bitmaps].fill(0xff);
+    assert!(format_error(&all_on));
     // Another k in front of this key's commitments: the digest (over the domain) differs.
     let mut other_k = bytes.clone();
     other_k[7] = K as u8 + 1;
