@@ -1,4 +1,4 @@
-"""Proving benchmark: the ZK-APEX unlearning proof (rust/, Halo2 IPA) over growing weight counts.
+"""Proving benchmark: the ZK-APEX unlearning proof (rust/, Halo2 KZG) over growing weight counts.
 
 One run on one machine. Each configuration ``B:WEIGHTS:K`` runs in a fresh
 child process (once per ``--workers`` value): synthetic layers of WEIGHTS
@@ -14,9 +14,10 @@ depends only on the shape (B, blocks per chunk, chunk count), never on the
 values or on how many weights are masked (rust/README.md), so synthetic
 weights time the same circuit as real ones.
 
-Reported per configuration: circuit size k, chunks, setup (IPA parameters +
-proving key, once per shape; ``params`` is the parameters' share, which a disk
-cache saves), prove time (all chunks), CPU time of the proving key and all
+Reported per configuration: circuit size k, chunks, the proving key (once per
+shape) and, in brackets, the provider's reference string (KZG parameters for
+every circuit size up to 2^K rows, made once: 0 when ``--params-cache`` holds
+it), prove time (all chunks), CPU time of the proving key and all
 chunks (user + system, every thread: steadier than wall time on a shared
 machine, and wall ≈ CPU / cores in use), peak memory (the child's VmHWM, Python
 and numpy included), proof size (all chunks; ``chunk_proof_bytes`` in the JSON
@@ -24,7 +25,7 @@ is the largest one), and verification: ``key`` regenerates the verifying key
 from its descriptor (a provider does this once per shape), ``verify`` checks
 the proof (all chunks) with the key in memory, ``cold`` is a fresh process
 that reads the stored key bytes (``edgetrain_zk.verifying_key``, the ``K``
-format; a build without it shows n/a) and the cached IPA parameters from disk
+format) and the provider's reference string from disk
 and verifies every chunk: what a provider pays per proof without any key
 generation (interpreter start-up excluded, the imports included).
 
@@ -97,10 +98,10 @@ def worker(block: int, spec: str, k: int, workers: int = 1, params_cache: str | 
     per_proof = prover.proof.blocks_per_proof_for(wits, k)
     vk = prover.keygen(block, per_proof, 16, k)
     t0 = time.perf_counter()
-    pp = prover.proof.params(vk, params_cache)
+    pp = prover.srs(params_cache, k) if params_cache else prover.setup(k)
     params_seconds = time.perf_counter() - t0
     cpu0 = _cpu_seconds()
-    out = prover.prove(wits, per_proof, k=k, workers=workers, params_cache=params_cache)
+    out = prover.prove(wits, per_proof, params=pp, k=k, workers=workers)
     cpu = _cpu_seconds() - cpu0  # proving key and chunks: all threads of this process
     peak = _status("VmHWM")
     digests = prover.commitments(wits, per_proof)
@@ -172,7 +173,8 @@ def _cold_verify(zk, out, pp, wits, per_proof: int, block: int) -> dict:
 
 
 def table(rows) -> str:
-    lines = ["| B | weights | chunks × blocks | k | workers | setup (params) | prove | CPU (keys + prove) | peak memory "
+    lines = ["| B | weights | chunks × blocks | k | workers | keys (reference string) | prove | CPU (keys + prove) "
+             "| peak memory "
              "| proof | key | verify | cold (stored key) | verified |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
@@ -200,7 +202,7 @@ def main(argv=None):
     p.add_argument("--ezkl-variants", nargs="+", default=["hashed", "polycommit"])
     p.add_argument("--json", action="store_true")
     p.add_argument("--params-cache", metavar="DIR",
-                   help="keep the IPA parameters here (setup then excludes making them after the first run)")
+                   help="keep the reference string here (setup then excludes making it after the first run)")
     p.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.worker:

@@ -212,7 +212,7 @@ def device_prove(args, out):
                          "first")
     digests = out.file(os.path.join(res, "commitments.json"), "commitments.json")
     ns = argparse.Namespace(witness=witness, output=os.path.join(res, "proof.bin"), blocks_per_proof=None,
-                            key_cache=args.key_cache, max_minutes=args.max_minutes, max_memory=args.max_memory,
+                            params=args.params, max_minutes=args.max_minutes, max_memory=args.max_memory,
                             json=args.json)
     result = cli.cmd_prove(ns, out)
     with open(digests, "w") as f:
@@ -239,9 +239,10 @@ def cmd_remote(args, out: Outputs) -> dict:
         value = getattr(args, dest)
         if value is None:
             continue
-        if dest == "mask":  # the provider's file: sent to the device first
-            blob = cli_io.read_bytes(value, "--mask")
-            name = f"mask-{__import__('hashlib').sha256(blob).hexdigest()[:12]}.npz"
+        if dest in ("mask", "params"):  # the provider's file: sent to the device first
+            blob = cli_io.read_bytes(value, flag)
+            stem, ext = ("mask", "npz") if dest == "mask" else ("srs", "bin")
+            name = f"{stem}-{__import__('hashlib').sha256(blob).hexdigest()[:12]}.{ext}"
             target.send(blob, name, folder="inbox")
             value = f"{target.root}/inbox/{name}"
         forward += [flag, str(value)]
@@ -268,12 +269,12 @@ DEVICE_FLAGS_SPEC = {
                 ("--data", "data", str, "data for the Fisher on the device (default: the last train's)"),
                 ("--block", "block", int, "weights per Fisher block (default 8)"),
                 ("--damp", "damp", float, "Fisher damping relative to its mean diagonal (default 1)")],
-    "prove": [("--max-minutes", "max_minutes", float, "refuse, before proving, if the estimate is longer"),
-              ("--max-memory", "max_memory", str, "refuse if the estimated peak memory is more (e.g. 2G)"),
-              ("--key-cache", "key_cache", str, "the device's folder caching the IPA parameters (default: "
-                                                "$EDGETRAIN_CACHE or ~/.cache/edgetrain)")],
+    "prove": [("--params", "params", str, "the provider's reference string (`edgetrain setup`'s file)"),
+              ("--max-minutes", "max_minutes", float, "refuse, before proving, if the estimate is longer"),
+              ("--max-memory", "max_memory", str, "refuse if the estimated peak memory is more (e.g. 2G)")],
 }
 DEVICE_FLAGS = {c: [(f, d) for f, d, _, _ in spec] for c, spec in DEVICE_FLAGS_SPEC.items()}
+REQUIRED = {("train", "data"), ("unlearn", "mask"), ("prove", "params")}  # (command, dest)
 DEVICE_HELP = {"install": "verify a bundle and make it the active release", "rollback": "swap back to the "
                "previous release", "status": "the active release, its model and what the commands wrote, with "
                "digests", "train": "train the release's model on data here (continues the last run)",
@@ -333,8 +334,7 @@ def register(add, positive, size) -> None:
             d.add_argument("bundle")
         for flag, dest, kind, text in DEVICE_FLAGS_SPEC.get(name, ()):
             kind = size if dest == "max_memory" else positive(kind) if kind in (int, float) else kind
-            d.add_argument(flag, dest=dest, type=kind, required=(name, dest) in (("train", "data"),
-                                                                                 ("unlearn", "mask")), help=text)
+            d.add_argument(flag, dest=dest, type=kind, required=(name, dest) in REQUIRED, help=text)
         _defaults(d, name)
 
     s = add("remote", cmd_remote, "run a device command on a target from here, or fetch its results", "provider")
@@ -347,8 +347,7 @@ def register(add, positive, size) -> None:
         r = rsub.add_parser(name, help=text, description=text)
         r.add_argument("--json", action="store_true", default=argparse.SUPPRESS, help=argparse.SUPPRESS)
         for flag, dest, _, help_ in DEVICE_FLAGS_SPEC.get(name, ()):
-            r.add_argument(flag, dest=dest, required=(name, dest) in (("train", "data"), ("unlearn", "mask")),
-                           help=help_)
+            r.add_argument(flag, dest=dest, required=(name, dest) in REQUIRED, help=help_)
         if name == "fetch":
             r.add_argument("-o", "--output", required=True, help="the folder to write into")
             r.add_argument("--models", action="store_true", help="also the trained and unlearned models")

@@ -22,9 +22,16 @@ The name and size are labels that no proof binds: the provider binds a segment
 to a layer by passing the mask (and digests) it expects to :func:`verify_proof`.
 * verifying key: the crate's descriptor bytes (block, blocks per proof, k, s, τ),
   what the device sends. The provider turns a descriptor into its own stored key
-  (:func:`verifying_key`, the crate's ``K`` bytes, cached by the descriptor) once per
-  shape and verifies under that: no key generation after the first time, in any
-  process. It never takes key material from the device.
+  (:func:`verifying_key`, the crate's ``K`` bytes, cached by the descriptor and the
+  reference string) once per shape and verifies under that: no key generation after
+  the first time, in any process. It never takes key material from the device.
+
+The commitments are KZG, so proofs need a structured reference string: the
+provider makes it (:func:`setup`, ``edgetrain setup``; one secret per circuit
+size, drawn from the OS and dropped), keeps it (:func:`srs`) and sends it to the
+devices, which prove under it (:func:`prove`'s ``params``). Whoever knew a secret
+could forge proofs under it; the provider verifies only under its own, so only it
+could, and it is the party the proofs are for.
 """
 from __future__ import annotations
 
@@ -75,24 +82,42 @@ def keygen(block: int, blocks_per_proof: int = 1, scale_bits: int = 16, k: int |
                                 y_bits=Y_BITS))
 
 
-def _params_path(cache_dir, k: int) -> str | None:
-    return os.path.join(os.fspath(cache_dir), f"ipa-bn254-k{k}.bin") if cache_dir else None
+SRS_FILE = "kzg-srs.bin"  # the provider's reference string in its key cache
 
 
-def params(verifying_key: bytes, cache_dir: str | os.PathLike | None = None, progress: bool = False) -> bytes:
-    """The IPA parameters for the key's circuit size (deterministic, no setup); cached
-    as ``ipa-bn254-k{k}.bin`` in ``cache_dir`` when given, since large k take a while
-    (``progress``: a bar while they are made)."""
-    k = _key_k(verifying_key)
-    path = _params_path(cache_dir, k)
-    if path and os.path.isfile(path):
+def setup(k_max: int = PROOF_K, progress: bool = False) -> bytes:
+    """A new structured reference string (the crate's ``G`` bytes) for circuits of up
+    to 2^``k_max`` rows: the provider's, made once and sent to its devices. Seconds
+    (13 s at k = 15 on 2 cores); ``progress`` shows a bar meanwhile."""
+    with _progress.bar(progress, desc=f"reference string (up to 2^{k_max} rows)") as bar:
+        return bytes(_progress.wait(_zk().setup, k_max, ticking=bar))
+
+
+def srs(cache_dir: str | os.PathLike, k_max: int = PROOF_K, progress: bool = False) -> bytes:
+    """The provider's reference string kept in ``cache_dir`` (:data:`SRS_FILE`): read
+    when it reaches 2^``k_max`` rows, else made (:func:`setup`) and stored."""
+    path = os.path.join(os.fspath(cache_dir), SRS_FILE)
+    if os.path.isfile(path):
         with open(path, "rb") as f:
-            return f.read()
-    with _progress.bar(progress, desc=f"IPA parameters (2^{k} rows)") as bar:
-        data = bytes(_progress.wait(_zk().params, k, ticking=bar))
-    if path:
-        _write_atomic(path, data)
+            data = f.read()
+        if srs_sizes(data)[1] >= k_max:
+            return data
+    data = setup(k_max, progress)
+    _write_atomic(path, data)
     return data
+
+
+def srs_sizes(params: bytes) -> tuple[int, int]:
+    """(k_min, k_max): the circuit sizes a reference string holds (ProofFormatError if
+    these are not reference-string bytes)."""
+    return tuple(_zk().srs_sizes(bytes(params)))
+
+
+def _check_reaches(params: bytes, k: int) -> None:
+    k_min, k_max = srs_sizes(params)
+    if not k_min <= k <= k_max:
+        raise ValueError(f"the reference string holds circuits of 2^{k_min} to 2^{k_max} rows, this proof needs "
+                         f"2^{k}: the provider makes one that reaches it (`edgetrain setup -k {max(k, k_max)}`)")
 
 
 def _write_atomic(path: str, data: bytes) -> None:
@@ -107,22 +132,25 @@ def _write_atomic(path: str, data: bytes) -> None:
 _STORED_KEY_VERSION = 2  # the crate's `K` format version (rust/README.md, Bytes); a cached key of another is made again
 
 
-def verifying_key(descriptor: bytes, params_bytes: bytes | None = None,
-                  cache_dir: str | os.PathLike | None = None, progress: bool = False) -> bytes:
+def verifying_key(descriptor: bytes, params: bytes, cache_dir: str | os.PathLike | None = None,
+                  progress: bool = False) -> bytes:
     """The verifying key of a descriptor (:func:`keygen`'s bytes, as the device sends
-    them) as stored-key bytes, which :func:`verify_proof` loads without a key
-    generation. Made here (one key generation, seconds at k = 15) from the descriptor
-    alone, never taken from the prover; cached in ``cache_dir`` as
-    ``vk-{sha256(descriptor)}.bin``, and a cached key whose own descriptor or format
-    version differs is made again (one whose bytes were damaged fails its digest check
-    when verifying: ProofFormatError)."""
+    them) under the provider's reference string ``params``, as stored-key bytes, which
+    :func:`verify_proof` loads without a key generation. Made here (one key
+    generation, seconds at k = 15) from the descriptor alone, never taken from the
+    prover; cached in ``cache_dir`` as ``vk-{sha256(descriptor, sha256(params))}.bin``,
+    and a cached key whose own descriptor or format version differs is made again (one
+    whose bytes were damaged fails its digest check when verifying:
+    ProofFormatError)."""
     import hashlib
     descriptor = bytes(descriptor)
     k = _key_k(descriptor)
     if descriptor[4:5] != b"V":
         raise ProofFormatError("verifying key: expected a descriptor (b'ETZKV'), not stored-key bytes")
-    path = (os.path.join(os.fspath(cache_dir), f"vk-{hashlib.sha256(descriptor).hexdigest()[:32]}.bin")
-            if cache_dir else None)
+    params = bytes(params)
+    _check_reaches(params, k)
+    name = hashlib.sha256(descriptor + hashlib.sha256(params).digest()).hexdigest()[:32]
+    path = os.path.join(os.fspath(cache_dir), f"vk-{name}.bin") if cache_dir else None
     if path and os.path.isfile(path):
         with open(path, "rb") as f:
             data = f.read()
@@ -130,7 +158,7 @@ def verifying_key(descriptor: bytes, params_bytes: bytes | None = None,
         if data[:6] == b"ETZKK" + bytes([_STORED_KEY_VERSION]) and data[6:len(descriptor)] == descriptor[6:]:
             return data
     with _progress.bar(progress, desc=f"verifying key (2^{k} rows)") as bar:
-        data = bytes(_progress.wait(_zk().verifying_key, descriptor, params_bytes, ticking=bar))
+        data = bytes(_progress.wait(_zk().verifying_key, descriptor, params, ticking=bar))
     if path:
         _write_atomic(path, data)
     return data
@@ -209,24 +237,21 @@ def _chain_digest(blocks: np.ndarray, per_chunk: int) -> bytes:
 
 
 # What a proof costs per row of its circuit. halo2 works on the whole domain of 2^k rows, so
-# cost follows 2^k, not the rows the circuit fills. Seconds: generating the IPA parameters
-# (cached on disk after the first time), the proving key, one chunk proof, fitted to the
-# README's bench/prove.py table (k = 13, 15, 16 on 2 x86 cores, one of them partly busy;
-# each row's total within 6 %). Peak memory (the process's VmHWM, Python and numpy
-# included), bench/prove.py at k = 11, 13, 14, 15, 16: 64 MiB + 77 KiB per row, within 5 %.
-COST_SECONDS_PER_ROW = {"params": 1.25e-3, "keys": 0.8e-3, "chunk": 0.95e-3}
+# cost follows 2^k, not the rows the circuit fills. Seconds: the proving key, one chunk proof,
+# fitted to the README's bench/prove.py table (see there). Peak memory (the process's VmHWM,
+# Python and numpy included): 64 MiB + 77 KiB per row.
+COST_SECONDS_PER_ROW = {"keys": 0.8e-3, "chunk": 0.95e-3}
 COST_BYTES_PER_ROW = 77 << 10
 COST_BASE_BYTES = 64 << 20
 
 
 def plan(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None, *,
-         max_blocks: int | None = None, k: int | None = None,
-         params_cache: str | os.PathLike | None = None) -> dict:
+         max_blocks: int | None = None, k: int | None = None) -> dict:
     """What :func:`prove` will do with the same arguments, found without proving: it
     proves ``chunks`` chunks of ``blocks_per_proof`` blocks each in a circuit of 2^``k``
     rows (the smallest that holds a chunk, from the crate's row count), covering
-    ``weights`` weights. ``seconds`` and ``memory_bytes`` estimate its time (parameters,
-    unless ``params_cached``, keys and every chunk) and its peak memory from 2^k and
+    ``weights`` weights. ``seconds`` and ``memory_bytes`` estimate its time (keys and
+    every chunk) and its peak memory from 2^k and
     the measured costs per row above; ``verifying_key`` is the key's bytes."""
     if not witnesses:
         raise ValueError("witnesses is empty: nothing to prove")
@@ -244,13 +269,10 @@ def plan(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None,
         nb = len(wit.w) if max_blocks is None else min(max_blocks, len(wit.w))
         chunks += -(-nb // blocks_per_proof)
         weights += min(nb * block, wit.size)
-    path = _params_path(params_cache, _key_k(vk))
-    cached = bool(path and os.path.isfile(path))
     cost = COST_SECONDS_PER_ROW
-    seconds = rows * ((0 if cached else cost["params"]) + cost["keys"] + chunks * cost["chunk"])
+    seconds = rows * (cost["keys"] + chunks * cost["chunk"])
     return {"chunks": chunks, "blocks_per_proof": blocks_per_proof, "k": _key_k(vk), "weights": weights,
-            "seconds": seconds, "memory_bytes": COST_BASE_BYTES + rows * COST_BYTES_PER_ROW,
-            "params_cached": cached, "verifying_key": vk}
+            "seconds": seconds, "memory_bytes": COST_BASE_BYTES + rows * COST_BYTES_PER_ROW, "verifying_key": vk}
 
 
 def describe(todo: dict) -> str:
@@ -260,14 +282,15 @@ def describe(todo: dict) -> str:
     memory = f"{m / 2**30:.1f} GiB" if m >= 2**30 else f"{m / 2**20:.0f} MiB"
     return (f"{todo['chunks']} chunk proof(s) of {todo['blocks_per_proof']} blocks ({todo['weights']} weights) in a "
             f"circuit of 2^{todo['k']} rows: about {took} and {memory} of memory (estimated from the rows and "
-            f"costs measured on 2 x86 cores{'' if todo['params_cached'] else '; parameters not cached yet'})")
+            f"costs measured on 2 x86 cores)")
 
 
-def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None, *,
-          max_blocks: int | None = None, k: int | None = None,
-          params_cache: str | os.PathLike | None = None, progress: bool = False,
+def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None, *, params: bytes,
+          max_blocks: int | None = None, k: int | None = None, progress: bool = False,
           workers: int = 1) -> dict:
-    """Proves the step of every layer in ``witnesses`` (from :func:`unlearn`); with
+    """Proves the step of every layer in ``witnesses`` (from :func:`unlearn`) under the
+    provider's reference string ``params`` (:func:`setup`; it must reach the circuit's
+    2^k rows, see :func:`plan`); with
     ``max_blocks``, only the first ``max_blocks`` blocks of each layer (a segment).
     Each chunk proof covers ``blocks_per_proof`` blocks (None: as many as 2^k rows
     hold, :func:`blocks_per_proof_for`; k = None then means :data:`PROOF_K`);
@@ -284,19 +307,20 @@ def prove(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None
     Returns ``{"proof", "public_inputs", "verifying_key"}`` (bytes) plus
     ``"weights"`` (how many real weights the proof covers), ``"chunks"``,
     ``"blocks_per_proof"``, ``"prove_seconds"`` (the proving itself) and
-    ``"setup_seconds"`` (parameters and proving key). The crate recomputes the
+    ``"setup_seconds"`` (the proving key). The crate recomputes the
     witness; a mismatch with ``unlearn``'s integers is an error.
     """
     if workers < 1:
         raise ValueError(f"workers = {workers} must be at least 1")
     z = _zk()
     t0 = time.perf_counter()
-    todo = plan(witnesses, blocks_per_proof, max_blocks=max_blocks, k=k, params_cache=params_cache)
+    todo = plan(witnesses, blocks_per_proof, max_blocks=max_blocks, k=k)
     vk, chunk = todo["verifying_key"], todo["blocks_per_proof"]
+    params = bytes(params)
+    _check_reaches(params, todo["k"])
     _progress.note(progress, f"proving {describe(todo)}")
-    pp = params(vk, params_cache, progress)
     with _progress.bar(progress, desc=f"proving key (2^{todo['k']} rows)") as bar:
-        prover = _progress.wait(z.Prover, vk, pp, ticking=bar)
+        prover = _progress.wait(z.Prover, vk, params, ticking=bar)
     setup = time.perf_counter() - t0
     jobs, heads = chunk_jobs(witnesses, chunk, max_blocks)
     t0 = time.perf_counter()
@@ -366,11 +390,11 @@ def chunk_jobs(witnesses: Sequence[LayerWitness], blocks_per_proof: int,
     return jobs, heads
 
 
-def verify_proof(proof: bytes, public_inputs: bytes, verifying_key: bytes, *,
+def verify_proof(proof: bytes, public_inputs: bytes, verifying_key: bytes, *, params: bytes,
                  mask: dict[str, np.ndarray] | None = None, h_w: dict[str, bytes] | None = None,
-                 h_w_new: dict[str, bytes] | None = None, h_a: dict[str, bytes] | None = None,
-                 params: bytes | None = None) -> bool:
-    """True iff every segment's chunk proofs verify under ``verifying_key`` and chain
+                 h_w_new: dict[str, bytes] | None = None, h_a: dict[str, bytes] | None = None) -> bool:
+    """True iff every segment's chunk proofs verify under ``verifying_key`` and the
+    provider's own reference string ``params`` (:func:`srs`) and chain
     to the segment's digests and mask in ``public_inputs``. The provider passes the
     ``mask`` it sent (``{layer: bool array, True = removed}``) and the digests the
     device published (``h_w`` before, ``h_a`` of its Fisher blocks, ``h_w_new`` of the
@@ -390,10 +414,10 @@ def verify_proof(proof: bytes, public_inputs: bytes, verifying_key: bytes, *,
 _DIGESTS = (("h_w", "the weights before"), ("h_w_new", "the weights after"), ("h_a", "the inverse-Fisher blocks"))
 
 
-def verify_failure(proof: bytes, public_inputs: bytes, verifying_key: bytes, *,
+def verify_failure(proof: bytes, public_inputs: bytes, verifying_key: bytes, *, params: bytes,
                    mask: dict[str, np.ndarray] | None = None, h_w: dict[str, bytes] | None = None,
                    h_w_new: dict[str, bytes] | None = None, h_a: dict[str, bytes] | None = None,
-                   params: bytes | None = None, progress: bool = False) -> str | None:
+                   progress: bool = False) -> str | None:
     """:func:`verify_proof`'s checks, in its order; None when they all pass, else the
     first that failed in one line: the segment count, coverage, the mask of a layer,
     a published digest of a layer, or a chunk proof of a layer (which chunk). Making
@@ -402,8 +426,7 @@ def verify_failure(proof: bytes, public_inputs: bytes, verifying_key: bytes, *,
     proofs = _decode_proof(proof)
     segments = _decode_public(public_inputs)
     with _progress.bar(progress, desc=f"verifying key (2^{_key_k(verifying_key)} rows)") as bar:
-        verifier = _progress.wait(_verifier, bytes(verifying_key), None if params is None else bytes(params),
-                                  ticking=bar)
+        verifier = _progress.wait(_verifier, bytes(verifying_key), bytes(params), ticking=bar)
     if len(proofs) != len(segments):
         return f"the proof holds {len(proofs)} segment(s), its public inputs {len(segments)}"
     keeps = [_keep_bits(seg_publics, z) for _, seg_publics in segments]
@@ -433,11 +456,12 @@ def verify_failure(proof: bytes, public_inputs: bytes, verifying_key: bytes, *,
 
 
 @functools.lru_cache(maxsize=4)
-def _verifier(verifying_key: bytes, params: bytes | None):
+def _verifier(verifying_key: bytes, params: bytes):
     """The crate's verifier for a key, kept per process: a descriptor costs a keygen
     (seconds at k = 15), stored-key bytes (:func:`verifying_key`) only their reading,
     verifying a proof under either well under a second. ProofFormatError for bad key
-    bytes (and nothing is cached then)."""
+    bytes (and nothing is cached then); ValueError for a key made under another
+    reference string."""
     return _zk().Verifier(verifying_key, params)
 
 

@@ -29,7 +29,7 @@ from .trainer import DEFAULTS
 
 
 def cache_dir() -> str:
-    """Where prove and verify keep the IPA parameters by default: ``$EDGETRAIN_CACHE``,
+    """Where the provider keeps its reference string and verifying keys by default: ``$EDGETRAIN_CACHE``,
     else ``$XDG_CACHE_HOME/edgetrain``, else ``~/.cache/edgetrain``."""
     if os.environ.get("EDGETRAIN_CACHE"):
         return os.environ["EDGETRAIN_CACHE"]
@@ -263,7 +263,7 @@ def _key_cache(args) -> str | None:
     if args.key_cache is not None:
         if not os.path.isdir(args.key_cache):
             raise ValueError(f"--key-cache {args.key_cache!r} is not a folder")
-        cli_io.check_writable(os.path.join(args.key_cache, "ipa.bin"), "--key-cache")
+        cli_io.check_writable(os.path.join(args.key_cache, "kzg-srs.bin"), "--key-cache")
         return args.key_cache
     try:
         os.makedirs(cache_dir(), exist_ok=True)
@@ -312,17 +312,17 @@ def cmd_prove(args, out: Outputs) -> dict:
     """Device: prove the step recorded in a witness; writes proof, public inputs and key."""
     from .prover import LayerWitness, commitments, describe, plan, prove
     witnesses = LayerWitness.load(cli_io.input_file(args.witness, "--witness"), "--witness")
+    srs = _srs_arg(cli_io.read_bytes(args.params, "--params"), f"--params {args.params!r}")
     paths = [out.file(p, "-o") for p in _proof_files(args.output)]
-    cache = _key_cache(args)
     with _binding_errors(), progress.bar(not args.json, desc="prove: sizing the circuit") as bar:
-        todo = progress.wait(plan, witnesses, args.blocks_per_proof, params_cache=cache, ticking=bar)
+        todo = progress.wait(plan, witnesses, args.blocks_per_proof, ticking=bar)
     for flag, limit, need, unit in (("--max-minutes", args.max_minutes, todo["seconds"] / 60, (1, "min")),
                                     ("--max-memory", args.max_memory, todo["memory_bytes"], (2**20, "MiB"))):
         if limit is not None and need > limit:
             raise ValueError(f"{flag} {limit / unit[0]:g} {unit[1]}: proving takes {describe(todo)}; raise {flag}, "
                              "or prove fewer weights (mask fewer layers)")
     with _binding_errors():
-        proof = prove(witnesses, todo["blocks_per_proof"], params_cache=cache, progress=not args.json)
+        proof = prove(witnesses, todo["blocks_per_proof"], params=srs, progress=not args.json)
         digests = commitments(witnesses, proof["blocks_per_proof"])
     for path, key in zip(paths, ("proof", "public_inputs", "verifying_key")):
         with open(path, "wb") as f:
@@ -356,6 +356,45 @@ def _digests(values: list[str] | None, flag: str, layers) -> dict[str, bytes] | 
     return out
 
 
+def _provider_srs(args, cache) -> bytes:
+    """The provider's reference string: --params, else the key cache's (``edgetrain setup``)."""
+    if args.params is not None:
+        return _srs_arg(cli_io.read_bytes(args.params, "--params"), f"--params {args.params!r}")
+    from .prover import proof
+    path = os.path.join(cache or cache_dir(), proof.SRS_FILE)
+    if not os.path.isfile(path):
+        raise ValueError(f"no reference string in {os.path.dirname(path)!r}: make yours with `edgetrain setup` "
+                         "(once; send its file to the devices), or pass --params FILE")
+    return _srs_arg(cli_io.read_bytes(path, "the key cache's reference string"), repr(path))
+
+
+def _srs_arg(data: bytes, where: str) -> bytes:
+    """Reference-string bytes, checked to be one (ValueError naming ``where`` if not)."""
+    from .prover import ProofFormatError, proof
+    try:
+        with _binding_errors():
+            proof.srs_sizes(data)
+    except ProofFormatError as e:
+        raise ValueError(f"{where}: not a reference string from `edgetrain setup` ({e})") from None
+    return data
+
+
+def cmd_setup(args, out: Outputs) -> dict:
+    """Provider: the structured reference string its devices prove under (KZG)."""
+    from .prover import proof
+    cache = _key_cache(args)
+    if args.output is None and cache is None:
+        raise ValueError(f"-o is missing and the key cache {cache_dir()!r} cannot be made")
+    path = out.file(args.output or os.path.join(cache, proof.SRS_FILE), "-o")
+    start = time.perf_counter()
+    with _binding_errors():
+        data = proof.setup(args.k, progress=not args.json)
+        k_min, k_max = proof.srs_sizes(data)
+    proof._write_atomic(os.path.abspath(path), data)
+    return {"params": path, "bytes": len(data), "k_min": k_min, "k_max": k_max,
+            "seconds": time.perf_counter() - start}
+
+
 def cmd_verify(args, out: Outputs) -> dict:
     """Provider: does the proof show the masked weights removed as prescribed, each of
     them inside a proven segment? verified false (exit 1, naming the check that
@@ -371,9 +410,9 @@ def cmd_verify(args, out: Outputs) -> dict:
                 for key in ("h_w", "h_w_new", "h_a")}
     blobs = [cli_io.read_bytes(p, what) for p, what in zip(paths, ("PROOF", "public inputs", "verifying key"))]
     cache = _key_cache(args)
+    params = _provider_srs(args, cache)
     try:
         with _binding_errors():
-            params = proof.params(blobs[2], cache, progress=not args.json)
             # The provider's own key for the device's descriptor: stored in the key cache the
             # first time, read from it (no key generation) every time after.
             key = proof.verifying_key(blobs[2], params, cache, progress=not args.json)
@@ -466,7 +505,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--out", help=f"folder for the models, report.md and plots (default: {cache_dir()}/demo)")
     s.add_argument("--epochs", type=pos, default=5, help="host training epochs (default: %(default)s)")
     s.add_argument("--seed", type=int, default=0)
-    s.add_argument("--key-cache", help="folder caching the IPA parameters (default: the prove/verify cache)")
+    s.add_argument("--key-cache", help="the provider's folder for its reference string and keys (default: the "
+                                       "verify cache)")
 
     s = add("data", cmd_data, "a built-in data set written as an .npz (x, y) to train, run, mask or unlearn with",
             "host")
@@ -586,7 +626,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-o", "--output", required=True, help="the proof file; public inputs and key go beside it")
     s.add_argument("--blocks-per-proof", type=pos,
                    help="blocks per chunk proof (default: as many as one proof of 2^15 rows holds, at most a layer's)")
-    s.add_argument("--key-cache", help=f"folder caching the IPA parameters (default: {cache_dir()})")
+    s.add_argument("--params", required=True, help="the provider's reference string (its `edgetrain setup` file)")
     s.add_argument("--max-minutes", type=_positive(float), help="refuse, before proving, if the estimate is longer")
     s.add_argument("--max-memory", type=_size, help="refuse, before proving, if the estimated peak memory is more "
                                                     "(e.g. 2G, 512M)")
@@ -598,7 +638,15 @@ def build_parser() -> argparse.ArgumentParser:
     for flag, what in (("--h-w", "before"), ("--h-w-new", "after"), ("--h-a", "of the Fisher blocks")):
         s.add_argument(flag, action="append", metavar="[NAME=]HEX",
                        help=f"published digest {what} of a layer (repeat per layer)")
-    s.add_argument("--key-cache", help=f"folder caching the IPA parameters (default: {cache_dir()})")
+    s.add_argument("--params", help="your reference string (default: the key cache's, from `edgetrain setup`)")
+    s.add_argument("--key-cache", help=f"folder of your reference string and verifying keys (default: {cache_dir()})")
+
+    s = add("setup", cmd_setup, "provider: make the reference string devices prove under (KZG; once, then send "
+                                "its file to the devices)")
+    s.add_argument("-k", type=pos, default=15, help="largest circuit, 2^K rows (default: %(default)s; lenet5's "
+                                                    "largest layer in one chunk needs 16)")
+    s.add_argument("-o", "--output", help="the file (default: the key cache's, where `verify` looks)")
+    s.add_argument("--key-cache", help=f"the provider's folder (default: {cache_dir()})")
 
     from .devices import cli as devices_cli  # deploy and the device side (DESIGN.md §7)
     devices_cli.register(add, _positive, _size)

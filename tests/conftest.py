@@ -15,8 +15,8 @@ DATA = Path(__file__).resolve().parent / "data"
 
 @pytest.fixture(scope="session", autouse=True)
 def key_cache(tmp_path_factory):
-    """prove and verify cache their IPA parameters in ``$EDGETRAIN_CACHE``: one folder for the
-    session (subprocesses inherit it), never the user's cache."""
+    """The provider's reference string and verifying keys live in ``$EDGETRAIN_CACHE``: one
+    folder for the session (subprocesses inherit it), never the user's cache."""
     folder = tmp_path_factory.mktemp("edgetrain-cache")
     previous = os.environ.get("EDGETRAIN_CACHE")
     os.environ["EDGETRAIN_CACHE"] = str(folder)
@@ -25,6 +25,18 @@ def key_cache(tmp_path_factory):
         del os.environ["EDGETRAIN_CACHE"]
     else:
         os.environ["EDGETRAIN_CACHE"] = previous
+
+
+@pytest.fixture(scope="session")
+def srs(key_cache):
+    """The provider's reference string for the session's proofs (circuits of up to 2^13 rows),
+    kept in the session's key cache as ``edgetrain setup`` keeps it, where ``edgetrain verify``
+    looks for it."""
+    from edgetrain import prover
+    return prover.srs(key_cache, k_max=SRS_K)
+
+
+SRS_K = 13
 
 
 @pytest.fixture(scope="session")

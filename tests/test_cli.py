@@ -55,9 +55,11 @@ def test_export_says_a_zoo_model_is_untrained(capsys, tmp_path):
 # -- bad inputs × commands -------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def inputs(tmp_path_factory, mnist, trained_onnx, int8_onnx):
-    """A folder of input files, good and bad, named by what is wrong with them."""
+def inputs(tmp_path_factory, mnist, trained_onnx, int8_onnx, srs):
+    """A folder of input files, good and bad, named by what is wrong with them (and the
+    provider's reference string, srs.bin; the session's key cache holds it too)."""
     folder = tmp_path_factory.mktemp("inputs")
+    (folder / "srs.bin").write_bytes(srs)
     x, y = mnist.x_test[:64], mnist.y_test[:64]
     np.savez(folder / "good.npz", x=x, y=y)
     np.savez(folder / "x_only.npz", x=x)
@@ -135,9 +137,11 @@ BAD_INPUTS = {
                               ["--data", "labels10.npz", "labels up to 10"]),
     "unlearn-mask-truncated": (["unlearn", M, "--mask", "{trunc.npz}", "--data", GOOD, "-o", "u.onnx"],
                                ["--mask", "trunc.npz"]),
-    "prove-witness-truncated": (["prove", "--witness", "{trunc.npz}", "-o", "p.bin"], ["--witness", "trunc.npz"]),
-    "prove-witness-folder": (["prove", "--witness", "{folder}", "-o", "p.bin"], ["--witness", "directory"]),
-    "prove-witness-tampered": (["prove", "--witness", "{tampered.npz}", "-o", "p.bin"],
+    "prove-witness-truncated": (["prove", "--witness", "{trunc.npz}", "-o", "p.bin", "--params", "{srs.bin}"],
+                                ["--witness", "trunc.npz"]),
+    "prove-witness-folder": (["prove", "--witness", "{folder}", "-o", "p.bin", "--params", "{srs.bin}"],
+                             ["--witness", "directory"]),
+    "prove-witness-tampered": (["prove", "--witness", "{tampered.npz}", "-o", "p.bin", "--params", "{srs.bin}"],
                                ["--witness", "tampered.npz", "w_new is not the step"]),
     "quantize-calib-truncated": (["quantize", M, "-o", "q.onnx", "--calib", "{trunc.npz}"], ["--calib", "trunc.npz"]),
     "export-train-truncated": (["export", "mlp", "-o", "m.onnx", "--train", "{trunc.npz}"], ["--train", "trunc.npz"]),
@@ -146,7 +150,7 @@ BAD_INPUTS = {
     "train-model-missing": (["train", "missing.onnx", "--data", GOOD], ["MODEL", "missing.onnx", "does not exist"]),
     "unlearn-model-missing": (["unlearn", "missing.onnx", "--mask", "{mask.npz}", "--data", GOOD, "-o", "u.onnx"],
                               ["MODEL", "missing.onnx", "does not exist"]),
-    "prove-witness-missing": (["prove", "--witness", "missing.npz", "-o", "p.bin"],
+    "prove-witness-missing": (["prove", "--witness", "missing.npz", "-o", "p.bin", "--params", "{srs.bin}"],
                               ["--witness", "missing.npz", "does not exist"]),
     "info-not-onnx": (["info", "{random.bin}"], ["random.bin", "ONNX"]),
     "info-folder": (["info", "{folder}"], ["MODEL", "directory"]),
@@ -177,12 +181,16 @@ BAD_INPUTS = {
                         ["--block", "'0'"]),
     "unlearn-mask-float": (["unlearn", M, "--mask", "{mask_float.npz}", "--data", GOOD, "-o", "u.onnx"],
                            ["--mask", "mask_float.npz", "bool"]),
-    "prove-max-memory": (["prove", "--witness", "{witness.npz}", "-o", "p.bin", "--max-memory", "2T"],
+    "prove-max-memory": (["prove", "--witness", "{witness.npz}", "-o", "p.bin", "--params", "{srs.bin}",
+                          "--max-memory", "2T"],
                          ["--max-memory", "'2T'"]),
-    "prove-blocks-0": (["prove", "--witness", "{witness.npz}", "-o", "p.bin", "--blocks-per-proof", "0"],
+    "prove-blocks-0": (["prove", "--witness", "{witness.npz}", "-o", "p.bin", "--params", "{srs.bin}",
+                        "--blocks-per-proof", "0"],
                        ["--blocks-per-proof", "'0'"]),
-    "prove-key-cache": (["prove", "--witness", "{witness.npz}", "-o", "p.bin", "--key-cache", "nowhere"],
-                        ["--key-cache", "nowhere"]),
+    "prove-params-missing": (["prove", "--witness", "{witness.npz}", "-o", "p.bin", "--params", "nowhere.bin"],
+                             ["--params", "nowhere.bin", "does not exist"]),
+    "prove-params-not-a-reference-string": (["prove", "--witness", "{witness.npz}", "-o", "p.bin", "--params",
+                                             "{random.bin}"], ["--params", "random.bin", "not a reference string"]),
     "export-lr-nan": (["export", "mlp", "-o", "m.onnx", "--train", GOOD, "--lr", "nan"], ["--lr", "'nan'"]),
     "export-unknown-model": (["export", "no_such_model", "-o", "m.onnx"], ["no_such_model"]),
     "data-no-sample-left": (["data", "mnist", "--only", "42", "-o", "d.npz"], ["--only", "no sample"]),
@@ -210,8 +218,8 @@ BAD_INPUTS = {
     "mask-output-is-folder": (["mask", M, "--forget", GOOD, "--retain", GOOD, "-o", "{folder}"], ["-o", "directory"]),
     "unlearn-witness-folder-missing": (["unlearn", M, "--mask", "{mask.npz}", "--data", GOOD, "-o", "u.onnx",
                                         "--witness", "/nonexistent/w.npz"], ["--witness", "/nonexistent/w.npz"]),
-    "prove-output-folder-missing": (["prove", "--witness", "{witness.npz}", "-o", "/nonexistent/p.bin"],
-                                    ["-o", "/nonexistent/p.bin"]),
+    "prove-output-folder-missing": (["prove", "--witness", "{witness.npz}", "-o", "/nonexistent/p.bin", "--params",
+                                     "{srs.bin}"], ["-o", "/nonexistent/p.bin"]),
     "quantize-output-is-folder": (["quantize", M, "-o", "{folder}", "--calib", GOOD], ["-o", "directory"]),
     "export-output-folder-missing": (["export", "mlp", "-o", "/nonexistent/m.onnx"], ["-o", "/nonexistent/m.onnx"]),
     "data-output-is-folder": (["data", "mnist", "-o", "{folder}"], ["-o", "directory"]),
@@ -226,6 +234,10 @@ BAD_INPUTS = {
     "verify-bad-hex": (["verify", "p.bin", "--mask", "{mask.npz}", "--h-w", "xyz"], ["--h-w", "'xyz'", "hex"]),
     "verify-key-not-a-key": (["verify", "{random.bin}", "{random.bin}", "{random.bin}", "--mask", "{mask.npz}"],
                              ["random.bin", "verifying key"]),
+    "verify-params-not-a-reference-string": (["verify", "{random.bin}", "{random.bin}", "{random.bin}", "--mask",
+                                              "{mask.npz}", "--params", "{witness.npz}"],
+                                             ["--params", "witness.npz", "not a reference string"]),
+    "setup-k-too-small": (["setup", "-k", "9", "-o", "s.bin"], ["k = 9", "10..="]),
 }
 
 
@@ -292,7 +304,7 @@ def test_train_plot_draws_loss_and_accuracy_per_epoch(capsys, tmp_path, mnist, t
 
 def test_prove_refuses_above_its_limits_with_the_numbers(capsys, tmp_path, inputs):
     code, r = run_json(capsys, "prove", "--witness", str(inputs["root"] / "witness.npz"), "-o",
-                       str(tmp_path / "p.bin"), "--max-memory", "100M")
+                       str(tmp_path / "p.bin"), "--max-memory", "100M", "--params", str(inputs["root"] / "srs.bin"))
     assert code == 2 and r["error"].startswith("--max-memory 100 MiB: proving takes 1 chunk proof(s) of 20 blocks "
                                                "(160 weights) in a circuit of 2^11 rows: about ")
     assert os.listdir(tmp_path) == []
@@ -302,7 +314,7 @@ def _raise_runtime_error(*args, **kwargs):
     raise RuntimeError("prover error: Synthesis\n  at circuit.rs:42")  # as the binding's backend errors read
 
 
-def test_a_binding_runtime_error_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path):
+def test_a_binding_runtime_error_is_one_line_and_exit_2(capsys, monkeypatch, tmp_path, srs):
     import edgetrain_zk
     from edgetrain.prover import LayerWitness, proof
     wit = LayerWitness("fc.weight", (8,), 8, 16, np.zeros((1, 8), np.int64), np.eye(8, dtype=np.int64)[None],
@@ -310,8 +322,9 @@ def test_a_binding_runtime_error_is_one_line_and_exit_2(capsys, monkeypatch, tmp
     LayerWitness.save(tmp_path / "w.npz", [wit])
     proof.keygen.cache_clear()  # a key of this shape cached by an earlier test would skip the patched keygen
     monkeypatch.setattr(edgetrain_zk, "keygen", _raise_runtime_error)
+    (tmp_path / "srs.bin").write_bytes(srs)
     assert main(["prove", "--witness", str(tmp_path / "w.npz"), "-o", str(tmp_path / "p.bin"),
-                 "--blocks-per-proof", "1"]) == 2
+                 "--blocks-per-proof", "1", "--params", str(tmp_path / "srs.bin")]) == 2
     err = capsys.readouterr().err
     one_line = "error: the prover failed: prover error: Synthesis at circuit.rs:42\n"
     assert err == f"edgetrain prove: {one_line}"
@@ -388,7 +401,8 @@ def test_ctrl_c_during_prove_exits_130_at_once_and_writes_nothing(tmp_path, inpu
             planned.append(time.monotonic())
         return bool(planned) and time.monotonic() - planned[0] > 1.0
 
-    code, err, seconds = _interrupt(["prove", "--witness", str(inputs["root"] / "witness.npz"), "-o", "p.bin"],
+    code, err, seconds = _interrupt(["prove", "--witness", str(inputs["root"] / "witness.npz"), "-o", "p.bin",
+                                     "--params", str(inputs["root"] / "srs.bin")],
                                     tmp_path, ready=proving)
     assert code == 130 and seconds < 3, seconds  # not after the native call it interrupted
     assert err.splitlines()[-1] == "edgetrain prove: interrupted (Ctrl-C): no output was written"
@@ -418,7 +432,8 @@ def _fake_demo_result():
                            "forget_set_accuracy": acc, "forget_class_test_accuracy": acc,
                            "retain_test_accuracy": {"before": 0.94, "mask_only": 0.95, "after": 0.95},
                            "proof_weights": 840, "model_weights": 61706, "proof_chunks": 1, "proof_bytes": 9144,
-                           "prove_seconds": 8.0, "setup_seconds": 15.0, "verified": True, "verify_seconds": 0.3,
+                           "prove_seconds": 8.0, "setup_seconds": 15.0, "srs_seconds": 13.0, "verified": True,
+                           "verify_seconds": 0.3,
                            "verify_key_and_proof_seconds": 4.0, "bundle_bytes": 399360},
             "unlearning_int8": {"forget_class": 3, "layer": "11.weight_quantized", "model": "lenet5.personal.onnx",
                                 "weights_dtype": "int16", "scale_bits": 16, "masked_weights": 84, "block": 8,

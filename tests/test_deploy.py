@@ -364,7 +364,7 @@ def test_a_fleet_in_parallel_reports_per_device(capsys, tmp_path, sshd, keys, in
 
 # -- the whole protocol from the provider's shell ----------------------------------------
 
-def test_deploy_personalise_forget_prove_fetch_and_verify_over_ssh(capsys, tmp_path, sshd, keys, trained_onnx,
+def test_deploy_personalise_forget_prove_fetch_and_verify_over_ssh(srs, capsys, tmp_path, sshd, keys, trained_onnx,
                                                                   mnist):
     from edgetrain.cli import main
     model = trained_onnx("mlp16")
@@ -391,7 +391,9 @@ def test_deploy_personalise_forget_prove_fetch_and_verify_over_ssh(capsys, tmp_p
     code, unlearned = run_json(capsys, "remote", sshd.target(root), *target, "unlearn", "--mask",
                                str(tmp_path / "mask.npz"))
     assert code == 0 and unlearned["from"].endswith("trained.onnx") and unlearned["data"] == str(on_device)
-    code, proved = run_json(capsys, "remote", sshd.target(root), *target, "prove", "--max-minutes", "5")
+    (tmp_path / "srs.bin").write_bytes(srs)  # the provider's reference string, sent with the request
+    code, proved = run_json(capsys, "remote", sshd.target(root), *target, "prove", "--params",
+                            str(tmp_path / "srs.bin"), "--max-minutes", "5")
     assert code == 0 and proved["chunks"] >= 1, proved
 
     code, fetched = run_json(capsys, "remote", sshd.target(root), *target, "fetch", "-o", str(tmp_path / "back"))
@@ -404,11 +406,11 @@ def test_deploy_personalise_forget_prove_fetch_and_verify_over_ssh(capsys, tmp_p
     verified = edgetrain.verify_proof((back / "proof.bin").read_bytes(), (back / "proof.bin.inputs").read_bytes(),
                                       (back / "proof.bin.vk").read_bytes(), mask=mask,
                                       h_w={n: bytes.fromhex(d["w"]) for n, d in digests.items()},
-                                      h_a={n: bytes.fromhex(d["a"]) for n, d in digests.items()})
+                                      h_a={n: bytes.fromhex(d["a"]) for n, d in digests.items()}, params=srs)
     assert verified is True
     other = {n: np.roll(m, 1) for n, m in mask.items()}
     assert edgetrain.verify_proof((back / "proof.bin").read_bytes(), (back / "proof.bin.inputs").read_bytes(),
-                                  (back / "proof.bin.vk").read_bytes(), mask=other) is False
+                                  (back / "proof.bin.vk").read_bytes(), mask=other, params=srs) is False
     # the device's files are what the fetch brought
     rid = fetched["release"]
     for name in fetched["fetched"]:

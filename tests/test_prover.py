@@ -162,9 +162,9 @@ def test_witness_file_rejects_truncated_foreign_and_inconsistent_files(tmp_path)
 
 
 @pytest.fixture(scope="module")
-def honest():
+def honest(srs):
     wit = _witness(0)
-    out = prover.prove([wit], blocks_per_proof=1)  # two chunks: the chain is exercised
+    out = prover.prove([wit], blocks_per_proof=1, params=srs)  # two chunks: the chain is exercised
     return wit, out
 
 
@@ -176,23 +176,23 @@ def test_integer_step_equals_the_crates_witness():
         assert ours[key].reshape(-1).tolist() == list(ref[key]), key
 
 
-def test_honest_device_verifies_with_the_providers_expectations(honest):
+def test_honest_device_verifies_with_the_providers_expectations(srs, honest):
     wit, out = honest
     digests = prover.commitments([wit], 1)[wit.name]
     assert out["weights"] == 2 * B
     assert edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"],
                                   mask={wit.name: ~wit.keep.reshape(-1)}, h_w={wit.name: digests["w"]},
-                                  h_a={wit.name: digests["a"]}, h_w_new={wit.name: digests["w_new"]})
+                                  h_a={wit.name: digests["a"]}, h_w_new={wit.name: digests["w_new"]}, params=srs)
     info = prover.proof_info(out["public_inputs"])[0]
     assert info["digests"] == (digests["w"], digests["w_new"], digests["a"])
 
 
-def test_chunks_proven_at_once_equal_the_chunks_proven_in_series(honest):
+def test_chunks_proven_at_once_equal_the_chunks_proven_in_series(srs, honest):
     # The chunks' chain accumulators are computed natively up front, so proofs run
     # concurrently; the witness (bound by every chunk's digests and returned w') must
     # not depend on it. Proof bytes differ (fresh blinding), the public inputs may not.
     wit, series = honest
-    at_once = prover.prove([wit], blocks_per_proof=1, workers=2)
+    at_once = prover.prove([wit], blocks_per_proof=1, workers=2, params=srs)
     assert at_once["chunks"] == series["chunks"] == 2
     assert at_once["public_inputs"] == series["public_inputs"]
     assert at_once["verifying_key"] == series["verifying_key"]
@@ -203,9 +203,9 @@ def test_chunks_proven_at_once_equal_the_chunks_proven_in_series(honest):
     digests = prover.commitments([wit], 1)[wit.name]
     assert edgetrain.verify_proof(at_once["proof"], at_once["public_inputs"], at_once["verifying_key"],
                                   mask={wit.name: ~wit.keep.reshape(-1)}, h_w={wit.name: digests["w"]},
-                                  h_a={wit.name: digests["a"]}, h_w_new={wit.name: digests["w_new"]})
+                                  h_a={wit.name: digests["a"]}, h_w_new={wit.name: digests["w_new"]}, params=srs)
     with pytest.raises(ValueError, match="workers"):
-        prover.prove([wit], blocks_per_proof=1, workers=0)
+        prover.prove([wit], blocks_per_proof=1, workers=0, params=srs)
 
 
 def _with_digests(public_inputs, name, w_new=None, a=None):
@@ -240,46 +240,47 @@ def _with_digests(public_inputs, name, w_new=None, a=None):
     return prover.proof._encode_public([(head, new_blobs)])
 
 
-def test_a_device_that_skips_compensation_cannot_verify(honest):
+def test_a_device_that_skips_compensation_cannot_verify(srs, honest):
     wit, out = honest
     masked_only = np.where(wit.keep, wit.w, 0).reshape(-1).tolist()
     forged = _with_digests(out["public_inputs"], wit.name, w_new=masked_only)
-    assert not edgetrain.verify_proof(out["proof"], forged, out["verifying_key"])
+    assert not edgetrain.verify_proof(out["proof"], forged, out["verifying_key"], params=srs)
     assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"],
-                                      h_w_new={wit.name: zk.commit(masked_only)})
+                                      h_w_new={wit.name: zk.commit(masked_only)}, params=srs)
 
 
-def test_a_weight_changed_after_the_update_cannot_verify(honest):
+def test_a_weight_changed_after_the_update_cannot_verify(srs, honest):
     wit, out = honest
     changed = wit.w_new.reshape(-1).copy()
     changed[5] += 1
     forged = _with_digests(out["public_inputs"], wit.name, w_new=changed.tolist())
-    assert not edgetrain.verify_proof(out["proof"], forged, out["verifying_key"])
+    assert not edgetrain.verify_proof(out["proof"], forged, out["verifying_key"], params=srs)
     assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"],
-                                      h_w_new={wit.name: zk.commit(changed.tolist())})
+                                      h_w_new={wit.name: zk.commit(changed.tolist())}, params=srs)
 
 
-def test_a_fisher_block_other_than_committed_cannot_verify(honest):
+def test_a_fisher_block_other_than_committed_cannot_verify(srs, honest):
     wit, out = honest
     committed = prover.commitments([wit], 1)[wit.name]["a"]
     other = _witness(0)
     other.a = other.a.copy()
     other.a[1] = np.eye(B, dtype=np.int64) << 14  # no compensation in block 1: δ = 0 on kept weights
     other.w_new = fx.integer_step(other.w, other.a, other.keep, 16)["w_new"]
-    cheat = prover.prove([other], blocks_per_proof=1)
-    assert edgetrain.verify_proof(cheat["proof"], cheat["public_inputs"], cheat["verifying_key"])  # valid alone
+    cheat = prover.prove([other], blocks_per_proof=1, params=srs)
+    assert edgetrain.verify_proof(cheat["proof"], cheat["public_inputs"], cheat["verifying_key"],
+                                  params=srs)  # valid alone
     assert not edgetrain.verify_proof(cheat["proof"], cheat["public_inputs"], cheat["verifying_key"],
-                                      h_a={wit.name: committed})
+                                      h_a={wit.name: committed}, params=srs)
     forged = _with_digests(out["public_inputs"], wit.name, a=other.a.reshape(-1).tolist())
-    assert not edgetrain.verify_proof(out["proof"], forged, out["verifying_key"])
+    assert not edgetrain.verify_proof(out["proof"], forged, out["verifying_key"], params=srs)
 
 
-def test_another_mask_cannot_verify(honest):
+def test_another_mask_cannot_verify(srs, honest):
     wit, out = honest
     other = _witness(0, mask_seed=9)
     assert not np.array_equal(other.keep, wit.keep)
     assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"],
-                                      mask={wit.name: ~other.keep.reshape(-1)})
+                                      mask={wit.name: ~other.keep.reshape(-1)}, params=srs)
     # the other mask's keep bits put into the public inputs
     seg = prover.proof._decode_public(out["public_inputs"])
     head, blobs = seg[0]
@@ -288,36 +289,36 @@ def test_another_mask_cannot_verify(honest):
         bits = bytes(other.keep[c].astype(np.uint8))
         swapped.append(q[:-B] + bits)
     forged = prover.proof._encode_public([(head, swapped)])
-    assert not edgetrain.verify_proof(out["proof"], forged, out["verifying_key"])
+    assert not edgetrain.verify_proof(out["proof"], forged, out["verifying_key"], params=srs)
     # a real proof for the other mask does not pass as one for the provider's mask
-    proof2 = prover.prove([other], blocks_per_proof=1)
+    proof2 = prover.prove([other], blocks_per_proof=1, params=srs)
     assert not edgetrain.verify_proof(proof2["proof"], proof2["public_inputs"], proof2["verifying_key"],
-                                      mask={wit.name: ~wit.keep.reshape(-1)})
+                                      mask={wit.name: ~wit.keep.reshape(-1)}, params=srs)
 
 
-def test_a_proof_short_of_the_mask_does_not_verify_against_it(honest):
+def test_a_proof_short_of_the_mask_does_not_verify_against_it(srs, honest):
     """prove(max_blocks=1) covers block 0 of two; the mask has 2 weights removed in each."""
     wit, _ = honest
-    out = prover.prove([wit], blocks_per_proof=1, max_blocks=1)
+    out = prover.prove([wit], blocks_per_proof=1, max_blocks=1, params=srs)
     removed = ~wit.keep.reshape(-1)
     within = removed & (np.arange(removed.size) < B)
     args = out["proof"], out["public_inputs"], out["verifying_key"]
     assert out["weights"] == B and within.sum() == 2 and removed.sum() == 4
-    assert edgetrain.verify_proof(*args, mask={wit.name: within})
+    assert edgetrain.verify_proof(*args, mask={wit.name: within}, params=srs)
     assert prover.uncovered(out["public_inputs"], {wit.name: removed}) == {wit.name: 2}
-    assert not edgetrain.verify_proof(*args, mask={wit.name: removed})
+    assert not edgetrain.verify_proof(*args, mask={wit.name: removed}, params=srs)
     # a masked weight in a layer the proof has no segment for
     other = {wit.name: within, "fc2.weight": np.eye(3, dtype=bool)}
     assert prover.uncovered(out["public_inputs"], other) == {"fc2.weight": 3}
-    assert not edgetrain.verify_proof(*args, mask=other)
-    assert edgetrain.verify_proof(*args, mask={**other, "fc2.weight": np.zeros((3, 3), bool)})
+    assert not edgetrain.verify_proof(*args, mask=other, params=srs)
+    assert edgetrain.verify_proof(*args, mask={**other, "fc2.weight": np.zeros((3, 3), bool)}, params=srs)
 
 
 _STORE_KEY = """
 import sys
 from edgetrain.prover import proof
-with open(sys.argv[1], "rb") as f:
-    proof.verifying_key(f.read(), None, sys.argv[2])
+read = lambda p: open(p, "rb").read()
+proof.verifying_key(read(sys.argv[1]), read(sys.argv[3]), sys.argv[2])
 """
 
 _VERIFY_WITH_STORED_KEY = """
@@ -330,21 +331,21 @@ def no_keygen(*args, **kwargs):
     raise AssertionError("the stored key was made again")
 
 edgetrain_zk.verifying_key = no_keygen  # the key must come from the cache
-files = {n: open(p, "rb").read() for n, p in zip(("proof", "inputs", "descriptor"), sys.argv[1:4])}
-key = proof.verifying_key(files["descriptor"], None, sys.argv[4])
-expected = {n: {k: bytes.fromhex(v) for k, v in d.items()} for n, d in json.loads(sys.argv[5]).items()}
-ok = verify_proof(files["proof"], files["inputs"], key, **expected)
+files = {n: open(p, "rb").read() for n, p in zip(("proof", "inputs", "descriptor", "srs"), sys.argv[1:5])}
+key = proof.verifying_key(files["descriptor"], files["srs"], sys.argv[5])
+expected = {n: {k: bytes.fromhex(v) for k, v in d.items()} for n, d in json.loads(sys.argv[6]).items()}
+ok = verify_proof(files["proof"], files["inputs"], key, params=files["srs"], **expected)
 bad = bytearray(key)
 bad[40] ^= 0x10  # inside the first fixed-column commitment (after the 26-byte header and a count)
 try:
-    rejected = not verify_proof(files["proof"], files["inputs"], bytes(bad), **expected)
+    rejected = not verify_proof(files["proof"], files["inputs"], bytes(bad), params=files["srs"], **expected)
 except edgetrain_zk.ProofFormatError:
     rejected = True
 print(json.dumps({"kind": key[:5].decode(), "ok": ok, "tampered_rejected": rejected}))
 """
 
 
-def test_a_verifying_key_stored_by_one_process_verifies_in_another(honest, tmp_path):
+def test_a_verifying_key_stored_by_one_process_verifies_in_another(srs, honest, tmp_path):
     # The provider's key for a descriptor is made by one process and stored in its key
     # cache; a fresh process reads it (making it again would raise) and verifies the proof.
     import json
@@ -353,11 +354,12 @@ def test_a_verifying_key_stored_by_one_process_verifies_in_another(honest, tmp_p
     wit, out = honest
     digests = prover.commitments([wit], 1)[wit.name]
     paths = []
-    for name in ("proof", "public_inputs", "verifying_key"):
+    for name, data in (("proof", out["proof"]), ("public_inputs", out["public_inputs"]),
+                       ("verifying_key", out["verifying_key"]), ("srs", srs)):
         paths.append(tmp_path / name)
-        paths[-1].write_bytes(out[name])
+        paths[-1].write_bytes(data)
     cache = tmp_path / "keys"
-    subprocess.run([sys.executable, "-c", _STORE_KEY, str(paths[2]), str(cache)], check=True)
+    subprocess.run([sys.executable, "-c", _STORE_KEY, str(paths[2]), str(cache), str(paths[3])], check=True)
     stored = list(cache.glob("vk-*.bin"))
     assert len(stored) == 1 and stored[0].read_bytes()[:5] == b"ETZKK"
     expected = {"h_w": {wit.name: digests["w"].hex()}, "h_a": {wit.name: digests["a"].hex()},
@@ -368,21 +370,30 @@ def test_a_verifying_key_stored_by_one_process_verifies_in_another(honest, tmp_p
                                                                "tampered_rejected": True}
     # Another process's key verifies here too, and a cached key of another shape is not used.
     key = stored[0].read_bytes()
-    assert edgetrain.verify_proof(out["proof"], out["public_inputs"], key, h_w={wit.name: digests["w"]})
+    assert edgetrain.verify_proof(out["proof"], out["public_inputs"], key, h_w={wit.name: digests["w"]},
+                                  params=srs)
     other = prover.keygen(B, 1, scale_bits=12, k=out["verifying_key"][7])
-    assert prover.proof.verifying_key(other, None, cache) != key
+    assert prover.proof.verifying_key(other, srs, cache) != key
     assert len(list(cache.glob("vk-*.bin"))) == 2
+    # Under another reference string the provider makes (and keeps) another key; the one
+    # made under this one is refused by name there.
+    theirs = prover.setup(out["verifying_key"][7])
+    assert prover.proof.verifying_key(out["verifying_key"], theirs, cache) != key
+    assert len(list(cache.glob("vk-*.bin"))) == 3
+    with pytest.raises(ValueError, match="another reference string"):
+        edgetrain.verify_proof(out["proof"], out["public_inputs"], key, params=theirs)
+    assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"], params=theirs)
 
 
-def test_proofs_for_another_model_or_key_do_not_verify(honest):
+def test_proofs_for_another_model_or_key_do_not_verify(srs, honest):
     wit, out = honest
-    other = prover.prove([_witness(5)], blocks_per_proof=1)
-    assert not edgetrain.verify_proof(other["proof"], out["public_inputs"], out["verifying_key"])
-    assert not edgetrain.verify_proof(out["proof"], other["public_inputs"], out["verifying_key"])
+    other = prover.prove([_witness(5)], blocks_per_proof=1, params=srs)
+    assert not edgetrain.verify_proof(other["proof"], out["public_inputs"], out["verifying_key"], params=srs)
+    assert not edgetrain.verify_proof(out["proof"], other["public_inputs"], out["verifying_key"], params=srs)
     key12 = prover.keygen(B, 1, scale_bits=12, k=out["verifying_key"][7])
-    assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], key12)
+    assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], key12, params=srs)
     key_k = prover.keygen(B, 1, k=out["verifying_key"][7] + 1)
-    assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], key_k)
+    assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], key_k, params=srs)
 
 
 def _garbage(out):
@@ -403,11 +414,11 @@ def _garbage(out):
         yield f"inputs flip {i}", p, q[:i] + bytes([q[i] ^ 0x01]) + q[i + 1:], vk
 
 
-def test_malformed_bytes_give_false_or_a_format_error_never_a_crash(honest):
+def test_malformed_bytes_give_false_or_a_format_error_never_a_crash(srs, honest):
     wit, out = honest
     mask = {wit.name: ~wit.keep.reshape(-1)}  # the provider always states its mask
     for what, p, q, vk in _garbage(out):
         try:
-            assert edgetrain.verify_proof(p, q, vk, mask=mask) is False, what
+            assert edgetrain.verify_proof(p, q, vk, mask=mask, params=srs) is False, what
         except edgetrain.ProofFormatError:
             pass

@@ -323,14 +323,14 @@ def test_widened_unlearning_keeps_retain_accuracy_where_plain_int8_cannot(quanti
     assert abs(retain_acc(ref) - r1) <= 0.005
 
 
-def test_a_real_proof_of_the_widened_int8_step_verifies_and_binds_the_widened_weights(quantized, mnist):
+def test_a_real_proof_of_the_widened_int8_step_verifies_and_binds_the_widened_weights(srs, quantized, mnist):
     """The circuit's statement is about integers: here the int16 weights q·2^6 (scale_bits 16).
     The provider commits to the widened weights of the model it sent; a proof about the raw
     int8 integers, or a claimed w' with the compensation skipped, does not verify."""
     import edgetrain_zk as zk
     model, mask, data = step_inputs(quantized, mnist, True, damp=0.01, fraction=0.02)
     new, (wit,) = prover.unlearn(model, mask, data=data, block=8, damp=0.01)
-    out = prover.prove([wit])
+    out = prover.prove([wit], params=srs)
     digests = prover.commitments([wit])[wit.name]
     assert out["chunks"] == 1  # so the digest of W is the commitment of the whole (padded) layer
     widened = np.zeros(wit.w.size, np.int64)
@@ -339,14 +339,14 @@ def test_a_real_proof_of_the_widened_int8_step_verifies_and_binds_the_widened_we
     m = {wit.name: mask[wit.name].reshape(-1)}
     assert edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"], mask=m,
                                   h_w={wit.name: digests["w"]}, h_a={wit.name: digests["a"]},
-                                  h_w_new={wit.name: digests["w_new"]})
+                                  h_w_new={wit.name: digests["w_new"]}, params=srs)
     raw = np.zeros_like(wit.w).reshape(-1)
     raw[:wit.size] = model.params[wit.name].reshape(-1)
     assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"], mask=m,
-                                      h_w={wit.name: zk.commit(raw.tolist())})
+                                      h_w={wit.name: zk.commit(raw.tolist())}, params=srs)
     skipped = np.where(wit.keep, wit.w, 0).reshape(-1)
     assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"], mask=m,
-                                      h_w_new={wit.name: zk.commit(skipped.tolist())})
+                                      h_w_new={wit.name: zk.commit(skipped.tolist())}, params=srs)
 
 
 def test_the_provider_catches_a_model_whose_scales_are_not_the_widened_ones(quantized, mnist):

@@ -75,13 +75,16 @@ def test_the_readme_walkthrough_works_as_written(walked):
     assert verify["verified"] is True and verify["masked"] == 84 and "failed" not in verify
 
 
+SRS = ("--params", "srs.bin")  # the provider's reference string, as the walk-through made it
+
+
 def test_verify_names_the_check_that_fails(walked, capsys, monkeypatch):
     folder, runs = walked
     monkeypatch.chdir(folder)
     (_, proved, _), = runs["prove"]
     last, = proved["commitments"]
     h_w = proved["commitments"][last]["w"]
-    code, r = run_json(capsys, "verify", "proof.bin", "--mask", "mask.npz", "--h-w", f"{last}={h_w}")
+    code, r = run_json(capsys, "verify", "proof.bin", "--mask", "mask.npz", "--h-w", f"{last}={h_w}", *SRS)
     assert code == 0 and r["verified"] is True
 
     removed = np.load("mask.npz")[last]
@@ -98,14 +101,14 @@ def test_verify_names_the_check_that_fails(walked, capsys, monkeypatch):
             (["flipped.bin", "proof.bin.inputs", "proof.bin.vk", "--mask", "mask.npz"],
              f"layer {last!r}: chunk 1 of 1 does not verify"),
             (["proof.bin", "--mask", "wider.npz"], "coverage: masked weights outside the proof: '7.weight' 120")):
-        code, r = run_json(capsys, "verify", *argv)
+        code, r = run_json(capsys, "verify", *argv, *SRS)
         assert code == 1 and r["verified"] is False and r["failed"] == failed
-        assert main(["verify", *argv]) == 1
+        assert main(["verify", *argv, *SRS]) == 1
         assert capsys.readouterr().err == f"edgetrain verify: not verified: {failed}\n"
 
     # files that are not what they claim: exit 2, naming the file
-    code, r = run_json(capsys, "verify", "proof.bin", "proof.bin.inputs", "flipped.bin", "--mask", "mask.npz")
+    code, r = run_json(capsys, "verify", "proof.bin", "proof.bin.inputs", "flipped.bin", "--mask", "mask.npz", *SRS)
     assert code == 2 and r["error"].startswith("'flipped.bin': verifying key")
     Path("cut.npz").write_bytes(Path("mask.npz").read_bytes()[:40])
-    code, r = run_json(capsys, "verify", "proof.bin", "--mask", "cut.npz")
+    code, r = run_json(capsys, "verify", "proof.bin", "--mask", "cut.npz", *SRS)
     assert code == 2 and r["error"] == "--mask 'cut.npz' is truncated or damaged (its zip directory is unreadable)"

@@ -13,11 +13,12 @@
 //! * verifying key `K`, v2: the key itself ([`vk_to_bytes`]), read without
 //!   key generation ([`vk_from_bytes`]); v1 had no selector assignments (keys
 //!   were made without selector compression);
-//! * IPA parameters `G`, v2: halo2's own `Params::write` encoding follows.
-//!   They are deterministic in k (no setup) but slow to generate (tens of
-//!   seconds at k = 15, an inverse FFT over curve points), so a verifier
-//!   generates them once per k with [`params`] and keeps them; it must not take
-//!   them from the prover.
+//! * structured reference string `G`, v3 ([`setup`]): KZG parameters for every
+//!   circuit size from 2^[`SRS_MIN_K`] to 2^k_max rows. The verifier (the
+//!   provider) makes them, each k from a secret it drops, and sends them to the
+//!   provers; whoever knows a secret could forge proofs under it, so a verifier
+//!   only ever verifies under its own (v1 and v2 were IPA parameters, which
+//!   needed no setup).
 //!
 //! Readers return `Err(ZkError::Format)` on any malformed input and never panic.
 
@@ -28,15 +29,17 @@ use halo2_axiom::{
         create_proof, keygen_pk, keygen_vk_custom, permutation, verify_proof, Advice, Any, Assigned, Assignment, Challenge,
         Circuit, Column, ConstraintSystem, Error, Fixed, FloorPlanner, Instance, ProvingKey, Selector, VerifyingKey,
     },
+    halo2curves::bn256::{Bn256, G2Affine},
     poly::{
-        commitment::{Params, ParamsProver},
-        ipa::{
-            commitment::{IPACommitmentScheme, ParamsIPA},
-            multiopen::{ProverIPA, VerifierIPA},
+        commitment::{Params as _, ParamsProver},
+        kzg::{
+            commitment::{KZGCommitmentScheme, ParamsKZG},
+            multiopen::{ProverSHPLONK, VerifierSHPLONK},
             strategy::SingleStrategy,
         },
-        EvaluationDomain, VerificationStrategy,
+        EvaluationDomain,
     },
+    SerdeFormat,
     transcript::{Blake2bRead, Blake2bWrite, Challenge255, TranscriptReadBuffer, TranscriptWriterBuffer},
 };
 use rand_core::RngCore;
@@ -48,8 +51,8 @@ use crate::{Curve, Fp, ZkError};
 
 pub const MAGIC: &[u8; 4] = b"ETZK";
 /// Bumped whenever the circuit layout or the proof system changes (keys and
-/// proofs are then incompatible): 4 = the move to halo2-axiom, 5 = keys with
-/// selector compression.
+/// proofs are then incompatible): 4 = the move to halo2-axiom, 5 = KZG
+/// commitments (SHPLONK openings) and keys with selector compression.
 pub const CIRCUIT_VERSION: u8 = 5;
 const KIND_PROOF: u8 = b'P';
 const KIND_PUBLIC: u8 = b'I';
@@ -58,15 +61,24 @@ const KIND_PARAMS: u8 = b'G';
 const KIND_VK: u8 = b'K';
 
 /// The format version of each kind of bytes. v1 proofs, public inputs and
-/// parameters were over Pasta (zcash `halo2_proofs`); v2 are over BN254
-/// (halo2-axiom). The descriptor `V` kept its layout (its circuit version says
-/// the rest); the stored verifying key `K` v2 carries the selector assignments.
+/// parameters were IPA over Pasta (zcash `halo2_proofs`), v2 IPA over BN254
+/// (halo2-axiom); proofs v3 and parameters v3 are KZG over BN254. The
+/// descriptor `V` kept its layout (its circuit version says the rest); the
+/// stored verifying key `K` v2 carries the selector assignments and names its
+/// reference string.
 pub fn version(kind: u8) -> u8 {
     match kind {
-        KIND_PROOF | KIND_PUBLIC | KIND_PARAMS | KIND_VK => 2,
+        KIND_PROOF | KIND_PARAMS => 3,
+        KIND_PUBLIC | KIND_VK => 2,
         _ => 1,
     }
 }
+
+/// KZG parameters of one circuit size.
+pub type Params = ParamsKZG<Bn256>;
+/// The smallest circuit size a reference string holds: one block of 4 weights
+/// takes 616 rows (2^10).
+pub const SRS_MIN_K: u32 = 10;
 /// Largest k accepted from bytes (2^22 rows: far beyond what fits in memory here).
 pub const MAX_K: u32 = 22;
 
@@ -77,10 +89,10 @@ pub struct KeyParams {
     pub shape: Shape,
 }
 
-/// IPA parameters with the proving and verifying keys of one circuit shape.
+/// KZG parameters with the proving and verifying keys of one circuit shape.
 pub struct Keys {
     pub key_params: KeyParams,
-    pub params: ParamsIPA<Curve>,
+    pub params: Params,
     pub pk: ProvingKey<Curve>,
 }
 
@@ -270,42 +282,83 @@ fn backend(e: impl std::fmt::Debug) -> ZkError {
     ZkError::Backend(format!("{e:?}"))
 }
 
-/// Generates the IPA parameters for 2^k rows.
-pub fn params(k: u32) -> Result<ParamsIPA<Curve>, ZkError> {
+/// Fresh KZG parameters for 2^k rows, their secret drawn from `rng` and
+/// dropped. Proofs verify only under the parameters they were made with.
+pub fn params_with(k: u32, rng: impl RngCore) -> Result<Params, ZkError> {
     if !(4..=MAX_K).contains(&k) {
         return Err(ZkError::Invalid(format!("k = {k} must be in 4..={MAX_K}")));
     }
-    Ok(ParamsIPA::new(k))
+    Ok(ParamsKZG::setup(k, rng))
 }
 
-pub fn params_to_bytes(params: &ParamsIPA<Curve>) -> Vec<u8> {
-    let mut v = header(KIND_PARAMS);
-    params.write(&mut v).expect("writing to a Vec cannot fail");
-    v
+/// [`params_with`] from the operating system's generator: for tests and for a
+/// process that is prover and verifier at once.
+pub fn params(k: u32) -> Result<Params, ZkError> {
+    params_with(k, rand_core::OsRng)
 }
 
-/// Reads parameters written by [`params_to_bytes`]; checks k and the length
-/// before halo2 allocates anything.
-pub fn params_from_bytes(bytes: &[u8]) -> Result<ParamsIPA<Curve>, ZkError> {
-    let mut r = Reader::new(bytes, KIND_PARAMS, "params")?;
-    let body = r.buf;
-    let k = r.u32()?;
-    if !(4..=MAX_K).contains(&k) {
-        return Err(ZkError::Format(format!("params: k = {k} outside 4..={MAX_K}")));
+/// Bytes of one size's parameters inside a reference string: halo2-axiom's
+/// uncompressed encoding (k, then 2·2^k G1 points of 64 bytes, then two G2
+/// points of 128), read back without square roots.
+fn params_entry_len(k: u32) -> usize {
+    4 + 2 * (1usize << k) * 64 + 2 * 128
+}
+
+/// The structured reference string for circuits of 2^[`SRS_MIN_K`] to 2^k_max
+/// rows (kind `G`, v3): k_min and k_max (u8 each), then one
+/// [`params_with`] per k, each with its own secret from `rng`.
+pub fn setup(k_max: u32, mut rng: impl RngCore) -> Result<Vec<u8>, ZkError> {
+    if !(SRS_MIN_K..=MAX_K).contains(&k_max) {
+        return Err(ZkError::Invalid(format!("k = {k_max} must be in {SRS_MIN_K}..={MAX_K}")));
     }
-    let expected = 4 + (2 * (1usize << k) + 2) * 32;
-    if body.len() != expected {
+    let mut v = header(KIND_PARAMS);
+    v.extend([SRS_MIN_K as u8, k_max as u8]);
+    for k in SRS_MIN_K..=k_max {
+        params_with(k, &mut rng)?
+            .write_custom(&mut v, SerdeFormat::RawBytes)
+            .expect("writing to a Vec cannot fail");
+    }
+    Ok(v)
+}
+
+/// One size of a reference string: the parameters for 2^k rows. Lengths are
+/// checked before anything is allocated and every point is checked to be on
+/// its curve.
+pub fn params_from_srs(srs: &[u8], k: u32) -> Result<Params, ZkError> {
+    let mut r = Reader::new(srs, KIND_PARAMS, "params")?;
+    let (k_min, k_max) = (r.take(1)?[0] as u32, r.take(1)?[0] as u32);
+    if k_min > k_max || k_max > MAX_K {
+        return Err(ZkError::Format(format!("params: sizes 2^{k_min}..2^{k_max} rows")));
+    }
+    let expected: usize = (k_min..=k_max).map(params_entry_len).sum();
+    if r.buf.len() != expected {
         return Err(ZkError::Format(format!(
-            "params: {} bytes for k = {k}, expected {expected}",
-            body.len()
+            "params: {} bytes for 2^{k_min}..2^{k_max} rows, expected {expected}",
+            r.buf.len()
         )));
     }
-    let mut cursor = body;
-    ParamsIPA::read(&mut cursor).map_err(|e| ZkError::Format(format!("params: {e}")))
+    if !(k_min..=k_max).contains(&k) {
+        return Err(ZkError::Invalid(format!(
+            "the reference string holds circuits of 2^{k_min} to 2^{k_max} rows, this one has 2^{k}: \
+             the verifier makes one that reaches it (`edgetrain setup -k {k}`)"
+        )));
+    }
+    let at: usize = (k_min..k).map(params_entry_len).sum();
+    let mut entry = &r.buf[at..at + params_entry_len(k)];
+    if u32::from_le_bytes(entry[..4].try_into().expect("4 bytes")) != k {
+        return Err(ZkError::Format(format!("params: the entry for 2^{k} rows says otherwise")));
+    }
+    ParamsKZG::read_custom(&mut entry, SerdeFormat::RawBytes).map_err(|e| ZkError::Format(format!("params: {e}")))
+}
+
+/// The sizes a reference string holds, (k_min, k_max), from its header.
+pub fn srs_sizes(srs: &[u8]) -> Result<(u32, u32), ZkError> {
+    let mut r = Reader::new(srs, KIND_PARAMS, "params")?;
+    Ok((r.take(1)?[0] as u32, r.take(1)?[0] as u32))
 }
 
 /// The verifying key for `kp` with given parameters (of the same k).
-pub fn verifying_key_with(params: &ParamsIPA<Curve>, kp: &KeyParams) -> Result<VerifyingKey<Curve>, ZkError> {
+pub fn verifying_key_with(params: &Params, kp: &KeyParams) -> Result<VerifyingKey<Curve>, ZkError> {
     kp.validate()?;
     if params.k() != kp.k {
         return Err(ZkError::Invalid(format!(
@@ -330,6 +383,14 @@ pub fn verifying_key_with(params: &ParamsIPA<Curve>, kp: &KeyParams) -> Result<V
 pub struct StoredKey {
     pub key_params: KeyParams,
     pub vk: VerifyingKey<Curve>,
+    /// The reference string the key was made with: its `[s]G2` (compressed).
+    pub srs_id: Vec<u8>,
+}
+
+/// What names a reference string's parameters of one size: `[s]G2`, compressed
+/// (64 bytes). Different secrets give different points.
+pub fn srs_id(params: &Params) -> Vec<u8> {
+    params.s_g2().to_bytes().as_ref().to_vec()
 }
 
 /// Bytes of a verifying key (kind `K`, v2): the descriptor's fields as in
@@ -338,10 +399,11 @@ pub struct StoredKey {
 /// same for the permutation's column commitments, then u32 count + the
 /// assignment of every selector (2^k bits each, packed 8 to a byte, lowest bit
 /// first: the compression of the constraint system depends on which selectors
-/// share rows), and the key's 32-byte transcript digest. The constraint system
+/// share rows), the [`srs_id`] of the parameters it was made with (64 bytes)
+/// and the key's 32-byte transcript digest. The constraint system
 /// is not stored: the reader rebuilds it from the circuit (this build's
 /// `configure`), so it must be the same crate version, which the digest checks.
-pub fn vk_to_bytes(kp: &KeyParams, vk: &VerifyingKey<Curve>) -> Vec<u8> {
+pub fn vk_to_bytes(kp: &KeyParams, vk: &VerifyingKey<Curve>, params: &Params) -> Vec<u8> {
     let mut v = header(KIND_VK);
     kp.write_body(&mut v);
     for points in [
@@ -362,6 +424,7 @@ pub fn vk_to_bytes(kp: &KeyParams, vk: &VerifyingKey<Curve>) -> Vec<u8> {
     let bitmaps = n_selectors * selector_bytes(kp.k);
     v.extend((n_selectors as u32).to_le_bytes());
     v.extend(&fork[fork.len() - bitmaps..]);
+    v.extend(srs_id(params));
     v.extend(field::to_bytes(&vk.transcript_repr()));
     v
 }
@@ -425,6 +488,12 @@ pub fn vk_from_bytes(bytes: &[u8]) -> Result<StoredKey, ZkError> {
             cs.num_fixed_columns()
         )));
     }
+    let srs = r.take(64)?.to_vec();
+    let mut repr = <G2Affine as GroupEncoding>::Repr::default();
+    repr.as_mut().copy_from_slice(&srs);
+    if Option::<G2Affine>::from(G2Affine::from_bytes(&repr)).is_none() {
+        return Err(ZkError::Format(format!("{what}: its reference string's point is not a G2 point")));
+    }
     let repr = r.fp()?;
     r.finish()?;
     let vk = VerifyingKey::from_parts(
@@ -441,12 +510,16 @@ pub fn vk_from_bytes(bytes: &[u8]) -> Result<StoredKey, ZkError> {
              (made by another crate version?)"
         )));
     }
-    Ok(StoredKey { key_params: kp, vk })
+    Ok(StoredKey {
+        key_params: kp,
+        vk,
+        srs_id: srs,
+    })
 }
 
 /// The verifier's key from either kind of key bytes: a stored key (`K`) is
 /// read, a descriptor (`V`) regenerated with `params` (one keygen).
-pub fn stored_key(params: &ParamsIPA<Curve>, key_bytes: &[u8]) -> Result<StoredKey, ZkError> {
+pub fn stored_key(params: &Params, key_bytes: &[u8]) -> Result<StoredKey, ZkError> {
     if key_bytes.get(4) == Some(&KIND_VK) {
         let key = vk_from_bytes(key_bytes)?;
         if params.k() != key.key_params.k {
@@ -456,11 +529,20 @@ pub fn stored_key(params: &ParamsIPA<Curve>, key_bytes: &[u8]) -> Result<StoredK
                 key.key_params.k
             )));
         }
+        if key.srs_id != srs_id(params) {
+            return Err(ZkError::Invalid(
+                "the verifying key was made with another reference string than these parameters".into(),
+            ));
+        }
         Ok(key)
     } else {
         let kp = KeyParams::from_bytes(key_bytes)?;
         let vk = verifying_key_with(params, &kp)?;
-        Ok(StoredKey { key_params: kp, vk })
+        Ok(StoredKey {
+            key_params: kp,
+            vk,
+            srs_id: srs_id(params),
+        })
     }
 }
 
@@ -670,14 +752,14 @@ impl Assignment<Fp> for LayoutPass {
 }
 
 /// IPA parameters and the verifying key for `kp` (what a verifier needs).
-pub fn verifying_key(kp: &KeyParams) -> Result<(ParamsIPA<Curve>, VerifyingKey<Curve>), ZkError> {
+pub fn verifying_key(kp: &KeyParams) -> Result<(Params, VerifyingKey<Curve>), ZkError> {
     let params = params(kp.k)?;
     let vk = verifying_key_with(&params, kp)?;
     Ok((params, vk))
 }
 
 /// Full keys for proving, reusing `params` (of the same k).
-pub fn keygen_with(params: ParamsIPA<Curve>, kp: &KeyParams) -> Result<Keys, ZkError> {
+pub fn keygen_with(params: Params, kp: &KeyParams) -> Result<Keys, ZkError> {
     let vk = verifying_key_with(&params, kp)?;
     let blank = UnlearnCircuit {
         shape: kp.shape,
@@ -715,7 +797,7 @@ pub fn prove_with(keys: &Keys, witness: Witness, public: &PublicInputs, rng: imp
         witness: Some(witness),
     };
     let mut transcript = Blake2bWrite::<_, Curve, Challenge255<_>>::init(header(KIND_PROOF));
-    create_proof::<IPACommitmentScheme<Curve>, ProverIPA<Curve>, _, _, _, _>(
+    create_proof::<KZGCommitmentScheme<Bn256>, ProverSHPLONK<'_, Bn256>, _, _, _, _>(
         &keys.params,
         &keys.pk,
         &[circuit],
@@ -747,7 +829,7 @@ pub fn prove(
 /// does not verify (including public inputs of another shape); `Err` only for
 /// bytes that are not a proof / inputs / key of this format.
 pub fn verify_with(
-    params: &ParamsIPA<Curve>,
+    params: &Params,
     vk: &VerifyingKey<Curve>,
     kp: &KeyParams,
     proof: &[u8],
@@ -762,9 +844,10 @@ pub fn verify_with(
     }
     let instance = public.to_instance();
     let mut transcript = Blake2bRead::<_, Curve, Challenge255<_>>::init(body);
+    let params = params.verifier_params();
     let strategy = SingleStrategy::new(params);
     // The transcript reader works on the body; the header is only framing.
-    let ok = verify_proof::<IPACommitmentScheme<Curve>, VerifierIPA<Curve>, _, _, _>(
+    let ok = verify_proof::<KZGCommitmentScheme<Bn256>, VerifierSHPLONK<'_, Bn256>, _, _, _>(
         params,
         vk,
         strategy,
@@ -775,16 +858,16 @@ pub fn verify_with(
     Ok(ok)
 }
 
-/// Verifies byte encodings end to end, catching any panic inside halo2.
-/// `vk_bytes`: a stored key (`K`) or a descriptor (`V`, the key is regenerated).
-pub fn verify_bytes(proof: &[u8], public_inputs: &[u8], vk_bytes: &[u8]) -> Result<bool, ZkError> {
-    let kp = key_descriptor(vk_bytes)?;
+/// Verifies byte encodings end to end under the verifier's `params`, catching
+/// any panic inside halo2. `vk_bytes`: a stored key (`K`) or a descriptor (`V`,
+/// the key is regenerated).
+pub fn verify_bytes(params: &Params, proof: &[u8], public_inputs: &[u8], vk_bytes: &[u8]) -> Result<bool, ZkError> {
+    key_descriptor(vk_bytes)?;
     let public = PublicInputs::from_bytes(public_inputs)?;
     Reader::new(proof, KIND_PROOF, "proof")?;
     let run = || -> Result<bool, ZkError> {
-        let params = params(kp.k)?;
-        let key = stored_key(&params, vk_bytes)?;
-        verify_with(&params, &key.vk, &key.key_params, proof, &public)
+        let key = stored_key(params, vk_bytes)?;
+        verify_with(params, &key.vk, &key.key_params, proof, &public)
     };
     match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
         Ok(r) => r,
@@ -814,7 +897,7 @@ pub fn chain_links(publics: &[PublicInputs], block: usize, digests: [Fp; 3]) -> 
 /// Verifies every chunk proof under one key and checks [`chain_links`] and
 /// that the concatenated mask equals `keep`.
 pub fn verify_chain_with(
-    params: &ParamsIPA<Curve>,
+    params: &Params,
     vk: &VerifyingKey<Curve>,
     kp: &KeyParams,
     proofs: &[&[u8]],
@@ -851,19 +934,6 @@ pub fn verify_chain_with(
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)).unwrap_or(Ok(false))
 }
 
-/// [`verify_chain_with`] from key bytes of either kind (regenerates params, and the key from a descriptor).
-pub fn verify_chain_bytes(
-    proofs: &[&[u8]],
-    public_inputs: &[&[u8]],
-    vk_bytes: &[u8],
-    digests: [Fp; 3],
-    keep: &[bool],
-) -> Result<bool, ZkError> {
-    let params = params(key_k(vk_bytes)?)?;
-    let key = stored_key(&params, vk_bytes)?;
-    verify_chain_with(&params, &key.vk, &key.key_params, proofs, public_inputs, digests, keep)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -895,19 +965,29 @@ mod tests {
     }
 
     #[test]
-    fn params_round_trip_and_reject_malformed_bytes() {
-        let p = params(5).unwrap();
-        let b = params_to_bytes(&p);
-        assert_eq!(params_to_bytes(&params_from_bytes(&b).unwrap()), b);
+    fn reference_strings_hold_every_size_and_reject_malformed_bytes() {
+        use rand_chacha::ChaCha20Rng;
+        use rand_core::SeedableRng;
+        let b = setup(11, ChaCha20Rng::seed_from_u64(1)).unwrap();
+        assert_eq!(srs_sizes(&b), Ok((SRS_MIN_K, 11)));
+        let (p10, p11) = (params_from_srs(&b, 10).unwrap(), params_from_srs(&b, 11).unwrap());
+        assert_eq!((p10.k(), p11.k()), (10, 11));
+        assert_ne!(srs_id(&p10), srs_id(&p11)); // a secret of its own per size
+        let mut again = Vec::new();
+        p11.write_custom(&mut again, SerdeFormat::RawBytes).unwrap();
+        assert_eq!(&b[b.len() - again.len()..], &again[..]);
+        assert!(matches!(params_from_srs(&b, 12), Err(ZkError::Invalid(_))));
+        assert!(matches!(params_from_srs(&b, 9), Err(ZkError::Invalid(_))));
         for bad in [&b[..b.len() - 1], &b[..10], &b[..3]] {
-            assert!(matches!(params_from_bytes(bad), Err(ZkError::Format(_))));
+            assert!(matches!(params_from_srs(bad, 10), Err(ZkError::Format(_))));
         }
         let mut huge = b.clone();
-        huge[6..10].copy_from_slice(&31u32.to_le_bytes());
-        assert!(matches!(params_from_bytes(&huge), Err(ZkError::Format(_))));
+        huge[7] = 31;
+        assert!(matches!(params_from_srs(&huge, 10), Err(ZkError::Format(_))));
         let mut off_curve = b.clone();
-        off_curve[10..42].fill(0x5a);
-        assert!(matches!(params_from_bytes(&off_curve), Err(ZkError::Format(_))));
+        off_curve[12..76].fill(0x5a); // the first point of the 2^10 entry
+        assert!(matches!(params_from_srs(&off_curve, 10), Err(ZkError::Format(_))));
+        assert!(setup(SRS_MIN_K - 1, ChaCha20Rng::seed_from_u64(1)).is_err());
     }
 
     /// halo2's MockProver (an honest witness at k, then at k − 1) is the reference.

@@ -154,66 +154,6 @@ fn unlearn_witness<'py>(
     Ok(d)
 }
 
-/// Proves the unlearning step; returns (proof, public_inputs, w_new).
-/// `acc_in` = (W, W', A) chain accumulators of a previous chunk, or None.
-/// The GIL is released while proving.
-#[pyfunction]
-#[pyo3(signature = (vk, w, a, keep, acc_in=None))]
-fn prove<'py>(
-    py: Python<'py>,
-    vk: &[u8],
-    w: Vec<i64>,
-    a: Vec<i64>,
-    keep: Vec<bool>,
-    acc_in: Option<(Vec<u8>, Vec<u8>, Vec<u8>)>,
-) -> PyResult<(Bound<'py, PyBytes>, Bound<'py, PyBytes>, Vec<i64>)> {
-    let kp = KeyParams::from_bytes(vk).map_err(to_py)?;
-    let acc = acc_arg(acc_in)?;
-    let (proof_bytes, public, wit) = py
-        .detach(|| {
-            guarded(|| {
-                let keys = proof::keygen(&kp)?;
-                proof::prove(&keys, &w, &a, &keep, acc, OsRng)
-            })
-        })
-        .map_err(to_py)?;
-    Ok((
-        PyBytes::new(py, &proof_bytes),
-        PyBytes::new(py, &public.to_bytes()),
-        wit.w_new,
-    ))
-}
-
-/// True iff the proof verifies for these public inputs under this key.
-/// Raises ProofFormatError for bytes that are not of this format.
-#[pyfunction]
-fn verify(py: Python<'_>, proof: &[u8], public_inputs: &[u8], vk: &[u8]) -> PyResult<bool> {
-    match py.detach(|| guarded(|| proof::verify_bytes(proof, public_inputs, vk))) {
-        Ok(ok) => Ok(ok),
-        Err(ZkError::Format(m)) => Err(ProofFormatError::new_err(m)),
-        Err(_) => Ok(false),
-    }
-}
-
-/// Verifies chunk proofs of one layer: each proof under `vk`, the chunks'
-/// digests linking from the layer lengths to `(h_w, h_w_new, h_a)`, and the
-/// concatenated mask equal to `keep`.
-#[pyfunction]
-#[allow(clippy::too_many_arguments)]
-fn verify_chain(
-    py: Python<'_>,
-    proofs: Vec<Vec<u8>>,
-    public_inputs: Vec<Vec<u8>>,
-    vk: &[u8],
-    h_w: &[u8],
-    h_w_new: &[u8],
-    h_a: &[u8],
-    keep: Vec<bool>,
-) -> PyResult<bool> {
-    let (digests, proofs, publics) = chain_args(&proofs, &public_inputs, h_w, h_w_new, h_a)?;
-    chain_result(py.detach(|| guarded(|| proof::verify_chain_bytes(&proofs, &publics, vk, digests, &keep))))
-}
-
 /// The arguments of a chain verification as the prover's API takes them.
 type ChainArgs<'a> = ([Fp; 3], Vec<&'a [u8]>, Vec<&'a [u8]>);
 
@@ -253,40 +193,37 @@ fn max_blocks(py: Python<'_>, k: u32, block: usize, scale_bits: usize, tol: u64,
     py.detach(|| guarded(|| proof::max_blocks(k, &sh))).map_err(to_py)
 }
 
-/// IPA parameters for 2^k rows (deterministic; slow for large k, so cache
-/// the bytes locally and pass them to Prover / Verifier).
+/// The verifier's structured reference string (KZG) for circuits of up to
+/// 2^k_max rows: one setup per size, each secret from the OS and dropped.
+/// Provers get these bytes from the verifier; a verifier verifies only under
+/// its own.
 #[pyfunction]
-fn params<'py>(py: Python<'py>, k: u32) -> PyResult<Bound<'py, PyBytes>> {
-    let p = py.detach(|| guarded(|| proof::params(k))).map_err(to_py)?;
-    Ok(PyBytes::new(py, &proof::params_to_bytes(&p)))
+fn setup<'py>(py: Python<'py>, k_max: u32) -> PyResult<Bound<'py, PyBytes>> {
+    let srs = py.detach(|| guarded(|| proof::setup(k_max, OsRng))).map_err(to_py)?;
+    Ok(PyBytes::new(py, &srs))
 }
 
-fn params_arg(
-    py: Python<'_>,
-    k: u32,
-    params: Option<&[u8]>,
-) -> PyResult<halo2_axiom::poly::ipa::commitment::ParamsIPA<crate::Curve>> {
-    py.detach(|| {
-        guarded(|| match params {
-            Some(b) => proof::params_from_bytes(b),
-            None => proof::params(k),
-        })
-    })
-    .map_err(to_py)
+/// (k_min, k_max): the circuit sizes a reference string holds.
+#[pyfunction]
+fn srs_sizes(params: &[u8]) -> PyResult<(u32, u32)> {
+    proof::srs_sizes(params).map_err(to_py)
+}
+
+fn params_arg(py: Python<'_>, k: u32, params: &[u8]) -> PyResult<proof::Params> {
+    py.detach(|| guarded(|| proof::params_from_srs(params, k))).map_err(to_py)
 }
 
 /// The verifying key of a descriptor as bytes (kind `K`) a verifier stores and
-/// later passes to Verifier / verify instead of the descriptor: loading them
-/// needs no key generation. Costs one key generation now.
+/// later passes to Verifier instead of the descriptor: loading them needs no
+/// key generation. Costs one key generation now.
 #[pyfunction]
-#[pyo3(signature = (vk, params=None))]
-fn verifying_key<'py>(py: Python<'py>, vk: &[u8], params: Option<&[u8]>) -> PyResult<Bound<'py, PyBytes>> {
+fn verifying_key<'py>(py: Python<'py>, vk: &[u8], params: &[u8]) -> PyResult<Bound<'py, PyBytes>> {
     let kp = KeyParams::from_bytes(vk).map_err(to_py)?;
     let p = params_arg(py, kp.k, params)?;
     let key = py
         .detach(|| guarded(|| proof::verifying_key_with(&p, &kp)))
         .map_err(to_py)?;
-    Ok(PyBytes::new(py, &proof::vk_to_bytes(&kp, &key)))
+    Ok(PyBytes::new(py, &proof::vk_to_bytes(&kp, &key, &p)))
 }
 
 /// Keeps the proving key of one shape for repeated proofs (chunks).
@@ -298,8 +235,7 @@ struct PyProver {
 #[pymethods]
 impl PyProver {
     #[new]
-    #[pyo3(signature = (vk, params=None))]
-    fn new(py: Python<'_>, vk: &[u8], params: Option<&[u8]>) -> PyResult<Self> {
+    fn new(py: Python<'_>, vk: &[u8], params: &[u8]) -> PyResult<Self> {
         let kp = KeyParams::from_bytes(vk).map_err(to_py)?;
         let p = params_arg(py, kp.k, params)?;
         let keys = py.detach(|| guarded(|| proof::keygen_with(p, &kp))).map_err(to_py)?;
@@ -308,10 +244,15 @@ impl PyProver {
 
     /// The verifying key of this shape as stored-key bytes (see `verifying_key`).
     fn verifying_key<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
-        PyBytes::new(py, &proof::vk_to_bytes(&self.keys.key_params, self.keys.vk()))
+        PyBytes::new(
+            py,
+            &proof::vk_to_bytes(&self.keys.key_params, self.keys.vk(), &self.keys.params),
+        )
     }
 
-    /// Like the module-level `prove`, without regenerating the keys.
+    /// Proves the unlearning step; returns (proof, public_inputs, w_new).
+    /// `acc_in` = (W, W', A) chain accumulators of a previous chunk, or None.
+    /// The GIL is released while proving.
     #[pyo3(signature = (w, a, keep, acc_in=None))]
     fn prove<'py>(
         &self,
@@ -340,15 +281,14 @@ impl PyProver {
 #[pyclass(name = "Verifier")]
 struct PyVerifier {
     kp: KeyParams,
-    params: halo2_axiom::poly::ipa::commitment::ParamsIPA<crate::Curve>,
+    params: proof::Params,
     vk: halo2_axiom::plonk::VerifyingKey<crate::Curve>,
 }
 
 #[pymethods]
 impl PyVerifier {
     #[new]
-    #[pyo3(signature = (vk, params=None))]
-    fn new(py: Python<'_>, vk: &[u8], params: Option<&[u8]>) -> PyResult<Self> {
+    fn new(py: Python<'_>, vk: &[u8], params: &[u8]) -> PyResult<Self> {
         let k = proof::key_k(vk).map_err(to_py)?;
         let params = params_arg(py, k, params)?;
         let key = py
@@ -361,7 +301,9 @@ impl PyVerifier {
         })
     }
 
-    /// Like the module-level `verify_chain`, without regenerating the key.
+    /// Verifies chunk proofs of one layer: each proof under this key, the
+    /// chunks' digests linking from the layer lengths to `(h_w, h_w_new, h_a)`,
+    /// and the concatenated mask equal to `keep`.
     #[allow(clippy::too_many_arguments)]
     fn verify_chain(
         &self,
@@ -380,7 +322,8 @@ impl PyVerifier {
         )
     }
 
-    /// Like the module-level `verify`, without regenerating the key.
+    /// True iff the proof verifies for these public inputs under this key.
+    /// Raises ProofFormatError for bytes that are not of this format.
     fn verify(&self, py: Python<'_>, proof: &[u8], public_inputs: &[u8]) -> PyResult<bool> {
         let public = PublicInputs::from_bytes(public_inputs).map_err(to_py)?;
         let (params, vk, kp) = (&self.params, &self.vk, &self.kp);
@@ -438,11 +381,9 @@ fn edgetrain_zk(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(keygen, m)?)?;
     m.add_function(wrap_pyfunction!(max_blocks, m)?)?;
     m.add_function(wrap_pyfunction!(unlearn_witness, m)?)?;
-    m.add_function(wrap_pyfunction!(prove, m)?)?;
-    m.add_function(wrap_pyfunction!(verify, m)?)?;
     m.add_function(wrap_pyfunction!(public_inputs_info, m)?)?;
-    m.add_function(wrap_pyfunction!(verify_chain, m)?)?;
-    m.add_function(wrap_pyfunction!(params, m)?)?;
+    m.add_function(wrap_pyfunction!(setup, m)?)?;
+    m.add_function(wrap_pyfunction!(srs_sizes, m)?)?;
     m.add_function(wrap_pyfunction!(verifying_key, m)?)?;
     m.add_class::<PyProver>()?;
     m.add_class::<PyVerifier>()?;

@@ -79,7 +79,7 @@ fn verifies(proof: &[u8], public: &PublicInputs) -> bool {
 fn honest_device_proof_verifies_from_bytes() {
     let h = honest();
     let t = Instant::now();
-    let ok = proof::verify_bytes(&h.proof, &h.public.to_bytes(), &key_params().to_bytes()).unwrap();
+    let ok = proof::verify_bytes(&keys().params, &h.proof, &h.public.to_bytes(), &key_params().to_bytes()).unwrap();
     eprintln!("verify (incl. vk regeneration): {:.2?}", t.elapsed());
     assert!(ok);
     assert!(verifies(&h.proof, &h.public));
@@ -144,7 +144,7 @@ fn proof_for_another_mask_cannot_verify() {
 fn malformed_bytes_give_false_or_format_error_never_panic() {
     let h = honest();
     let (pi, vk) = (h.public.to_bytes(), key_params().to_bytes());
-    let check = |proof: &[u8], pi: &[u8], vk: &[u8]| match proof::verify_bytes(proof, pi, vk) {
+    let check = |proof: &[u8], pi: &[u8], vk: &[u8]| match proof::verify_bytes(&keys().params, proof, pi, vk) {
         Ok(ok) => assert!(!ok),
         Err(e) => assert!(matches!(e, edgetrain_zk::ZkError::Format(_)), "{e}"),
     };
@@ -186,15 +186,15 @@ fn malformed_bytes_give_false_or_format_error_never_panic() {
 fn stored_verifying_key_verifies_without_keygen() {
     let h = honest();
     let k = keys();
-    let bytes = proof::vk_to_bytes(&k.key_params, k.vk());
+    let bytes = proof::vk_to_bytes(&k.key_params, k.vk(), &k.params);
     let t = Instant::now();
     let stored = proof::vk_from_bytes(&bytes).unwrap();
     eprintln!("vk from {} bytes: {:.2?}", bytes.len(), t.elapsed());
     assert_eq!(stored.key_params, key_params());
     assert_eq!(stored.vk.transcript_repr(), k.vk().transcript_repr());
-    assert_eq!(proof::vk_to_bytes(&stored.key_params, &stored.vk), bytes);
+    assert_eq!(proof::vk_to_bytes(&stored.key_params, &stored.vk, &k.params), bytes);
     assert!(proof::verify_with(&k.params, &stored.vk, &stored.key_params, &h.proof, &h.public).unwrap());
-    assert_eq!(proof::verify_bytes(&h.proof, &h.public.to_bytes(), &bytes), Ok(true));
+    assert_eq!(proof::verify_bytes(&k.params, &h.proof, &h.public.to_bytes(), &bytes), Ok(true));
     let mut lazy = h.witness.clone();
     lazy.delta.iter_mut().for_each(|d| *d = 0);
     let p = proof::prove_with(k, lazy, &h.public, rng(8)).unwrap();
@@ -208,7 +208,7 @@ fn stored_verifying_key_verifies_without_keygen() {
 fn malformed_stored_keys_are_refused() {
     let h = honest();
     let k = keys();
-    let bytes = proof::vk_to_bytes(&k.key_params, k.vk());
+    let bytes = proof::vk_to_bytes(&k.key_params, k.vk(), &k.params);
     let pi = h.public.to_bytes();
     let format_error = |b: &[u8]| matches!(proof::vk_from_bytes(b), Err(edgetrain_zk::ZkError::Format(_)));
     for cut in [0, 5, 7, 20, bytes.len() / 2, bytes.len() - 1] {
@@ -227,7 +227,8 @@ fn malformed_stored_keys_are_refused() {
     count[26] ^= 1; // the fixed-commitment count
     assert!(format_error(&count));
     // Layout after the 26-byte header: fixed commitments, permutation commitments
-    // (each a u32 count, then 32-byte points), the selector bitmaps, the digest.
+    // (each a u32 count, then 32-byte points), the selector bitmaps, the reference
+    // string's [s]G2 (64 bytes), the digest.
     let u32_at = |at: usize| u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
     let n_fixed = u32_at(26);
     let perm_at = 30 + 32 * n_fixed;
@@ -238,7 +239,7 @@ fn malformed_stored_keys_are_refused() {
         let mut b = bytes.clone();
         b[pos] ^= 0x10;
         assert!(format_error(&b), "byte {pos}");
-        match proof::verify_bytes(&h.proof, &pi, &b) {
+        match proof::verify_bytes(&k.params, &h.proof, &pi, &b) {
             Ok(ok) => assert!(!ok),
             Err(e) => assert!(matches!(e, edgetrain_zk::ZkError::Format(_)), "{e}"),
         }
@@ -246,9 +247,20 @@ fn malformed_stored_keys_are_refused() {
     // Selector bitmaps decide which selectors share a fixed column. Every selector on
     // in every row shares none: more fixed columns than the stored commitments.
     let mut all_on = bytes.clone();
-    let bitmaps = all_on.len() - 32 - (selectors_at + 4);
+    let bitmaps = all_on.len() - 32 - 64 - (selectors_at + 4);
     all_on[selectors_at + 4..selectors_at + 4 + bitmaps].fill(0xff);
     assert!(format_error(&all_on));
+    // A key made under another reference string is refused by name with these
+    // parameters (its commitments would verify nothing here).
+    let other_params = proof::params(K).unwrap();
+    let theirs = proof::verifying_key_with(&other_params, &k.key_params).unwrap();
+    let theirs = proof::vk_to_bytes(&k.key_params, &theirs, &other_params);
+    assert!(proof::vk_from_bytes(&theirs).is_ok());
+    assert!(matches!(
+        proof::verify_bytes(&k.params, &h.proof, &pi, &theirs),
+        Err(edgetrain_zk::ZkError::Invalid(_))
+    ));
+    assert!(matches!(proof::stored_key(&k.params, &theirs), Err(edgetrain_zk::ZkError::Invalid(_))));
     // Another k in front of this key's commitments: the digest (over the domain) differs.
     let mut other_k = bytes.clone();
     other_k[7] = K as u8 + 1;
@@ -258,5 +270,5 @@ fn malformed_stored_keys_are_refused() {
     let mut other = bytes.clone();
     other[16] = 11; // scale_bits
     assert!(proof::vk_from_bytes(&other).is_ok());
-    assert_eq!(proof::verify_bytes(&h.proof, &pi, &other), Ok(false));
+    assert_eq!(proof::verify_bytes(&k.params, &h.proof, &pi, &other), Ok(false));
 }
