@@ -238,11 +238,12 @@ def _chain_digest(blocks: np.ndarray, per_chunk: int) -> bytes:
 
 # What a proof costs per row of its circuit. halo2 works on the whole domain of 2^k rows, so
 # cost follows 2^k, not the rows the circuit fills. Seconds: the proving key, one chunk proof,
-# fitted to the README's bench/prove.py table (see there). Peak memory (the process's VmHWM,
-# Python and numpy included): 64 MiB + 77 KiB per row.
-COST_SECONDS_PER_ROW = {"keys": 0.8e-3, "chunk": 0.95e-3}
-COST_BYTES_PER_ROW = 77 << 10
-COST_BASE_BYTES = 64 << 20
+# from bench/prove.py at k = 11, 13, 15, 16 on 2 idle x86 cores (rust/README.md, Cost; a chunk
+# within 6 % from k = 13 on, keys within 25 %). Peak memory (the process's VmHWM, Python and
+# numpy included): 70 MiB + 16 KiB per row, the line through k = 13 and 15, above the k = 16 runs.
+COST_SECONDS_PER_ROW = {"keys": 0.33e-3, "chunk": 0.58e-3}
+COST_BYTES_PER_ROW = 16 << 10
+COST_BASE_BYTES = 70 << 20
 
 
 def plan(witnesses: Sequence[LayerWitness], blocks_per_proof: int | None = None, *,

@@ -385,13 +385,15 @@ def cmd_setup(args, out: Outputs) -> dict:
     cache = _key_cache(args)
     if args.output is None and cache is None:
         raise ValueError(f"-o is missing and the key cache {cache_dir()!r} cannot be made")
-    path = out.file(args.output or os.path.join(cache, proof.SRS_FILE), "-o")
+    target = args.output or os.path.join(cache, proof.SRS_FILE)
+    path = out.file(target, "-o")  # written whole or not at all
     start = time.perf_counter()
     with _binding_errors():
         data = proof.setup(args.k, progress=not args.json)
         k_min, k_max = proof.srs_sizes(data)
-    proof._write_atomic(os.path.abspath(path), data)
-    return {"params": path, "bytes": len(data), "k_min": k_min, "k_max": k_max,
+    with open(path, "wb") as f:
+        f.write(data)
+    return {"params": target, "bytes": len(data), "k_min": k_min, "k_max": k_max,
             "seconds": time.perf_counter() - start}
 
 

@@ -310,6 +310,22 @@ def test_prove_refuses_above_its_limits_with_the_numbers(capsys, tmp_path, input
     assert os.listdir(tmp_path) == []
 
 
+def test_setup_writes_the_reference_string_verify_looks_for(capsys, tmp_path, monkeypatch, inputs):
+    from edgetrain.prover import proof
+    code, r = run_json(capsys, "setup", "-k", "10", "-o", str(tmp_path / "s.bin"))
+    assert code == 0 and r["params"] == str(tmp_path / "s.bin") and (r["k_min"], r["k_max"]) == (10, 10)
+    assert proof.srs_sizes((tmp_path / "s.bin").read_bytes()) == (10, 10) and os.listdir(tmp_path) == ["s.bin"]
+    monkeypatch.setenv("EDGETRAIN_CACHE", str(tmp_path / "cache"))  # a provider that has made none
+    code, r = run_json(capsys, "verify", *[str(inputs["root"] / "random.bin")] * 3, "--mask",
+                       str(inputs["root"] / "mask.npz"))
+    assert code == 2 and "no reference string" in r["error"] and "edgetrain setup" in r["error"]
+    code, r = run_json(capsys, "setup", "-k", "10")  # into the key cache, where verify looks
+    assert code == 0 and r["params"] == str(tmp_path / "cache" / proof.SRS_FILE)
+    code, r = run_json(capsys, "verify", *[str(inputs["root"] / "random.bin")] * 3, "--mask",
+                       str(inputs["root"] / "mask.npz"))
+    assert code == 2 and "verifying key" in r["error"]  # past the reference string, on to the device's files
+
+
 def _raise_runtime_error(*args, **kwargs):
     raise RuntimeError("prover error: Synthesis\n  at circuit.rs:42")  # as the binding's backend errors read
 
