@@ -1,4 +1,4 @@
-//! Halo2 (`halo2-axiom`, IPA over Pasta) proof that a committed model was
+//! Halo2 (`halo2-axiom`, KZG over BN254) proof that a committed model was
 //! transformed by the ZK-APEX unlearning step of DESIGN.md §6.
 //!
 //! Chips, one constraint family each: [`range`], [`fixed_point`], [`solve`],
@@ -23,11 +23,11 @@ pub mod witness;
 #[cfg(feature = "python")]
 mod python;
 
-/// The circuit field: the scalar field of BN254, whose G1 carries the IPA
-/// commitments (see README: halo2-axiom cannot prove over Pasta).
+/// The circuit field: the scalar field of BN254, whose G1 carries the KZG
+/// commitments (see README: Trust).
 pub type Fp = halo2_axiom::halo2curves::bn256::Fr;
 
-/// The curve of the IPA commitments.
+/// The curve of the KZG commitments (G1 of BN254).
 pub type Curve = halo2_axiom::halo2curves::bn256::G1Affine;
 
 /// Errors crossing the public API. Every message names what was wrong.

@@ -8,8 +8,8 @@
 //!   mask length u32 LE, then one byte per weight (1 = kept, 0 = masked);
 //! * circuit descriptor `V`, v1: circuit version u8, k u8, block u32, n_blocks
 //!   u32, scale_bits u8, tol u64, y_bits u8 (all LE). `keygen_vk` is
-//!   deterministic in the circuit and k (IPA params need no setup), so these
-//!   bytes determine the key for this exact crate version;
+//!   deterministic in the circuit, k and the reference string, so these bytes
+//!   and the verifier's string determine the key for this exact crate version;
 //! * verifying key `K`, v2: the key itself ([`vk_to_bytes`]), read without
 //!   key generation ([`vk_from_bytes`]); v1 had no selector assignments (keys
 //!   were made without selector compression);
@@ -749,13 +749,6 @@ impl Assignment<Fp> for LayoutPass {
     }
     fn push_namespace<NR: Into<String>, N: FnOnce() -> NR>(&mut self, _: N) {}
     fn pop_namespace(&mut self, _: Option<String>) {}
-}
-
-/// IPA parameters and the verifying key for `kp` (what a verifier needs).
-pub fn verifying_key(kp: &KeyParams) -> Result<(Params, VerifyingKey<Curve>), ZkError> {
-    let params = params(kp.k)?;
-    let vk = verifying_key_with(&params, kp)?;
-    Ok((params, vk))
 }
 
 /// Full keys for proving, reusing `params` (of the same k).
