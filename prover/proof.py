@@ -139,9 +139,8 @@ def verifying_key(descriptor: bytes, params: bytes, cache_dir: str | os.PathLike
     :func:`verify_proof` loads without a key generation. Made here (one key
     generation, seconds at k = 15) from the descriptor alone, never taken from the
     prover; cached in ``cache_dir`` as ``vk-{sha256(descriptor, sha256(params))}.bin``,
-    and a cached key whose own descriptor or format version differs is made again (one
-    whose bytes were damaged fails its digest check when verifying:
-    ProofFormatError)."""
+    and a cached key whose own descriptor or format version differs, or that does not
+    read (damaged bytes fail its digest check), is made again."""
     import hashlib
     descriptor = bytes(descriptor)
     k = _key_k(descriptor)
@@ -154,9 +153,15 @@ def verifying_key(descriptor: bytes, params: bytes, cache_dir: str | os.PathLike
     if path and os.path.isfile(path):
         with open(path, "rb") as f:
             data = f.read()
-        # The stored key starts with the descriptor's fields (after its own kind and version).
+        # The stored key starts with the descriptor's fields (after its own kind and version);
+        # one that does not read under these parameters (damaged, or made under another
+        # string) is made again. Reading it here costs nothing later: the verifier is kept.
         if data[:6] == b"ETZKK" + bytes([_STORED_KEY_VERSION]) and data[6:len(descriptor)] == descriptor[6:]:
-            return data
+            try:
+                _verifier(data, params)
+                return data
+            except ValueError:  # ProofFormatError included
+                pass
     with _progress.bar(progress, desc=f"verifying key (2^{k} rows)") as bar:
         data = bytes(_progress.wait(_zk().verifying_key, descriptor, params, ticking=bar))
     if path:

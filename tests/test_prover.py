@@ -383,6 +383,11 @@ def test_a_verifying_key_stored_by_one_process_verifies_in_another(srs, honest, 
     with pytest.raises(ValueError, match="another reference string"):
         edgetrain.verify_proof(out["proof"], out["public_inputs"], key, params=theirs)
     assert not edgetrain.verify_proof(out["proof"], out["public_inputs"], out["verifying_key"], params=theirs)
+    # A damaged key in the cache is made again and stored again (keys are deterministic).
+    damaged = bytearray(key)
+    damaged[40] ^= 0x10
+    stored[0].write_bytes(bytes(damaged))
+    assert prover.proof.verifying_key(out["verifying_key"], srs, cache) == key == stored[0].read_bytes()
 
 
 def test_proofs_for_another_model_or_key_do_not_verify(srs, honest):
