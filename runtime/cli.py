@@ -645,8 +645,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = add("setup", cmd_setup, "provider: make the reference string devices prove under (KZG; once, then send "
                                 "its file to the devices)")
-    s.add_argument("-k", type=pos, default=15, help="largest circuit, 2^K rows (default: %(default)s; lenet5's "
-                                                    "largest layer in one chunk needs 16)")
+    s.add_argument("-k", type=pos, default=15, help="largest circuit, 2^K rows (default: %(default)s, the chunk "
+                                                    "size `prove` uses unless told otherwise)")
     s.add_argument("-o", "--output", help="the file (default: the key cache's, where `verify` looks)")
     s.add_argument("--key-cache", help=f"the provider's folder (default: {cache_dir()})")
 
