@@ -311,16 +311,10 @@ mod x86 {
             if let Some(signed) = self.narrow {
                 let mut j = 0;
                 while j < n {
-                    let mask: __mmask16 = if n - j >= 16 { 0xffff } else { (1u16 << (n - j)) - 1 };
-                    // SAFETY: as below.
+                    let mask = lanes_mask(n - j);
+                    // SAFETY: as in `requantized`.
                     unsafe {
-                        let mut v = _mm512_add_epi32(_mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(j).cast()), self.base);
-                        if let Some(s) = sums {
-                            v = _mm512_sub_epi32(v, _mm512_mullo_epi32(self.za, _mm512_maskz_loadu_epi32(mask, s.as_ptr().add(j).cast())));
-                        }
-                        let even = self.finish_narrow(v);
-                        let odd = self.finish_narrow(_mm512_srli_epi64::<32>(v));
-                        let both = _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64::<32>(odd));
+                        let both = self.requantized::<true>(acc, sums, j, mask);
                         let bytes = if signed { _mm512_cvtsepi32_epi8(both) } else { _mm512_cvtusepi32_epi8(_mm512_max_epi32(both, _mm512_setzero_si512())) };
                         _mm_mask_storeu_epi8(out.as_mut_ptr().add(j).cast(), mask, bytes);
                     }
@@ -330,21 +324,41 @@ mod x86 {
             }
             let mut j = 0;
             while j < n {
-                let mask: __mmask16 = if n - j >= 16 { 0xffff } else { (1u16 << (n - j)) - 1 };
-                // SAFETY: the masked loads and store touch only elements j .. j + popcount(mask) ≤ n.
+                let mask = lanes_mask(n - j);
+                // SAFETY: as in `requantized`.
                 unsafe {
-                    let mut v = _mm512_add_epi32(_mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(j).cast()), self.base);
-                    if let Some(s) = sums {
-                        v = _mm512_sub_epi32(v, _mm512_mullo_epi32(self.za, _mm512_maskz_loadu_epi32(mask, s.as_ptr().add(j).cast())));
-                    }
-                    let even = self.finish(v);
-                    let odd = self.finish(_mm512_srli_epi64::<32>(v));
-                    let both = _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64::<32>(odd));
+                    let both = self.requantized::<false>(acc, sums, j, mask);
                     _mm_mask_storeu_epi8(out.as_mut_ptr().add(j).cast(), mask, _mm512_cvtepi32_epi8(both));
                 }
                 j += 16;
             }
         }
+
+        /// The 16 (or `mask`'s) values of [`Self::store`] from `j` on, requantized to i32 lanes
+        /// not yet narrowed: [`Self::finish_narrow`] when `NARROW`, else [`Self::finish`].
+        ///
+        /// # Safety
+        /// `mask` covers only elements `j .. j + popcount(mask) ≤ acc.len()` (and of `sums`).
+        #[inline]
+        #[target_feature(enable = "avx512f,avx512bw,avx512dq,avx512vl")]
+        unsafe fn requantized<const NARROW: bool>(&self, acc: &[i32], sums: Option<&[i32]>, j: usize, mask: __mmask16) -> __m512i {
+            // SAFETY: the masked loads touch only the elements the caller's `mask` covers.
+            unsafe {
+                let mut v = _mm512_add_epi32(_mm512_maskz_loadu_epi32(mask, acc.as_ptr().add(j).cast()), self.base);
+                if let Some(s) = sums {
+                    v = _mm512_sub_epi32(v, _mm512_mullo_epi32(self.za, _mm512_maskz_loadu_epi32(mask, s.as_ptr().add(j).cast())));
+                }
+                let high = _mm512_srli_epi64::<32>(v);
+                let (even, odd) = if NARROW { (self.finish_narrow(v), self.finish_narrow(high)) } else { (self.finish(v), self.finish(high)) };
+                _mm512_mask_blend_epi32(0xaaaa, even, _mm512_slli_epi64::<32>(odd))
+            }
+        }
+    }
+
+    /// The mask of the first `min(left, 16)` lanes.
+    #[inline]
+    fn lanes_mask(left: usize) -> __mmask16 {
+        if left >= 16 { 0xffff } else { (1u16 << left) - 1 }
     }
 }
 
