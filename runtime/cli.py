@@ -356,16 +356,18 @@ def _digests(values: list[str] | None, flag: str, layers) -> dict[str, bytes] | 
     return out
 
 
-def _provider_srs(args, cache) -> bytes:
-    """The provider's reference string: --params, else the key cache's (``edgetrain setup``)."""
+def _provider_srs(args, cache) -> tuple[bytes, str]:
+    """The provider's reference string, --params else the key cache's (``edgetrain setup``),
+    and where it came from, for messages."""
     if args.params is not None:
-        return _srs_arg(cli_io.read_bytes(args.params, "--params"), f"--params {args.params!r}")
+        where = f"--params {args.params!r}"
+        return _srs_arg(cli_io.read_bytes(args.params, "--params"), where), where
     from .prover import proof
     path = os.path.join(cache or cache_dir(), proof.SRS_FILE)
     if not os.path.isfile(path):
         raise ValueError(f"no reference string in {os.path.dirname(path)!r}: make yours with `edgetrain setup` "
                          "(once; send its file to the devices), or pass --params FILE")
-    return _srs_arg(cli_io.read_bytes(path, "the key cache's reference string"), repr(path))
+    return _srs_arg(cli_io.read_bytes(path, "the key cache's reference string"), repr(path)), repr(path)
 
 
 def _srs_arg(data: bytes, where: str) -> bytes:
@@ -412,7 +414,7 @@ def cmd_verify(args, out: Outputs) -> dict:
                 for key in ("h_w", "h_w_new", "h_a")}
     blobs = [cli_io.read_bytes(p, what) for p, what in zip(paths, ("PROOF", "public inputs", "verifying key"))]
     cache = _key_cache(args)
-    params = _provider_srs(args, cache)
+    params, params_where = _provider_srs(args, cache)
     try:
         with _binding_errors():
             # The provider's own key for the device's descriptor: stored in the key cache the
@@ -424,8 +426,8 @@ def cmd_verify(args, out: Outputs) -> dict:
             seconds = time.perf_counter() - start
             proven = proof_info(blobs[1])
     except ProofFormatError as e:  # its message starts with the kind of file it is about
-        kinds = zip(("proof", "public inputs", "verifying key"), paths)
-        where = next((repr(p) for kind, p in kinds if str(e).startswith(kind)), ", ".join(map(repr, paths)))
+        kinds = zip(("proof", "public inputs", "verifying key", "params"), (*map(repr, paths), params_where))
+        where = next((w for kind, w in kinds if str(e).startswith(kind)), ", ".join(map(repr, paths)))
         raise ValueError(f"{where}: {e}") from None
     result = {"ok": failed is None, "verified": failed is None, "seconds": seconds,
               "weights": sum(s["weights"] for s in proven),

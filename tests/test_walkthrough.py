@@ -109,6 +109,14 @@ def test_verify_names_the_check_that_fails(walked, capsys, monkeypatch):
     # files that are not what they claim: exit 2, naming the file
     code, r = run_json(capsys, "verify", "proof.bin", "proof.bin.inputs", "flipped.bin", "--mask", "mask.npz", *SRS)
     assert code == 2 and r["error"].startswith("'flipped.bin': verifying key")
+    srs = bytearray(Path("srs.bin").read_bytes())
+    srs[-200_000] ^= 0x10  # a point of the 2^13 entry, the one this proof's key is made with
+    Path("damaged-srs.bin").write_bytes(bytes(srs))
+    code, r = run_json(capsys, "verify", "proof.bin", "--mask", "mask.npz", "--params", "damaged-srs.bin")
+    assert code == 2 and r["error"].startswith("--params 'damaged-srs.bin': params: ")
+    Path("cut-srs.bin").write_bytes(Path("srs.bin").read_bytes()[:-64])
+    code, r = run_json(capsys, "verify", "proof.bin", "--mask", "mask.npz", "--params", "cut-srs.bin")
+    assert code == 2 and r["error"].startswith("--params 'cut-srs.bin': not a reference string")
     Path("cut.npz").write_bytes(Path("mask.npz").read_bytes()[:40])
     code, r = run_json(capsys, "verify", "proof.bin", "--mask", "cut.npz", *SRS)
     assert code == 2 and r["error"] == "--mask 'cut.npz' is truncated or damaged (its zip directory is unreadable)"

@@ -29,7 +29,8 @@ use halo2_axiom::{
         create_proof, keygen_pk, keygen_vk_custom, permutation, verify_proof, Advice, Any, Assigned, Assignment, Challenge,
         Circuit, Column, ConstraintSystem, Error, Fixed, FloorPlanner, Instance, ProvingKey, Selector, VerifyingKey,
     },
-    halo2curves::bn256::{Bn256, G2Affine},
+    halo2curves::bn256::{Bn256, G1Affine, G2Affine},
+    halo2curves::{serde::SerdeObject, CurveAffine},
     poly::{
         commitment::{Params as _, ParamsProver},
         kzg::{
@@ -321,10 +322,9 @@ pub fn setup(k_max: u32, mut rng: impl RngCore) -> Result<Vec<u8>, ZkError> {
     Ok(v)
 }
 
-/// One size of a reference string: the parameters for 2^k rows. Lengths are
-/// checked before anything is allocated and every point is checked to be on
-/// its curve.
-pub fn params_from_srs(srs: &[u8], k: u32) -> Result<Params, ZkError> {
+/// A reference string's sizes (k_min, k_max) and its entries, one per size,
+/// after the lengths are checked against the sizes.
+fn srs_entries(srs: &[u8]) -> Result<(u32, u32, &[u8]), ZkError> {
     let mut r = Reader::new(srs, KIND_PARAMS, "params")?;
     let (k_min, k_max) = (r.take(1)?[0] as u32, r.take(1)?[0] as u32);
     if k_min > k_max || k_max > MAX_K {
@@ -337,6 +337,14 @@ pub fn params_from_srs(srs: &[u8], k: u32) -> Result<Params, ZkError> {
             r.buf.len()
         )));
     }
+    Ok((k_min, k_max, r.buf))
+}
+
+/// One size of a reference string: the parameters for 2^k rows. Lengths are
+/// checked before anything is allocated and every point is checked to be on
+/// its curve.
+pub fn params_from_srs(srs: &[u8], k: u32) -> Result<Params, ZkError> {
+    let (k_min, k_max, entries) = srs_entries(srs)?;
     if !(k_min..=k_max).contains(&k) {
         return Err(ZkError::Invalid(format!(
             "the reference string holds circuits of 2^{k_min} to 2^{k_max} rows, this one has 2^{k}: \
@@ -344,17 +352,30 @@ pub fn params_from_srs(srs: &[u8], k: u32) -> Result<Params, ZkError> {
         )));
     }
     let at: usize = (k_min..k).map(params_entry_len).sum();
-    let mut entry = &r.buf[at..at + params_entry_len(k)];
+    let mut entry = &entries[at..at + params_entry_len(k)];
     if u32::from_le_bytes(entry[..4].try_into().expect("4 bytes")) != k {
         return Err(ZkError::Format(format!("params: the entry for 2^{k} rows says otherwise")));
+    }
+    if !points_on_curve(&entry[4..], k) {
+        return Err(ZkError::Format(format!("params: a point of the entry for 2^{k} rows is not on its curve")));
     }
     ParamsKZG::read_custom(&mut entry, SerdeFormat::RawBytes).map_err(|e| ZkError::Format(format!("params: {e}")))
 }
 
-/// The sizes a reference string holds, (k_min, k_max), from its header.
+/// Whether an entry's points (2·2^k in G1, then two in G2, uncompressed) lie on
+/// their curves. halo2curves' raw reader checks only that each coordinate is
+/// below the modulus, and an off-curve point panics later, inside keygen.
+/// (G1 has cofactor 1; the G2 points are only ever the verifier's own.)
+fn points_on_curve(points: &[u8], k: u32) -> bool {
+    let (g1, g2) = points.split_at(2 * (1usize << k) * 64);
+    g1.chunks_exact(64).all(|b| G1Affine::read_raw(&mut &b[..]).is_ok_and(|p| bool::from(p.is_on_curve())))
+        && g2.chunks_exact(128).all(|b| G2Affine::read_raw(&mut &b[..]).is_ok_and(|p| bool::from(p.is_on_curve())))
+}
+
+/// The sizes a reference string holds, (k_min, k_max), from its header (its
+/// length checked against them; the points are read by [`params_from_srs`]).
 pub fn srs_sizes(srs: &[u8]) -> Result<(u32, u32), ZkError> {
-    let mut r = Reader::new(srs, KIND_PARAMS, "params")?;
-    Ok((r.take(1)?[0] as u32, r.take(1)?[0] as u32))
+    srs_entries(srs).map(|(k_min, k_max, _)| (k_min, k_max))
 }
 
 /// The verifying key for `kp` with given parameters (of the same k).
@@ -973,13 +994,21 @@ mod tests {
         assert!(matches!(params_from_srs(&b, 9), Err(ZkError::Invalid(_))));
         for bad in [&b[..b.len() - 1], &b[..10], &b[..3]] {
             assert!(matches!(params_from_srs(bad, 10), Err(ZkError::Format(_))));
+            assert!(matches!(srs_sizes(bad), Err(ZkError::Format(_))));
         }
         let mut huge = b.clone();
         huge[7] = 31;
         assert!(matches!(params_from_srs(&huge, 10), Err(ZkError::Format(_))));
         let mut off_curve = b.clone();
-        off_curve[12..76].fill(0x5a); // the first point of the 2^10 entry
+        off_curve[12..76].fill(0x5a); // the first point of the 2^10 entry: coordinates above the modulus
         assert!(matches!(params_from_srs(&off_curve, 10), Err(ZkError::Format(_))));
+        let last = b.len() - 2 * 128; // past the 2^11 entry's G1 points
+        for at in [12, 12 + 64 * 1500, last - 64, last, last + 128] {
+            let mut flipped = b.clone(); // coordinates in range, the point off its curve
+            flipped[at] ^= 1;
+            let k = if at < 12 + params_entry_len(10) { 10 } else { 11 };
+            assert!(matches!(params_from_srs(&flipped, k), Err(ZkError::Format(_))), "byte {at}");
+        }
         assert!(setup(SRS_MIN_K - 1, ChaCha20Rng::seed_from_u64(1)).is_err());
     }
 
