@@ -25,12 +25,13 @@
 use halo2_axiom::halo2curves::group::GroupEncoding;
 use halo2_axiom::{
     circuit::Value,
-    plonk::{
-        create_proof, keygen_pk, keygen_vk_custom, permutation, verify_proof, Advice, Any, Assigned, Assignment, Challenge,
-        Circuit, Column, ConstraintSystem, Error, Fixed, FloorPlanner, Instance, ProvingKey, Selector, VerifyingKey,
-    },
     halo2curves::bn256::{Bn256, G1Affine, G2Affine},
     halo2curves::{serde::SerdeObject, CurveAffine},
+    plonk::{
+        create_proof, keygen_pk, keygen_vk_custom, permutation, verify_proof, Advice, Any, Assigned, Assignment,
+        Challenge, Circuit, Column, ConstraintSystem, Error, Fixed, FloorPlanner, Instance, ProvingKey, Selector,
+        VerifyingKey,
+    },
     poly::{
         commitment::{Params as _, ParamsProver},
         kzg::{
@@ -40,8 +41,8 @@ use halo2_axiom::{
         },
         EvaluationDomain,
     },
-    SerdeFormat,
     transcript::{Blake2bRead, Blake2bWrite, Challenge255, TranscriptReadBuffer, TranscriptWriterBuffer},
+    SerdeFormat,
 };
 use rand_core::RngCore;
 
@@ -310,7 +311,9 @@ fn params_entry_len(k: u32) -> usize {
 /// [`params_with`] per k, each with its own secret from `rng`.
 pub fn setup(k_max: u32, mut rng: impl RngCore) -> Result<Vec<u8>, ZkError> {
     if !(SRS_MIN_K..=MAX_K).contains(&k_max) {
-        return Err(ZkError::Invalid(format!("k = {k_max} must be in {SRS_MIN_K}..={MAX_K}")));
+        return Err(ZkError::Invalid(format!(
+            "k = {k_max} must be in {SRS_MIN_K}..={MAX_K}"
+        )));
     }
     let mut v = header(KIND_PARAMS);
     v.extend([SRS_MIN_K as u8, k_max as u8]);
@@ -354,10 +357,14 @@ pub fn params_from_srs(srs: &[u8], k: u32) -> Result<Params, ZkError> {
     let at: usize = (k_min..k).map(params_entry_len).sum();
     let mut entry = &entries[at..at + params_entry_len(k)];
     if u32::from_le_bytes(entry[..4].try_into().expect("4 bytes")) != k {
-        return Err(ZkError::Format(format!("params: the entry for 2^{k} rows says otherwise")));
+        return Err(ZkError::Format(format!(
+            "params: the entry for 2^{k} rows says otherwise"
+        )));
     }
     if !points_on_curve(&entry[4..], k) {
-        return Err(ZkError::Format(format!("params: a point of the entry for 2^{k} rows is not on its curve")));
+        return Err(ZkError::Format(format!(
+            "params: a point of the entry for 2^{k} rows is not on its curve"
+        )));
     }
     ParamsKZG::read_custom(&mut entry, SerdeFormat::RawBytes).map_err(|e| ZkError::Format(format!("params: {e}")))
 }
@@ -368,8 +375,11 @@ pub fn params_from_srs(srs: &[u8], k: u32) -> Result<Params, ZkError> {
 /// (G1 has cofactor 1; the G2 points are only ever the verifier's own.)
 fn points_on_curve(points: &[u8], k: u32) -> bool {
     let (g1, g2) = points.split_at(2 * (1usize << k) * 64);
-    g1.chunks_exact(64).all(|b| G1Affine::read_raw(&mut &b[..]).is_ok_and(|p| bool::from(p.is_on_curve())))
-        && g2.chunks_exact(128).all(|b| G2Affine::read_raw(&mut &b[..]).is_ok_and(|p| bool::from(p.is_on_curve())))
+    g1.chunks_exact(64)
+        .all(|b| G1Affine::read_raw(&mut &b[..]).is_ok_and(|p| bool::from(p.is_on_curve())))
+        && g2
+            .chunks_exact(128)
+            .all(|b| G2Affine::read_raw(&mut &b[..]).is_ok_and(|p| bool::from(p.is_on_curve())))
 }
 
 /// The sizes a reference string holds, (k_min, k_max), from its header (its
@@ -513,7 +523,9 @@ pub fn vk_from_bytes(bytes: &[u8]) -> Result<StoredKey, ZkError> {
     let mut repr = <G2Affine as GroupEncoding>::Repr::default();
     repr.as_mut().copy_from_slice(&srs);
     if Option::<G2Affine>::from(G2Affine::from_bytes(&repr)).is_none() {
-        return Err(ZkError::Format(format!("{what}: its reference string's point is not a G2 point")));
+        return Err(ZkError::Format(format!(
+            "{what}: its reference string's point is not a G2 point"
+        )));
     }
     let repr = r.fp()?;
     r.finish()?;
@@ -1007,7 +1019,10 @@ mod tests {
             let mut flipped = b.clone(); // coordinates in range, the point off its curve
             flipped[at] ^= 1;
             let k = if at < 12 + params_entry_len(10) { 10 } else { 11 };
-            assert!(matches!(params_from_srs(&flipped, k), Err(ZkError::Format(_))), "byte {at}");
+            assert!(
+                matches!(params_from_srs(&flipped, k), Err(ZkError::Format(_))),
+                "byte {at}"
+            );
         }
         assert!(setup(SRS_MIN_K - 1, ChaCha20Rng::seed_from_u64(1)).is_err());
     }

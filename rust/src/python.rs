@@ -210,7 +210,8 @@ fn srs_sizes(params: &[u8]) -> PyResult<(u32, u32)> {
 }
 
 fn params_arg(py: Python<'_>, k: u32, params: &[u8]) -> PyResult<proof::Params> {
-    py.detach(|| guarded(|| proof::params_from_srs(params, k))).map_err(to_py)
+    py.detach(|| guarded(|| proof::params_from_srs(params, k)))
+        .map_err(to_py)
 }
 
 /// The verifying key of a descriptor as bytes (kind `K`) a verifier stores and

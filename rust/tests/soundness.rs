@@ -194,7 +194,10 @@ fn stored_verifying_key_verifies_without_keygen() {
     assert_eq!(stored.vk.transcript_repr(), k.vk().transcript_repr());
     assert_eq!(proof::vk_to_bytes(&stored.key_params, &stored.vk, &k.params), bytes);
     assert!(proof::verify_with(&k.params, &stored.vk, &stored.key_params, &h.proof, &h.public).unwrap());
-    assert_eq!(proof::verify_bytes(&k.params, &h.proof, &h.public.to_bytes(), &bytes), Ok(true));
+    assert_eq!(
+        proof::verify_bytes(&k.params, &h.proof, &h.public.to_bytes(), &bytes),
+        Ok(true)
+    );
     let mut lazy = h.witness.clone();
     lazy.delta.iter_mut().for_each(|d| *d = 0);
     let p = proof::prove_with(k, lazy, &h.public, rng(8)).unwrap();
@@ -260,7 +263,10 @@ fn malformed_stored_keys_are_refused() {
         proof::verify_bytes(&k.params, &h.proof, &pi, &theirs),
         Err(edgetrain_zk::ZkError::Invalid(_))
     ));
-    assert!(matches!(proof::stored_key(&k.params, &theirs), Err(edgetrain_zk::ZkError::Invalid(_))));
+    assert!(matches!(
+        proof::stored_key(&k.params, &theirs),
+        Err(edgetrain_zk::ZkError::Invalid(_))
+    ));
     // Another k in front of this key's commitments: the digest (over the domain) differs.
     let mut other_k = bytes.clone();
     other_k[7] = K as u8 + 1;
