@@ -128,15 +128,16 @@ fn partial_rounds(x: State, a: State, b: State) -> (State, State) {
 /// The permutation natively, through the same steps as the gates.
 pub fn permute(mut x: State) -> State {
     let rc = &constants().rc;
-    for r in 0..HALF_FULL_ROUNDS {
-        x = full_round(x, rc[r]).1;
+    let (first, rest) = rc.split_at(HALF_FULL_ROUNDS);
+    let (partial, last) = rest.split_at(PARTIAL_ROUNDS);
+    for &c in first {
+        x = full_round(x, c).1;
     }
-    for p in 0..PARTIAL_ROUNDS / 2 {
-        let r = HALF_FULL_ROUNDS + 2 * p;
-        x = partial_rounds(x, rc[r], rc[r + 1]).1;
+    for pair in partial.chunks_exact(2) {
+        x = partial_rounds(x, pair[0], pair[1]).1;
     }
-    for r in HALF_FULL_ROUNDS + PARTIAL_ROUNDS..rc.len() {
-        x = full_round(x, rc[r]).1;
+    for &c in last {
+        x = full_round(x, c).1;
     }
     x
 }
@@ -339,7 +340,7 @@ impl PoseidonChip {
         let mut r = 0; // round index
         for offset in 0..ROUND_ROWS {
             let at = row + offset;
-            let full = offset < HALF_FULL_ROUNDS || offset >= ROUND_ROWS - HALF_FULL_ROUNDS;
+            let full = !(HALF_FULL_ROUNDS..ROUND_ROWS - HALF_FULL_ROUNDS).contains(&offset);
             let cur = state_value(&x);
             let (aux, next) = if full {
                 cfg.q_full.enable(region, at)?;
