@@ -310,7 +310,7 @@ def cmd_unlearn(args, out: Outputs) -> dict:
 
 def cmd_prove(args, out: Outputs) -> dict:
     """Device: prove the step recorded in a witness; writes proof, public inputs and key."""
-    from .prover import LayerWitness, commitments, describe, plan, prove
+    from .prover import LayerWitness, ProofFormatError, commitments, describe, plan, prove
     witnesses = LayerWitness.load(cli_io.input_file(args.witness, "--witness"), "--witness")
     srs = _srs_arg(cli_io.read_bytes(args.params, "--params"), f"--params {args.params!r}")
     paths = [out.file(p, "-o") for p in _proof_files(args.output)]
@@ -321,9 +321,12 @@ def cmd_prove(args, out: Outputs) -> dict:
         if limit is not None and need > limit:
             raise ValueError(f"{flag} {limit / unit[0]:g} {unit[1]}: proving takes {describe(todo)}; raise {flag}, "
                              "or prove fewer weights (mask fewer layers)")
-    with _binding_errors():
-        proof = prove(witnesses, todo["blocks_per_proof"], params=srs, progress=not args.json)
-        digests = commitments(witnesses, proof["blocks_per_proof"])
+    try:
+        with _binding_errors():
+            proof = prove(witnesses, todo["blocks_per_proof"], params=srs, progress=not args.json)
+            digests = commitments(witnesses, proof["blocks_per_proof"])
+    except ProofFormatError as e:  # the one encoding read here is the reference string's
+        raise ValueError(f"--params {args.params!r}: {e}") from None
     for path, key in zip(paths, ("proof", "public_inputs", "verifying_key")):
         with open(path, "wb") as f:
             f.write(proof[key])

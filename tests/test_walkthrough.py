@@ -114,6 +114,8 @@ def test_verify_names_the_check_that_fails(walked, capsys, monkeypatch):
     Path("damaged-srs.bin").write_bytes(bytes(srs))
     code, r = run_json(capsys, "verify", "proof.bin", "--mask", "mask.npz", "--params", "damaged-srs.bin")
     assert code == 2 and r["error"].startswith("--params 'damaged-srs.bin': params: ")
+    code, r = run_json(capsys, "prove", "--witness", "unlearned.onnx.witness.npz", "-o", "again.bin", "--params", "damaged-srs.bin")
+    assert code == 2 and r["error"].startswith("--params 'damaged-srs.bin': params: ") and not Path("again.bin").exists()
     Path("cut-srs.bin").write_bytes(Path("srs.bin").read_bytes()[:-64])
     code, r = run_json(capsys, "verify", "proof.bin", "--mask", "mask.npz", "--params", "cut-srs.bin")
     assert code == 2 and r["error"].startswith("--params 'cut-srs.bin': not a reference string")
