@@ -33,11 +33,11 @@ class LayerSignal:
 
     def weight_gradient(self) -> np.ndarray:
         """``Σ_i err[i, n]·act[i, k]``, (N, K), exact: int32 when no sum can reach 2^31
-        (half the memory of int64, which it falls back to)."""
+        (half the memory of int64, which it falls back to), made as int32 (the native kernel
+        sums a row in int64 and stores it narrowed; numpy's int32 matmul cannot overflow here)."""
         bits = quant.bit_length(self.err) + quant.bit_length(self.act) + max(len(self.err) - 1, 0).bit_length()
         if self.native is not None:
-            grad = self.native.int_matmul(self.err.T, self.act)
-            return grad.astype(np.int32) if bits < 31 else grad
+            return self.native.int_matmul(self.err.T, self.act, int32=bits < 31)
         if bits < 31:
             return self.err.T.astype(np.int32) @ self.act.astype(np.int32)
         return self.err.T @ self.act

@@ -221,6 +221,17 @@ def test_int_matmul_equals_numpy_int64_including_wraparound(kernels):
         assert np.array_equal(kernels.int_matmul(a.T, b), a.T @ b)  # numpy's int64 wraps; so must we
 
 
+def test_int_matmul_to_int32_equals_numpy_and_refuses_sums_beyond_it(kernels):
+    rng = np.random.default_rng(6)
+    err, act = rng.integers(-127, 128, size=(32, 120)), rng.integers(-255, 256, size=(32, 400))  # a tail layer
+    grad = kernels.int_matmul(err.T, act, int32=True)
+    assert grad.dtype == np.int32 and np.array_equal(grad, err.T @ act)
+    wide = act * 2**20  # some sums now pass 2^31
+    assert np.abs(err.T @ wide).max() >= 2**31
+    with pytest.raises(ValueError, match="does not fit int32"):
+        kernels.int_matmul(err.T, wide, int32=True)
+
+
 # -- whole models --------------------------------------------------------------------------------
 
 PINNED_INT8 = [("lenet5", "qoperator", True), ("lenet5", "qoperator", False), ("lenet5", "qdq", True),

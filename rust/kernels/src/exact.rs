@@ -11,6 +11,24 @@ pub fn matmul_i64(path: Path, a: &dyn Fn(usize, usize) -> i64, m: usize, k: usiz
     crate::path::vectorized(path, #[inline(always)] || matmul_body(a, k, b, n, c))
 }
 
+/// The same product stored as i32 (a weight gradient whose sums the caller has bounded),
+/// a row at a time through one i64 row, so no m × n i64 array is made. False, with `c`
+/// partly written, if a sum does not fit i32.
+pub fn matmul_i64_to_i32(path: Path, a: &dyn Fn(usize, usize) -> i64, m: usize, k: usize, b: &[i64], n: usize, c: &mut [i32]) -> bool {
+    assert_eq!(b.len(), k * n);
+    assert_eq!(c.len(), m * n);
+    if n == 0 {
+        return true;
+    }
+    let mut row = vec![0i64; n];
+    crate::path::vectorized(path, #[inline(always)] || {
+        c.chunks_exact_mut(n).enumerate().all(|(i, out)| {
+            matmul_body(&|_, kk| a(i, kk), k, b, n, &mut row);
+            out.iter_mut().zip(&row).all(|(o, &v)| i32::try_from(v).map(|v| *o = v).is_ok())
+        })
+    })
+}
+
 #[inline(always)]
 fn matmul_body(a: &dyn Fn(usize, usize) -> i64, k: usize, b: &[i64], n: usize, c: &mut [i64]) {
     if n == 0 {
@@ -46,6 +64,11 @@ mod tests {
                     assert_eq!(c[i * n + j], (0..k).map(|kk| a[i * k + kk] * b[kk * n + j]).sum::<i64>());
                 }
             }
+            let mut narrow = vec![0i32; m * n];
+            assert!(matmul_i64_to_i32(path, &|i, kk| a[i * k + kk], m, k, &b, n, &mut narrow));
+            assert!(narrow.iter().zip(&c).all(|(&x, &y)| x as i64 == y));
+            let big: Vec<i64> = a.iter().map(|&v| v << 24).collect(); // sums beyond i32
+            assert!(!matmul_i64_to_i32(path, &|i, kk| big[i * k + kk], m, k, &b, n, &mut narrow));
         }
     }
 }

@@ -12,7 +12,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::elementwise::{add_bytes, quantize, AddParams};
-use crate::exact::matmul_i64;
+use crate::exact::{matmul_i64, matmul_i64_to_i32};
 use crate::path::Path;
 use crate::pool::{max_pool, mean_pool, Mean, Window};
 use crate::qlinear::{conv, conv_packed, fully_connected, fully_connected_packed, Bytes, Conv2d, Output, PackedConv, PackedWeights, Weights};
@@ -644,8 +644,10 @@ impl Kernels {
     }
 
     /// Exact `a · b` of int64 matrices (wrapping as numpy's int64 matmul); `a` may be strided
-    /// (a transpose), `b` is made row-major if it is not.
-    fn int_matmul<'py>(&self, py: Python<'py>, a: PyReadonlyArray2<'py, i64>, b: PyReadonlyArray2<'py, i64>) -> PyResult<Bound<'py, PyAny>> {
+    /// (a transpose), `b` is made row-major if it is not. `int32=True` stores the product as
+    /// int32 without an int64 one beside it (ValueError if a sum does not fit).
+    #[pyo3(signature = (a, b, int32=false))]
+    fn int_matmul<'py>(&self, py: Python<'py>, a: PyReadonlyArray2<'py, i64>, b: PyReadonlyArray2<'py, i64>, int32: bool) -> PyResult<Bound<'py, PyAny>> {
         let (av, bv) = (a.as_array(), b.as_array());
         let ((m, k), (k2, n)) = (av.dim(), bv.dim());
         if k != k2 {
@@ -653,12 +655,17 @@ impl Kernels {
         }
         let b_rows = bv.as_standard_layout();
         let b_slice = b_rows.as_slice().expect("standard layout is contiguous");
-        let arr = PyArrayDyn::<i64>::zeros(py, IxDyn(&[m, n]), false);
-        {
-            let mut rw = arr.readwrite();
-            let out = rw.as_slice_mut().expect("a new array is contiguous");
-            matmul_i64(self.path, &|i, kk| av[[i, kk]], m, k, b_slice, n, out);
+        let a_at = |i, kk| av[[i, kk]];
+        if int32 {
+            let arr = PyArrayDyn::<i32>::zeros(py, IxDyn(&[m, n]), false);
+            let fits = matmul_i64_to_i32(self.path, &a_at, m, k, b_slice, n, arr.readwrite().as_slice_mut().expect("a new array is contiguous"));
+            if !fits {
+                return Err(PyValueError::new_err("int_matmul: a sum does not fit int32"));
+            }
+            return Ok(arr.into_any());
         }
+        let arr = PyArrayDyn::<i64>::zeros(py, IxDyn(&[m, n]), false);
+        matmul_i64(self.path, &a_at, m, k, b_slice, n, arr.readwrite().as_slice_mut().expect("a new array is contiguous"));
         Ok(arr.into_any())
     }
     /// `prng.rademacher(seed, stream, n, start)`: ±1 as int8 (seed and stream mod 2^64).
