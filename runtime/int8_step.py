@@ -92,21 +92,27 @@ class Int8Step:
             if name not in trained:
                 continue
             new = _tail_update(kernel.weight_nk(self.model.params[name]), sig.weight_gradient(), self.lr_bits,
-                               seed, _UPDATE_STREAM + sig.index)
+                               seed, _UPDATE_STREAM + sig.index, self.model.backend.kernels)
             updates[name] = kernel.weight_nk(new)  # the same transpose takes (N, K) back to storage
         return updates
 
 
-def _tail_update(w_nk: np.ndarray, grad: np.ndarray, bits: int, seed: int, stream: int) -> np.ndarray:
-    """``clip(w − SR(G / 2^shift))`` with the shift that leaves ``bits`` bits of the int64
+def _tail_update(w_nk: np.ndarray, grad: np.ndarray, bits: int, seed: int, stream: int,
+                 native=None) -> np.ndarray:
+    """``clip(w − SR(G / 2^shift))`` with the shift that leaves ``bits`` bits of the
     gradient ``G`` (N, K) — the NITI update, normalised per tensor — a slab of rows at a
-    time (the rounding noise is indexed by position, so slabs do not change it)."""
+    time (the rounding noise is indexed by position, so slabs do not change it), in place
+    in one int64 slab beside the noise (drawn by the native kernels when given: the same
+    integers, without numpy's temporaries)."""
     new = np.empty(w_nk.shape, dtype=np.int8)
     shift = max(0, quant.bit_length(grad) - bits)
+    draw = prng.uniform_below_pow2 if native is None else native.uniform_below_pow2
     k = w_nk.shape[1]
     rows = max(1, zo.INT_CHUNK // k)
     for r in range(0, w_nk.shape[0], rows):
-        part = grad[r:r + rows]
-        noise = prng.uniform_below_pow2(seed, stream, part.size, shift, start=r * k).reshape(part.shape)
-        new[r:r + rows] = np.clip(w_nk[r:r + rows] - quant.stochastic_shift_right(part, shift, noise), -127, 127)
+        step = grad[r:r + rows].astype(np.int64)  # SR(G / 2^shift) = (G + noise) >> shift
+        if shift:
+            step += draw(seed, stream, step.size, shift, r * k).reshape(step.shape)
+            step >>= shift
+        new[r:r + rows] = np.clip(np.subtract(w_nk[r:r + rows], step, out=step), -127, 127, out=step)
     return new

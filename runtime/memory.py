@@ -77,6 +77,10 @@ def estimate_memory(model, method: str = "inference", cut: int = 1, batch_size: 
     if bp:
         keep = frozenset(i for n in model.nodes[tail_start:] for i in n.inputs if i and i not in params)
         fwd, live = forward_profile(model, batch_size, keep=keep)
+        xq = model.nodes[0].outputs[0]
+        if int8 and xq not in keep:  # int8_step holds the quantised input, where its ZO passes start
+            shapes, dtypes = _shapes(model, batch_size)
+            live += _nbytes(shapes[xq], dtypes[xq])
         peak = max(peak, fwd, live + _backward_bytes(model, bp, tail_start, batch_size, int8))
     if zo:
         # the BP tail's updated weights wait, computed, while the ZO passes run
@@ -101,17 +105,19 @@ def _backward_bytes(model, bp, tail_start, batch_size, int8):
     shapes, _ = _shapes(model, batch_size)
     size = lambda name: int(np.prod(shapes[name]))  # noqa: E731
     if int8:  # int8_step / int_autodiff, per tail layer from the last: its int64 input minus the
-        # zero-point, output error and input error; while int_grad runs, the weighted error and
-        # an int64 copy of the weight; then the int32 gradient, the new int8 weight and one
-        # slab's noise and rounding; the new weights of the layers before are held
+        # zero-point, the output error twice (as it arrives, and zeroed where the output
+        # saturated) and the input error; while int_grad runs, the weighted error and
+        # an int64 copy of the weight; then the int32 gradient (int64 when a sum can reach 2^31,
+        # which this does not foresee), the new int8 weight and one slab's noise and rounding;
+        # the new weights of the layers before are held
         held, peak = 0, 0
         for l in reversed(bp):
             w = model.params[l.weight].size
             n_in, n_out = size(model.nodes[l.index].inputs[0]), size(model.nodes[l.index].outputs[0])
             need_input = l.index > tail_start
-            live = 8 * (n_in + n_out + (n_in if need_input else 0))
-            grad = max(8 * (n_out + w) if need_input else 2 * n_out, 5 * w + 32 * min(w, INT_CHUNK),
-                       12 * w if model.backend.kernels is not None else 0)  # native: int64 product, int32 copy
+            live = 8 * (n_in + 2 * n_out + (n_in if need_input else 0))
+            slab = 16 if model.backend.kernels is not None else 32  # int64 step and noise (+ numpy's draw)
+            grad = max(8 * (n_out + w) if need_input else 2 * n_out, 5 * w + slab * min(w, INT_CHUNK))
             peak = max(peak, held + live + grad)
             held += w
         return peak
