@@ -98,7 +98,7 @@ def worker(block: int, spec: str, k: int, workers: int = 1, params_cache: str | 
     per_proof = prover.proof.blocks_per_proof_for(wits, k)
     vk = prover.keygen(block, per_proof, 16, k)
     t0 = time.perf_counter()
-    pp = prover.srs(params_cache, k) if params_cache else prover.setup(k)
+    pp = prover.srs(params_cache, k)
     params_seconds = time.perf_counter() - t0
     cpu0 = _cpu_seconds()
     out = prover.prove(wits, per_proof, params=pp, k=k, workers=workers)

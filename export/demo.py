@@ -195,12 +195,6 @@ def memory_per_method(fp32_path, int8_path, data, batch=32) -> list[dict]:
     return rows
 
 
-def _provider_srs(key_cache, show) -> bytes:
-    """The provider's reference string: kept in the key cache (made there the first time),
-    or made for this run when there is no cache."""
-    return prover.srs(key_cache, progress=show) if key_cache else prover.setup(progress=show)
-
-
 def forget_and_prove(fp32_path, data, out, key_cache, show, n_user=500, fraction=0.1, block=8) -> dict:
     """The last stage (DESIGN.md §6 and §7), as a provider runs it from its shell. The
     fp32 model goes to a device in a signed bundle (``edgetrain deploy``; the device is a
@@ -233,7 +227,7 @@ def forget_and_prove(fp32_path, data, out, key_cache, show, n_user=500, fraction
         unlearned = _edgetrain("remote", target, "unlearn", "--mask", mask_path, "--data", user, "--block",
                                str(block))
         start = time.perf_counter()
-        srs = _provider_srs(key_cache, show)  # sent with the request to prove
+        srs = prover.srs(key_cache, progress=show)  # the provider's, sent with the request to prove
         srs_seconds = time.perf_counter() - start
         srs_path = os.path.join(tmp, "srs.bin")
         with open(srs_path, "wb") as f:
@@ -334,7 +328,7 @@ def forget_and_prove_int8(personal_path, data, out, key_cache, show, n_user=500,
     sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     ours, ref = new.run(data.x_test), sess.run(None, {sess.get_inputs()[0].name: data.x_test})[0]
     digests = prover.commitments(witnesses)
-    srs = _provider_srs(key_cache, show)  # the provider's, sent to the device with the request
+    srs = prover.srs(key_cache, progress=show)  # the provider's, sent to the device with the request
     proved = prover.prove(witnesses, params=srs, progress=show)
     key = prover.proof.verifying_key(proved["verifying_key"], srs, key_cache, show)  # the provider's stored key
     start = time.perf_counter()

@@ -93,9 +93,12 @@ def setup(k_max: int = PROOF_K, progress: bool = False) -> bytes:
         return bytes(_progress.wait(_zk().setup, k_max, ticking=bar))
 
 
-def srs(cache_dir: str | os.PathLike, k_max: int = PROOF_K, progress: bool = False) -> bytes:
+def srs(cache_dir: str | os.PathLike | None, k_max: int = PROOF_K, progress: bool = False) -> bytes:
     """The provider's reference string kept in ``cache_dir`` (:data:`SRS_FILE`): read
-    when it reaches 2^``k_max`` rows, else made (:func:`setup`) and stored."""
+    when it reaches 2^``k_max`` rows, else made (:func:`setup`) and stored; with no
+    ``cache_dir``, made for this run only."""
+    if cache_dir is None:
+        return setup(k_max, progress)
     path = os.path.join(os.fspath(cache_dir), SRS_FILE)
     if os.path.isfile(path):
         with open(path, "rb") as f:

@@ -263,7 +263,8 @@ def _key_cache(args) -> str | None:
     if args.key_cache is not None:
         if not os.path.isdir(args.key_cache):
             raise ValueError(f"--key-cache {args.key_cache!r} is not a folder")
-        cli_io.check_writable(os.path.join(args.key_cache, "kzg-srs.bin"), "--key-cache")
+        from .prover import proof
+        cli_io.check_writable(os.path.join(args.key_cache, proof.SRS_FILE), "--key-cache")
         return args.key_cache
     try:
         os.makedirs(cache_dir(), exist_ok=True)
@@ -312,7 +313,8 @@ def cmd_prove(args, out: Outputs) -> dict:
     """Device: prove the step recorded in a witness; writes proof, public inputs and key."""
     from .prover import LayerWitness, ProofFormatError, commitments, describe, plan, prove
     witnesses = LayerWitness.load(cli_io.input_file(args.witness, "--witness"), "--witness")
-    srs = _srs_arg(cli_io.read_bytes(args.params, "--params"), f"--params {args.params!r}")
+    srs_where = f"--params {args.params!r}"
+    srs = _srs_arg(cli_io.read_bytes(args.params, "--params"), srs_where)
     paths = [out.file(p, "-o") for p in _proof_files(args.output)]
     with _binding_errors(), progress.bar(not args.json, desc="prove: sizing the circuit") as bar:
         todo = progress.wait(plan, witnesses, args.blocks_per_proof, ticking=bar)
@@ -326,7 +328,7 @@ def cmd_prove(args, out: Outputs) -> dict:
             proof = prove(witnesses, todo["blocks_per_proof"], params=srs, progress=not args.json)
             digests = commitments(witnesses, proof["blocks_per_proof"])
     except ProofFormatError as e:  # the one encoding read here is the reference string's
-        raise ValueError(f"--params {args.params!r}: {e}") from None
+        raise ValueError(f"{srs_where}: {e}") from None
     for path, key in zip(paths, ("proof", "public_inputs", "verifying_key")):
         with open(path, "wb") as f:
             f.write(proof[key])
@@ -363,14 +365,15 @@ def _provider_srs(args, cache) -> tuple[bytes, str]:
     """The provider's reference string, --params else the key cache's (``edgetrain setup``),
     and where it came from, for messages."""
     if args.params is not None:
-        where = f"--params {args.params!r}"
-        return _srs_arg(cli_io.read_bytes(args.params, "--params"), where), where
-    from .prover import proof
-    path = os.path.join(cache or cache_dir(), proof.SRS_FILE)
-    if not os.path.isfile(path):
-        raise ValueError(f"no reference string in {os.path.dirname(path)!r}: make yours with `edgetrain setup` "
-                         "(once; send its file to the devices), or pass --params FILE")
-    return _srs_arg(cli_io.read_bytes(path, "the key cache's reference string"), repr(path)), repr(path)
+        data, where = cli_io.read_bytes(args.params, "--params"), f"--params {args.params!r}"
+    else:
+        from .prover import proof
+        path = os.path.join(cache or cache_dir(), proof.SRS_FILE)
+        if not os.path.isfile(path):
+            raise ValueError(f"no reference string in {os.path.dirname(path)!r}: make yours with `edgetrain "
+                             "setup` (once; send its file to the devices), or pass --params FILE")
+        data, where = cli_io.read_bytes(path, "the key cache's reference string"), repr(path)
+    return _srs_arg(data, where), where
 
 
 def _srs_arg(data: bytes, where: str) -> bytes:
